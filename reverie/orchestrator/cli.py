@@ -1,0 +1,198 @@
+"""The `reverie` command line: a thin layer over Studio."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from reverie.types import Event, ReverieError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: terse idea in, excellent images out, every one explained.")
+out = Console()
+err = Console(stderr=True)
+
+
+def friendly(fn: Callable) -> Callable:
+    """One clear line for every error a user can cause; a traceback only with REVERIE_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except ReverieError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("interrupted: everything rendered so far is saved; run the same command to continue")
+            raise typer.Exit(130)
+        except typer.Exit:
+            raise
+        except Exception as e:  # unexpected: still one line, and the way to see more
+            if os.environ.get("REVERIE_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(f"[bold red]error:[/] {type(e).__name__}: {first} (set REVERIE_DEBUG=1 for the traceback)",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+class CliProgress:
+    """Draws a rich progress bar from Studio events; notices go to stderr once each."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Optional[Progress] = None
+        self.task = None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "notice":
+            err.print(f"[yellow]reverie:[/] {event.data['message']}", highlight=False, soft_wrap=True)
+            return
+        if self.quiet:
+            return
+        if event.kind == "run_started":
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=err, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task(f"run {event.data['run_id']}", total=event.data["budget"], status="")
+        elif self.progress is None:
+            return
+        elif event.kind == "rendered":
+            self.progress.advance(self.task)
+        elif event.kind == "expanded":
+            self.progress.update(self.task, status=f"round {event.data['round'] + 1}: {event.data['source']} prompt")
+        elif event.kind == "scored":
+            self.progress.update(self.task, status=f"best {event.data['best']:.3f} ({event.data['scorer']})")
+        elif event.kind == "judged" and event.data["decision"] == "finish":
+            done = self.progress.tasks[0].completed
+            self.progress.update(self.task, total=done, status=event.data["reason"])
+        elif event.kind == "finished":
+            self.stop()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command()
+@friendly
+def make(
+    idea: str = typer.Argument(..., help="What to make, in a few words."),
+    n: int = typer.Option(4, "--n", help="Images per round."),
+    rounds: int = typer.Option(2, "--rounds", help="Most rounds to run."),
+    target: Optional[float] = typer.Option(None, "--target", help="Stop when the best composite score reaches this."),
+    aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H, e.g. 2:3 or 16:9."),
+    megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (0.01-4)."),
+    profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile (`reverie models` lists them)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers or comfyui."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
+    home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+):
+    """Expand an idea, render, score and loop; print the best images."""
+    from reverie.orchestrator.studio import Studio
+
+    progress = CliProgress(quiet=as_json)
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path)
+    try:
+        result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
+                             seed=seed, progress=progress)
+    finally:
+        progress.stop()
+        studio.close()
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    table = Table(title=f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("seed", justify="right")
+    table.add_column("path", overflow="fold")
+    for i, r in enumerate(result.best, 1):
+        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), r.path)
+    out.print(table)
+    out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
+
+
+@app.command()
+@friendly
+def runs(
+    home: Optional[str] = typer.Option(None, "--home"),
+    limit: int = typer.Option(30, "--limit"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """List runs, newest first."""
+    from reverie.config import resolve_home
+    from reverie.store.db import Store
+
+    store = Store(resolve_home(home))
+    rows = store.list_runs(limit)
+    if as_json:
+        print(json.dumps([{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")} for r in rows]))
+        return
+    table = Table()
+    for col in ("run", "status", "renders", "best", "profile", "idea"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
+                      r["profile"], r["idea"][:60])
+    out.print(table)
+
+
+@app.command()
+@friendly
+def show(
+    run_id: str = typer.Argument(..., help="A run id (a unique prefix is enough)."),
+    home: Optional[str] = typer.Option(None, "--home"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Show the tree of one run: idea, prompts, renders, scores."""
+    from reverie.config import resolve_home
+    from reverie.store.db import Store
+
+    tree = Store(resolve_home(home)).run_tree(run_id)
+    if as_json:
+        print(json.dumps(tree, ensure_ascii=False, default=str))
+        return
+    run = tree["run"]
+    root = Tree(f"[bold]{run['id']}[/]  {run['status']}  [dim]{run['stop_reason']}[/]\nidea: {run['idea']}")
+
+    def add(node: Tree, p: dict) -> None:
+        label = f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else "")
+        child = node.add(f"{label}\n[dim]{p['text'][:300]}[/]")
+        for r in p["renders"]:
+            s = r["scores"] or {}
+            score = f"{s.get('composite', 0):.3f}" if s else r["status"]
+            child.add(f"render {r['id']} seed {r['seed']} score {score}  {r['path'] or r['error']}")
+        for c in p["children"]:
+            add(child, c)
+
+    for p in tree["prompts"]:
+        add(root, p)
+    out.print(root, highlight=False)
+
+
+# Each area registers its own commands on `app`; imported here, after `app` exists.
+from reverie.orchestrator import cli_agents, cli_batch, cli_lineage, cli_models, cli_scoring  # noqa: E402,F401
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""The Python API: `Studio(home=...).make("a fox in the rain", n=4, rounds=2)`.
+
+The CLI is a thin layer over this class, so both ways in behave the same.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from reverie.config import resolve_home
+from reverie.render.engine import ENGINES, make_engine
+from reverie.render.profiles import Profile, get_profile
+from reverie.render.resolution import check_megapixels, parse_aspect, size_for
+from reverie.store.db import Store
+from reverie.types import CONTROL_KINDS, Event, ProgressFn, Reference, Render, Request, ReverieError
+
+MAX_N = 1024
+MAX_ROUNDS = 100
+MAX_IDEA_CHARS = 4000
+TINY_MAX_SIDE = 256
+
+EMBEDDED_NOTICE = (
+    "embedded default: tiny random-weight Z-Image engine, offline formula expander, heuristic scorer; "
+    "a working pipeline with meaningless pictures until real weights are configured (see README)"
+)
+
+
+@dataclass
+class MakeResult:
+    run_id: str
+    best: list[Render]
+    renders: list[Render]
+    stop_reason: str
+    home: Path
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        def one(r: Render) -> dict:
+            return {
+                "id": r.id,
+                "path": r.path,
+                "seed": r.seed,
+                "sha256": r.sha256,
+                "round": r.round,
+                "prompt": r.prompt,
+                "width": r.spec.width,
+                "height": r.spec.height,
+                "scores": ({**r.scores.values, "composite": r.scores.composite} if r.scores else None),
+            }
+
+        return {
+            "run_id": self.run_id,
+            "home": str(self.home),
+            "stop_reason": self.stop_reason,
+            "renders": len(self.renders),
+            "best": [one(r) for r in self.best],
+            "notices": self.notices,
+        }
+
+
+def clean_idea(idea: str) -> str:
+    """Control characters out, whitespace folded; empty or huge ideas are errors."""
+    if idea is None:
+        idea = ""
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(idea))
+    text = " ".join(text.split())
+    if not text:
+        raise ReverieError('the idea is empty: describe what to make, for example reverie make "a fox in the rain"')
+    if len(text) > MAX_IDEA_CHARS:
+        raise ReverieError(f"the idea is {len(text)} characters long: keep it under {MAX_IDEA_CHARS} (reverie writes the long prompt for you)")
+    return text
+
+
+def validate_request(req: Request) -> Request:
+    idea = clean_idea(req.idea)
+    get_profile(req.profile)
+    if not isinstance(req.n, int) or req.n < 1 or req.n > MAX_N:
+        raise ReverieError(f"n must be between 1 and {MAX_N} (got {req.n}): pass --n 4 for four images per round")
+    if not isinstance(req.rounds, int) or req.rounds < 1 or req.rounds > MAX_ROUNDS:
+        raise ReverieError(f"rounds must be between 1 and {MAX_ROUNDS} (got {req.rounds})")
+    parse_aspect(req.aspect)
+    check_megapixels(req.megapixels)
+    if req.target is not None and not (0.0 <= req.target <= 10.0):
+        raise ReverieError(f"target {req.target} is out of range: use a composite score such as 0.7")
+    if req.steps is not None and not (1 <= req.steps <= 200):
+        raise ReverieError(f"steps must be between 1 and 200 (got {req.steps})")
+    if not (0 <= req.blind_steps <= 10):
+        raise ReverieError(f"blind steps must be between 0 and 10 (got {req.blind_steps})")
+    for ref in req.references:
+        if ref.control not in CONTROL_KINDS:
+            raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
+    return Request(**{**req.__dict__, "idea": idea})
+
+
+def weights_present(profile: Profile, model_path: Optional[str]) -> bool:
+    from reverie.render.diffusers_engine import resolve_weights
+
+    try:
+        resolve_weights(profile, model_path)
+        return True
+    except ReverieError:
+        return False
+
+
+class Studio:
+    """One home, one warm engine and scorer, many runs."""
+
+    def __init__(
+        self,
+        home: Optional[str | Path] = None,
+        engine: str = "auto",
+        profile: str = "z-image-turbo",
+        scorer: str = "auto",
+        model_path: Optional[str] = None,
+        engine_options: Optional[dict[str, Any]] = None,
+        progress: Optional[ProgressFn] = None,
+    ):
+        if engine != "auto" and engine not in ENGINES:
+            raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
+        get_profile(profile)
+        self.home = resolve_home(home)
+        self.store = Store(self.home)
+        self.engine_name = engine
+        self.profile_name = profile
+        self.scorer_name = scorer
+        self.model_path = model_path
+        self.engine_options = dict(engine_options or {})
+        self.progress = progress
+        self._engine = None
+        self._engine_key: Optional[tuple] = None
+        self._scorer = None
+        self._notified: set[str] = set()
+        self.notices: list[str] = []
+
+    # -- parts -----------------------------------------------------------------------------
+    def _notice(self, message: str, progress: ProgressFn) -> None:
+        if message in self._notified:
+            return
+        self._notified.add(message)
+        self.notices.append(message)
+        progress(Event("notice", {"message": message}))
+
+    def _resolve_engine_name(self, profile: Profile) -> str:
+        if self.engine_name != "auto":
+            return self.engine_name
+        if profile.name == "z-image-turbo" or self.model_path:
+            if weights_present(profile, self.model_path):
+                return "diffusers"
+        return "tiny"
+
+    def engine_for(self, profile: Profile, progress: ProgressFn):
+        name = self._resolve_engine_name(profile)
+        key = (name, profile.name)
+        if self._engine is not None and self._engine_key == key:
+            return self._engine
+        if self._engine is not None:
+            self._engine.close()
+        options = dict(self.engine_options)
+        if name == "tiny":
+            options.setdefault("models_dir", str(self.home / "models"))
+            self._notice(EMBEDDED_NOTICE, progress)
+        elif name == "diffusers":
+            options.update(profile=profile.name, model_path=self.model_path)
+        elif name == "comfyui":
+            options.setdefault("profile", profile.name)
+        self._engine = make_engine(name, **options)
+        self._engine_key = key
+        return self._engine
+
+    def scorer(self, progress: ProgressFn):
+        if self._scorer is None:
+            from reverie.scoring.scorer import make_scorer
+
+            self._scorer = make_scorer(self.scorer_name)
+            if self._scorer.name == "heuristic" and EMBEDDED_NOTICE not in self._notified:
+                self._notice(self._scorer.honest_note, progress)
+        return self._scorer
+
+    def expander_and_critic(self, progress: ProgressFn):
+        from reverie.agents.expander import FormulaExpander, RuleCritic
+
+        expander = FormulaExpander()
+        return expander, RuleCritic(expander)
+
+    # -- runs ------------------------------------------------------------------------------
+    def request(self, idea: str, **kw: Any) -> Request:
+        refs = kw.pop("references", ()) or ()
+        refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r)) for r in refs)
+        kw.setdefault("profile", self.profile_name)
+        return validate_request(Request(idea=idea, references=refs, **kw))
+
+    def make(self, idea: str, progress: Optional[ProgressFn] = None, **kw: Any) -> MakeResult:
+        """Expand, render, score and loop until the target or the budget; return the best."""
+        from reverie.orchestrator.graph import LoopContext, build_graph
+
+        progress = progress or self.progress or (lambda e: None)
+        req = self.request(idea, **kw)
+        profile = get_profile(req.profile)
+        engine = self.engine_for(profile, progress)
+        max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
+        if engine.name == "tiny":
+            max_side = min(max_side, TINY_MAX_SIDE)
+        width, height = size_for(req.aspect, req.megapixels, profile.multiple, max_side)
+        base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        expander, critic = self.expander_and_critic(progress)
+        run_id = self.store.create_run(req, engine.name, base_seed)
+        progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name, "engine": engine.name,
+                                       "width": width, "height": height, "n": req.n, "rounds": req.rounds,
+                                       "budget": req.n * req.rounds}))
+        ctx = LoopContext(store=self.store, engine=engine, scorer=self.scorer(progress), expander=expander,
+                          critic=critic, request=req, profile=profile, width=width, height=height,
+                          base_seed=base_seed, progress=progress)
+        state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
+                 "blind_steps": req.blind_steps, "history": []}
+        try:
+            final = build_graph().invoke(state, context=ctx, config={"recursion_limit": 10 * req.rounds + 20})
+        except BaseException:
+            self.store.finish_run(run_id, "interrupted", "stopped before the end; run the same command to continue")
+            raise
+        return self.result(run_id, k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
+
+    def result(self, run_id: str, k: int = 4, stop_reason: str = "") -> MakeResult:
+        run = self.store.get_run(run_id)
+        return MakeResult(run_id=run["id"], best=self.store.best(run["id"], k=k), renders=self.store.renders(run["id"]),
+                          stop_reason=stop_reason or run["stop_reason"], home=self.home, notices=list(self.notices))
+
+    def stream(self, idea: str, **kw: Any) -> Iterator[Event]:
+        """Yield progress events while the run goes; the last event is ("result", MakeResult)."""
+        events: "queue.Queue[Optional[Event]]" = queue.Queue()
+        box: dict[str, Any] = {}
+
+        def work():
+            try:
+                box["result"] = self.make(idea, progress=events.put, **kw)
+            except BaseException as e:  # handed to the consumer below
+                box["error"] = e
+            finally:
+                events.put(None)
+
+        t = threading.Thread(target=work, name="reverie-make", daemon=True)
+        t.start()
+        while (event := events.get()) is not None:
+            yield event
+        t.join()
+        if "error" in box:
+            raise box["error"]
+        yield Event("result", {"result": box["result"]})
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        if self._scorer is not None:
+            self._scorer.close()
+        self.store.close()
+
+    def __enter__(self) -> "Studio":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

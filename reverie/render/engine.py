@@ -1,0 +1,41 @@
+"""The one small engine interface, and engines chosen by name."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+from reverie.types import EngineOutput, ProgressFn, RenderSpec, ReverieError
+
+ENGINES = ("tiny", "diffusers", "comfyui", "fixed")
+
+
+class Engine(Protocol):
+    name: str
+    version: str
+
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
+        """Render a batch of specs; one output per spec, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_engine(name: str, **options) -> Engine:
+    """Build an engine by name. Imports are lazy so that `import reverie` stays light."""
+    if name == "tiny":
+        from reverie.render.tiny import TinyEngine
+
+        return TinyEngine(**options)
+    if name == "diffusers":
+        from reverie.render.diffusers_engine import DiffusersEngine
+
+        return DiffusersEngine(**options)
+    if name == "comfyui":
+        from reverie.render.comfyui import ComfyUIEngine
+
+        return ComfyUIEngine(**options)
+    if name == "fixed":
+        from reverie.render.fixed import FixedLatencyEngine
+
+        return FixedLatencyEngine(**options)
+    raise ReverieError(f"unknown engine {name!r}: use one of {', '.join(ENGINES)}")

@@ -1,0 +1,155 @@
+"""Model profiles: the defaults that users of each model family rely on. Data, not code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from reverie.types import ReverieError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    family: str
+    pipeline: str  # diffusers pipeline class name
+    repo_id: str  # Hugging Face repo with diffusers-format weights
+    steps: int
+    guidance: float  # in diffusers terms (Z-Image Turbo: 0.0 == ComfyUI CFG 1)
+    sampler: str
+    shift: Optional[float]  # flow-matching shift, None for UNet models
+    multiple: int  # width/height rounded to this
+    max_side: int  # each side capped at this
+    prompt_style: str  # "natural" | "tags"
+    negative: bool  # whether a negative prompt has any effect
+    quality_tags: str = ""
+    default_negative: str = ""
+    clip_skip: int = 1
+    comfy_cfg: float = 1.0  # the CFG value a ComfyUI KSampler wants
+    comfy_files: dict = field(default_factory=dict)
+    notes: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile(
+            name="z-image-turbo",
+            family="z-image",
+            pipeline="ZImagePipeline",
+            repo_id="Tongyi-MAI/Z-Image-Turbo",
+            steps=9,
+            guidance=0.0,
+            sampler="euler",
+            shift=3.0,
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=False,
+            comfy_cfg=1.0,
+            comfy_files={
+                "unet": "z_image_turbo_bf16.safetensors",
+                "clip": "qwen_3_4b.safetensors",
+                "clip_type": "lumina2",
+                "vae": "ae.safetensors",
+            },
+            notes="9 steps = 8 DiT forwards; CFG 1 so no negative; shift 6-7 for variety",
+        ),
+        Profile(
+            name="flux1-schnell",
+            family="flux",
+            pipeline="FluxPipeline",
+            repo_id="black-forest-labs/FLUX.1-schnell",
+            steps=4,
+            guidance=0.0,
+            sampler="euler",
+            shift=None,
+            multiple=16,
+            max_side=1280,
+            prompt_style="natural",
+            negative=False,
+            comfy_files={"unet": "flux1-schnell.safetensors", "clip_type": "flux"},
+        ),
+        Profile(
+            name="flux1-dev",
+            family="flux",
+            pipeline="FluxPipeline",
+            repo_id="black-forest-labs/FLUX.1-dev",
+            steps=30,
+            guidance=3.5,
+            sampler="euler",
+            shift=None,
+            multiple=16,
+            max_side=1280,
+            prompt_style="natural",
+            negative=False,
+            comfy_files={"unet": "flux1-dev.safetensors", "clip_type": "flux"},
+        ),
+        Profile(
+            name="sdxl",
+            family="sdxl",
+            pipeline="StableDiffusionXLPipeline",
+            repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+            steps=40,
+            guidance=6.0,
+            sampler="dpmpp_2m_karras",
+            shift=None,
+            multiple=64,
+            max_side=1536,
+            prompt_style="tags",
+            negative=True,
+            quality_tags="masterpiece, best quality, highly detailed",
+            default_negative="lowres, worst quality, low quality, blurry, jpeg artifacts, watermark, signature, text, deformed",
+            comfy_cfg=6.0,
+            comfy_files={"checkpoint": "sd_xl_base_1.0.safetensors"},
+        ),
+        Profile(
+            name="pony",
+            family="sdxl",
+            pipeline="StableDiffusionXLPipeline",
+            repo_id="",  # Pony is a single-file checkpoint; point weights at it
+            steps=40,
+            guidance=7.0,
+            sampler="euler_ancestral",
+            shift=None,
+            multiple=64,
+            max_side=1536,
+            prompt_style="tags",
+            negative=True,
+            quality_tags="score_9, score_8_up, score_7_up, score_6_up",
+            default_negative="score_4, score_5, score_6, lowres, worst quality, blurry, watermark, signature",
+            clip_skip=2,
+            comfy_cfg=7.0,
+            comfy_files={"checkpoint": "ponyDiffusionV6XL.safetensors"},
+        ),
+        Profile(
+            name="sd15",
+            family="sd15",
+            pipeline="StableDiffusionPipeline",
+            repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            steps=30,
+            guidance=7.0,
+            sampler="dpmpp_2m_karras",
+            shift=None,
+            multiple=8,
+            max_side=768,
+            prompt_style="tags",
+            negative=True,
+            quality_tags="(masterpiece:1.2), (best quality:1.2), highly detailed",
+            default_negative="(worst quality:1.4), (low quality:1.4), lowres, blurry, bad anatomy, bad hands, watermark, text",
+            comfy_cfg=7.0,
+            comfy_files={"checkpoint": "v1-5-pruned-emaonly.safetensors"},
+        ),
+    ]
+}
+
+DEFAULT_PROFILE = "z-image-turbo"
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ReverieError(
+            f"unknown profile {name!r}: use one of {', '.join(PROFILES)} (see `reverie models`)"
+        ) from None

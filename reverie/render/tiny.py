@@ -1,0 +1,157 @@
+"""The `tiny` engine: the real diffusers Z-Image pipeline on a tiny random-weight model.
+
+The model is built in code from a fixed seed, saved once as an ordinary diffusers folder under
+the home, and then loaded by the same code path as real weights. It renders meaningless
+pictures in well under a second on any CPU, which is what tests and offline demos need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from reverie.render.diffusers_engine import DiffusersEngine
+
+TINY_VERSION = "1"
+TINY_DIR_NAME = f"tiny-z-image-v{TINY_VERSION}"
+
+# Enough prompt vocabulary that different ideas give different conditioning. Unknown words map
+# to [UNK]; the pictures carry no meaning either way.
+_WORDS = (
+    "a an the of in on at with and or under over near by from to into through behind beside "
+    "fox cat dog bird horse woman man girl boy child knight robot dragon tree forest city street "
+    "river lake sea ocean mountain sky cloud clouds rain snow fog storm sun moon star stars night "
+    "day morning evening sunset sunrise light lights shadow shadows glow neon lamp fire water "
+    "red orange yellow green blue purple pink white black gray grey gold silver brown teal "
+    "warm cool soft hard bright dark dim vivid muted pastel golden misty wet dry old young "
+    "small large tiny huge tall wide close up portrait landscape photo photograph painting "
+    "illustration watercolor oil ink sketch render cinematic film analog digital 35mm 50mm "
+    "lens bokeh depth field focus sharp detailed detail texture fur hair eyes face hands "
+    "standing sitting running walking flying sleeping looking holding wearing coat hat dress "
+    "armor sword book cup window door house castle bridge road car train boat garden flowers "
+    "flower grass leaves leaf wood stone glass metal reflection reflections puddle puddles "
+    "composition framing centered rule thirds shot angle low high wide-angle view background "
+    "foreground atmosphere mood calm quiet serene melancholy dramatic joyful mysterious cozy "
+    "style palette colour color colors tones contrast lighting rim backlit volumetric ambient "
+    "highly quality best masterpiece realistic photorealistic stylized anime art concept "
+    "scene environment surroundings subject main secondary medium detailed, . ,"
+).split()
+_SPECIAL = ["[UNK]", "[PAD]", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(_SPECIAL + sorted(set(_WORDS) - set(_SPECIAL)))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", additional_special_tokens=_SPECIAL[2:]
+    )
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.model_max_length = 512
+    return fast
+
+
+def build_tiny_pipeline():
+    """A ZImagePipeline with tiny random weights, identical on every machine (fixed seeds)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = _build_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+        )
+    )
+    torch.manual_seed(0)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=32,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[16, 8, 8],
+        axes_lens=[1024, 512, 512],
+    )
+    with torch.no_grad():
+        # These two are allocated with torch.empty upstream; fix them so every build is identical.
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[16, 16, 16, 16],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=128,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    return ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+
+
+def ensure_tiny_weights(models_dir: Path) -> Path:
+    """Save the tiny pipeline as a diffusers folder once; later loads read it like real weights."""
+    target = Path(models_dir) / TINY_DIR_NAME
+    if (target / "model_index.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    from reverie.render.diffusers_engine import quiet_libraries
+
+    quiet_libraries()
+    build_tiny_pipeline().save_pretrained(tmp)
+    (tmp / "reverie-tiny.json").write_text(json.dumps({"version": TINY_VERSION}))
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        # Another process saved it first; theirs is identical.
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class TinyEngine(DiffusersEngine):
+    name = "tiny"
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, **options):
+        if models_dir is None:
+            from reverie.config import default_home
+
+            models_dir = default_home() / "models"
+        options.setdefault("device", "cpu")
+        options.setdefault("dtype", "float32")
+        super().__init__(model_path=str(ensure_tiny_weights(Path(models_dir))), profile="z-image-turbo", **options)

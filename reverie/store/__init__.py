@@ -1,0 +1,3 @@
+from reverie.store.db import Store
+
+__all__ = ["Store"]

@@ -1,0 +1,262 @@
+"""The lineage store: one SQLite file (WAL) and a folder of content-addressed PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import sqlite_utils
+
+from reverie.store.migrations import migrate
+from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
+from reverie.types import (
+    EngineOutput,
+    Expansion,
+    Render,
+    RenderSpec,
+    Request,
+    ReverieError,
+    Scores,
+    canonical_json,
+    sha256_text,
+)
+
+
+def new_run_id() -> str:
+    # Sortable by time, unique across processes.
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+class Store:
+    def __init__(self, home: str | os.PathLike):
+        self.home = Path(home).expanduser()
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.images_dir.mkdir(exist_ok=True)
+            probe = self.home / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ReverieError(
+                f"cannot write to home {self.home} ({e.strerror or e}): pass --home DIR or set REVERIE_HOME to a writable folder"
+            ) from None
+        try:
+            conn = sqlite3.connect(str(self.db_path), timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self.db = sqlite_utils.Database(conn)
+            migrate(self.db)
+        except sqlite3.DatabaseError as e:
+            raise ReverieError(
+                f"the database {self.db_path} is unusable ({e}): move it aside and run again, or use another --home"
+            ) from None
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "reverie.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- runs ------------------------------------------------------------------------------
+    def create_run(self, request: Request, engine: str, base_seed: int, run_id: Optional[str] = None) -> str:
+        run_id = run_id or new_run_id()
+        req_json = canonical_json(request.to_dict())
+        with self.db.conn:
+            self.db["runs"].insert(
+                {
+                    "id": run_id,
+                    "idea": request.idea,
+                    "request_json": req_json,
+                    "request_sha": sha256_text(req_json + "|" + engine),
+                    "profile": request.profile,
+                    "engine": engine,
+                    "base_seed": base_seed,
+                    "status": "running",
+                    "stop_reason": "",
+                    "created": time.time(),
+                    "finished": None,
+                }
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, stop_reason: str) -> None:
+        with self.db.conn:
+            self.db["runs"].update(run_id, {"status": status, "stop_reason": stop_reason, "finished": time.time()})
+
+    def get_run(self, run_id: str) -> dict:
+        rows = list(self.db.query("select * from runs where id = ? or id like ? order by created desc", [run_id, run_id + "%"]))
+        if not rows:
+            raise ReverieError(f"no run {run_id!r} in {self.db_path}: `reverie runs` lists the runs")
+        if len(rows) > 1 and rows[0]["id"] != run_id:
+            raise ReverieError(f"run id {run_id!r} is ambiguous: give more characters")
+        return rows[0]
+
+    def list_runs(self, limit: int = 50) -> list[dict]:
+        return list(
+            self.db.query(
+                """select runs.*,
+                     (select count(*) from renders where renders.run_id = runs.id and status = 'ok') as renders,
+                     (select max(s.value) from scores s join renders r on r.id = s.render_id
+                       where r.run_id = runs.id and s.name = 'composite') as best
+                   from runs order by created desc limit ?""",
+                [limit],
+            )
+        )
+
+    # -- prompts ---------------------------------------------------------------------------
+    def add_prompt(self, run_id: str, expansion: Expansion, round: int, parent_id: Optional[int] = None) -> int:
+        with self.db.conn:
+            table = self.db["prompts"].insert(
+                {
+                    "run_id": run_id,
+                    "parent_id": parent_id,
+                    "round": round,
+                    "text": expansion.prompt,
+                    "negative": expansion.negative,
+                    "text_sha": sha256_text(expansion.prompt + "\x00" + expansion.negative),
+                    "source": expansion.source,
+                    "model": expansion.model,
+                    "system_hash": expansion.system_hash,
+                    "reason": expansion.reason,
+                    "created": time.time(),
+                }
+            )
+        return int(table.last_pk)
+
+    def prompts(self, run_id: str) -> list[dict]:
+        return list(self.db.query("select * from prompts where run_id = ? order by id", [run_id]))
+
+    # -- renders ---------------------------------------------------------------------------
+    def find_render(self, run_id: str, spec: RenderSpec) -> Optional[dict]:
+        rows = list(self.db.query("select * from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
+        return rows[0] if rows else None
+
+    def add_render(self, run_id: str, prompt_id: int, round: int, output: EngineOutput) -> int:
+        """Write the PNG (atomically, content-addressed) and then the row that points at it."""
+        spec = output.spec
+        path, sha = None, None
+        status = "ok" if output.image is not None and not output.error else "failed"
+        if status == "ok":
+            meta = {
+                "format": 1,
+                "run_id": run_id,
+                "prompt_id": prompt_id,
+                "round": round,
+                "spec": spec.to_dict(),
+                "spec_sha": spec.sha,
+                "engine": output.engine,
+                "engine_version": output.engine_version,
+            }
+            data = encode_png(output.image, a1111_parameters(spec, f"reverie {_version()}"), meta)
+            sha, file_path = write_image(self.images_dir, data)
+            path = str(file_path.relative_to(self.home))
+        with self.db.conn:
+            table = self.db["renders"].insert(
+                {
+                    "run_id": run_id,
+                    "prompt_id": prompt_id,
+                    "round": round,
+                    "seed": spec.seed,
+                    "spec_json": spec.to_json(),
+                    "spec_sha": spec.sha,
+                    "sha256": sha,
+                    "path": path,
+                    "width": spec.width,
+                    "height": spec.height,
+                    "engine": output.engine,
+                    "engine_version": output.engine_version,
+                    "seconds": output.seconds,
+                    "status": status,
+                    "error": output.error,
+                    "created": time.time(),
+                }
+            )
+        return int(table.last_pk)
+
+    def add_scores(self, render_id: int, scores: Scores) -> None:
+        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer} for k, v in scores.values.items()]
+        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer})
+        with self.db.conn:
+            # Re-scoring a render replaces its values (unique index on render_id, name).
+            self.db["scores"].insert_all(rows, replace=True)
+
+    def scores_for(self, render_id: int) -> Optional[Scores]:
+        rows = list(self.db.query("select name, value, scorer from scores where render_id = ?", [render_id]))
+        if not rows:
+            return None
+        values = {r["name"]: r["value"] for r in rows if r["name"] != "composite"}
+        composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
+        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"])
+
+    def render_rows(self, run_id: str) -> list[dict]:
+        return list(self.db.query("select * from renders where run_id = ? order by id", [run_id]))
+
+    def to_render(self, row: dict) -> Render:
+        return Render(
+            id=row["id"],
+            run_id=row["run_id"],
+            prompt_id=row["prompt_id"],
+            round=row["round"],
+            spec=RenderSpec.from_dict(json.loads(row["spec_json"])),
+            path=str(self.home / row["path"]) if row["path"] else "",
+            sha256=row["sha256"] or "",
+            engine=row["engine"],
+            seconds=row["seconds"],
+            scores=self.scores_for(row["id"]),
+        )
+
+    def renders(self, run_id: str, ok_only: bool = True) -> list[Render]:
+        return [self.to_render(r) for r in self.render_rows(run_id) if r["status"] == "ok" or not ok_only]
+
+    def best(self, run_id: str, k: int = 4) -> list[Render]:
+        scored = [r for r in self.renders(run_id) if r.scores is not None]
+        scored.sort(key=lambda r: (-r.scores.composite, r.id))
+        return scored[:k]
+
+    # -- the tree --------------------------------------------------------------------------
+    def run_tree(self, run_id: str) -> dict[str, Any]:
+        run = self.get_run(run_id)
+        prompts = self.prompts(run["id"])
+        renders = self.render_rows(run["id"])
+        by_prompt: dict[int, list[dict]] = {}
+        for r in renders:
+            s = self.scores_for(r["id"])
+            by_prompt.setdefault(r["prompt_id"], []).append(
+                {
+                    "id": r["id"],
+                    "round": r["round"],
+                    "seed": r["seed"],
+                    "status": r["status"],
+                    "error": r["error"],
+                    "path": str(self.home / r["path"]) if r["path"] else None,
+                    "sha256": r["sha256"],
+                    "seconds": r["seconds"],
+                    "scores": ({**s.values, "composite": s.composite} if s else None),
+                }
+            )
+        nodes = {p["id"]: {**p, "renders": by_prompt.get(p["id"], []), "children": []} for p in prompts}
+        roots = []
+        for p in prompts:
+            node = nodes[p["id"]]
+            if p["parent_id"] and p["parent_id"] in nodes:
+                nodes[p["parent_id"]]["children"].append(node)
+            else:
+                roots.append(node)
+        return {"run": {k: v for k, v in run.items() if k != "request_json"}, "request": json.loads(run["request_json"]), "prompts": roots}
+
+
+def _version() -> str:
+    from reverie import __version__
+
+    return __version__

@@ -1,0 +1,118 @@
+"""PNG files that carry their own recipe: an A1111-style `parameters` chunk and a `reverie` chunk.
+
+Files are content-addressed (images/ab/abcdef….png) and written atomically: temp file, fsync,
+rename. A row that points at a file is committed only after this returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image, PngImagePlugin
+
+from reverie.types import RenderSpec
+
+SAMPLER_NAMES = {
+    "euler": "Euler",
+    "euler_ancestral": "Euler a",
+    "res_multistep": "Res Multistep",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+}
+
+
+def cfg_scale(spec: RenderSpec) -> float:
+    """CFG as A1111 and ComfyUI users read it. Z-Image's diffusers guidance 0.0 is CFG 1."""
+    if spec.profile.startswith("z-image"):
+        return round(spec.guidance + 1.0, 3)
+    return spec.guidance
+
+
+def a1111_parameters(spec: RenderSpec, version: str = "") -> str:
+    lines = [spec.prompt]
+    if spec.negative:
+        lines.append(f"Negative prompt: {spec.negative}")
+    fields = [
+        ("Steps", spec.steps),
+        ("Sampler", SAMPLER_NAMES.get(spec.sampler, spec.sampler)),
+        ("CFG scale", cfg_scale(spec)),
+        ("Seed", spec.seed),
+        ("Size", f"{spec.width}x{spec.height}"),
+        ("Model", spec.profile),
+    ]
+    if spec.shift is not None:
+        fields.append(("Shift", spec.shift))
+    if spec.blind_steps:
+        fields.append(("Blind steps", spec.blind_steps))
+    if spec.control is not None:
+        fields.append(("Control", f"{spec.control.kind} {spec.control.strength} {spec.control.image_sha[:12]}"))
+    if version:
+        fields.append(("Version", version))
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
+    return "\n".join(lines)
+
+
+def encode_png(image: Image.Image, parameters: str, meta: dict[str, Any]) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    info.add_itxt("reverie", json.dumps(meta, sort_keys=True, ensure_ascii=False))
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def content_path(images_dir: Path, sha: str) -> Path:
+    return Path(images_dir) / sha[:2] / f"{sha}.png"
+
+
+def write_image(images_dir: Path, data: bytes) -> tuple[str, Path]:
+    """Write PNG bytes content-addressed; identical bytes are stored once."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = content_path(images_dir, sha)
+    if not (path.exists() and file_sha256(path) == sha):
+        atomic_write(path, data)
+    return sha, path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Optional[str]]:
+    """The text chunks of a PNG: {'parameters': ..., 'reverie': ..., 'prompt': ...}."""
+    with Image.open(path) as im:
+        im.load()
+        text = dict(getattr(im, "text", {}) or {})
+    return text
+
+
+def read_reverie_meta(path: str | os.PathLike) -> Optional[dict]:
+    raw = read_metadata(path).get("reverie")
+    return json.loads(raw) if raw else None

@@ -1,0 +1,198 @@
+"""The small shared types that cross package boundaries.
+
+agents, render, scoring and store import only this module from each other's world, so these
+types stay frozen, plain and JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Literal, Optional
+
+ControlKind = Literal["auto", "canny", "depth", "pose", "img2img"]
+CONTROL_KINDS: tuple[str, ...] = ("auto", "canny", "depth", "pose", "img2img")
+ExpansionSource = Literal["user", "dreamer", "formula", "critic"]
+
+
+class ReverieError(Exception):
+    """A user-facing error: its message is one line that names the fix.
+
+    The CLI prints it without a traceback; the Python API lets it propagate.
+    """
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An image the user gives to steer a render: path, control kind and strength."""
+
+    path: str
+    control: str = "auto"
+    strength: float = 0.8
+
+
+@dataclass(frozen=True)
+class Request:
+    idea: str
+    n: int = 4
+    rounds: int = 2
+    target: Optional[float] = None
+    aspect: str = "1:1"
+    megapixels: float = 1.0
+    profile: str = "z-image-turbo"
+    references: tuple[Reference, ...] = ()
+    seed: Optional[int] = None
+    # Variety knobs; None means "the profile's default".
+    shift: Optional[float] = None
+    blind_steps: int = 0
+    steps: Optional[int] = None
+    max_seconds: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["references"] = [asdict(r) for r in self.references]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Request":
+        d = dict(d)
+        d["references"] = tuple(Reference(**r) for r in d.get("references", ()))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Expansion:
+    prompt: str
+    negative: str = ""
+    source: str = "formula"
+    model: str = ""
+    system_hash: str = ""
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A preprocessed control image, stored content-addressed, with its kind and strength."""
+
+    kind: str
+    image_sha: str
+    image_path: str
+    strength: float = 0.8
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything an engine needs to reproduce one image. Its canonical JSON hash identifies it."""
+
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    profile: str
+    negative: str = ""
+    sampler: str = "euler"
+    shift: Optional[float] = None
+    blind_steps: int = 0
+    control: Optional[Control] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RenderSpec":
+        d = dict(d)
+        if d.get("control"):
+            d["control"] = Control(**d["control"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def sha(self) -> str:
+        # image_path is where this machine keeps the control image, not part of its identity.
+        d = self.to_dict()
+        if d.get("control"):
+            d["control"] = {k: v for k, v in d["control"].items() if k != "image_path"}
+        return sha256_text(canonical_json(d))
+
+    def with_(self, **changes: Any) -> "RenderSpec":
+        return replace(self, **changes)
+
+
+@dataclass
+class EngineOutput:
+    """What an engine hands back for one spec: a PIL image, or an error saying why not."""
+
+    spec: RenderSpec
+    image: Any  # PIL.Image.Image | None
+    engine: str
+    engine_version: str
+    seconds: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Scores:
+    values: dict[str, float]
+    composite: float
+    scorer: str
+    details: dict[str, Any] = field(default_factory=dict)
+    # An embedding for near-duplicate detection (CLIP image embedding, or a tiny pixel
+    # signature for the heuristic scorer). Not stored in the database.
+    embedding: Optional[tuple[float, ...]] = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Render:
+    """A stored render: its row id, where the PNG is, its hash, spec, engine and scores."""
+
+    id: int
+    run_id: str
+    prompt_id: int
+    round: int
+    spec: RenderSpec
+    path: str
+    sha256: str
+    engine: str
+    seconds: float
+    scores: Optional[Scores] = None
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.prompt
+
+
+@dataclass(frozen=True)
+class Event:
+    """A progress event. The CLI draws bars from these; the API yields them."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[Event], None]
+
+
+def no_progress(event: Event) -> None:
+    return None
