@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
-from reverie.types import Expansion
+from pydantic import BaseModel, Field
+
+from reverie.types import Expansion, canonical_json, sha256_text
 
 
 @dataclass(frozen=True)
@@ -30,3 +32,79 @@ def rule_critic(
     if previous_best is not None and round_best <= previous_best + stall_margin:
         return Critique("revise", f"scores stalled at {round_best:.3f}: try a different interpretation of the idea")
     return Critique("more_seeds", "scores are still improving: more seeds of the same prompt")
+
+
+CRITIC_SYSTEM = """\
+You are the art director of an image-generation loop. After each round you see the person's \
+idea, the prompt that was rendered, and the scores of the images (composite is what counts; \
+faithfulness says how well an image matches the idea; similarity says how alike the images are). \
+Decide the single best next step:
+- "more_seeds": the prompt works and scores are still rising; render more seeds of it.
+- "variety": the images are too alike; keep the prompt and turn the variety knobs.
+- "revise": the prompt holds the images back; write a better prompt.
+Give a one-sentence reason that names the evidence. When you revise, the new prompt stays \
+faithful to the idea, changes what the scores suggest is weak, and follows the same style as \
+the current prompt ({style}). Keep quoted text verbatim. No invented text or logos.
+
+Answer with a JSON object only:
+{{"action": "more_seeds" | "variety" | "revise", "reason": "<one sentence>", "prompt": "<the revised prompt, only for revise>", "negative": "<negative tags, only for tag-style models>"}}
+"""
+
+STYLE_NATURAL = "one flowing paragraph of 80 to 150 words of concrete visual description"
+STYLE_TAGS = "comma-separated tags with a few (tag:1.2) weights, quality tags first, and a negative prompt"
+
+
+class CriticAnswer(BaseModel):
+    action: Literal["more_seeds", "variety", "revise"]
+    reason: str = Field(min_length=1)
+    prompt: str = ""
+    negative: str = ""
+
+
+class LLMCritic:
+    """The critic over an LLM; when the LLM gives no usable answer, the fallback critic decides."""
+
+    name = "llm"
+
+    def __init__(self, llm, fallback, notice=None):
+        self.llm = llm
+        self.fallback = fallback
+        self.notice = notice or (lambda message: None)
+
+    def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details) -> Critique:
+        from reverie.agents.dreamer import finish_prompt, missing_quotes
+        from reverie.agents.llm import LLMUnavailable
+
+        system = CRITIC_SYSTEM.format(style=STYLE_TAGS if profile.prompt_style == "tags" else STYLE_NATURAL)
+        system_hash = sha256_text(system)
+        report = {
+            "idea": idea,
+            "model": profile.name,
+            "prompt": expansion.prompt,
+            "negative": expansion.negative,
+            "round_best": round(round_best, 4),
+            "previous_best": None if previous_best is None else round(previous_best, 4),
+            "similarity": round(similarity, 4),
+            "images": details[:16],
+        }
+
+        def check(answer: CriticAnswer) -> str:
+            if answer.action != "revise":
+                return ""
+            if not answer.prompt.strip():
+                return "a revise answer needs the revised prompt"
+            lost = missing_quotes(idea, answer.prompt)
+            return f"the quoted text {lost[0]!r} must appear verbatim" if lost else ""
+
+        try:
+            answer = self.llm.structured(system, canonical_json(report), CriticAnswer, purpose="critique",
+                                         system_hash=system_hash, temperature=0.4, check=check)
+        except LLMUnavailable as e:
+            self.notice(str(e))
+            return self.fallback.critique(idea, expansion, profile, round_best, previous_best, similarity, details)
+        reason = " ".join(answer.reason.split())
+        if answer.action != "revise":
+            return Critique(answer.action, reason)
+        prompt, negative = finish_prompt(profile, answer.prompt, answer.negative)
+        return Critique("revise", reason, Expansion(prompt=prompt, negative=negative, source="critic",
+                                                    model=self.llm.model, system_hash=system_hash, reason=reason))

@@ -101,16 +101,23 @@ def make(
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
+    control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Expand an idea, render, score and loop; print the best images."""
     from reverie.orchestrator.studio import Studio
 
     progress = CliProgress(quiet=as_json)
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path)
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
+                    llm_model=llm_model, config=config)
+    references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
-                             seed=seed, progress=progress)
+                             seed=seed, progress=progress, references=references)
     finally:
         progress.stop()
         studio.close()

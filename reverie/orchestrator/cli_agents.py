@@ -2,4 +2,46 @@
 
 from __future__ import annotations
 
-from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+import json
+from typing import Optional
+
+import typer
+
+from reverie.orchestrator.cli import CliProgress, app, err, friendly, out  # noqa: F401
+
+
+@app.command()
+@friendly
+def expand(
+    idea: str = typer.Argument(..., help="What to make, in a few words."),
+    profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile whose prompt style to write."),
+    k: int = typer.Option(1, "--k", help="How many different interpretations (1-8)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the offline formula expander."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    home: Optional[str] = typer.Option(None, "--home", help="Data folder (LLM calls are recorded there)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of text."),
+):
+    """Print prompt expansions of an idea without rendering anything."""
+    from reverie.orchestrator.studio import Studio, clean_idea
+    from reverie.render.profiles import get_profile
+    from reverie.types import ReverieError
+
+    if not 1 <= k <= 8:
+        raise ReverieError(f"k must be between 1 and 8 (got {k}): pass --k 3 for three interpretations")
+    text = clean_idea(idea)
+    chosen = get_profile(profile)
+    with Studio(home=home, profile=profile, llm_url=llm_url, llm_model=llm_model, config=config) as studio:
+        expander, _ = studio.expander_and_critic(CliProgress(quiet=True))
+        expansions = expander.expand(text, chosen, k=k, seed=seed)
+    if as_json:
+        print(json.dumps([e.to_dict() for e in expansions], ensure_ascii=False))
+        return
+    for i, e in enumerate(expansions, 1):
+        label = f"[{i}] {e.source}" + (f" ({e.model})" if e.model else "") + (f": {e.reason}" if e.reason else "")
+        out.print(label, style="bold", highlight=False, markup=False)
+        out.print(e.prompt, highlight=False, markup=False, soft_wrap=True)
+        if e.negative:
+            out.print(f"Negative prompt: {e.negative}", highlight=False, markup=False, soft_wrap=True)
+        out.print()

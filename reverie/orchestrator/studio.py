@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-from reverie.config import resolve_home
+from reverie.config import load_config, resolve_home
 from reverie.render.engine import ENGINES, make_engine
 from reverie.render.profiles import Profile, get_profile
 from reverie.render.resolution import check_megapixels, parse_aspect, size_for
 from reverie.store.db import Store
-from reverie.types import CONTROL_KINDS, Event, ProgressFn, Reference, Render, Request, ReverieError
+from reverie.types import CONTROL_KINDS, Control, Event, ProgressFn, Reference, Render, Request, ReverieError
 
 MAX_N = 1024
 MAX_ROUNDS = 100
@@ -120,6 +120,9 @@ class Studio:
         model_path: Optional[str] = None,
         engine_options: Optional[dict[str, Any]] = None,
         progress: Optional[ProgressFn] = None,
+        llm_url: Optional[str] = None,
+        llm_model: Optional[str] = None,
+        config: Optional[str | Path] = None,
     ):
         if engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
@@ -137,6 +140,9 @@ class Studio:
         self._scorer = None
         self._notified: set[str] = set()
         self.notices: list[str] = []
+        self.llm_url, self.llm_model = llm_url, llm_model
+        self.config = load_config(self.home, config)
+        self._run_id: Optional[str] = None  # the run LLM calls are recorded against
 
     # -- parts -----------------------------------------------------------------------------
     def _notice(self, message: str, progress: ProgressFn) -> None:
@@ -183,10 +189,36 @@ class Studio:
         return self._scorer
 
     def expander_and_critic(self, progress: ProgressFn):
+        from reverie.agents.critic import LLMCritic
+        from reverie.agents.dreamer import DreamerExpander
         from reverie.agents.expander import FormulaExpander, RuleCritic
+        from reverie.agents.llm import LLMClient, llm_settings
 
-        expander = FormulaExpander()
-        return expander, RuleCritic(expander)
+        formula = FormulaExpander()
+        settings = llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model)
+        if not settings.configured:
+            self._notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
+                         "or set [llm] base_url in reverie.toml)", progress)
+            return formula, RuleCritic(formula)
+        # A fresh client per run: a server that died in one run is tried again in the next.
+        llm = LLMClient(settings, record=lambda call: self.store.add_llm_call(call, run_id=self._run_id))
+        dreamer = DreamerExpander(llm, fallback=formula, notice=lambda m: self._notice(m, progress))
+        self._notice(f"prompts: dreamer expander and critic over the LLM at {settings.url}"
+                     f" (model {settings.model or 'first listed'})", progress)
+        return dreamer, LLMCritic(llm, fallback=RuleCritic(formula), notice=dreamer.fall_back)
+
+    def _control(self, req: Request, store: Store, run_id: str, progress: ProgressFn) -> Control:
+        """The graph's reference step: preprocess the first reference, store it, link it to the run."""
+        from reverie.agents.references import prepare_control
+
+        ref = req.references[0]
+        prepared = prepare_control(ref, req.idea, self.home / "models")
+        if prepared.note:
+            self._notice(prepared.note, progress)
+        sha, path = store.add_control(run_id, prepared.kind, str(Path(ref.path).expanduser().resolve()),
+                                           prepared.source_sha, prepared.data)
+        progress(Event("control", {"kind": prepared.kind, "image_sha": sha, "path": str(path)}))
+        return Control(kind=prepared.kind, image_sha=sha, image_path=str(path), strength=ref.strength)
 
     # -- runs ------------------------------------------------------------------------------
     def request(self, idea: str, **kw: Any) -> Request:
@@ -208,14 +240,20 @@ class Studio:
             max_side = min(max_side, TINY_MAX_SIDE)
         width, height = size_for(req.aspect, req.megapixels, profile.multiple, max_side)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        for ref in req.references:  # a bad reference is one line before anything starts
+            from reverie.agents.references import load_reference
+
+            load_reference(ref.path)
         expander, critic = self.expander_and_critic(progress)
         run_id = self.store.create_run(req, engine.name, base_seed)
+        self._run_id = run_id
         progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name, "engine": engine.name,
                                        "width": width, "height": height, "n": req.n, "rounds": req.rounds,
                                        "budget": req.n * req.rounds}))
         ctx = LoopContext(store=self.store, engine=engine, scorer=self.scorer(progress), expander=expander,
                           critic=critic, request=req, profile=profile, width=width, height=height,
-                          base_seed=base_seed, progress=progress)
+                          base_seed=base_seed, progress=progress,
+                          references=lambda r, store: self._control(r, store, run_id, progress))
         state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
                  "blind_steps": req.blind_steps, "history": []}
         try:

@@ -33,7 +33,7 @@ def new_run_id() -> str:
 
 
 class Store:
-    def __init__(self, home: str | os.PathLike):
+    def __init__(self, home: str | os.PathLike, busy_timeout: Optional[float] = None):
         self.home = Path(home).expanduser()
         try:
             self.home.mkdir(parents=True, exist_ok=True)
@@ -45,14 +45,20 @@ class Store:
             raise ReverieError(
                 f"cannot write to home {self.home} ({e.strerror or e}): pass --home DIR or set REVERIE_HOME to a writable folder"
             ) from None
+        # How long to wait for another process's write lock; REVERIE_BUSY_TIMEOUT (seconds) tunes it.
+        busy = busy_timeout if busy_timeout is not None else float(os.environ.get("REVERIE_BUSY_TIMEOUT", "30"))
         try:
-            conn = sqlite3.connect(str(self.db_path), timeout=30, check_same_thread=False)
+            conn = sqlite3.connect(str(self.db_path), timeout=busy, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
             self.db = sqlite_utils.Database(conn)
             migrate(self.db)
         except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise ReverieError(
+                    f"the database {self.db_path} is locked by another program (waited {busy:g}s): let it finish, or set REVERIE_BUSY_TIMEOUT to wait longer"
+                ) from None
             raise ReverieError(
                 f"the database {self.db_path} is unusable ({e}): move it aside and run again, or use another --home"
             ) from None
@@ -78,7 +84,7 @@ class Store:
                     "id": run_id,
                     "idea": request.idea,
                     "request_json": req_json,
-                    "request_sha": sha256_text(req_json + "|" + engine),
+                    "request_sha": self.request_sha(request, engine),
                     "profile": request.profile,
                     "engine": engine,
                     "base_seed": base_seed,
@@ -89,6 +95,11 @@ class Store:
                 }
             )
         return run_id
+
+    @staticmethod
+    def request_sha(request: Request, engine: str) -> str:
+        """The same command gives the same hash: that is how a rerun finds the run to continue."""
+        return sha256_text(canonical_json(request.to_dict()) + "|" + engine)
 
     def finish_run(self, run_id: str, status: str, stop_reason: str) -> None:
         with self.db.conn:
@@ -142,25 +153,20 @@ class Store:
         rows = list(self.db.query("select * from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
         return rows[0] if rows else None
 
-    def add_render(self, run_id: str, prompt_id: int, round: int, output: EngineOutput) -> int:
-        """Write the PNG (atomically, content-addressed) and then the row that points at it."""
+    def add_render(self, run_id: str, prompt_id: int, round: int, output: EngineOutput,
+                   batch_size: Optional[int] = None) -> int:
+        """Write the PNG (atomically, content-addressed) and then the row that points at it.
+
+        batch_size is the engine's batch at render time; `reproduce` needs it, because padded
+        batches of another size round differently. Blank (NaN or all-black) images are recorded
+        as failed, so they are never ranked.
+        """
         spec = output.spec
         path, sha = None, None
-        status = "ok" if output.image is not None and not output.error else "failed"
+        error = output.error or (blank_image_error(output.image) if output.image is not None else "")
+        status = "ok" if output.image is not None and not error else "failed"
         if status == "ok":
-            meta = {
-                "format": 1,
-                "run_id": run_id,
-                "prompt_id": prompt_id,
-                "round": round,
-                "spec": spec.to_dict(),
-                "spec_sha": spec.sha,
-                "engine": output.engine,
-                "engine_version": output.engine_version,
-            }
-            data = encode_png(output.image, a1111_parameters(spec, f"reverie {_version()}"), meta)
-            sha, file_path = write_image(self.images_dir, data)
-            path = str(file_path.relative_to(self.home))
+            path, sha = self._write_render_png(run_id, prompt_id, round, output, batch_size)
         with self.db.conn:
             table = self.db["renders"].insert(
                 {
@@ -178,9 +184,47 @@ class Store:
                     "engine_version": output.engine_version,
                     "seconds": output.seconds,
                     "status": status,
-                    "error": output.error,
+                    "error": error,
                     "created": time.time(),
                 }
+            )
+        return int(table.last_pk)
+
+    def _write_render_png(self, run_id: str, prompt_id: int, round: int, output: EngineOutput,
+                          batch_size: Optional[int]) -> tuple[str, str]:
+        spec = output.spec
+        meta = {
+            "format": 1,
+            "run_id": run_id,
+            "prompt_id": prompt_id,
+            "round": round,
+            "spec": spec.to_dict(),
+            "spec_sha": spec.sha,
+            "engine": output.engine,
+            "engine_version": output.engine_version,
+            "batch_size": batch_size,
+        }
+        data = encode_png(output.image, a1111_parameters(spec, f"reverie {_version()}"), meta)
+        sha, file_path = write_image(self.images_dir, data)
+        return str(file_path.relative_to(self.home)), sha
+
+    def replace_image(self, render_id: int, output: EngineOutput, batch_size: Optional[int] = None) -> None:
+        """Point an existing row at a freshly rendered file (its old file went missing)."""
+        row = self.db["renders"].get(render_id)
+        path, sha = self._write_render_png(row["run_id"], row["prompt_id"], row["round"], output, batch_size)
+        with self.db.conn:
+            self.db["renders"].update(render_id, {"path": path, "sha256": sha})
+
+    def adopt_render(self, meta: dict, path: str, sha: str) -> int:
+        """Record a render whose file was written but whose row never committed (a crash)."""
+        spec = RenderSpec.from_dict(meta["spec"])
+        with self.db.conn:
+            table = self.db["renders"].insert(
+                {"run_id": meta["run_id"], "prompt_id": meta["prompt_id"], "round": meta.get("round", 0),
+                 "seed": spec.seed, "spec_json": spec.to_json(), "spec_sha": spec.sha, "sha256": sha, "path": path,
+                 "width": spec.width, "height": spec.height, "engine": meta.get("engine", ""),
+                 "engine_version": meta.get("engine_version", ""), "seconds": 0.0, "status": "ok",
+                 "error": "", "created": time.time()}
             )
         return int(table.last_pk)
 
@@ -224,6 +268,33 @@ class Store:
         scored.sort(key=lambda r: (-r.scores.composite, r.id))
         return scored[:k]
 
+    # -- LLM calls and control images ------------------------------------------------------
+    def add_llm_call(self, call: dict, run_id: Optional[str] = None) -> int:
+        """Record one LLM call (the dict the LLM client hands its record callback)."""
+        keys = ("purpose", "model", "base_url", "system_hash", "request_json", "response_text", "seconds",
+                "prompt_tokens", "completion_tokens", "ok", "error")
+        row = {k: call.get(k) for k in keys}
+        row.update(run_id=run_id, ok=int(bool(call.get("ok"))), created=time.time())
+        with self.db.conn:
+            return int(self.db["llm_calls"].insert(row).last_pk)
+
+    def llm_calls(self, run_id: Optional[str] = None) -> list[dict]:
+        if run_id is None:
+            return list(self.db.query("select * from llm_calls order by id"))
+        return list(self.db.query("select * from llm_calls where run_id = ? order by id", [run_id]))
+
+    def add_control(self, run_id: Optional[str], kind: str, source_path: str, source_sha: str, data: bytes) -> tuple[str, Path]:
+        """Store a preprocessed control image content-addressed and link it to the run."""
+        sha, path = write_image(self.images_dir, data)
+        with self.db.conn:
+            self.db["controls"].insert({"run_id": run_id, "kind": kind, "source_path": source_path, "source_sha": source_sha,
+                                        "image_sha": sha, "image_path": str(path.relative_to(self.home)),
+                                        "created": time.time()})
+        return sha, path
+
+    def controls(self, run_id: str) -> list[dict]:
+        return list(self.db.query("select * from controls where run_id = ? order by id", [run_id]))
+
     # -- the tree --------------------------------------------------------------------------
     def run_tree(self, run_id: str) -> dict[str, Any]:
         run = self.get_run(run_id)
@@ -254,6 +325,16 @@ class Store:
             else:
                 roots.append(node)
         return {"run": {k: v for k, v in run.items() if k != "request_json"}, "request": json.loads(run["request_json"]), "prompts": roots}
+
+
+def blank_image_error(image) -> str:
+    """Why an image is unusable (all black: what NaN latents decode to), or "" when it is fine."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"))
+    if pixels.size == 0 or int(pixels.max()) == 0:
+        return "the engine returned a black image (NaN or blank output); try another seed, or float32/bfloat16 instead of float16"
+    return ""
 
 
 def _version() -> str:

@@ -90,6 +90,118 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["request_sha"])
 
 
+@migration
+def m002_llm_calls_and_controls(db: sqlite_utils.Database) -> None:
+    # run_id is null for calls made outside a run (`reverie expand`).
+    db["llm_calls"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "purpose": str,  # expand | critique | models
+            "model": str,
+            "base_url": str,
+            "system_hash": str,
+            "request_json": str,
+            "response_text": str,
+            "seconds": float,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "ok": int,
+            "error": str,
+            "created": float,
+        },
+        pk="id",
+    )
+    db["llm_calls"].create_index(["run_id"])
+    db["controls"].create(
+        {
+            "id": int,
+            "run_id": str,
+            "kind": str,  # canny | depth | pose | img2img
+            "source_path": str,
+            "source_sha": str,
+            "image_sha": str,
+            "image_path": str,
+            "created": float,
+        },
+        pk="id",
+    )
+    db["controls"].create_index(["run_id"])
+
+
+@migration
+def m003_run_owner_and_image_index(db: sqlite_utils.Database) -> None:
+    # Which process holds a run (shown to users; the flock in store/recovery.py is the guard),
+    # and how renders are found from an image file's sha256 (`reverie lineage IMAGE.png`).
+    db["runs"].add_column("owner_pid", int)
+    db["renders"].create_index(["sha256"])
+    db["prompts"].create_index(["text_sha"])
+
+
+@migration
+def m004_batches_and_chats(db: sqlite_utils.Database) -> None:
+    # A batch is identified by the hash of its file content and options: the same command
+    # finds the same row and continues it.
+    db["batches"].create(
+        {
+            "id": str,
+            "source": str,  # the file as given
+            "options_json": str,
+            "status": str,  # running | done | interrupted
+            "seconds_spent": float,  # active time summed over sessions, for --hours
+            "report_path": str,
+            "created": float,
+            "finished": float,
+        },
+        pk="id",
+    )
+    db["batch_items"].create(
+        {
+            "id": int,
+            "batch_id": str,
+            "idx": int,
+            "idea": str,
+            "overrides_json": str,
+            "budget": int,  # renders this item may use
+            "base_seed": int,
+            "run_id": str,  # the lineage run that holds its prompts, renders and scores
+            "status": str,  # pending | running | done
+        },
+        pk="id",
+        foreign_keys=[("batch_id", "batches", "id"), ("run_id", "runs", "id")],
+    )
+    db["batch_items"].create_index(["batch_id", "idx"], unique=True)
+    db["batch_items"].create_index(["run_id"])
+    db["batch_keeps"].create(
+        {"id": int, "item_id": int, "render_id": int, "rank": int, "near_duplicate": int},
+        pk="id",
+        foreign_keys=[("item_id", "batch_items", "id"), ("render_id", "renders", "id")],
+    )
+    db["batch_keeps"].create_index(["item_id", "rank"], unique=True)
+    db["chat_sessions"].create({"id": int, "name": str, "created": float, "updated": float}, pk="id")
+    db["chat_sessions"].create_index(["name"], unique=True)
+    db["chat_turns"].create(
+        {
+            "id": int,
+            "session_id": int,
+            "turn": int,  # 1-based within the session
+            "message": str,
+            "interpretation_json": str,  # how the message was read: rules or LLM, and what changed
+            "request_json": str,
+            "run_id": str,
+            "parent_turn_id": int,  # the turn this one starts from
+            "parent_run_id": str,
+            "ref_render_id": int,  # "the second one": the render the follow-up points at
+            "created": float,
+        },
+        pk="id",
+        foreign_keys=[("session_id", "chat_sessions", "id"), ("run_id", "runs", "id"),
+                      ("parent_turn_id", "chat_turns", "id"), ("ref_render_id", "renders", "id")],
+    )
+    db["chat_turns"].create_index(["session_id", "turn"], unique=True)
+    db["chat_turns"].create_index(["run_id"])
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     if "_migrations" not in db.table_names():
