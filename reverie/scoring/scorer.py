@@ -1,12 +1,31 @@
-"""Scorers chosen by name: `score(images, ideas, prompts) -> list[Scores]`, batched."""
+"""Scorers chosen by name: `score(images, ideas, prompts) -> list[Scores]`, batched.
+
+"clip" is CLIP faithfulness (image vs the user's idea) and prompt match (image vs the expanded
+prompt), plus the LAION aesthetic predictor and PickScore when their weights are on disk.
+"heuristic" needs no weights. "auto" is "clip" when its weights are present, else "heuristic",
+and says which in `honest_note`.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Sequence
 
+from reverie.scoring.composite import DEFAULT_WEIGHTS, check_weights, composite
 from reverie.types import ReverieError, Scores
 
 SCORERS = ("auto", "heuristic", "clip")
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_DEDUPE_THRESHOLD = 0.95
+# Settings an environment variable can give (they override reverie.toml, options override both).
+ENV = {
+    "clip_model": "REVERIE_CLIP_MODEL",
+    "clip_config": "REVERIE_CLIP_CONFIG",
+    "clip_weights": "REVERIE_CLIP_WEIGHTS",
+    "aesthetic_weights": "REVERIE_AESTHETIC_WEIGHTS",
+    "pickscore": "REVERIE_PICKSCORE",
+}
 
 
 class Scorer(Protocol):
@@ -18,10 +37,160 @@ class Scorer(Protocol):
     def close(self) -> None: ...
 
 
-def make_scorer(name: str = "auto", **options) -> Scorer:
-    if name in ("auto", "heuristic"):
-        # "auto" picks CLIP + aesthetics when their weights are on disk (scoring issue).
-        from reverie.scoring.heuristic import HeuristicScorer
+@dataclass(frozen=True)
+class ScoringSettings:
+    clip_model: str = ""
+    clip_config: str = ""
+    clip_weights: str = ""
+    aesthetic_weights: str = ""
+    pickscore: str = ""  # a folder, "" to use the cache when present, "off" to never use it
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str = ""
+    dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD
 
-        return HeuristicScorer(**options)
-    raise ReverieError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
+
+def scoring_settings(table: Optional[dict] = None, **options: Any) -> ScoringSettings:
+    """Merge the `[scoring]` table, the environment and explicit options, in that order."""
+    merged: dict[str, Any] = dict(table or {})
+    merged.update({key: os.environ[var] for key, var in ENV.items() if os.environ.get(var)})
+    merged.update({k: v for k, v in options.items() if v is not None})
+    known = set(ScoringSettings.__dataclass_fields__)
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ReverieError(f"unknown [scoring] setting {unknown[0]!r}: use one of {', '.join(sorted(known))}")
+    weights = {**DEFAULT_WEIGHTS, **check_weights(merged.pop("weights", {}) or {})}
+    try:
+        batch_size = int(merged.pop("batch_size", DEFAULT_BATCH_SIZE))
+        threshold = float(merged.pop("dedupe_threshold", DEFAULT_DEDUPE_THRESHOLD))
+    except (TypeError, ValueError):
+        raise ReverieError("[scoring] batch_size must be a whole number and dedupe_threshold a number such as 0.95") from None
+    if batch_size < 1:
+        raise ReverieError(f"[scoring] batch_size = {batch_size}: use 1 or more")
+    if not -1.0 <= threshold <= 1.0:
+        raise ReverieError(f"[scoring] dedupe_threshold = {threshold}: use a cosine between -1 and 1, e.g. 0.95")
+    return ScoringSettings(**{k: str(v) for k, v in merged.items()}, weights=weights, batch_size=batch_size,
+                           dedupe_threshold=threshold)
+
+
+class ClipScorer:
+    """CLIP + aesthetics (+ PickScore): one CLIP image forward pass per batch serves both."""
+
+    def __init__(self, clip, aesthetic=None, pickscore=None, weights: Optional[dict[str, float]] = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, honest_note: str = ""):
+        if aesthetic is not None and aesthetic.input_size != clip.embed_dim:
+            raise ReverieError(f"the aesthetic predictor takes {aesthetic.input_size}-wide embeddings but CLIP "
+                               f"{clip.model_name} gives {clip.embed_dim}: use ViT-L-14-quickgelu with it")
+        self.clip = clip
+        self.aesthetic = aesthetic.to(clip.device) if aesthetic is not None else None
+        self.pickscore = pickscore
+        self.weights = dict(weights or DEFAULT_WEIGHTS)
+        self.batch_size = batch_size
+        self.name = "clip" + ("+aesthetic" if aesthetic is not None else "") + ("+pickscore" if pickscore is not None else "")
+        self.honest_note = honest_note
+        self._text_cache: dict[str, Any] = {}
+
+    def _texts(self, texts: Sequence[str]):
+        import torch
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            if len(self._text_cache) > 4096:  # ideas and prompts repeat within a run, not forever
+                self._text_cache.clear()
+            for text, emb in zip(missing, self.clip.encode_texts(missing)):
+                self._text_cache[text] = emb
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def score(self, images: Sequence, ideas: Sequence[str], prompts: Sequence[str]) -> list[Scores]:
+        import torch
+
+        if not (len(images) == len(ideas) == len(prompts)):
+            raise ReverieError(f"score() got {len(images)} images, {len(ideas)} ideas and {len(prompts)} prompts: pass one of each per image")
+        out: list[Scores] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            chunk = list(images[batch])
+            image_emb = self.clip.encode_images(chunk)
+            columns = {
+                "faithfulness": (image_emb * self._texts(ideas[batch])).sum(-1),
+                "prompt_match": (image_emb * self._texts(prompts[batch])).sum(-1),
+            }
+            if self.aesthetic is not None:
+                with torch.no_grad():
+                    columns["aesthetic"] = self.aesthetic(image_emb)
+            if self.pickscore is not None:
+                columns["pickscore"] = torch.tensor(self.pickscore.score(chunk, prompts[batch]))
+            columns = {k: v.float().cpu().tolist() for k, v in columns.items()}
+            embeddings = image_emb.cpu().tolist()
+            for i in range(len(chunk)):
+                values = {k: round(float(v[i]), 5) for k, v in columns.items()}
+                total, normalised = composite(values, self.weights)
+                out.append(Scores(values=values, composite=round(total, 5), scorer=self.name,
+                                  details={"normalised": {k: round(v, 5) for k, v in normalised.items()},
+                                           "clip_model": self.clip.model_name},
+                                  embedding=tuple(embeddings[i])))
+        return out
+
+    def close(self) -> None:
+        self.clip.close()
+        if self.pickscore is not None:
+            self.pickscore.close()
+
+
+def build_clip_scorer(settings: ScoringSettings) -> ClipScorer:
+    """Load CLIP (required), the aesthetic predictor and PickScore (each when present)."""
+    from reverie.scoring.aesthetic import cached_aesthetic_weights, load_aesthetic
+    from reverie.scoring.clip import DEFAULT_MODEL, ClipModel, default_device, register_config, resolve_clip_weights
+
+    model_name = register_config(settings.clip_config) if settings.clip_config else (settings.clip_model or DEFAULT_MODEL)
+    if settings.clip_config and settings.clip_model and settings.clip_model != model_name:
+        raise ReverieError(f"clip_model {settings.clip_model!r} differs from the config file's name {model_name!r}: set one of them")
+    weights = resolve_clip_weights(model_name, settings.clip_weights or None)
+    device = settings.device or default_device()
+    notes = []
+    aesthetic_path = settings.aesthetic_weights or cached_aesthetic_weights()
+    aesthetic = load_aesthetic(aesthetic_path) if aesthetic_path else None
+    if aesthetic is None:
+        notes.append("no aesthetic weights (run `reverie models pull laion-aesthetic-v2`)")
+    pickscore = None
+    if settings.pickscore.lower() != "off":
+        from reverie.scoring.pickscore import PickScorer, resolve_pickscore
+
+        pick_path = resolve_pickscore(settings.pickscore or None)
+        pickscore = PickScorer(pick_path, device=device) if pick_path else None
+    clip = ClipModel(model_name, weights=weights, device=device)
+    note = f"CLIP {model_name} scorer without aesthetics: {notes[0]}" if notes else ""
+    return ClipScorer(clip, aesthetic, pickscore, settings.weights, settings.batch_size, honest_note=note)
+
+
+def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, table: Optional[dict] = None,
+                **options: Any) -> Scorer:
+    """A scorer by name. Settings come from `table` (else reverie.toml's [scoring] in `home`),
+    the REVERIE_* environment variables and `options`."""
+    if name not in SCORERS:
+        raise ReverieError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
+    from reverie.scoring.heuristic import WEIGHTS as HEURISTIC_WEIGHTS, HeuristicScorer
+
+    if table is None:
+        from reverie.config import load_config
+
+        table = load_config(home).get("scoring", {})
+    if not isinstance(table, dict):
+        raise ReverieError("[scoring] in reverie.toml must be a table: write it as a [scoring] section")
+    settings = scoring_settings(table, **options)
+    heuristic_weights = {**HEURISTIC_WEIGHTS, **{k: v for k, v in settings.weights.items() if k in HEURISTIC_WEIGHTS}}
+    if name == "heuristic":
+        return HeuristicScorer(heuristic_weights)
+    if name == "auto" and not (settings.clip_weights or settings.clip_config) and not clip_weights_cached(settings):
+        heuristic = HeuristicScorer(heuristic_weights)
+        heuristic.honest_note = ("heuristic scorer (no CLIP weights on this machine; `reverie models pull clip-vit-l-14` "
+                                 "and `reverie models pull laion-aesthetic-v2` enable CLIP + aesthetic scoring): "
+                                 "ranks sharpness, exposure, colour and noise, not faithfulness")
+        return heuristic
+    return build_clip_scorer(settings)
+
+
+def clip_weights_cached(settings: ScoringSettings) -> bool:
+    from reverie.scoring.clip import DEFAULT_MODEL, cached_clip_weights
+
+    return cached_clip_weights(settings.clip_model or DEFAULT_MODEL) is not None
