@@ -1,9 +1,11 @@
 """The in-process diffusers engine.
 
-Loads a pipeline once and keeps it warm; encodes each distinct prompt once and reuses the
-embeddings for every seed; renders seeds in batches with one torch.Generator per seed, so a
-seed gives the same image alone or in a batch; implements blind steps (the first k steps see a
-zeroed conditioning, the rest the real prompt) through the step-end callback.
+Loads a pipeline once and keeps it warm; encodes each distinct (prompt, negative) once and
+reuses the embeddings for every seed; renders seeds in batches with one torch.Generator per
+seed, so a seed gives the same image alone or in a batch; implements blind steps (the first k
+steps see a zeroed conditioning, the rest the real prompt) through the step-end callback.
+Control images (canny/depth/pose) and img2img references run through pipeline variants built
+from the loaded pipeline's own components, so the weights are in memory once.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from reverie.render.profiles import Profile, get_profile
-from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.render.profiles import COMFY_ONLY_SAMPLERS, FLOW_FAMILIES, SAMPLERS, get_profile
+from reverie.render.weights import resolve_controlnet, resolve_weights
+from reverie.types import Control, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 def quiet_libraries() -> None:
@@ -54,38 +56,40 @@ def pick_dtype(device: str, dtype: Optional[str] = None):
         except KeyError:
             raise ReverieError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16") from None
     if device.startswith("cuda"):
-        return torch.bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.startswith("mps"):
         return torch.bfloat16
     return torch.float32
 
 
 def default_batch_size(device: str) -> int:
+    """Seeds per forward pass, from the accelerator's memory (a 6B DiT in bf16 wants ~20 GiB)."""
     import torch
 
     if device.startswith("cuda"):
         gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
         return 4 if gib >= 40 else 2 if gib >= 20 else 1
+    if device.startswith("mps"):
+        return 2
     return 4
 
 
-def resolve_weights(profile: Profile, model_path: Optional[str]) -> str:
-    """A local folder or single file, else the Hugging Face cache; never downloads."""
-    if model_path:
-        p = Path(model_path).expanduser()
-        if not p.exists():
-            raise ReverieError(f"model path {model_path} does not exist: point --model-path at a diffusers folder or a .safetensors file")
-        return str(p)
-    if not profile.repo_id:
-        raise ReverieError(f"profile {profile.name} has no hub repo: set --model-path to its .safetensors file")
-    try:
-        from huggingface_hub import snapshot_download
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
-        return snapshot_download(profile.repo_id, local_files_only=True)
-    except Exception:
-        raise ReverieError(
-            f"weights for {profile.name} are not on this machine: run `reverie models pull {profile.name}` or set --model-path"
-        ) from None
+
+def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
+    """Batch-of-one embeddings to a batch of n: Z-Image takes lists, the others batched tensors."""
+    import torch
+
+    return {k: ([v[0]] * n if isinstance(v, list) else torch.cat([v] * n)) for k, v in embeds.items()}
+
+
+def _zeroed(embeds: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {k: ([torch.zeros_like(t) for t in v] if isinstance(v, list) else torch.zeros_like(v)) for k, v in embeds.items()}
 
 
 class DiffusersEngine:
@@ -99,6 +103,7 @@ class DiffusersEngine:
         dtype: Optional[str] = None,
         batch_size: Optional[int] = None,
         cpu_offload: bool = False,
+        controlnet_path: Optional[str] = None,
         embed_cache_size: int = 16,
         pad_batches: bool = True,
         **_ignored: Any,
@@ -106,17 +111,23 @@ class DiffusersEngine:
         import diffusers
 
         self.profile = get_profile(profile)
+        self.family = self.profile.family
         self.model_path = model_path
+        self.controlnet_path = controlnet_path
         self.device = pick_device(device)
         self.dtype_name = dtype
-        self.batch_size = batch_size
+        if batch_size is not None and int(batch_size) < 1:
+            raise ReverieError(f"batch size must be at least 1 (got {batch_size})")
+        self.batch_size = int(batch_size) if batch_size is not None else None
         self.cpu_offload = cpu_offload
         # Batched matmuls round differently for different batch shapes. Always running full
         # batches (padding the last one) makes a seed's pixels independent of its batch-mates.
         self.pad_batches = pad_batches
         self.version = f"diffusers {diffusers.__version__}"
         self.pipe = None
-        self._embeds: OrderedDict[tuple, Any] = OrderedDict()
+        self._variants: dict[str, Any] = {}
+        self._schedulers: dict[str, Any] = {}
+        self._embeds: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
         self._embed_cache_size = embed_cache_size
         self.encoder_calls = 0  # how many times the text encoder ran; the bench reads it
         self.forward_seconds = 0.0
@@ -131,45 +142,152 @@ class DiffusersEngine:
         quiet_libraries()
         where = resolve_weights(self.profile, self.model_path)
         cls = getattr(diffusers, self.profile.pipeline)
-        dtype = pick_dtype(self.device, self.dtype_name)
+        self.dtype = pick_dtype(self.device, self.dtype_name)
         try:
             if os.path.isfile(where):
-                pipe = cls.from_single_file(where, torch_dtype=dtype)
+                pipe = cls.from_single_file(where, torch_dtype=self.dtype)
             else:
-                pipe = cls.from_pretrained(where, torch_dtype=dtype)
+                pipe = cls.from_pretrained(where, torch_dtype=self.dtype)
         except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ReverieError(f"could not load {self.profile.name} from {where}: {first}") from None
-        if self.cpu_offload and self.device.startswith("cuda"):
-            pipe.enable_model_cpu_offload()
-        else:
-            pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
+            raise ReverieError(f"could not load {self.profile.name} from {where}: {_first_line(e)}") from None
+        self._place(pipe)
         if self.batch_size is None:
             self.batch_size = default_batch_size(self.device)
+        self._base_scheduler = pipe.scheduler
         self._base_shift = getattr(pipe.scheduler.config, "shift", None)
         self.pipe = pipe
         torch.set_grad_enabled(False)
         return pipe
 
+    def _place(self, pipe) -> None:
+        if self.cpu_offload and self.device.startswith("cuda"):
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+
+    def _variant(self, control: Optional[Control]):
+        """The pipeline for this spec: the base one, or a control/img2img variant sharing its weights."""
+        pipe = self.load()
+        if control is None:
+            return pipe
+        kind = "img2img" if control.kind == "img2img" else "controlnet"
+        if kind in self._variants:
+            return self._variants[kind]
+        import diffusers
+
+        if kind == "img2img":
+            if self.family == "z-image":
+                variant = diffusers.ZImageImg2ImgPipeline(**pipe.components)
+            else:
+                variant = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+        else:
+            if self.family != "z-image":
+                raise ReverieError(f"{control.kind} control needs the z-image-turbo profile here: use an img2img reference with {self.profile.name}")
+            where = resolve_controlnet(self.profile, self.controlnet_path)
+            try:
+                if os.path.isfile(where):
+                    controlnet = diffusers.ZImageControlNetModel.from_single_file(where, torch_dtype=self.dtype)
+                else:
+                    controlnet = diffusers.ZImageControlNetModel.from_pretrained(where, torch_dtype=self.dtype)
+            except (OSError, ValueError) as e:
+                raise ReverieError(f"could not load the control net from {where}: {_first_line(e)}") from None
+            if not (self.cpu_offload and self.device.startswith("cuda")):
+                controlnet.to(self.device)
+            # The control net borrows the transformer's embedders and refiners; nothing is copied.
+            variant = diffusers.ZImageControlNetPipeline(**pipe.components, controlnet=controlnet)
+            if self.cpu_offload and self.device.startswith("cuda"):
+                variant.enable_model_cpu_offload()
+        variant.set_progress_bar_config(disable=True)
+        self._variants[kind] = variant
+        return variant
+
+    def _scheduler(self, sampler: str):
+        if sampler in COMFY_ONLY_SAMPLERS:
+            raise ReverieError(f"sampler {sampler} exists only in ComfyUI: use --engine comfyui, or sampler euler with diffusers")
+        if self.family in FLOW_FAMILIES:
+            if sampler != "euler":
+                raise ReverieError(f"sampler {sampler} does not apply to {self.profile.name} (a flow-matching model): use euler")
+            return self._base_scheduler
+        if sampler not in SAMPLERS:
+            raise ReverieError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
+        if sampler not in self._schedulers:
+            import diffusers
+
+            cls_name, extra = SAMPLERS[sampler]
+            self._schedulers[sampler] = getattr(diffusers, cls_name).from_config(self._base_scheduler.config, **extra)
+        return self._schedulers[sampler]
+
     # -- prompt embeddings -----------------------------------------------------------------
-    def _embeddings(self, prompt: str):
-        key = (prompt,)
+    def _cfg(self, guidance: float) -> bool:
+        # Z-Image runs CFG for any guidance above 0 (0 is "CFG 1"); the others above 1.
+        return guidance > (0.0 if self.family == "z-image" else 1.0)
+
+    def _embeddings(self, prompt: str, negative: str = "", cfg: bool = False) -> dict[str, Any]:
+        """Batch-of-one embeddings for (prompt, negative), named as the pipeline's call takes them."""
+        negative = negative if cfg else ""
+        key = (prompt, negative, cfg)
         if key in self._embeds:
             self._embeds.move_to_end(key)
             return self._embeds[key]
         pipe = self.load()
-        embeds, _ = pipe.encode_prompt(prompt=prompt, device=pipe._execution_device, do_classifier_free_guidance=False)
+        device = pipe._execution_device
+        # diffusers counts clip skip from the last layer (1 = penultimate); A1111 and the profile from 1 = none.
+        clip_skip = (self.profile.clip_skip - 1) or None
+        if self.family == "z-image":
+            pos, neg = pipe.encode_prompt(prompt=prompt, device=device, do_classifier_free_guidance=cfg,
+                                          negative_prompt=negative or None)
+            embeds = {"prompt_embeds": [pos[0]]}
+            if cfg:
+                embeds["negative_prompt_embeds"] = [neg[0]]
+        elif self.family == "flux":
+            pos, pooled, _text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1)
+            embeds = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
+        elif self.family == "sdxl":
+            pos, neg, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                negative_prompt=negative or None, clip_skip=clip_skip)
+            embeds = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
+            if cfg:
+                embeds.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        else:  # sd15 and other StableDiffusionPipeline families
+            pos, neg = pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt=negative or None, clip_skip=clip_skip)
+            embeds = {"prompt_embeds": pos}
+            if cfg:
+                embeds["negative_prompt_embeds"] = neg
         self.encoder_calls += 1
-        self._embeds[key] = embeds[0]
+        self._embeds[key] = embeds
         while len(self._embeds) > self._embed_cache_size:
             self._embeds.popitem(last=False)
-        return embeds[0]
+        return embeds
+
+    def _blind(self, real: dict[str, Any], cfg: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Call kwargs for the blind first steps, and what the step-end callback swaps in after them.
+
+        The callback hands back tensors in the form the denoising loop holds them: UNet
+        pipelines keep [negative, positive] concatenated once CFG is on.
+        """
+        import torch
+
+        positive = {k: v for k, v in real.items() if not k.startswith("negative")}
+        if self.family == "flux":
+            # Flux's loop only lets the callback replace the T5 sequence; the pooled CLIP vector stays.
+            positive = {"prompt_embeds": real["prompt_embeds"]}
+        start = {**real, **_zeroed(positive)}
+        if self.family in ("sd15", "sdxl") and cfg:
+            swap = {"prompt_embeds": torch.cat([real["negative_prompt_embeds"], real["prompt_embeds"]])}
+            if self.family == "sdxl":
+                swap["add_text_embeds"] = torch.cat([real["negative_pooled_prompt_embeds"], real["pooled_prompt_embeds"]])
+        elif self.family == "sdxl":
+            swap = {"prompt_embeds": real["prompt_embeds"], "add_text_embeds": real["pooled_prompt_embeds"]}
+        else:
+            swap = {"prompt_embeds": real["prompt_embeds"]}
+        return start, swap
 
     # -- rendering -------------------------------------------------------------------------
     @staticmethod
     def _group_key(spec: RenderSpec) -> tuple:
-        return (spec.prompt, spec.negative, spec.width, spec.height, spec.steps, spec.guidance,
+        return (spec.prompt, spec.negative, spec.width, spec.height, spec.steps, spec.guidance, spec.sampler,
                 spec.shift, spec.blind_steps, spec.control)
 
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
@@ -188,34 +306,52 @@ class DiffusersEngine:
                     progress(Event("engine_image", {"seed": result.spec.seed, "seconds": result.seconds}))
         return [o for o in out if o is not None]
 
+    @staticmethod
+    def _control_image(control: Control):
+        from PIL import Image
+
+        try:
+            with Image.open(control.image_path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise ReverieError(f"cannot read the {control.kind} image {control.image_path}: {_first_line(e)}; give an existing PNG or JPEG") from None
+
     def _render_batch(self, batch: list[RenderSpec]) -> list[EngineOutput]:
         import torch
 
-        pipe = self.pipe
         spec = batch[0]
         t0 = time.perf_counter()
-        embeds = self._embeddings(spec.prompt)
+        runner = self._variant(spec.control)
+        cfg = self._cfg(spec.guidance)
         seeds = [int(s.seed) for s in batch]
         if self.pad_batches and len(seeds) < self.batch_size:
             seeds += [0] * (self.batch_size - len(seeds))
-        real = [embeds] * len(seeds)
+        real = _repeat(self._embeddings(spec.prompt, spec.negative, cfg), len(seeds))
         blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
         callback = None
+        embeds = real
         if blind:
-            zeroed = [torch.zeros_like(embeds)] * len(seeds)
+            embeds, swap = self._blind(real, cfg)
 
             def callback(pipeline, step, timestep, kwargs):
                 # After step `blind - 1` the rest of the schedule sees the real prompt.
-                if step == blind - 1:
-                    return {"prompt_embeds": real}
-                return {}
+                return swap if step == blind - 1 else {}
 
-        if spec.shift is not None and hasattr(pipe.scheduler, "set_shift"):
-            pipe.scheduler.set_shift(float(spec.shift))
+        extra: dict[str, Any] = {}
+        if spec.control is not None:
+            image = self._control_image(spec.control)
+            if spec.control.kind == "img2img":
+                extra.update(image=image, strength=float(spec.control.strength))
+            else:
+                extra.update(control_image=image, controlnet_conditioning_scale=float(spec.control.strength))
+        runner.scheduler = self._scheduler(spec.sampler)
+        if spec.shift is not None and hasattr(runner.scheduler, "set_shift"):
+            runner.scheduler.set_shift(float(spec.shift))
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         try:
-            images = pipe(
-                prompt_embeds=zeroed if blind else real,
+            images = runner(
+                **embeds,
+                **extra,
                 height=spec.height,
                 width=spec.width,
                 num_inference_steps=spec.steps,
@@ -227,8 +363,8 @@ class DiffusersEngine:
         except torch.cuda.OutOfMemoryError as e:  # the caller retries with a smaller batch
             raise MemoryError(str(e)) from None
         finally:
-            if self._base_shift is not None and hasattr(pipe.scheduler, "set_shift"):
-                pipe.scheduler.set_shift(self._base_shift)
+            if self._base_shift is not None and hasattr(runner.scheduler, "set_shift"):
+                runner.scheduler.set_shift(self._base_shift)
         seconds = (time.perf_counter() - t0) / len(batch)
         self.forward_seconds += seconds * len(batch)
         return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds)
@@ -236,4 +372,6 @@ class DiffusersEngine:
 
     def close(self) -> None:
         self.pipe = None
+        self._variants.clear()
+        self._schedulers.clear()
         self._embeds.clear()

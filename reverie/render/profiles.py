@@ -27,6 +27,9 @@ class Profile:
     clip_skip: int = 1
     comfy_cfg: float = 1.0  # the CFG value a ComfyUI KSampler wants
     comfy_files: dict = field(default_factory=dict)
+    # Where `reverie models pull` finds the control net for canny/depth/pose (a single file).
+    control_repo: str = ""
+    control_file: str = ""
     notes: str = ""
 
 
@@ -53,6 +56,8 @@ PROFILES: dict[str, Profile] = {
                 "clip_type": "lumina2",
                 "vae": "ae.safetensors",
             },
+            control_repo="alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union",
+            control_file="Z-Image-Turbo-Fun-Controlnet-Union.safetensors",
             notes="9 steps = 8 DiT forwards; CFG 1 so no negative; shift 6-7 for variety",
         ),
         Profile(
@@ -144,6 +149,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 DEFAULT_PROFILE = "z-image-turbo"
+
+# Sampler names as ComfyUI and A1111 users write them -> (diffusers scheduler class, extra config).
+# Flow-matching models (Z-Image, Flux) keep the scheduler they ship with for "euler";
+# res_multistep exists only in ComfyUI, so the diffusers engine refuses it by name.
+SAMPLERS: dict[str, tuple[str, dict]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpmpp_2m_sde_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+FLOW_FAMILIES = ("z-image", "flux")
+COMFY_ONLY_SAMPLERS = ("res_multistep",)
 
 
 def get_profile(name: str) -> Profile:

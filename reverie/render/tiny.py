@@ -15,6 +15,8 @@ from reverie.render.diffusers_engine import DiffusersEngine
 
 TINY_VERSION = "1"
 TINY_DIR_NAME = f"tiny-z-image-v{TINY_VERSION}"
+TINY_CONTROLNET_DIR_NAME = "tiny-z-image-controlnet-v1"
+TINY_SD15_DIR_NAME = "tiny-sd15-v1"
 
 # Enough prompt vocabulary that different ideas give different conditioning. Unknown words map
 # to [UNK]; the pictures carry no meaning either way.
@@ -44,7 +46,7 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _build_tokenizer():
+def _build_tokenizer(max_length: int = 512):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -56,7 +58,7 @@ def _build_tokenizer():
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", additional_special_tokens=_SPECIAL[2:]
     )
     fast.chat_template = _CHAT_TEMPLATE
-    fast.model_max_length = 512
+    fast.model_max_length = max_length
     return fast
 
 
@@ -122,6 +124,115 @@ def build_tiny_pipeline():
     )
 
 
+def build_tiny_controlnet():
+    """A ZImageControlNetModel matching the tiny transformer (canny/depth/pose all go through it)."""
+    import torch
+    from diffusers import ZImageControlNetModel
+
+    torch.manual_seed(1)
+    controlnet = ZImageControlNetModel(
+        control_layers_places=[0],
+        control_refiner_layers_places=[0],
+        control_in_dim=16,
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        dim=64,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        norm_eps=1e-5,
+        qk_norm=True,
+    )
+    with torch.no_grad():
+        # Upstream zero-initialises the control projections (a fresh control net changes
+        # nothing); a trained one does not, so give these random values like the rest.
+        for name, param in controlnet.named_parameters():
+            if "before_proj" in name or "after_proj" in name:
+                param.copy_(torch.randn_like(param) * 0.2)
+    return controlnet
+
+
+def build_tiny_sd15_pipeline():
+    """A StableDiffusionPipeline with a tiny random UNet, CLIP text model and VAE."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _build_tokenizer(max_length=77)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[8, 16],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        )
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000)
+    return StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def _save_once(target: Path, build) -> Path:
+    """Save a built model as a diffusers folder once, atomically; later loads read it like real weights."""
+    marker = target / ("model_index.json" if (target / "model_index.json").exists() else "config.json")
+    if marker.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    from reverie.render.diffusers_engine import quiet_libraries
+
+    quiet_libraries()
+    build().save_pretrained(tmp)
+    (tmp / "reverie-tiny.json").write_text(json.dumps({"version": TINY_VERSION}))
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        # Another process saved it first; theirs is identical.
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_tiny_controlnet(models_dir: Path) -> Path:
+    return _save_once(Path(models_dir) / TINY_CONTROLNET_DIR_NAME, build_tiny_controlnet)
+
+
+def ensure_tiny_sd15(models_dir: Path) -> Path:
+    return _save_once(Path(models_dir) / TINY_SD15_DIR_NAME, build_tiny_sd15_pipeline)
+
+
 def ensure_tiny_weights(models_dir: Path) -> Path:
     """Save the tiny pipeline as a diffusers folder once; later loads read it like real weights."""
     target = Path(models_dir) / TINY_DIR_NAME
@@ -154,4 +265,11 @@ class TinyEngine(DiffusersEngine):
             models_dir = default_home() / "models"
         options.setdefault("device", "cpu")
         options.setdefault("dtype", "float32")
+        # Built lazily: most runs never use a control image.
+        self._models_dir = Path(models_dir)
         super().__init__(model_path=str(ensure_tiny_weights(Path(models_dir))), profile="z-image-turbo", **options)
+
+    def _variant(self, control):
+        if control is not None and control.kind != "img2img" and self.controlnet_path is None:
+            self.controlnet_path = str(ensure_tiny_controlnet(self._models_dir))
+        return super()._variant(control)

@@ -1,0 +1,188 @@
+"""Where model weights live, whether they are here, and the one place that downloads them.
+
+Rendering only ever reads: a local folder or file, else the Hugging Face cache with
+`local_files_only=True`. `pull` (behind `reverie models pull`) is the only code that downloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from reverie.render.profiles import PROFILES, Profile
+from reverie.types import ReverieError
+
+# A diffusers repo often carries the same weights several times (fp16 copies, .bin, ONNX, a
+# single-file checkpoint at the top). Only the diffusers folders in safetensors are needed.
+DIFFUSERS_FILES = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors", "*/*.jinja"]
+SKIPPED_FILES = ["*.fp16.safetensors", "*.bin", "*.onnx", "*.onnx_data", "*.msgpack", "*.ckpt"]
+
+
+@dataclass(frozen=True)
+class Downloadable:
+    """One thing `reverie models pull NAME` can fetch."""
+
+    name: str
+    kind: str  # "profile" | "control" | "scorer"
+    repo_id: str
+    files: tuple[str, ...] = ()  # allow-patterns; empty = the diffusers folders
+    note: str = ""
+
+
+def control_name(profile: Profile) -> str:
+    return f"{profile.name}-control"
+
+
+def downloadables() -> list[Downloadable]:
+    items: list[Downloadable] = []
+    for p in PROFILES.values():
+        items.append(Downloadable(p.name, "profile", p.repo_id, note="" if p.repo_id else "single-file checkpoint: pass --model-path"))
+        if p.control_repo:
+            items.append(Downloadable(control_name(p), "control", p.control_repo, (p.control_file,)))
+    for item in _scorer_downloadables():
+        items.append(item)
+    return items
+
+
+def _scorer_downloadables() -> list[Downloadable]:
+    """Scorer weights, when the scoring package says which it wants (it may not exist yet)."""
+    try:
+        from reverie.scoring.weights import scorer_models
+    except ImportError:
+        return []
+    found = []
+    for m in scorer_models():
+        get = (lambda k, d=None: m.get(k, d)) if isinstance(m, dict) else (lambda k, d=None: getattr(m, k, d))
+        files = get("files") or get("allow_patterns") or ((get("filename"),) if get("filename") else ())
+        if isinstance(files, str):
+            files = (files,)
+        if get("name") and get("repo_id"):
+            found.append(Downloadable(str(get("name")), "scorer", str(get("repo_id")), tuple(files)))
+    return found
+
+
+def find(name: str) -> Downloadable:
+    items = downloadables()
+    for item in items:
+        if item.name == name:
+            return item
+    raise ReverieError(f"unknown model {name!r}: use one of {', '.join(i.name for i in items)} (see `reverie models`)")
+
+
+# -- reading (never downloads) ---------------------------------------------------------------------
+def cached_snapshot(repo_id: str, files: tuple[str, ...] = ()) -> Optional[str]:
+    """The local snapshot folder of a hub repo when everything it needs is cached, else None."""
+    if not repo_id:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, offline, a bad id: all mean "not here"
+        return None
+    needed = files or ("model_index.json",)
+    if not all((Path(folder) / f).exists() for f in needed):
+        return None
+    return folder
+
+
+def where(item: Downloadable) -> Optional[str]:
+    folder = cached_snapshot(item.repo_id, item.files)
+    if folder and len(item.files) == 1:
+        return str(Path(folder) / item.files[0])
+    return folder
+
+
+def resolve_weights(profile: Profile, model_path: Optional[str]) -> str:
+    """A local folder or single file, else the Hugging Face cache; never downloads."""
+    if model_path:
+        p = Path(model_path).expanduser()
+        if not p.exists():
+            raise ReverieError(f"model path {model_path} does not exist: point --model-path at a diffusers folder or a .safetensors file")
+        return str(p)
+    if not profile.repo_id:
+        raise ReverieError(f"profile {profile.name} has no hub repo: set --model-path to its .safetensors file")
+    folder = cached_snapshot(profile.repo_id)
+    if folder is None:
+        raise ReverieError(
+            f"weights for {profile.name} are not on this machine: run `reverie models pull {profile.name}` or set --model-path"
+        )
+    return folder
+
+
+def resolve_controlnet(profile: Profile, controlnet_path: Optional[str]) -> str:
+    """The control net for canny/depth/pose: a local path, else the cache; never downloads."""
+    if controlnet_path:
+        p = Path(controlnet_path).expanduser()
+        if not p.exists():
+            raise ReverieError(f"control net path {controlnet_path} does not exist: point controlnet_path at a folder or .safetensors file")
+        return str(p)
+    if not profile.control_repo:
+        raise ReverieError(f"profile {profile.name} has no control net in reverie: use img2img references, or the z-image-turbo profile")
+    found = where(Downloadable(control_name(profile), "control", profile.control_repo, (profile.control_file,)))
+    if found is None:
+        raise ReverieError(f"the control net for {profile.name} is not on this machine: run `reverie models pull {control_name(profile)}`")
+    return found
+
+
+# -- downloading (only `reverie models pull`) ------------------------------------------------------
+def rich_tqdm(progress: Any) -> type:
+    """A tqdm class that draws into a rich Progress, for huggingface_hub's `tqdm_class`."""
+    from tqdm.auto import tqdm
+
+    class RichTqdm(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs.pop("name", None)
+            kwargs["disable"] = True  # tqdm draws nothing; rich draws instead
+            super().__init__(*args, **kwargs)
+            self._task = progress.add_task(kwargs.get("desc") or "download", total=kwargs.get("total") or None)
+
+        def __iter__(self):
+            for item in self.iterable:
+                yield item
+                self.update(1)
+
+        def update(self, n: float | None = 1) -> None:
+            self.n += n or 0
+            progress.update(self._task, completed=self.n, total=self.total or None)
+
+        def refresh(self, *args: Any, **kwargs: Any) -> None:
+            progress.update(self._task, completed=self.n, total=self.total or None)
+
+        def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+            progress.update(self._task, description=desc or "")
+
+        set_description_str = set_description
+
+        def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            self.refresh()
+
+    return RichTqdm
+
+
+def pull(name: str, tqdm_class: Optional[type] = None) -> str:
+    """Download one model into the Hugging Face cache; return where it is."""
+    item = find(name)
+    if not item.repo_id:
+        raise ReverieError(f"{name} has no hub repo to pull: download its .safetensors yourself and pass --model-path")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        raise ReverieError(f"cannot pull {name}: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download {item.repo_id}")
+    patterns = list(item.files) if item.files else DIFFUSERS_FILES
+    try:
+        folder = snapshot_download(item.repo_id, allow_patterns=patterns, ignore_patterns=None if item.files else SKIPPED_FILES,
+                                   tqdm_class=tqdm_class)
+    except GatedRepoError:
+        raise ReverieError(f"{item.repo_id} is gated: accept its license on https://huggingface.co/{item.repo_id} and log in with `hf auth login`") from None
+    except RepositoryNotFoundError:
+        raise ReverieError(f"{item.repo_id} was not found on the hub (or needs a login): check the id, or `hf auth login`") from None
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ReverieError(f"cannot pull {name} from huggingface.co ({first[:160]}): check the network and run the command again") from None
+    return str(Path(folder) / item.files[0]) if len(item.files) == 1 else folder
