@@ -1,5 +1,156 @@
-"""CLI commands for batch (registered on the main app by reverie.orchestrator.cli)."""
+"""CLI commands for batch and chat (registered on the main app by reverie.orchestrator.cli)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+from reverie.types import Event
+
+
+class BatchProgressView:
+    """One rich view for a batch: an overall bar with rate, ETA and best score, one bar per idea."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Optional[Progress] = None
+        self.overall = None
+        self.rows: dict[int, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        d = event.data
+        if event.kind == "notice":
+            err.print(f"[yellow]reverie:[/] {d['message']}", highlight=False, soft_wrap=True)
+            return
+        if self.quiet:
+            return
+        if event.kind == "batch_started":
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err)
+            self.progress.start()
+            resumed = "resumed, " if d["resumed"] else ""
+            self.overall = self.progress.add_task(f"[bold]batch {d['batch_id']}[/]", total=d["total"], completed=d["done"],
+                                                  info=f"{resumed}{len(d['items'])} ideas")
+            for it in d["items"]:
+                self.rows[it["index"]] = self.progress.add_task(f"  {it['index'] + 1}. {it['idea'][:40]}", total=it["budget"],
+                                                                completed=it["done"], info=_best(it["best"]))
+        elif self.progress is None:
+            return
+        elif event.kind == "batch_progress":
+            eta = d["eta_seconds"]
+            eta_text = f"ETA {_duration(eta)}" if eta is not None else "ETA -"
+            self.progress.update(self.overall, completed=d["done"],
+                                 info=f"{d['images_per_minute']:.1f} img/min  {eta_text}  {_best(d['best'])}")
+            for it in d["items"]:
+                self.progress.update(self.rows[it["index"]], completed=it["done"], info=_best(it["best"]))
+        elif event.kind == "batch_finished":
+            self.stop()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _best(value: Optional[float]) -> str:
+    return f"best {value:.3f}" if value is not None else "best -"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+@app.command()
+@friendly
+def batch(
+    file: str = typer.Argument(..., help="Text file, one idea per line (# comments), or JSONL with per-idea overrides."),
+    per_prompt: Optional[int] = typer.Option(None, "--per-prompt", help="Renders per idea (default 8; unlimited with --hours)."),
+    keep: int = typer.Option(4, "--keep", help="Best images kept per idea (near-duplicates dropped)."),
+    hours: Optional[float] = typer.Option(None, "--hours", help="Time budget; renders are spread fairly across ideas."),
+    profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile (`reverie models` lists them)."),
+    engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
+    aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H for every idea (JSONL may override)."),
+    megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (JSONL may override)."),
+    home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+):
+    """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
+    from reverie.orchestrator.studio import Studio
+
+    view = BatchProgressView(quiet=as_json)
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path)
+    try:
+        result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
+                              progress=view)
+    finally:
+        view.stop()
+        studio.close()
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    for item in result.items:
+        scores = ", ".join(f"{r.scores.composite:.3f}" for r in item.kept if r.scores)
+        out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]", highlight=False)
+    out.print(f"batch {result.batch_id}: {result.stop_reason}", highlight=False)
+    out.print(f"report: {result.report_path}", highlight=False)
+
+
+@app.command()
+@friendly
+def chat(
+    session: Optional[str] = typer.Option(None, "--session", help="Session name; an existing one is resumed."),
+    n: int = typer.Option(4, "--n", help="Images per round."),
+    rounds: int = typer.Option(1, "--rounds", help="Rounds per turn."),
+    aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio of the first turn."),
+    megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels."),
+    profile: str = typer.Option("z-image-turbo", "--profile"),
+    engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
+    home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
+    model_path: Optional[str] = typer.Option(None, "--model-path"),
+):
+    """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
+    from reverie.orchestrator.chat import new_session_name, session_turns
+    from reverie.orchestrator.cli import CliProgress
+    from reverie.orchestrator.studio import Studio
+
+    interactive = sys.stdin.isatty()
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path)
+    name = session or new_session_name()
+    try:
+        previous = session_turns(studio.store, name)
+        if previous:
+            last = previous[-1]
+            out.print(f"session {name}: resumed at turn {last['turn']} ({last['idea']})", highlight=False)
+        else:
+            out.print(f"session {name} (continue it later with --session {name}); /quit to leave", highlight=False)
+        while True:
+            if interactive:
+                out.print("[bold]you>[/] ", end="")
+            line = sys.stdin.readline()
+            if not line:
+                break
+            message = line.strip()
+            if not message:
+                continue
+            if message in ("/quit", "/exit", "/q"):
+                break
+            progress = CliProgress(quiet=not interactive)
+            try:
+                turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels)
+            finally:
+                progress.stop()
+            out.print(f"turn {turn.turn} (run {turn.run_id}): {turn.interpretation.summary}", highlight=False)
+            for i, r in enumerate(turn.best, 1):
+                score = f"{r.scores.composite:.3f}" if r.scores else "-"
+                out.print(f"  {i}. score {score}  seed {r.seed}  {r.path}", highlight=False)
+    finally:
+        studio.close()

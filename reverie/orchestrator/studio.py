@@ -290,6 +290,23 @@ class Studio:
             raise box["error"]
         yield Event("result", {"result": box["result"]})
 
+    def batch(self, file: str | Path, per_prompt: Optional[int] = None, keep: int = 4, hours: Optional[float] = None,
+              aspect: str = "1:1", megapixels: float = 1.0, progress: Optional[ProgressFn] = None, **parts: Any):
+        """Render every idea of a file to its budget, keep the best K of each, write the contact
+        sheet; the same call after an interruption continues where it stopped. -> BatchResult"""
+        from reverie.orchestrator.batch import BatchOptions, run_batch
+
+        options = BatchOptions(per_prompt=per_prompt, keep=keep, hours=hours, profile=self.profile_name,
+                               engine=self.engine_name, aspect=aspect, megapixels=megapixels)
+        return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None), **parts)
+
+    def chat(self, session: str, message: str, progress: Optional[ProgressFn] = None, **kw: Any):
+        """One turn of a conversation: the first message makes images, follow-ups ("make it
+        night", "more like the second one") start a new round from the last one. -> ChatTurn"""
+        from reverie.orchestrator.chat import chat_turn
+
+        return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None), **kw)
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()

@@ -1,0 +1,614 @@
+"""Overnight best-of-N: a file of ideas, rendered fairly, resumable, curated into a contact sheet.
+
+The work is a pipeline of three threads around one coordinator:
+
+    expander thread  -- writes the next rounds' prompts while the engine is busy
+    engine thread    -- renders one round (a few seeds of one idea) at a time, always with the
+                        next round already waiting in its queue
+    scorer thread    -- scores what the engine just finished
+
+Only the coordinator (the calling thread) touches the store, so SQLite sees one writer.
+
+Rounds are handed out round-robin: round 0 of every idea, then round 1 of every idea, and so
+on, so a time budget (--hours) that runs out leaves every idea with a fair share. Every render
+has a stable seed (derived from the batch id and the item's index), and every committed render
+is found again by its spec hash, so the same command after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from reverie.render.profiles import get_profile
+from reverie.render.resolution import size_for
+from reverie.types import (
+    Control,
+    Event,
+    Expansion,
+    ProgressFn,
+    Reference,
+    Render,
+    RenderSpec,
+    Request,
+    ReverieError,
+    canonical_json,
+    no_progress,
+    sha256_text,
+)
+
+DEFAULT_PER_PROMPT = 8
+DEFAULT_KEEP = 4
+ROUND_SIZE = 4  # seeds per round: one engine call, and the unit of round-robin fairness
+LOOKAHEAD = 6  # rounds expanded ahead of the engine
+RENDERS_IN_FLIGHT = 2  # one rendering, one waiting: the engine never waits for the coordinator
+ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength"}
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One line of the batch file: an idea and its overrides."""
+
+    index: int
+    idea: str
+    profile: Optional[str] = None
+    n: Optional[int] = None  # this item's render budget (overrides --per-prompt)
+    aspect: Optional[str] = None
+    megapixels: Optional[float] = None
+    references: tuple[Reference, ...] = ()
+
+    def overrides(self) -> dict:
+        d = {k: getattr(self, k) for k in ("profile", "n", "aspect", "megapixels") if getattr(self, k) is not None}
+        if self.references:
+            d["references"] = [r.__dict__ for r in self.references]
+        return d
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    per_prompt: Optional[int] = None  # None: 8, or unlimited when a time budget is given
+    keep: int = DEFAULT_KEEP
+    hours: Optional[float] = None
+    profile: str = "z-image-turbo"
+    engine: str = "auto"
+    aspect: str = "1:1"
+    megapixels: float = 1.0
+
+    def identity(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BatchItemResult:
+    index: int
+    idea: str
+    run_id: str
+    budget: Optional[int]
+    rendered: int
+    kept: list[Render]
+    near_duplicates: list[int] = field(default_factory=list)  # ids of kept renders that are near-duplicates
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "idea": self.idea,
+            "run_id": self.run_id,
+            "budget": self.budget,
+            "rendered": self.rendered,
+            "kept": [
+                {"id": r.id, "path": r.path, "seed": r.seed, "prompt": r.prompt,
+                 "score": r.scores.composite if r.scores else None, "near_duplicate": r.id in self.near_duplicates}
+                for r in self.kept
+            ],
+        }
+
+
+@dataclass
+class BatchResult:
+    batch_id: str
+    items: list[BatchItemResult]
+    report_path: Path
+    stop_reason: str
+    home: Path
+    renders_this_session: int = 0
+    engine_busy_seconds: float = 0.0
+    engine_wall_seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def engine_busy_fraction(self) -> float:
+        """Share of the engine's working span spent rendering (1.0 = never idle between rounds)."""
+        return self.engine_busy_seconds / self.engine_wall_seconds if self.engine_wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "batch_id": self.batch_id,
+            "home": str(self.home),
+            "report": str(self.report_path),
+            "stop_reason": self.stop_reason,
+            "renders_this_session": self.renders_this_session,
+            "engine_busy_fraction": round(self.engine_busy_fraction, 4),
+            "items": [i.to_dict() for i in self.items],
+            "notices": self.notices,
+        }
+
+
+# -- the batch file ------------------------------------------------------------------------
+def parse_batch_text(text: str, source: str = "batch file") -> list[BatchItem]:
+    """Plain text (one idea a line; blank lines and # comments skipped) or JSONL (one object a line)."""
+    items: list[BatchItem] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            items.append(_parse_json_item(line, lineno, source, len(items)))
+        else:
+            items.append(BatchItem(index=len(items), idea=line))
+    if not items:
+        raise ReverieError(f"{source} has no ideas: write one idea per line (or JSONL with an \"idea\" field)")
+    return items
+
+
+def _parse_json_item(line: str, lineno: int, source: str, index: int) -> BatchItem:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ReverieError(f"{source} line {lineno} is not valid JSON ({e.msg}): fix it or write the idea as plain text") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("idea"), str):
+        raise ReverieError(f"{source} line {lineno} needs an \"idea\" string, e.g. {{\"idea\": \"a fox in the rain\", \"n\": 8}}")
+    unknown = set(obj) - ITEM_KEYS
+    if unknown:
+        raise ReverieError(f"{source} line {lineno} has unknown field(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(ITEM_KEYS))}")
+    n = obj.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ReverieError(f"{source} line {lineno}: \"n\" must be a positive whole number of images (got {n!r})")
+    refs: tuple[Reference, ...] = ()
+    if obj.get("reference"):
+        path = Path(str(obj["reference"])).expanduser()
+        if not path.is_file():
+            raise ReverieError(f"{source} line {lineno}: reference image {path} does not exist: fix the path or drop \"reference\"")
+        refs = (Reference(str(path.resolve()), str(obj.get("control") or "auto"), float(obj.get("strength", 0.8))),)
+    elif obj.get("control"):
+        raise ReverieError(f"{source} line {lineno}: \"control\" needs a \"reference\" image to take the structure from")
+    mp = obj.get("megapixels")
+    return BatchItem(index=index, idea=obj["idea"], profile=obj.get("profile"), n=n, aspect=obj.get("aspect"),
+                     megapixels=float(mp) if mp is not None else None, references=refs)
+
+
+def read_batch_file(path: str | Path) -> tuple[str, list[BatchItem]]:
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReverieError(f"batch file {p} does not exist: give a text file with one idea per line") from None
+    except UnicodeDecodeError:
+        raise ReverieError(f"batch file {p} is not UTF-8 text: save it as UTF-8 with one idea per line") from None
+    except OSError as e:
+        raise ReverieError(f"cannot read batch file {p} ({e.strerror}): check the path and permissions") from None
+    return text, parse_batch_text(text, source=str(p))
+
+
+def make_batch_id(text: str, options: BatchOptions) -> str:
+    return sha256_text(text + "\x00" + canonical_json(options.identity()))[:16]
+
+
+def item_seed(batch_id: str, index: int) -> int:
+    """A stable first seed per item, so a resumed batch asks for exactly the same renders."""
+    return int(sha256_text(f"{batch_id}:{index}")[:8], 16) % (2**31 - 2**20)
+
+
+# -- the pipeline --------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Item:
+    row_id: int
+    index: int
+    idea: str
+    request: Request
+    run_id: str
+    base_seed: int
+    budget: Optional[int]  # None: as many as the time budget allows
+    round_size: int
+    width: int
+    height: int
+    engine: str
+    control: Optional[Control] = None
+    done: int = 0
+    best: Optional[float] = None
+
+    def rounds(self) -> Optional[int]:
+        return None if self.budget is None else math.ceil(self.budget / self.round_size)
+
+    def seeds(self, rnd: int) -> list[int]:
+        first = rnd * self.round_size
+        last = first + self.round_size if self.budget is None else min(self.budget, first + self.round_size)
+        return [self.base_seed + k for k in range(first, last)]
+
+
+@dataclass(eq=False)
+class _Slot:
+    item: _Item
+    round: int
+    prompt_id: Optional[int] = None
+    specs: list[RenderSpec] = field(default_factory=list)
+    sent: bool = False
+
+
+class _Worker(threading.Thread):
+    """Runs fn on each job from its queue and posts (kind, job, result, error) to the outbox."""
+
+    def __init__(self, kind: str, fn, outbox: "queue.Queue"):
+        super().__init__(name=f"reverie-batch-{kind}", daemon=True)
+        self.kind, self.fn, self.outbox = kind, fn, outbox
+        self.inbox: "queue.Queue" = queue.Queue()
+
+    def run(self) -> None:
+        while (job := self.inbox.get()) is not None:
+            try:
+                self.outbox.put((self.kind, job, self.fn(job), None))
+            except BaseException as e:  # handed to the coordinator, which raises it
+                self.outbox.put((self.kind, job, None, e))
+
+
+class BatchRunner:
+    def __init__(self, studio, text: str, items: Sequence[BatchItem], options: BatchOptions, source: str,
+                 progress: ProgressFn = no_progress, engine=None, expander=None, scorer=None):
+        from reverie.orchestrator.studio import validate_request
+
+        if options.keep < 1:
+            raise ReverieError(f"--keep must be at least 1 (got {options.keep})")
+        if options.per_prompt is not None and options.per_prompt < 1:
+            raise ReverieError(f"--per-prompt must be at least 1 (got {options.per_prompt})")
+        if options.hours is not None and not (0 < options.hours <= 24 * 14):
+            raise ReverieError(f"--hours must be between 0 and 336 (got {options.hours}); e.g. --hours 8 for one night")
+        self.studio, self.store = studio, studio.store
+        self.options, self.source, self.text = options, source, text
+        self.progress = progress
+        self.batch_id = make_batch_id(text, options)
+        self.items_in = list(items)
+        self._validate = validate_request
+        self._engine, self._expander, self._scorer = engine, expander, scorer
+        self.busy = 0.0
+        self.first_start: Optional[float] = None
+        self.last_end: Optional[float] = None
+        self.renders_now = 0
+        self.embeddings: dict[int, tuple] = {}
+
+    # -- setup -----------------------------------------------------------------------------
+    def _budget(self, item: BatchItem) -> Optional[int]:
+        if item.n is not None:
+            return item.n
+        if self.options.per_prompt is not None:
+            return self.options.per_prompt
+        return None if self.options.hours else DEFAULT_PER_PROMPT
+
+    def _open(self) -> list[_Item]:
+        db = self.store.db
+        with db.conn:
+            if not list(db.query("select id from batches where id = ?", [self.batch_id])):
+                db["batches"].insert({"id": self.batch_id, "source": self.source, "options_json": canonical_json(self.options.identity()),
+                                      "status": "running", "seconds_spent": 0.0, "report_path": "", "created": time.time(),
+                                      "finished": None})
+            else:
+                db["batches"].update(self.batch_id, {"status": "running"})
+        items = []
+        for it in self.items_in:
+            profile = get_profile(it.profile or self.options.profile)
+            budget = self._budget(it)
+            round_size = min(ROUND_SIZE, budget) if budget else ROUND_SIZE
+            seed = item_seed(self.batch_id, it.index)
+            req = self._validate(Request(idea=it.idea, n=round_size, rounds=max(1, math.ceil(budget / round_size)) if budget else 100,
+                                         aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
+                                         profile=profile.name, references=it.references, seed=seed))
+            engine = self._engine or self.studio.engine_for(profile, self.progress)
+            width, height = _size(req, profile, engine)
+            rows = list(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
+            if rows:
+                row = rows[0]
+                run_id = row["run_id"]
+            else:
+                run_id = self.store.create_run(req, engine.name, seed)
+                with db.conn:
+                    db["batch_items"].insert({"batch_id": self.batch_id, "idx": it.index, "idea": req.idea,
+                                              "overrides_json": canonical_json(it.overrides()), "budget": budget,
+                                              "base_seed": seed, "run_id": run_id, "status": "running"})
+                row = next(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
+            item = _Item(row_id=row["id"], index=it.index, idea=req.idea, request=req, run_id=run_id, base_seed=seed,
+                         budget=budget, round_size=round_size, width=width, height=height, engine=engine.name)
+            item.done = len(self.store.render_rows(run_id))
+            best = [r.scores.composite for r in self.store.renders(run_id) if r.scores]
+            item.best = max(best) if best else None
+            if req.references:
+                # The same reference step as Studio.make: preprocessed, stored and linked to the run.
+                item.control = self.studio._control(req, self.store, run_id, self.progress)
+            items.append(item)
+        return items
+
+    def _seconds_spent(self) -> float:
+        row = next(self.store.db.query("select seconds_spent from batches where id = ?", [self.batch_id]))
+        return float(row["seconds_spent"] or 0.0)
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> BatchResult:
+        items = self._open()
+        expander = self._expander or self.studio.expander_and_critic(self.progress)[0]
+        scorer = self._scorer or self.studio.scorer(self.progress)
+        budget_s = self.options.hours * 3600.0 if self.options.hours else None
+        spent_before = self._seconds_spent()
+        started = time.monotonic()
+        total = sum(i.budget for i in items) if all(i.budget is not None for i in items) else None
+        done_before = sum(i.done for i in items)
+        self.progress(Event("batch_started", {
+            "batch_id": self.batch_id, "total": total, "done": done_before, "resumed": done_before > 0,
+            "hours": self.options.hours, "seconds_left": None if budget_s is None else max(0.0, budget_s - spent_before),
+            "items": [{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
+                      for i in items]}))
+
+        outbox: "queue.Queue" = queue.Queue()
+        workers = {
+            "expand": _Worker("expand", lambda s: expander.expand(s.item.idea, get_profile(s.item.request.profile), k=1,
+                                                                 seed=s.item.base_seed + s.round)[0], outbox),
+            "render": _Worker("render", self._render_job, outbox),
+            "score": _Worker("score", lambda job: _score_job(scorer, job), outbox),
+        }
+        for w in workers.values():
+            w.start()
+        slots = self._slot_order(items)
+        pipeline: deque[_Slot] = deque()
+        rendering = 0
+        scoring = 0
+        exhausted = False
+        stop_reason = ""
+
+        def time_up() -> bool:
+            return budget_s is not None and spent_before + (time.monotonic() - started) >= budget_s
+
+        # Renders committed before a crash but never scored are scored first.
+        for item in items:
+            unscored = [r for r in self.store.renders(item.run_id) if r.scores is None]
+            if unscored:
+                workers["score"].inbox.put((item, [(r.id, r.path, r.prompt) for r in unscored]))
+                scoring += 1
+        try:
+            while True:
+                if time_up() and not stop_reason:
+                    stop_reason = f"time budget reached ({self.options.hours:g} h)"
+                    pipeline = deque(s for s in pipeline if s.sent)
+                    exhausted = True
+                while not exhausted and len(pipeline) < LOOKAHEAD:
+                    slot = next(slots, None)
+                    if slot is None:
+                        exhausted = True
+                        break
+                    self._prepare(slot)
+                    if slot.prompt_id is None:
+                        workers["expand"].inbox.put(slot)
+                    pipeline.append(slot)
+                for slot in list(pipeline):
+                    if rendering >= RENDERS_IN_FLIGHT:
+                        break
+                    if slot.sent or slot.prompt_id is None:
+                        continue
+                    todo = [s for s in slot.specs if self.store.find_render(slot.item.run_id, s) is None]
+                    if not todo:  # rendered before a crash
+                        pipeline.remove(slot)
+                        continue
+                    slot.sent = True
+                    rendering += 1
+                    workers["render"].inbox.put((slot, todo))
+                if exhausted and not pipeline and rendering == 0 and scoring == 0:
+                    break
+                try:
+                    kind, job, result, error = outbox.get(timeout=0.25)
+                except queue.Empty:
+                    continue
+                if error is not None:
+                    raise error
+                if kind == "expand":
+                    if job in pipeline:
+                        job.prompt_id = self.store.add_prompt(job.item.run_id, result, round=job.round)
+                        job.specs = self._specs(job, result)
+                        self.progress(Event("expanded", {"index": job.item.index, "round": job.round, "source": result.source,
+                                                         "prompt": result.prompt}))
+                elif kind == "render":
+                    slot, outputs = job[0], result
+                    rendering -= 1
+                    if slot in pipeline:
+                        pipeline.remove(slot)
+                    ids = []
+                    for out in outputs:
+                        rid = self.store.add_render(slot.item.run_id, slot.prompt_id, slot.round, out)
+                        slot.item.done += 1
+                        self.renders_now += 1
+                        if not out.error:
+                            ids.append((rid, str(self.store.home / self._path_of(rid)), out.spec.prompt))
+                    self._spend(started, spent_before)
+                    if ids:
+                        workers["score"].inbox.put((slot.item, ids))
+                        scoring += 1
+                    self._report_progress(items, started, total, done_before, budget_s, spent_before)
+                elif kind == "score":
+                    item, scored = job[0], result
+                    scoring -= 1
+                    for (rid, _, _), s in zip(job[1], scored):
+                        self.store.add_scores(rid, s)
+                        if s.embedding:
+                            self.embeddings[rid] = s.embedding
+                        item.best = s.composite if item.best is None else max(item.best, s.composite)
+                    self._report_progress(items, started, total, done_before, budget_s, spent_before)
+        except BaseException:
+            with self.store.db.conn:
+                self.store.db["batches"].update(self.batch_id, {"status": "interrupted"})
+            self._spend(started, spent_before)
+            raise
+        finally:
+            for w in workers.values():
+                w.inbox.put(None)
+        self._spend(started, spent_before)
+        return self._finish(items, stop_reason or "every idea reached its budget")
+
+    def _slot_order(self, items: list[_Item]) -> Iterator[_Slot]:
+        rnd = 0
+        while True:
+            live = [i for i in items if i.rounds() is None or rnd < i.rounds()]
+            if not live:
+                return
+            # Grouped by profile within a round, so a mixed batch switches models rarely.
+            for item in sorted(live, key=lambda i: (i.request.profile, i.index)):
+                yield _Slot(item=item, round=rnd)
+            rnd += 1
+
+    def _prepare(self, slot: _Slot) -> None:
+        """Find the round's prompt if it was committed before (a resumed batch)."""
+        rows = list(self.store.db.query("select * from prompts where run_id = ? and round = ? order by id",
+                                        [slot.item.run_id, slot.round]))
+        if rows:
+            p = rows[0]
+            slot.prompt_id = p["id"]
+            slot.specs = self._specs(slot, Expansion(prompt=p["text"], negative=p["negative"], source=p["source"]))
+
+    def _specs(self, slot: _Slot, expansion: Expansion) -> list[RenderSpec]:
+        item = slot.item
+        profile = get_profile(item.request.profile)
+        return [RenderSpec(prompt=expansion.prompt, negative=expansion.negative if profile.negative else "", seed=seed,
+                           width=item.width, height=item.height, steps=item.request.steps or profile.steps,
+                           guidance=profile.guidance, profile=profile.name, sampler=profile.sampler, shift=profile.shift,
+                           control=item.control)
+                for seed in item.seeds(slot.round)]
+
+    def _render_job(self, job):
+        from reverie.orchestrator.graph import render_with_retry
+
+        slot, specs = job
+        t0 = time.perf_counter()
+        if self.first_start is None:
+            self.first_start = t0
+        try:
+            # Engine progress stays on this thread; the coordinator reports per round.
+            engine = self._engine or self.studio.engine_for(get_profile(slot.item.request.profile), no_progress)
+            return render_with_retry(engine, specs, no_progress)
+        finally:
+            self.last_end = time.perf_counter()
+            self.busy += self.last_end - t0
+
+    def _path_of(self, render_id: int) -> str:
+        return next(self.store.db.query("select path from renders where id = ?", [render_id]))["path"]
+
+    def _spend(self, started: float, spent_before: float) -> None:
+        with self.store.db.conn:
+            self.store.db["batches"].update(self.batch_id, {"seconds_spent": spent_before + time.monotonic() - started})
+
+    def _report_progress(self, items, started, total, done_before, budget_s, spent_before) -> None:
+        elapsed = time.monotonic() - started
+        done = sum(i.done for i in items)
+        rate = self.renders_now / elapsed * 60.0 if elapsed > 0 and self.renders_now else 0.0
+        if total is not None and rate > 0:
+            eta = (total - done) / rate * 60.0
+        elif budget_s is not None:
+            eta = max(0.0, budget_s - spent_before - elapsed)
+        else:
+            eta = None
+        bests = [i.best for i in items if i.best is not None]
+        self.progress(Event("batch_progress", {
+            "done": done, "total": total, "images_per_minute": rate, "eta_seconds": eta,
+            "best": max(bests) if bests else None,
+            "items": [{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]}))
+
+    # -- curation --------------------------------------------------------------------------
+    def _finish(self, items: list[_Item], stop_reason: str) -> BatchResult:
+        from reverie.orchestrator.report import write_report
+
+        results = []
+        for item in items:
+            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.embeddings)
+            with self.store.db.conn:
+                self.store.db.execute("delete from batch_keeps where item_id = ?", [item.row_id])
+                self.store.db["batch_keeps"].insert_all(
+                    [{"item_id": item.row_id, "render_id": r.id, "rank": n, "near_duplicate": int(r.id in dups)}
+                     for n, r in enumerate(kept, 1)])
+                finished = item.budget is not None and item.done >= item.budget
+                self.store.db["batch_items"].update(item.row_id, {"status": "done" if finished else "stopped"})
+                self.store.finish_run(item.run_id, "done", stop_reason)
+            results.append(BatchItemResult(index=item.index, idea=item.idea, run_id=item.run_id, budget=item.budget,
+                                           rendered=item.done, kept=kept, near_duplicates=sorted(dups)))
+        report = write_report(self.store, self.batch_id)
+        with self.store.db.conn:
+            self.store.db["batches"].update(self.batch_id, {"status": "done", "report_path": str(report), "finished": time.time()})
+        wall = (self.last_end - self.first_start) if self.first_start is not None and self.last_end is not None else 0.0
+        self.progress(Event("batch_finished", {"batch_id": self.batch_id, "report": str(report), "reason": stop_reason,
+                                               "renders": self.renders_now}))
+        return BatchResult(batch_id=self.batch_id, items=results, report_path=report, stop_reason=stop_reason,
+                           home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=self.busy,
+                           engine_wall_seconds=wall, notices=list(self.studio.notices))
+
+
+def _score_job(scorer, job):
+    from PIL import Image
+
+    item, entries = job
+    images = []
+    for _, path, _ in entries:
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    return scorer.score(images, [item.idea] * len(entries), [p for _, _, p in entries])
+
+
+def _size(req: Request, profile, engine) -> tuple[int, int]:
+    # The same caps as Studio.make: the profile's, the engine's, and the tiny engine's own.
+    from reverie.orchestrator.studio import TINY_MAX_SIDE
+
+    max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
+    if engine.name == "tiny":
+        max_side = min(max_side, TINY_MAX_SIDE)
+    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
+
+
+def keep_diverse(store, run_id: str, k: int, embeddings: Optional[dict[int, tuple]] = None) -> tuple[list[Render], set[int]]:
+    """The top k scored renders of a run, best first, near-duplicates pushed out.
+
+    Uses the scorer's embeddings when every candidate has one from this session (CLIP), or else a
+    pixel signature of each PNG for all of them, so the two kinds are never compared. When fewer
+    than k distinct images exist, the best near-duplicates fill the set and are marked as such.
+    """
+    from reverie.scoring.dedupe import diverse_top
+
+    embeddings = embeddings or {}
+    ranked = sorted((r for r in store.renders(run_id) if r.scores is not None), key=lambda r: (-r.scores.composite, r.id))
+    if not ranked:
+        return [], set()
+    if all(r.id in embeddings for r in ranked):
+        vectors = [embeddings[r.id] for r in ranked]
+    else:
+        vectors = [_signature(r.path) for r in ranked]
+    picked = diverse_top(vectors, k)
+    dups: set[int] = set()
+    for i, r in enumerate(ranked):
+        if len(picked) >= k:
+            break
+        if i not in picked:
+            picked.append(i)
+            dups.add(r.id)
+    picked.sort()
+    return [ranked[i] for i in picked], dups
+
+
+def _signature(path: str) -> tuple:
+    import numpy as np
+    from PIL import Image
+
+    from reverie.scoring.heuristic import signature
+
+    with Image.open(path) as im:
+        return signature(np.asarray(im.convert("RGB"), dtype=np.float32))
+
+
+def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress, **parts: Any) -> BatchResult:
+    text, items = read_batch_file(file)
+    return BatchRunner(studio, text, items, options, source=str(Path(file).expanduser()), progress=progress, **parts).run()

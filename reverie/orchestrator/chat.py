@@ -1,0 +1,227 @@
+"""Chat sessions: the first message makes images; each follow-up starts a new round from the last.
+
+A follow-up is turned into a new Request by an interpreter. The rule interpreter below works
+offline and understands the common follow-ups ("make it night", "more like the second one",
+"wider", "keep the pose but make her a knight", "again with new seeds"). An LLM interpreter
+can take its place through the same `Interpreter` seam; rules stay the fallback.
+
+Every turn is a row in `chat_turns` pointing at its run and at the turn (and run) it started
+from, so lineage can walk a conversation back to its first message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Optional, Protocol
+
+from reverie.types import ProgressFn, Reference, Render, Request, ReverieError, canonical_json, no_progress, sha256_text
+
+ORDINALS = {"first": 1, "1st": 1, "one": 1, "second": 2, "2nd": 2, "two": 2, "third": 3, "3rd": 3, "three": 3,
+            "fourth": 4, "4th": 4, "four": 4, "last": -1}
+# From tall to wide; "wider" and "taller" step along it.
+ASPECTS = ["9:16", "2:3", "3:4", "1:1", "4:3", "3:2", "16:9", "21:9"]
+PHRASES = {"night": "at night", "day": "in daylight", "daytime": "in daylight", "winter": "in winter",
+           "summer": "in summer", "rainy": "in the rain", "snowy": "in the snow", "sunset": "at sunset"}
+SIMILAR_STRENGTH = 0.6  # img2img strength for "more like": keep much of the picked image
+
+
+@dataclass(frozen=True)
+class PreviousTurn:
+    turn: int
+    request: Request
+    run_id: str
+    best: list[Render]
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    """How a message was read: the new request, what changed, and which render it points at."""
+
+    request: Request
+    changes: tuple[str, ...]
+    source: str = "rules"  # rules | llm
+    ref_render_id: Optional[int] = None
+
+    @property
+    def summary(self) -> str:
+        return f"{'; '.join(self.changes)} [{self.source}]"
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "changes": list(self.changes), "ref_render_id": self.ref_render_id,
+                "idea": self.request.idea, "aspect": self.request.aspect, "seed": self.request.seed,
+                "references": [asdict(r) for r in self.request.references]}
+
+
+@dataclass
+class ChatTurn:
+    session: str
+    turn: int
+    message: str
+    run_id: str
+    best: list[Render]
+    interpretation: Interpretation
+    parent_run_id: Optional[str] = None
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"session": self.session, "turn": self.turn, "message": self.message, "run_id": self.run_id,
+                "parent_run_id": self.parent_run_id, "interpretation": self.interpretation.to_dict(),
+                "best": [{"id": r.id, "path": r.path, "seed": r.seed, "score": r.scores.composite if r.scores else None}
+                         for r in self.best]}
+
+
+class Interpreter(Protocol):
+    name: str
+
+    def interpret(self, message: str, previous: Optional[PreviousTurn], first: Request, fresh_seed: int) -> Interpretation: ...
+
+
+class RuleInterpreter:
+    """Offline: a few patterns, applied one after another to the same message."""
+
+    name = "rules"
+
+    def interpret(self, message: str, previous: Optional[PreviousTurn], first: Request, fresh_seed: int) -> Interpretation:
+        text = " ".join(message.split())
+        low = text.lower()
+        if previous is None or low.startswith(("/new ", "new idea:")):
+            idea = re.sub(r"^(/new\s+|new idea:\s*)", "", text, flags=re.I)
+            return Interpretation(replace(first, idea=idea, seed=fresh_seed), (f"new idea: {idea}",))
+        req = replace(previous.request, references=())
+        changes: list[str] = []
+        ref_render: Optional[Render] = None
+
+        which = re.search(r"\b(?:like|from|use|take)\s+(?:the\s+)?(?:image\s+|number\s+|#)?"
+                          r"(first|1st|second|2nd|third|3rd|fourth|4th|last|one|two|three|four|\d)\b(?:\s+one)?", low)
+        if which and ("like" in low or "one" in low or "image" in low):
+            rank = int(which.group(1)) if which.group(1).isdigit() else ORDINALS[which.group(1)]
+            ref_render = _pick(previous.best, rank)
+            req = replace(req, seed=ref_render.seed,
+                          references=(Reference(ref_render.path, "img2img", SIMILAR_STRENGTH),))
+            changes.append(f"more like #{rank if rank > 0 else len(previous.best)} (seed {ref_render.seed}, img2img from it)")
+
+        pose = re.search(r"\bkeep (?:the |her |his |their |its )?(pose|composition|layout|structure|shape|outline)s?\b", low)
+        if pose:
+            ref_render = ref_render or previous.best[0] if previous.best else None
+            if ref_render is None:
+                raise ReverieError("the last turn has no images to keep the pose from: send a new idea first")
+            kind = "pose" if pose.group(1) == "pose" else "depth" if pose.group(1) in ("composition", "layout") else "canny"
+            req = replace(req, references=(Reference(ref_render.path, kind, 0.8),))
+            changes.append(f"keep the {pose.group(1)} of seed {ref_render.seed} ({kind} control)")
+
+        edit = re.search(r"\b(?:make|turn) (?:it|her|him|them|this|the \w+)\s+(?:into\s+)?(.+)$", low)
+        if edit:
+            what = text[edit.start(1):].strip(" .!")
+            phrase = PHRASES.get(what.lower(), f"as {what}" if re.match(r"(a|an)\s", what.lower()) else what)
+            req = replace(req, idea=f"{req.idea}, {phrase}")
+            changes.append(f"idea + '{phrase}'")
+
+        for word, step in (("wider", 1), ("taller", -1)):
+            if re.search(rf"\b{word}\b", low):
+                req = replace(req, aspect=_step_aspect(req.aspect, step))
+                changes.append(f"aspect {req.aspect}")
+        for word, aspect in (("square", "1:1"), ("landscape", "16:9"), ("portrait format", "2:3"), ("vertical", "9:16")):
+            if re.search(rf"\b{word}\b", low):
+                req = replace(req, aspect=aspect)
+                changes.append(f"aspect {aspect}")
+
+        if re.search(r"\b(again|new seeds?|other seeds?|different seeds?|reroll|another (?:round|go|try))\b", low):
+            req = replace(req, seed=fresh_seed)
+            changes.append(f"new seeds from {fresh_seed}")
+
+        if not changes:
+            # Anything else is taken as more description for the same picture.
+            addition = text.strip(" .!")
+            req = replace(req, idea=f"{req.idea}, {addition}")
+            changes.append(f"idea + '{addition}'")
+        return Interpretation(req, tuple(changes), "rules", ref_render.id if ref_render else None)
+
+
+def _pick(best: list[Render], rank: int) -> Render:
+    if not best:
+        raise ReverieError("the last turn has no images to choose from: send a new idea first")
+    if rank == -1:
+        return best[-1]
+    if not 1 <= rank <= len(best):
+        raise ReverieError(f"the last turn showed {len(best)} images: say a number from 1 to {len(best)}")
+    return best[rank - 1]
+
+
+def _step_aspect(aspect: str, step: int) -> str:
+    from reverie.render.resolution import parse_aspect
+
+    ratio = parse_aspect(aspect)
+    ratios = [parse_aspect(a) for a in ASPECTS]
+    nearest = min(range(len(ASPECTS)), key=lambda i: abs(ratios[i] - ratio))
+    return ASPECTS[max(0, min(len(ASPECTS) - 1, nearest + step))]
+
+
+# -- sessions in the store -----------------------------------------------------------------
+def new_session_name() -> str:
+    return time.strftime("chat-%Y%m%d-%H%M%S")
+
+
+def _session_id(store, name: str, create: bool) -> Optional[int]:
+    rows = list(store.db.query("select id from chat_sessions where name = ?", [name]))
+    if rows:
+        return rows[0]["id"]
+    if not create:
+        return None
+    now = time.time()
+    with store.db.conn:
+        return int(store.db["chat_sessions"].insert({"name": name, "created": now, "updated": now}).last_pk)
+
+
+def session_turns(store, name: str) -> list[dict]:
+    """The turns of a session, oldest first, with each turn's idea."""
+    sid = _session_id(store, name, create=False)
+    if sid is None:
+        return []
+    rows = list(store.db.query("select * from chat_turns where session_id = ? order by turn", [sid]))
+    return [{**r, "idea": json.loads(r["request_json"])["idea"]} for r in rows]
+
+
+def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
+              interpreter: Optional[Interpreter] = None, **defaults: Any) -> ChatTurn:
+    """Read the message against the session's last turn, make the new round, record the turn."""
+    if not session or not str(session).strip():
+        raise ReverieError("a chat needs a session name: pass --session NAME (any word)")
+    message = (message or "").strip()
+    if not message:
+        raise ReverieError("the message is empty: describe an image, or say what to change")
+    store = studio.store
+    sid = _session_id(store, session, create=True)
+    turns = session_turns(store, session)
+    previous = None
+    if turns:
+        last = turns[-1]
+        k = max(1, min(4, json.loads(last["request_json"]).get("n", 4)))
+        previous = PreviousTurn(turn=last["turn"], request=Request.from_dict(json.loads(last["request_json"])),
+                                run_id=last["run_id"], best=store.best(last["run_id"], k=k), turn_id=last["id"])
+    number = len(turns) + 1
+    defaults = {k: v for k, v in defaults.items() if v is not None}
+    first = studio.request(message, **defaults)
+    fresh_seed = int(sha256_text(f"{session}:{number}")[:8], 16) % (2**31 - 2**20)
+    reading = (interpreter or RuleInterpreter()).interpret(message, previous, first, fresh_seed)
+    req = reading.request
+    # Per-turn options (n, rounds, size) follow what the caller passes now.
+    for key in ("n", "rounds", "megapixels"):
+        if key in defaults:
+            req = replace(req, **{key: defaults[key]})
+    req = studio.request(req.idea, **{k: v for k, v in req.to_dict().items() if k != "idea"})
+    result = studio.make(req.idea, progress=progress, **{k: v for k, v in req.to_dict().items() if k != "idea"})
+    with store.db.conn:
+        store.db["chat_turns"].insert({
+            "session_id": sid, "turn": number, "message": message,
+            "interpretation_json": canonical_json(reading.to_dict()), "request_json": canonical_json(req.to_dict()),
+            "run_id": result.run_id, "parent_turn_id": previous.turn_id if previous else None,
+            "parent_run_id": previous.run_id if previous else None, "ref_render_id": reading.ref_render_id,
+            "created": time.time()})
+        store.db["chat_sessions"].update(sid, {"updated": time.time()})
+    return ChatTurn(session=session, turn=number, message=message, run_id=result.run_id, best=result.best,
+                    interpretation=Interpretation(req, reading.changes, reading.source, reading.ref_render_id),
+                    parent_run_id=previous.run_id if previous else None, notices=list(result.notices))

@@ -1,0 +1,102 @@
+"""The morning report: one self-contained HTML contact sheet per batch.
+
+Thumbnails are embedded as base64 JPEG data URIs, so the file can be mailed or copied alone;
+each one links to the full PNG (relative to the report, inside the home) and names the
+`reverie lineage` command that explains it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+THUMB_SIDE = 256
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;background:#f6f5f2;color:#222}
+h1{font-size:22px;margin:0 0 4px}
+.meta{color:#666;margin-bottom:20px}
+section{background:#fff;border-radius:8px;padding:14px 16px;margin-bottom:18px;box-shadow:0 1px 3px #0002}
+h2{font-size:17px;margin:0 0 2px}
+.sub{color:#777;font-size:12px;margin-bottom:10px}
+.grid{display:flex;flex-wrap:wrap;gap:14px}
+figure{margin:0;width:260px}
+figure img{width:256px;height:auto;border-radius:4px;border:1px solid #ddd;display:block;background:#eee}
+figcaption{font-size:12px;margin-top:4px;word-wrap:break-word}
+.score{font-weight:600}
+.dup{color:#b35c00}
+.prompt{color:#555;max-height:4.2em;overflow:hidden}
+code{font-size:11px;background:#f0f0f0;padding:1px 3px;border-radius:3px;word-break:break-all}
+.empty{color:#999}
+"""
+
+
+def thumbnail_data_uri(path: str | Path, side: int = THUMB_SIDE) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        # Small test images are scaled up so the sheet stays readable; big ones down.
+        scale = side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=82)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def report_path(home: Path, batch_id: str) -> Path:
+    return Path(home) / "reports" / f"batch-{batch_id}.html"
+
+
+def write_report(store, batch_id: str) -> Path:
+    """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
+    from reverie.store.pngmeta import atomic_write
+
+    db = store.db
+    batch = next(db.query("select * from batches where id = ?", [batch_id]))
+    options = json.loads(batch["options_json"])
+    items = list(db.query("select * from batch_items where batch_id = ? order by idx", [batch_id]))
+    out = report_path(store.home, batch_id)
+    home_arg = shlex.quote(str(store.home))
+    esc = html.escape
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>reverie batch {esc(batch_id)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>reverie batch {esc(batch_id)}</h1>",
+        f"<div class=meta>{esc(batch['source'])} · {len(items)} ideas · keep {esc(str(options.get('keep')))} per idea · "
+        f"profile {esc(str(options.get('profile')))} · written {esc(time.strftime('%Y-%m-%d %H:%M', time.localtime()))}</div>",
+    ]
+    for item in items:
+        rendered = next(db.query("select count(*) as n from renders where run_id = ? and status = 'ok'", [item["run_id"]]))["n"]
+        budget = item["budget"] if item["budget"] is not None else "time-limited"
+        parts.append(f"<section><h2>{item['idx'] + 1}. {esc(item['idea'])}</h2>"
+                     f"<div class=sub>run {esc(item['run_id'])} · {rendered} rendered of {esc(str(budget))} · "
+                     f"<code>reverie show {esc(item['run_id'])} --home {esc(home_arg)}</code></div><div class=grid>")
+        keeps = list(db.query("select * from batch_keeps where item_id = ? order by rank", [item["id"]]))
+        if not keeps:
+            parts.append("<p class=empty>nothing kept yet</p>")
+        for keep in keeps:
+            row = next(db.query("select * from renders where id = ?", [keep["render_id"]]))
+            render = store.to_render(row)
+            full = Path(render.path)
+            link = os.path.relpath(full, out.parent)
+            score = f"{render.scores.composite:.3f}" if render.scores else "unscored"
+            scorer = render.scores.scorer if render.scores else ""
+            dup = " <span class=dup>near-duplicate</span>" if keep["near_duplicate"] else ""
+            parts.append(
+                f"<figure><a href=\"{esc(link)}\"><img src=\"{thumbnail_data_uri(full)}\" alt=\"seed {render.seed}\"></a>"
+                f"<figcaption><span class=score>#{keep['rank']} · {score}</span> {esc(scorer)}{dup}<br>"
+                f"seed {render.seed} · {render.spec.width}×{render.spec.height}"
+                f"<div class=prompt title=\"{esc(render.prompt)}\">{esc(render.prompt)}</div>"
+                f"<code>reverie lineage {render.id} --home {esc(home_arg)}</code></figcaption></figure>"
+            )
+        parts.append("</div></section>")
+    parts.append("</body></html>")
+    atomic_write(out, "".join(parts).encode("utf-8"))
+    return out
