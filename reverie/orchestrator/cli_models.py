@@ -1,5 +1,108 @@
-"""CLI commands for models (registered on the main app by reverie.orchestrator.cli)."""
+"""CLI commands for models (registered on the main app by reverie.orchestrator.cli).
+
+`reverie models` lists what can render and score and whether its weights are here;
+`reverie models pull NAME` is the only command that downloads anything.
+"""
 
 from __future__ import annotations
 
-from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+import json
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from reverie.orchestrator.cli import app, err, friendly, out
+from reverie.types import Event, ReverieError
+
+models_app = typer.Typer(help="List model profiles and their weights; `pull` downloads one.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+def _scorer_models(home: Optional[str]) -> list:
+    """The scoring package's models, with reverie.toml's [scoring] paths applied when there is one."""
+    try:
+        from reverie.scoring.weights import scorer_models
+    except ImportError:
+        return []
+    from reverie.config import load_config
+
+    table = load_config(home).get("scoring")
+    return scorer_models(table)
+
+
+def model_rows(home: Optional[str] = None) -> list[dict]:
+    from reverie.render.profiles import PROFILES
+    from reverie.render.weights import downloadables, where
+
+    rows = []
+    for item in downloadables():
+        found = where(item) if item.repo_id else None
+        row = {"name": item.name, "kind": item.kind, "repo": item.repo_id, "present": found is not None,
+               "where": found or item.note or "not downloaded"}
+        if item.kind == "profile":
+            p = PROFILES[item.name]
+            row.update(pipeline=p.pipeline, steps=p.steps, guidance=p.guidance, sampler=p.sampler, shift=p.shift,
+                       prompt_style=p.prompt_style, negative=p.negative)
+        rows.append(row)
+    for m in _scorer_models(home):
+        rows.append({"name": m.name, "kind": "scorer", "repo": "", "present": bool(m.present), "where": m.where,
+                     "description": m.description})
+    return rows
+
+
+@models_app.callback()
+@friendly
+def models(
+    ctx: typer.Context,
+    home: Optional[str] = typer.Option(None, "--home"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """List model profiles, control nets and scorers, and whether their weights are on this machine."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = model_rows(home)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title="models (`reverie models pull NAME` downloads one)")
+    for col in ("name", "kind", "pipeline", "steps", "guidance", "sampler", "present", "where"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r.get("pipeline", ""), str(r.get("steps", "")), str(r.get("guidance", "")),
+                      r.get("sampler", ""), "yes" if r["present"] else "no", r["where"])
+    out.print(table)
+
+
+@models_app.command("pull")
+@friendly
+def pull(
+    name: str = typer.Argument(..., help="A profile (z-image-turbo), a control net (z-image-turbo-control) or a scorer."),
+    home: Optional[str] = typer.Option(None, "--home"),
+):
+    """Download one model into the Hugging Face cache, with a progress bar."""
+    from reverie.render.weights import downloadables, pull as pull_weights, rich_tqdm
+
+    scorers = {m.name: m for m in _scorer_models(home)}
+    known = [i.name for i in downloadables()] + list(scorers)
+    if name not in known:
+        raise ReverieError(f"unknown model {name!r}: use one of {', '.join(known)} (see `reverie models`)")
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ReverieError(f"cannot pull {name}: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download")
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err)
+    with progress:
+        if name in scorers:
+            task = progress.add_task(name, total=None)
+
+            def on_event(event: Event) -> None:
+                if event.kind == "download_finished":
+                    progress.update(task, total=1, completed=1)
+
+            path = scorers[name].pull(on_event)
+        else:
+            path = pull_weights(name, tqdm_class=rich_tqdm(progress))
+    out.print(f"{name}: {path}", highlight=False, soft_wrap=True)

@@ -38,6 +38,12 @@ def pick_device(device: Optional[str] = None) -> str:
     import torch
 
     if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ReverieError(f"device {device} is not available here (no CUDA GPU seen by torch): use --device cpu or mps")
+        if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ReverieError("device mps is not available here: use --device cpu or cuda")
+        if device.split(":")[0] not in ("cuda", "mps", "cpu", "xpu"):
+            raise ReverieError(f"unknown device {device!r}: use cuda, cuda:N, mps or cpu")
         return device
     if torch.cuda.is_available():
         return "cuda"

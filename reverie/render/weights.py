@@ -24,7 +24,7 @@ class Downloadable:
     """One thing `reverie models pull NAME` can fetch."""
 
     name: str
-    kind: str  # "profile" | "control" | "scorer"
+    kind: str  # "profile" | "control"
     repo_id: str
     files: tuple[str, ...] = ()  # allow-patterns; empty = the diffusers folders
     note: str = ""
@@ -40,26 +40,7 @@ def downloadables() -> list[Downloadable]:
         items.append(Downloadable(p.name, "profile", p.repo_id, note="" if p.repo_id else "single-file checkpoint: pass --model-path"))
         if p.control_repo:
             items.append(Downloadable(control_name(p), "control", p.control_repo, (p.control_file,)))
-    for item in _scorer_downloadables():
-        items.append(item)
     return items
-
-
-def _scorer_downloadables() -> list[Downloadable]:
-    """Scorer weights, when the scoring package says which it wants (it may not exist yet)."""
-    try:
-        from reverie.scoring.weights import scorer_models
-    except ImportError:
-        return []
-    found = []
-    for m in scorer_models():
-        get = (lambda k, d=None: m.get(k, d)) if isinstance(m, dict) else (lambda k, d=None: getattr(m, k, d))
-        files = get("files") or get("allow_patterns") or ((get("filename"),) if get("filename") else ())
-        if isinstance(files, str):
-            files = (files,)
-        if get("name") and get("repo_id"):
-            found.append(Downloadable(str(get("name")), "scorer", str(get("repo_id")), tuple(files)))
-    return found
 
 
 def find(name: str) -> Downloadable:
