@@ -154,12 +154,16 @@ class LLMClient:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         problem = ""
         for _ in range(1 + self.settings.retries):
-            text = self._complete(messages, schema, purpose, system_hash, temperature)
+            text, call = self._complete(messages, schema, purpose, system_hash, temperature)
+            if call is None:  # the server failed this try; already recorded
+                problem = "the server returned an error"
+                continue
             try:
                 answer = parse_reply(text, schema)
                 problem = check(answer) if check else ""
             except ValueError as e:
                 problem = str(e)
+            self.record({**call, "ok": not problem, "error": problem})
             if not problem:
                 return answer
             # Show the model its mistake; small local models usually fix it on the second try.
@@ -170,7 +174,8 @@ class LLMClient:
         raise LLMUnavailable(f"{self.model} gave no usable answer in {1 + self.settings.retries} tries ({problem})")
 
     def _complete(self, messages: list[dict], schema: type[BaseModel], purpose: str, system_hash: str,
-                  temperature: float) -> str:
+                  temperature: float) -> tuple[str, Optional[dict]]:
+        """One chat completion: (text, the call to record) or ("", None) after a recorded server error."""
         import openai
 
         while True:
@@ -200,13 +205,16 @@ class LLMClient:
                 if e.status_code == 404:
                     self.dead = f"model {model!r} or the API path is unknown at {self.settings.url} (404): check --llm-url and --llm-model"
                     raise LLMUnavailable(self.dead) from None
-                return ""  # a 5xx or a rate limit: counts as one malformed try
+                return "", None  # a 5xx or a rate limit: counts as one failed try
+            except (ValueError, openai.APIResponseValidationError) as e:  # a body that is not JSON at all
+                self.record({**call, "seconds": time.monotonic() - started, "ok": False,
+                             "error": f"unreadable response: {_short(e)}"})
+                return "", None
             usage = getattr(response, "usage", None)
             text = (response.choices[0].message.content if response.choices else "") or ""
-            self.record({**call, "seconds": time.monotonic() - started, "ok": True, "response_text": text,
-                         "prompt_tokens": getattr(usage, "prompt_tokens", None),
-                         "completion_tokens": getattr(usage, "completion_tokens", None)})
-            return text
+            return text, {**call, "seconds": time.monotonic() - started, "response_text": text,
+                          "prompt_tokens": getattr(usage, "prompt_tokens", None),
+                          "completion_tokens": getattr(usage, "completion_tokens", None)}
 
 
 def _short(e: Exception) -> str:
