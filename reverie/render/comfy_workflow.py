@@ -1,0 +1,182 @@
+"""ComfyUI API-format workflows for each model profile, built from a RenderSpec.
+
+A workflow is a dict of node id -> {"class_type", "inputs"}; an input that comes from another
+node is [node_id, output_index]. These are the graphs ComfyUI users wire by hand for each
+family (the ones in ComfyUI's own example workflows), so a server set up for them just works.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from reverie.render.profiles import Profile
+from reverie.types import RenderSpec, ReverieError
+
+# Files each family needs beyond what the profile names; `--comfy-file KEY=NAME` overrides any.
+FAMILY_FILES: dict[str, dict[str, str]] = {
+    "z-image": {"weight_dtype": "default", "model_patch": "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"},
+    "flux": {
+        "weight_dtype": "default",
+        "clip_l": "clip_l.safetensors",
+        "t5": "t5xxl_fp8_e4m3fn.safetensors",
+        "vae": "ae.safetensors",
+    },
+    "sdxl": {
+        "controlnet_canny": "controlnet-canny-sdxl-1.0.safetensors",
+        "controlnet_depth": "controlnet-depth-sdxl-1.0.safetensors",
+        "controlnet_pose": "OpenPoseXL2.safetensors",
+    },
+    "sd15": {
+        "controlnet_canny": "control_v11p_sd15_canny.pth",
+        "controlnet_depth": "control_v11f1p_sd15_depth.pth",
+        "controlnet_pose": "control_v11p_sd15_openpose.pth",
+    },
+}
+
+# reverie sampler name -> (ComfyUI sampler_name, scheduler). Unless the name says karras, flow
+# models (Z-Image, FLUX) get the "simple" schedule and UNet models the "normal" one.
+SAMPLERS: dict[str, tuple[str, str]] = {
+    "euler": ("euler", "simple"),
+    "res_multistep": ("res_multistep", "simple"),
+    "dpmpp_2m": ("dpmpp_2m", "normal"),
+    "dpmpp_2m_karras": ("dpmpp_2m", "karras"),
+    "dpmpp_2m_sde_karras": ("dpmpp_2m_sde", "karras"),
+    "euler_ancestral": ("euler_ancestral", "normal"),
+    "unipc": ("uni_pc", "normal"),
+}
+
+FLOW_FAMILIES = ("z-image", "flux")
+CONTROL_NET_KINDS = ("canny", "depth", "pose")
+
+
+def comfy_files(profile: Profile, overrides: Optional[dict] = None) -> dict[str, str]:
+    """The model file names for a profile: family defaults, then the profile, then the user's."""
+    return {**FAMILY_FILES.get(profile.family, {}), **profile.comfy_files, **(overrides or {})}
+
+
+def sampler_for(spec: RenderSpec, profile: Profile) -> tuple[str, str]:
+    try:
+        sampler_name, scheduler = SAMPLERS[spec.sampler]
+    except KeyError:
+        raise ReverieError(f"sampler {spec.sampler!r} has no ComfyUI equivalent here: use one of {', '.join(SAMPLERS)}") from None
+    if scheduler != "karras":
+        scheduler = "simple" if profile.family in FLOW_FAMILIES else "normal"
+    return sampler_name, scheduler
+
+
+def comfy_cfg(spec: RenderSpec, profile: Profile) -> float:
+    """The KSampler CFG for a spec whose guidance is in diffusers terms."""
+    if profile.family == "flux":
+        return 1.0  # FLUX guidance is distilled; it goes in FluxGuidance, not CFG
+    if spec.guidance == profile.guidance:
+        return float(profile.comfy_cfg)
+    # diffusers runs classifier-free guidance only above 1; below that it is ComfyUI's CFG 1.
+    return max(1.0, float(spec.guidance))
+
+
+class _Graph:
+    """Numbers nodes in the order they are added, so the same spec gives the same JSON."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, dict[str, Any]] = {}
+
+    def add(self, class_type: str, **inputs: Any) -> str:
+        node_id = str(len(self.nodes) + 1)
+        self.nodes[node_id] = {"class_type": class_type, "inputs": inputs}
+        return node_id
+
+
+def _need(files: dict, key: str, what: str) -> str:
+    name = files.get(key)
+    if not name:
+        raise ReverieError(f"no ComfyUI {what} file is configured: pass --comfy-file {key}=NAME")
+    return name
+
+
+def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], image_name: Optional[str] = None) -> dict:
+    """The API-format workflow that renders one spec. `image_name` is the uploaded control image."""
+    sampler_name, scheduler = sampler_for(spec, profile)
+    cfg = comfy_cfg(spec, profile)
+    control = spec.control
+    if control is not None and image_name is None:
+        raise ReverieError("internal: a control image must be uploaded before its workflow is built")
+    if control is not None and control.kind not in (*CONTROL_NET_KINDS, "img2img"):
+        raise ReverieError(f"control kind {control.kind!r} cannot be rendered by ComfyUI: use canny, depth, pose or img2img")
+    g = _Graph()
+
+    # Loaders: model, text encoder, VAE as (node, output) pairs.
+    if profile.family in FLOW_FAMILIES:
+        unet = g.add("UNETLoader", unet_name=_need(files, "unet", "unet"), weight_dtype=files.get("weight_dtype", "default"))
+        if profile.family == "z-image":
+            clip_node = g.add("CLIPLoader", clip_name=_need(files, "clip", "clip"), type=files.get("clip_type", "lumina2"))
+        else:
+            clip_node = g.add("DualCLIPLoader", clip_name1=_need(files, "clip_l", "clip_l"),
+                              clip_name2=_need(files, "t5", "t5"), type=files.get("clip_type", "flux"))
+        vae = [g.add("VAELoader", vae_name=_need(files, "vae", "vae")), 0]
+        model, clip = [unet, 0], [clip_node, 0]
+        if profile.family == "z-image" and spec.shift is not None:
+            model = [g.add("ModelSamplingAuraFlow", model=model, shift=float(spec.shift)), 0]
+    else:
+        ckpt = g.add("CheckpointLoaderSimple", ckpt_name=_need(files, "checkpoint", "checkpoint"))
+        model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
+        if profile.clip_skip > 1:
+            clip = [g.add("CLIPSetLastLayer", clip=clip, stop_at_clip_layer=-profile.clip_skip), 0]
+
+    positive = [g.add("CLIPTextEncode", text=spec.prompt, clip=clip), 0]
+    if profile.family == "flux" and spec.guidance > 0:
+        positive = [g.add("FluxGuidance", conditioning=positive, guidance=float(spec.guidance)), 0]
+    zeroed: Optional[list] = None
+    if profile.negative or cfg > 1.0:
+        negative = [g.add("CLIPTextEncode", text=spec.negative, clip=clip), 0]
+    else:
+        # At CFG 1 the negative is never used; a zeroed positive is what ComfyUI's templates wire.
+        zeroed = negative = [g.add("ConditioningZeroOut", conditioning=positive), 0]
+
+    image = [g.add("LoadImage", image=image_name), 0] if control is not None else None
+    if control is not None and control.kind in CONTROL_NET_KINDS:
+        if profile.family == "z-image":
+            # Z-Image's union ControlNet is a model patch in ComfyUI, not a ControlNet model.
+            patch = g.add("ModelPatchLoader", name=_need(files, "model_patch", "model_patch"))
+            model = [g.add("QwenImageDiffsynthControlnet", model=model, model_patch=[patch, 0], vae=vae,
+                           image=image, strength=float(control.strength)), 0]
+        else:
+            key = f"controlnet_{control.kind}"
+            net = g.add("ControlNetLoader", control_net_name=_need(files, key, f"{control.kind} ControlNet"))
+            applied = g.add("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=[net, 0],
+                            image=image, strength=float(control.strength), start_percent=0.0, end_percent=1.0, vae=vae)
+            positive, negative = [applied, 0], [applied, 1]
+
+    denoise = 1.0
+    if control is not None and control.kind == "img2img":
+        latent = [g.add("VAEEncode", pixels=image, vae=vae), 0]
+        denoise = float(control.strength)
+    elif profile.family in FLOW_FAMILIES:
+        latent = [g.add("EmptySD3LatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
+    else:
+        latent = [g.add("EmptyLatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
+
+    common = dict(cfg=cfg, sampler_name=sampler_name, scheduler=scheduler)
+    blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
+    if blind:
+        if zeroed is None:
+            zeroed = [g.add("ConditioningZeroOut", conditioning=positive), 0]
+        # KSamplerAdvanced has no denoise: a partial denoise is the tail of a longer schedule.
+        total = spec.steps if denoise >= 1.0 else max(spec.steps, math.ceil(spec.steps / max(denoise, 1e-3)))
+        start = total - spec.steps
+        first = g.add("KSamplerAdvanced", model=model, add_noise="enable", noise_seed=spec.seed, steps=total, **common,
+                      positive=zeroed, negative=negative, latent_image=latent, start_at_step=start,
+                      end_at_step=start + blind, return_with_leftover_noise="enable")
+        sampled = g.add("KSamplerAdvanced", model=model, add_noise="disable", noise_seed=spec.seed, steps=total, **common,
+                        positive=positive, negative=negative, latent_image=[first, 0], start_at_step=start + blind,
+                        end_at_step=total, return_with_leftover_noise="disable")
+    else:
+        sampled = g.add("KSampler", model=model, seed=spec.seed, steps=spec.steps, **common, positive=positive,
+                        negative=negative, latent_image=latent, denoise=denoise)
+    decoded = g.add("VAEDecode", samples=[sampled, 0], vae=vae)
+    g.add("SaveImage", images=[decoded, 0], filename_prefix="reverie")
+    return g.nodes
+
+
+def output_node(workflow: dict) -> str:
+    return next(i for i, node in workflow.items() if node["class_type"] == "SaveImage")

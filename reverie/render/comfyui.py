@@ -1,0 +1,419 @@
+"""The `comfyui` engine: renders on one or more running ComfyUI servers.
+
+Each spec becomes one API-format workflow (reverie.render.comfy_workflow), queued with
+POST /prompt. Progress and completion arrive on the websocket /ws?clientId=...; the PNG comes
+from GET /history/{prompt_id} and GET /view. A list of servers is a pool: one worker thread per
+server keeps a few prompts queued there and takes more as they finish, so faster servers take
+more of the batch; a server that refuses, resets or stops answering is dropped for the rest of
+the call and its unfinished specs go back to the others.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import queue
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections import deque
+from typing import Optional, Sequence
+
+from reverie.render.comfy_workflow import build_workflow, comfy_files, output_node
+from reverie.render.profiles import get_profile
+from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+
+DEFAULT_URL = "http://127.0.0.1:8188"
+ENGINE_VERSION = "1"
+
+# Where ComfyUI looks for the file each loader names, for the "missing file" error.
+MODEL_FOLDERS = {
+    "UNETLoader": "models/diffusion_models",
+    "CLIPLoader": "models/text_encoders",
+    "DualCLIPLoader": "models/text_encoders",
+    "VAELoader": "models/vae",
+    "CheckpointLoaderSimple": "models/checkpoints",
+    "ControlNetLoader": "models/controlnet",
+    "ModelPatchLoader": "models/model_patches",
+}
+
+
+class ServerGone(Exception):
+    """A server refused, reset or stopped answering; its work moves to the others."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def parse_servers(servers: str | Sequence[str] | None) -> list[str]:
+    if servers is None or (not isinstance(servers, str) and not list(servers)):
+        servers = os.environ.get("REVERIE_COMFYUI_URL") or DEFAULT_URL
+    items = servers.split(",") if isinstance(servers, str) else [u for s in servers for u in str(s).split(",")]
+    urls = []
+    for url in (u.strip().rstrip("/") for u in items):
+        if not url:
+            continue
+        if "://" not in url:
+            url = f"http://{url}"
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ReverieError(f"{url!r} is not a ComfyUI address: pass --comfy-url http://HOST:8188")
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise ReverieError(f"no ComfyUI address given: pass --comfy-url {DEFAULT_URL}")
+    return urls
+
+
+def describe_rejection(url: str, body: dict, files: dict) -> str:
+    """ComfyUI's 400 answer to POST /prompt, as one line that names the fix."""
+    node_errors = body.get("node_errors") or {}
+    for node_id, node in node_errors.items():
+        class_type = node.get("class_type", "?")
+        for error in node.get("errors") or []:
+            info = error.get("extra_info") or {}
+            value = info.get("received_value")
+            if error.get("type") == "value_not_in_list" and class_type in MODEL_FOLDERS:
+                key = next((k for k, v in files.items() if v == value), info.get("input_name", "file"))
+                return (f"ComfyUI at {url} has no {key} file {value}: put it in {MODEL_FOLDERS[class_type]} "
+                        f"or pass --comfy-file {key}=NAME")
+            return one_line(f"ComfyUI at {url} rejected node {node_id} ({class_type}): {error.get('message', '')}: "
+                            f"{error.get('details', '')}")
+    error = body.get("error") or {}
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    details = error.get("details", "") if isinstance(error, dict) else ""
+    return one_line(f"ComfyUI at {url} rejected the workflow: {message} {details} "
+                    f"(update ComfyUI, or pick another --profile)")
+
+
+class ComfyClient:
+    """HTTP and websocket calls to one ComfyUI server; every network failure is ServerGone."""
+
+    def __init__(self, url: str, timeout: float):
+        self.url = url
+        self.timeout = timeout
+        self.client_id = uuid.uuid4().hex
+        self.uploaded: set[str] = set()
+
+    def _call(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+            raise ServerGone(one_line(f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__)) from None
+
+    def _json(self, method: str, path: str, payload: Optional[dict] = None) -> tuple[int, dict]:
+        body = json.dumps(payload).encode() if payload is not None else None
+        status, data = self._call(method, path, body, {"Content-Type": "application/json"} if body else None)
+        try:
+            return status, json.loads(data or b"{}")
+        except ValueError:
+            if status >= 500:
+                raise ServerGone(f"HTTP {status}") from None
+            raise ReverieError(f"{self.url}{path} answered HTTP {status} with something that is not JSON: "
+                               f"check that --comfy-url points at ComfyUI") from None
+
+    def queue_prompt(self, workflow: dict, files: dict) -> str:
+        status, body = self._json("POST", "/prompt", {"prompt": workflow, "client_id": self.client_id})
+        if status == 200 and body.get("prompt_id"):
+            return str(body["prompt_id"])
+        if status >= 500:
+            raise ServerGone(f"HTTP {status} from /prompt")
+        raise ReverieError(describe_rejection(self.url, body, files))
+
+    def upload_image(self, name: str, png: bytes) -> str:
+        if name in self.uploaded:
+            return name
+        boundary = uuid.uuid4().hex
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode() + png + b"\r\n",
+            f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
+            f"--{boundary}--\r\n".encode(),
+        ]
+        status, data = self._call("POST", "/upload/image", b"".join(parts),
+                                  {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        if status != 200:
+            raise ReverieError(f"ComfyUI at {self.url} refused the control image upload (HTTP {status}): "
+                               f"check the server's input folder is writable")
+        info = json.loads(data)
+        stored = f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
+        self.uploaded.add(name)
+        return stored
+
+    def history(self, prompt_id: str) -> Optional[dict]:
+        status, body = self._json("GET", f"/history/{urllib.parse.quote(prompt_id)}")
+        if status != 200:
+            raise ServerGone(f"HTTP {status} from /history")
+        return body.get(prompt_id)
+
+    def view(self, image: dict) -> bytes:
+        query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
+        status, data = self._call("GET", f"/view?{query}")
+        if status != 200:
+            raise ServerGone(f"HTTP {status} from /view")
+        return data
+
+    def connect(self, poll: float):
+        import websocket
+
+        parsed = urllib.parse.urlparse(self.url)
+        ws_url = f"{'wss' if parsed.scheme == 'https' else 'ws'}://{parsed.netloc}{parsed.path}/ws?clientId={self.client_id}"
+        try:
+            ws = websocket.create_connection(ws_url, timeout=self.timeout)
+        except (websocket.WebSocketException, OSError) as e:
+            raise ServerGone(one_line(f"{type(e).__name__}: {e}")) from None
+        ws.settimeout(poll)
+        return ws
+
+
+class _Batch:
+    """The work of one render() call, shared by the server workers."""
+
+    def __init__(self, specs: Sequence[RenderSpec]):
+        self.specs = list(specs)
+        self.pending: deque[int] = deque(range(len(self.specs)))
+        self.results: dict[int, EngineOutput] = {}
+        self.fatal: Optional[BaseException] = None
+        self.events: "queue.Queue[Event]" = queue.Queue()
+        self.gone: dict[str, str] = {}
+        self.cond = threading.Condition()
+
+    def take(self) -> Optional[int]:
+        with self.cond:
+            return self.pending.popleft() if self.pending and self.fatal is None else None
+
+    def give_back(self, indices) -> None:
+        with self.cond:
+            # Back to the front: these were queued first and have waited longest.
+            self.pending.extendleft(sorted((i for i in indices if i not in self.results), reverse=True))
+            self.cond.notify_all()
+
+    def finish(self, index: int, output: EngineOutput) -> bool:
+        with self.cond:
+            if index in self.results:
+                return False
+            self.results[index] = output
+            self.cond.notify_all()
+            return True
+
+    def fail(self, error: BaseException) -> None:
+        with self.cond:
+            if self.fatal is None:
+                self.fatal = error
+            self.cond.notify_all()
+
+    def done(self) -> bool:
+        return self.fatal is not None or len(self.results) == len(self.specs)
+
+    def wait_for_work(self) -> bool:
+        """Block while another server might still hand work back; False once the call is over."""
+        with self.cond:
+            while not self.pending and not self.done():
+                self.cond.wait(0.5)
+            return bool(self.pending) and self.fatal is None
+
+
+class ComfyUIEngine:
+    name = "comfyui"
+    version = ENGINE_VERSION
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] | None = None,
+        profile: str = "z-image-turbo",
+        files: Optional[dict] = None,
+        timeout: float = 30.0,
+        stall_timeout: float = 900.0,
+        poll_interval: float = 2.0,
+        queue_depth: int = 4,
+    ):
+        """`timeout` bounds every HTTP call and the websocket connect; `stall_timeout` is how
+        long a server may go without a word while it holds our prompts (first loads of large
+        models are slow); `queue_depth` is how many prompts each server holds at once: enough
+        that it never waits on us, few enough that a faster server takes the rest."""
+        self.servers = parse_servers(servers)
+        self.profile = get_profile(profile)
+        self.files = comfy_files(self.profile, files)
+        self.timeout = float(timeout)
+        self.stall_timeout = float(stall_timeout)
+        self.poll_interval = float(poll_interval)
+        self.queue_depth = max(1, int(queue_depth))
+
+    # -- one call --------------------------------------------------------------------------
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
+        progress = progress or no_progress
+        if not specs:
+            return []
+        for spec in specs:  # build once here so that a bad spec fails before anything is queued
+            if spec.control is None:
+                build_workflow(spec, self.profile, self.files)
+        batch = _Batch(specs)
+        workers = [threading.Thread(target=self._work, args=(ComfyClient(url, self.timeout), batch),
+                                    name=f"reverie-comfyui-{i}", daemon=True) for i, url in enumerate(self.servers)]
+        for w in workers:
+            w.start()
+        # Events are handed to `progress` on this thread, so callers need no locks.
+        while any(w.is_alive() for w in workers) or not batch.events.empty():
+            try:
+                progress(batch.events.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        if batch.fatal is not None:
+            raise batch.fatal
+        if len(batch.results) < len(specs):
+            reasons = "; ".join(f"{url}: {why}" for url, why in batch.gone.items())
+            done = len(batch.results)
+            raise ReverieError(f"no ComfyUI server answers ({reasons}); {done} of {len(specs)} images were rendered: "
+                               f"start ComfyUI or pass --comfy-url")
+        return [batch.results[i] for i in range(len(specs))]
+
+    def close(self) -> None:
+        return None
+
+    # -- one server ------------------------------------------------------------------------
+    def _work(self, client: ComfyClient, batch: _Batch) -> None:
+        inflight: dict[str, dict] = {}
+        ws = None
+        try:
+            ws = client.connect(self.poll_interval)
+            heard = time.monotonic()
+            while not batch.done():
+                while len(inflight) < self.queue_depth and (index := batch.take()) is not None:
+                    try:
+                        prompt_id, node = self._submit(client, batch.specs[index])
+                    except ServerGone:
+                        batch.give_back([index])
+                        raise
+                    inflight[prompt_id] = {"index": index, "node": node, "t0": time.perf_counter()}
+                if not inflight:
+                    if batch.wait_for_work():
+                        continue
+                    return
+                message = self._receive(ws)
+                if message is None:
+                    if time.monotonic() - heard > self.stall_timeout:
+                        raise ServerGone(f"no word for {self.stall_timeout:.0f} s")
+                    # A quiet socket may have missed a message: the history says what finished.
+                    for prompt_id in list(inflight):
+                        entry = client.history(prompt_id)
+                        if entry is not None:
+                            self._collect(client, batch, inflight.pop(prompt_id), entry)
+                    continue
+                heard = time.monotonic()
+                self._handle(client, batch, inflight, message)
+        except ServerGone as e:
+            batch.gone[client.url] = str(e)
+            batch.give_back([job["index"] for job in inflight.values()])
+            if inflight or batch.pending:
+                batch.events.put(Event("notice", {"message": f"ComfyUI at {client.url} is gone ({e}); "
+                                                  f"its renders move to the other servers"}))
+        except BaseException as e:  # a user-facing error (or a bug) ends the whole call
+            batch.fail(e)
+        finally:
+            if ws is not None:
+                try:
+                    ws.close(timeout=0.5)
+                except Exception:
+                    pass
+
+    def _submit(self, client: ComfyClient, spec: RenderSpec) -> tuple[str, str]:
+        image_name = None
+        if spec.control is not None:
+            image_name = client.upload_image(*self._control_png(spec))
+        workflow = build_workflow(spec, self.profile, self.files, image_name)
+        return client.queue_prompt(workflow, self.files), output_node(workflow)
+
+    @staticmethod
+    def _control_png(spec: RenderSpec) -> tuple[str, bytes]:
+        """The control image at the render size, named by its content so each server gets it once."""
+        from PIL import Image
+
+        control = spec.control
+        try:
+            with Image.open(control.image_path) as im:
+                im = im.convert("RGB")
+                if im.size != (spec.width, spec.height):
+                    im = im.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+        except OSError as e:
+            raise ReverieError(f"cannot read the control image {control.image_path}: {e}; pass another reference") from None
+        return f"reverie_{control.image_sha[:16]}_{spec.width}x{spec.height}.png", buf.getvalue()
+
+    @staticmethod
+    def _receive(ws) -> Optional[dict]:
+        import websocket
+
+        try:
+            raw = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (websocket.WebSocketException, OSError) as e:
+            raise ServerGone(one_line(f"websocket {type(e).__name__}: {e}")) from None
+        if isinstance(raw, bytes):
+            return {}  # live previews; a sign of life, nothing to read
+        if raw == "":
+            raise ServerGone("websocket closed")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {}
+
+    def _handle(self, client: ComfyClient, batch: _Batch, inflight: dict, message: dict) -> None:
+        kind, data = message.get("type"), message.get("data") or {}
+        job = inflight.get(data.get("prompt_id", ""))
+        if job is None:
+            return
+        spec = batch.specs[job["index"]]
+        if kind == "execution_start":
+            job["t0"] = time.perf_counter()  # queue wait is not render time
+        elif kind == "progress":
+            batch.events.put(Event("engine_progress", {"seed": spec.seed, "step": data.get("value"),
+                                                       "steps": data.get("max"), "server": client.url}))
+        elif (kind == "executing" and data.get("node") is None) or kind == "execution_success":
+            entry = client.history(data["prompt_id"])
+            if entry is not None:
+                self._collect(client, batch, inflight.pop(data["prompt_id"]), entry)
+        elif kind in ("execution_error", "execution_interrupted"):
+            inflight.pop(data["prompt_id"])
+            where = data.get("node_type") or "the workflow"
+            why = one_line(data.get("exception_message") or kind.replace("_", " "))
+            self._finish(batch, job, None, f"ComfyUI at {client.url} failed in {where}: {why}", client.url)
+
+    def _collect(self, client: ComfyClient, batch: _Batch, job: dict, entry: dict) -> None:
+        from PIL import Image
+
+        images = ((entry.get("outputs") or {}).get(job["node"]) or {}).get("images") or []
+        if not images:
+            status = entry.get("status") or {}
+            self._finish(batch, job, None, f"ComfyUI at {client.url} returned no image "
+                         f"(status {status.get('status_str', 'unknown')})", client.url)
+            return
+        data = client.view(images[0])
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except OSError:
+            raise ServerGone("/view did not return an image") from None
+        self._finish(batch, job, image.convert("RGB"), "", client.url)
+
+    def _finish(self, batch: _Batch, job: dict, image, error: str, url: str) -> None:
+        spec = batch.specs[job["index"]]
+        seconds = time.perf_counter() - job["t0"]
+        output = EngineOutput(spec=spec, image=image, engine=self.name, engine_version=self.version,
+                              seconds=seconds, error=error)
+        if batch.finish(job["index"], output):
+            batch.events.put(Event("engine_image", {"seed": spec.seed, "seconds": seconds, "server": url,
+                                                    "error": error}))
