@@ -1,5 +1,211 @@
-"""CLI commands for lineage (registered on the main app by reverie.orchestrator.cli)."""
+"""CLI commands for lineage (registered on the main app by reverie.orchestrator.cli):
+`lineage`, `reproduce` and `export`."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
 from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+from reverie.types import RenderSpec, ReverieError
+
+
+def _store(home: Optional[str]):
+    from reverie.config import resolve_home
+    from reverie.store.db import Store
+
+    return Store(resolve_home(home))
+
+
+def _describe_file(path: str) -> dict:
+    """What an image file says about itself when no database row knows it."""
+    from reverie.store.importers import import_metadata
+    from reverie.store.lineage import image_chunks
+
+    chunks = image_chunks(path)
+    if chunks.get("reverie"):
+        meta = json.loads(chunks["reverie"])
+        return {"origin": "reverie", "note": f"made by reverie in another home (run {meta.get('run_id')}); from its own metadata",
+                "spec": meta.get("spec"), "meta": meta}
+    recipe = import_metadata(chunks)
+    if recipe is None:
+        raise ReverieError(f"{path} carries no reverie, A1111 `parameters` or ComfyUI `prompt` metadata: nothing to trace")
+    tool = {"a1111": "A1111 `parameters`", "comfyui": "ComfyUI `prompt` workflow"}[recipe.source]
+    return {"origin": recipe.source, "note": f"foreign image: not made by reverie; recipe read from its {tool} (model guessed from {recipe.model or 'nothing'!r})",
+            "spec": recipe.spec.to_dict(), "model": recipe.model, "extra": recipe.extra}
+
+
+@app.command()
+@friendly
+def lineage(
+    image_or_id: str = typer.Argument(..., help="A render id, an image file, or a sha256/spec-hash prefix."),
+    home: Optional[str] = typer.Option(None, "--home"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """How one image came to be: idea, expansions, critic revisions, spec, image, scores."""
+    from reverie.store.lineage import find_renders, lineage as build
+
+    store = _store(home)
+    rows = find_renders(store, image_or_id)
+    if not rows:
+        if Path(image_or_id).is_file():
+            info = _describe_file(image_or_id)
+            if as_json:
+                print(json.dumps(info, ensure_ascii=False, default=str))
+                return
+            out.print(f"[bold]{info['note']}[/]", highlight=False)
+            out.print(json.dumps(info["spec"], indent=2, ensure_ascii=False), highlight=False)
+            return
+        raise ReverieError(f"no render matches {image_or_id!r} in {store.db_path}: `reverie runs` lists the runs")
+    if len(rows) > 1:
+        raise ReverieError(f"{image_or_id!r} matches {len(rows)} renders: give more characters of the hash")
+    info = build(store, rows[0])
+    if as_json:
+        print(json.dumps(info, ensure_ascii=False, default=str))
+        return
+    run, r = info["run"], info["render"]
+    out.print(f"[bold]idea[/]  {run['idea']}   (run {run['id']}, {run['profile']}, {run['engine']})", highlight=False)
+    if info["caused_by"]:
+        c = info["caused_by"]
+        what = f"chat turn {c.get('turn')} of session {c.get('session')!r}: {c.get('message')}" if c["kind"] == "chat_turn" \
+            else f"batch {c.get('batch_id')} item {c.get('idx')}: {c.get('idea')}"
+        out.print(f"[bold]asked by[/]  {what}", highlight=False)
+    for p in info["prompts"]:
+        label = "critic revision" if p["source"] == "critic" else f"expansion ({p['source']})"
+        reason = f" — {p['reason']}" if p["reason"] else ""
+        out.print(f"[bold]{label}[/] prompt {p['id']} round {p['round'] + 1}{reason}\n  {p['text']}", highlight=False)
+    s = info["spec"]
+    out.print(f"[bold]spec[/]  {info['spec_sha'][:16]}  seed {s['seed']}  {s['width']}x{s['height']}  steps {s['steps']}  "
+              f"guidance {s['guidance']}  sampler {s['sampler']}  shift {s['shift']}  blind steps {s['blind_steps']}", highlight=False)
+    state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
+    out.print(f"[bold]image[/] render {r['id']}  {r['path'] or '-'}  [{state}]", highlight=False)
+    if info["scores"]:
+        sc = info["scores"]
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in sc.items() if k not in ("composite", "scorer"))
+        out.print(f"[bold]scores[/] composite {sc['composite']:.3f} ({sc['scorer']}): {parts}", highlight=False)
+
+
+@app.command()
+@friendly
+def reproduce(
+    image: str = typer.Argument(..., help="A PNG made by reverie (or A1111 / ComfyUI)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="tiny or diffusers (default: the one that made it)."),
+    home: Optional[str] = typer.Option(None, "--home", help="Where the tiny weights live (its models/ folder)."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    save: Optional[str] = typer.Option(None, "--out", help="Also save the new render to this PNG path."),
+):
+    """Render an image again from its own metadata alone and say whether the pixels match."""
+    import numpy as np
+    from PIL import Image
+
+    from reverie.config import resolve_home
+    from reverie.render.engine import make_engine
+
+    info = _describe_file(image)
+    spec = RenderSpec.from_dict(info["spec"])
+    if info["origin"] != "reverie":
+        err.print(f"reverie: {info['note']}; another program's pixels cannot be expected to match", highlight=False)
+    name = engine or (info["meta"].get("engine") if info["origin"] == "reverie" else "diffusers")
+    if name not in ("tiny", "diffusers"):
+        raise ReverieError(f"reproduce runs on the tiny or diffusers engine, not {name!r}: pass --engine tiny or --engine diffusers")
+    if spec.control is not None and not Path(spec.control.image_path).is_file():
+        raise ReverieError(f"the control image {spec.control.image_path} is not on this machine: copy it there to reproduce")
+    batch_size = info.get("meta", {}).get("batch_size") or None
+    if name == "tiny":
+        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), batch_size=batch_size)
+    else:
+        runner = make_engine("diffusers", profile=spec.profile, model_path=model_path, batch_size=batch_size)
+    try:
+        output = runner.render([spec])[0]
+    finally:
+        runner.close()
+    if output.error or output.image is None:
+        raise ReverieError(f"the engine could not render it: {output.error}")
+    if save:
+        output.image.save(save)
+    with Image.open(image) as im:
+        before = np.asarray(im.convert("RGB"), dtype=np.int16)
+    after = np.asarray(output.image.convert("RGB"), dtype=np.int16)
+    if before.shape != after.shape:
+        out.print(f"mismatch: sizes differ ({before.shape[1]}x{before.shape[0]} vs {after.shape[1]}x{after.shape[0]})")
+        raise typer.Exit(1)
+    diff = np.abs(before - after)
+    if int(diff.max()) == 0:
+        out.print(f"match: pixels identical (seed {spec.seed}, {spec.width}x{spec.height}, {name} engine, batch {runner.batch_size})",
+                  highlight=False)
+        return
+    out.print(f"mismatch: max pixel difference {int(diff.max())} (mean {float(diff.mean()):.3f}) on the {name} engine", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def export(
+    run_id: str = typer.Argument(..., help="A run id (a unique prefix is enough)."),
+    directory: str = typer.Argument(..., help="Folder to copy the images into (created if needed)."),
+    top: int = typer.Option(4, "--top", help="How many images to copy."),
+    home: Optional[str] = typer.Option(None, "--home"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Copy a run's best images (diverse where possible) with their metadata and a JSON sidecar each."""
+    from reverie.store.lineage import lineage as build
+
+    if top < 1:
+        raise ReverieError(f"--top must be at least 1 (got {top})")
+    store = _store(home)
+    run = store.get_run(run_id)
+    ranked = store.best(run["id"], k=10**6)
+    if not ranked:
+        raise ReverieError(f"run {run['id']} has no scored images yet: run it (the same `reverie make` command continues it)")
+    picked = _diverse(ranked, top)
+    target = Path(directory).expanduser()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReverieError(f"cannot create {target} ({e.strerror or e}): pass a writable folder") from None
+    rows = {r["id"]: r for r in store.render_rows(run["id"])}
+    written = []
+    for rank, r in enumerate(picked, 1):
+        # Names come from rank and content hash, never from prompt text.
+        stem = f"{rank:02d}-{r.sha256[:16]}"
+        shutil.copyfile(r.path, target / f"{stem}.png")
+        sidecar = {"rank": rank, **build(store, rows[r.id])}
+        (target / f"{stem}.json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        written.append({"rank": rank, "path": str(target / f"{stem}.png"), "render_id": r.id,
+                        "composite": r.scores.composite if r.scores else None})
+    if as_json:
+        print(json.dumps({"run_id": run["id"], "dir": str(target), "images": written}))
+        return
+    for w in written:
+        out.print(f"{w['rank']:>2}  {w['composite']:.3f}  {w['path']}", highlight=False)
+
+
+def _diverse(ranked: list, k: int) -> list:
+    """The top k, skipping near-duplicates when the scorer gives embeddings (they are not stored)."""
+    if len(ranked) <= k:
+        return ranked
+    from PIL import Image
+
+    from reverie.scoring.dedupe import diverse_top
+    from reverie.scoring.scorer import make_scorer
+
+    scorer = make_scorer("auto")
+    try:
+        images = []
+        for r in ranked:
+            with Image.open(r.path) as im:
+                images.append(im.convert("RGB"))
+        scores = scorer.score(images, [""] * len(ranked), [r.prompt for r in ranked])
+    finally:
+        scorer.close()
+    embeddings = [s.embedding for s in scores]
+    if not all(embeddings):
+        return ranked[:k]
+    keep = diverse_top(embeddings, k)
+    if len(keep) < k:  # not enough distinct images: fill with the next best
+        keep += [i for i in range(len(ranked)) if i not in keep][: k - len(keep)]
+    return [ranked[i] for i in sorted(keep)]

@@ -9,9 +9,12 @@ Every node is idempotent against the store: a resumed run finds what was already
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, TypedDict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -131,7 +134,8 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     if todo:
         outputs = render_with_retry(ctx.engine, [s for _, s in todo], ctx.progress)
         for (i, _), output in zip(todo, outputs):
-            ids[i] = ctx.store.add_render(run_id, state["prompt_id"], rnd, output)
+            ids[i] = ctx.store.add_render(run_id, state["prompt_id"], rnd, output,
+                                          batch_size=getattr(ctx.engine, "batch_size", None))
             ctx.progress(Event("rendered", {"round": rnd, "render_id": ids[i], "seed": output.spec.seed,
                                             "seconds": output.seconds, "error": output.error}))
     return {"round_render_ids": [i for i in ids if i is not None], "seed_cursor": state.get("seed_cursor", 0) + len(specs)}
@@ -256,3 +260,28 @@ def build_graph(checkpointer=None):
     g.add_conditional_edges("judge", _after_judge, {"render": "render", "expand": "expand", "finish": "finish"})
     g.add_edge("finish", END)
     return g.compile(checkpointer=checkpointer)
+
+
+@contextmanager
+def open_checkpointer(home: Path) -> Iterator[Any]:
+    """LangGraph checkpoints in home/checkpoints.db, one thread per run id."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(str(Path(home) / "checkpoints.db"), timeout=30, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        yield SqliteSaver(conn)
+    finally:
+        conn.close()
+
+
+def run_graph(graph, state: LoopState, ctx: LoopContext, run_id: str, recursion_limit: int) -> dict:
+    """Run the loop for one run; with a checkpoint on disk, continue from its last step.
+
+    Checkpoints make a resumed run take the same decisions (an LLM critic's revision is not
+    asked again); the store makes every node idempotent for the steps after the checkpoint.
+    """
+    config = {"configurable": {"thread_id": run_id}, "recursion_limit": recursion_limit}
+    snapshot = graph.get_state(config)
+    start = None if snapshot.next else state
+    return graph.invoke(start, config=config, context=ctx, durability="sync")

@@ -183,8 +183,8 @@ class Studio:
         if self._scorer is None:
             from reverie.scoring.scorer import make_scorer
 
-            self._scorer = make_scorer(self.scorer_name)
-            if self._scorer.name == "heuristic" and EMBEDDED_NOTICE not in self._notified:
+            self._scorer = make_scorer(self.scorer_name, table=self.config.get("scoring", {}))
+            if self._scorer.honest_note and not (self._scorer.name == "heuristic" and EMBEDDED_NOTICE in self._notified):
                 self._notice(self._scorer.honest_note, progress)
         return self._scorer
 
@@ -229,7 +229,8 @@ class Studio:
 
     def make(self, idea: str, progress: Optional[ProgressFn] = None, **kw: Any) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best."""
-        from reverie.orchestrator.graph import LoopContext, build_graph
+        from reverie.orchestrator.graph import LoopContext, build_graph, open_checkpointer, render_with_retry, run_graph
+        from reverie.store.recovery import claim_run, rerender_missing, sweep_orphans
 
         progress = progress or self.progress or (lambda e: None)
         req = self.request(idea, **kw)
@@ -245,7 +246,9 @@ class Studio:
 
             load_reference(ref.path)
         expander, critic = self.expander_and_critic(progress)
-        run_id = self.store.create_run(req, engine.name, base_seed)
+        # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
+        # that no live process holds; otherwise a new run starts. We hold its lock until the end.
+        run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed)
         self._run_id = run_id
         progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name, "engine": engine.name,
                                        "width": width, "height": height, "n": req.n, "rounds": req.rounds,
@@ -257,10 +260,19 @@ class Studio:
         state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
                  "blind_steps": req.blind_steps, "history": []}
         try:
-            final = build_graph().invoke(state, context=ctx, config={"recursion_limit": 10 * req.rounds + 20})
+            sweep_orphans(self.store)
+            if resumed:
+                redone = rerender_missing(self.store, run_id, lambda specs: render_with_retry(engine, specs, progress),
+                                          batch_size=getattr(engine, "batch_size", None))
+                self._notice(f"continuing run {run_id} from its last committed step ({len(self.store.renders(run_id))} "
+                             f"renders kept, {len(redone)} missing files rendered again)", progress)
+            with open_checkpointer(self.home) as saver:
+                final = run_graph(build_graph(checkpointer=saver), state, ctx, run_id, recursion_limit=10 * req.rounds + 20)
         except BaseException:
             self.store.finish_run(run_id, "interrupted", "stopped before the end; run the same command to continue")
             raise
+        finally:
+            lock.release()
         return self.result(run_id, k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
 
     def result(self, run_id: str, k: int = 4, stop_reason: str = "") -> MakeResult:

@@ -1,0 +1,116 @@
+"""How one image came to be: idea -> expansion -> critic revisions -> spec -> image -> scores,
+and the chat turn or batch item that asked for it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image
+
+from reverie.store.pngmeta import file_sha256, read_metadata
+from reverie.types import ReverieError
+
+
+def image_chunks(path: str | os.PathLike) -> dict[str, Optional[str]]:
+    """The text chunks of an image file, with one clear line for anything that is not a sound image.
+
+    Pillow's decompression-bomb guard refuses huge images (a 20000x20000 header) before any
+    pixels are allocated.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ReverieError(f"{path} is not a file: give an image path, a render id or a sha prefix")
+    try:
+        return read_metadata(p)
+    except Image.DecompressionBombError:
+        raise ReverieError(f"{path} claims to be a gigantic image (a decompression bomb?): reverie will not open it") from None
+    except Image.UnidentifiedImageError:
+        raise ReverieError(f"{path} is not an image reverie can read: give a PNG (or JPEG/WebP) file") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ReverieError(f"{path} is a damaged image ({e}): use an intact copy") from None
+
+
+def find_renders(store, key: str) -> list[dict]:
+    """Render rows for a render id, an image path (by the file's sha256, then by its `reverie`
+    chunk), or a prefix of an image sha256 or spec hash."""
+    key = str(key).strip()
+    if os.path.exists(key):
+        rows = list(store.db.query("select * from renders where sha256 = ?", [file_sha256(Path(key))]))
+        if rows:
+            return rows
+        raw = image_chunks(key).get("reverie")
+        if raw:
+            meta = json.loads(raw)
+            return list(store.db.query("select * from renders where run_id = ? and spec_sha = ?",
+                                       [meta.get("run_id"), meta.get("spec_sha")]))
+        return []
+    if key.isdigit():
+        return list(store.db.query("select * from renders where id = ?", [int(key)]))
+    if len(key) >= 6 and all(c in "0123456789abcdef" for c in key.lower()):
+        like = key.lower() + "%"
+        return list(store.db.query("select * from renders where sha256 like ? or spec_sha like ? order by id", [like, like]))
+    raise ReverieError(f"{key!r} is not a render id, an existing image file or a sha prefix (6+ hex characters)")
+
+
+def prompt_chain(store, prompt_id: int) -> list[dict]:
+    """The prompt a render used and its ancestors, oldest (the first expansion) first."""
+    rows = store.db.query(
+        """with recursive chain(id, depth) as (
+             select id, 0 from prompts where id = ?
+             union all
+             select p.parent_id, chain.depth + 1 from prompts p join chain on p.id = chain.id
+              where p.parent_id is not null)
+           select prompts.* from chain join prompts on prompts.id = chain.id order by chain.depth desc""",
+        [prompt_id],
+    )
+    return [dict(r) for r in rows]
+
+
+def caused_by(store, run_id: str) -> Optional[dict[str, Any]]:
+    """The chat turn or batch item that started this run, when those tables exist."""
+    tables = set(store.db.table_names())
+    if "chat_turns" in tables:
+        rows = list(store.db.query(
+            """select t.id, t.turn, t.message, s.name as session from chat_turns t
+               left join chat_sessions s on s.id = t.session_id where t.run_id = ?""", [run_id]))
+        if rows:
+            return {"kind": "chat_turn", **rows[0]}
+    if "batch_items" in tables:
+        rows = list(store.db.query(
+            """select i.id, i.idx, i.idea, i.batch_id, b.source from batch_items i
+               left join batches b on b.id = i.batch_id where i.run_id = ?""", [run_id]))
+        if rows:
+            return {"kind": "batch_item", **rows[0]}
+    return None
+
+
+def lineage(store, row: dict) -> dict[str, Any]:
+    run = store.get_run(row["run_id"])
+    scores = store.scores_for(row["id"])
+    path = store.home / row["path"] if row["path"] else None
+    return {
+        "run": {k: run[k] for k in ("id", "idea", "status", "profile", "engine", "base_seed", "created")},
+        "request": json.loads(run["request_json"]),
+        "prompts": [{k: p[k] for k in ("id", "parent_id", "round", "source", "text", "negative", "text_sha", "model",
+                                       "system_hash", "reason")} for p in prompt_chain(store, row["prompt_id"])],
+        "spec": json.loads(row["spec_json"]),
+        "spec_sha": row["spec_sha"],
+        "render": {
+            "id": row["id"],
+            "status": row["status"],
+            "error": row["error"],
+            "seed": row["seed"],
+            "round": row["round"],
+            "engine": row["engine"],
+            "engine_version": row["engine_version"],
+            "seconds": row["seconds"],
+            "path": str(path) if path else None,
+            "sha256": row["sha256"],
+            "file_ok": bool(path and path.exists() and file_sha256(path) == row["sha256"]),
+        },
+        "scores": ({**scores.values, "composite": scores.composite, "scorer": scores.scorer} if scores else None),
+        "caused_by": caused_by(store, row["run_id"]),
+    }

@@ -1,0 +1,181 @@
+"""Crash recovery: who owns a run, files a crash left behind, rows whose file went missing.
+
+A run is owned by the process holding an advisory lock (flock) on `locks/run-<id>.lock`. The
+kernel drops the lock when the process dies, however it dies, so a SIGKILLed run is free to be
+resumed at once and a live one is never resumed twice (no pid-reuse guesswork).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from reverie.store.pngmeta import file_sha256, read_reverie_meta
+from reverie.types import EngineOutput, RenderSpec
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are still resumable, just unguarded
+    fcntl = None  # type: ignore[assignment]
+
+UNFINISHED = ("running", "interrupted")
+
+
+class RunLock:
+    """An exclusive, non-blocking advisory lock on one run id, released when the process ends."""
+
+    def __init__(self, home: Path, run_id: str):
+        self.path = Path(home) / "locks" / f"run-{run_id}.lock"
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return True
+
+    def held_elsewhere(self) -> bool:
+        """True when another live process holds this run."""
+        if fcntl is None or not self.path.exists():
+            return False
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe lock
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def claim_run(store, request, engine: str, base_seed: int) -> tuple[str, int, RunLock, bool]:
+    """Continue the oldest unfinished run of the same request that no live process holds, or
+    start a new one. Returns (run_id, base_seed, lock, resumed)."""
+    from reverie.store.db import new_run_id
+
+    request_sha = store.request_sha(request, engine)
+    candidates = store.db.query(
+        "select id from runs where request_sha = ? and status in (?, ?) order by created", [request_sha, *UNFINISHED]
+    )
+    for row in list(candidates):
+        lock = RunLock(store.home, row["id"])
+        if not lock.acquire():
+            continue  # another process is making it right now
+        run = store.get_run(row["id"])
+        if run["status"] in UNFINISHED:  # re-read under the lock: it may have finished meanwhile
+            with store.db.conn:
+                store.db["runs"].update(run["id"], {"status": "running", "owner_pid": os.getpid(), "finished": None})
+            return run["id"], int(run["base_seed"]), lock, True
+        lock.release()
+    run_id = new_run_id()
+    lock = RunLock(store.home, run_id)
+    lock.acquire()  # before the row exists, so nobody can see it unowned
+    store.create_run(request, engine, base_seed, run_id=run_id)
+    with store.db.conn:
+        store.db["runs"].update(run_id, {"owner_pid": os.getpid()})
+    return run_id, base_seed, lock, False
+
+
+# -- files a crash left behind ---------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_temp_files(images_dir: Path) -> list[Path]:
+    """Remove `.name.PID.tmp` files whose writer is dead (atomic_write's leftovers)."""
+    removed = []
+    for tmp in Path(images_dir).glob("*/.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            pid = -1
+        if pid > 0 and _pid_alive(pid):
+            continue  # its writer is still at work (or is us)
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def sweep_orphans(store) -> dict[str, list[str]]:
+    """Adopt or remove image files that no row points at.
+
+    A render PNG carries its own recipe, so a file written just before a crash (the row never
+    committed) is adopted as the render it is, when its run and prompt exist and no live
+    process owns the run. Files of runs that do not exist are removed. Files without a
+    `reverie` chunk (control images) are left alone.
+    """
+    report: dict[str, list[str]] = {"adopted": [], "removed": [], "temp_removed": []}
+    report["temp_removed"] = [str(p) for p in clean_temp_files(store.images_dir)]
+    known = {r["path"] for r in store.db.query("select path from renders where path is not null")}
+    if "controls" in store.db.table_names():
+        known |= {r["image_path"] for r in store.db.query("select image_path from controls")}
+    for file in sorted(Path(store.images_dir).glob("*/*.png")):
+        rel = str(file.relative_to(store.home))
+        if rel in known:
+            continue
+        try:
+            meta = read_reverie_meta(file)
+        except Exception:
+            meta = None
+        if not meta or "spec" not in meta or "run_id" not in meta:
+            continue
+        run_id = meta["run_id"]
+        if RunLock(store.home, run_id).held_elsewhere():
+            continue  # its owner is alive and about to commit the row
+        runs = list(store.db.query("select id from runs where id = ?", [run_id]))
+        prompt = list(store.db.query("select id from prompts where id = ? and run_id = ?", [meta.get("prompt_id"), run_id]))
+        spec = RenderSpec.from_dict(meta["spec"])
+        taken = list(store.db.query("select id from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
+        if runs and prompt and not taken and file_sha256(file) == file.stem:
+            store.adopt_render(meta, rel, file.stem)
+            report["adopted"].append(rel)
+        elif not runs or not prompt:
+            file.unlink(missing_ok=True)
+            report["removed"].append(rel)
+    return report
+
+
+def missing_files(store, run_id: str) -> list[dict]:
+    """ok rows of a run whose file is gone or no longer hashes to its sha256."""
+    bad = []
+    for row in store.render_rows(run_id):
+        if row["status"] != "ok":
+            continue
+        path = store.home / row["path"]
+        if not path.exists() or file_sha256(path) != row["sha256"]:
+            bad.append(row)
+    return bad
+
+
+def rerender_missing(store, run_id: str, render: Callable[[list[RenderSpec]], list[EngineOutput]],
+                     batch_size: Optional[int] = None) -> list[int]:
+    """Render again every ok row of the run whose file is missing, and point the row at it."""
+    rows = missing_files(store, run_id)
+    if not rows:
+        return []
+    specs = [RenderSpec.from_dict(json.loads(r["spec_json"])) for r in rows]
+    outputs = render(specs)
+    for row, output in zip(rows, outputs):
+        store.replace_image(row["id"], output, batch_size=batch_size)
+    return [r["id"] for r in rows]
