@@ -260,11 +260,12 @@ def test_cli_make_with_comfyui_end_to_end(server, tmp_path):
             assert same_pixels(im.convert("RGB"), best["seed"])
 
 
+@pytest.mark.slow
 def test_cli_missing_comfy_file_prints_one_line(tmp_path):
     with ComfyServer(models={"ckpt_name": ["other.safetensors"]}) as s:
         proc = run_cli("make", "a fox", "--n", "1", "--rounds", "1", "--profile", "sdxl", "--comfy-url", s.url,
                        "--comfy-file", "checkpoint=missing_xl.safetensors", "--megapixels", "0.05",
                        home=tmp_path / "home", timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"error: ComfyUI at {s.url} has no checkpoint file missing_xl.safetensors: "
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: ComfyUI at {s.url} has no checkpoint file missing_xl.safetensors: "
                                    "put it in models/checkpoints or pass --comfy-file checkpoint=NAME")

@@ -87,6 +87,16 @@ class CliProgress:
             self.progress = None
 
 
+def parse_comfy_files(items: List[str]) -> dict:
+    files = {}
+    for item in items:
+        key, sep, name = item.partition("=")
+        if not sep or not key.strip() or not name.strip():
+            raise ReverieError(f"--comfy-file {item!r} is not KEY=NAME: write e.g. --comfy-file unet=z_image_turbo_bf16.safetensors")
+        files[key.strip()] = name.strip()
+    return files
+
+
 @app.command()
 @friendly
 def make(
@@ -106,14 +116,29 @@ def make(
     config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
     ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
     control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
+    comfy_url: Optional[List[str]] = typer.Option(None, "--comfy-url", help="ComfyUI server (repeat for a pool); implies --engine comfyui."),
+    comfy_file: Optional[List[str]] = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME (e.g. unet=my_zimage.safetensors)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu (default: the best there is)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPUs, fp32 on CPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Seeds per forward pass (default: from GPU memory)."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep idle model parts in RAM (small GPUs)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Expand an idea, render, score and loop; print the best images."""
     from reverie.orchestrator.studio import Studio
 
     progress = CliProgress(quiet=as_json)
+    engine_options = {}
+    if comfy_url or comfy_file:
+        if engine not in ("auto", "comfyui"):
+            raise ReverieError(f"--comfy-url and --comfy-file are for the ComfyUI engine: drop them or pass --engine comfyui, not {engine}")
+        engine = "comfyui"
+        engine_options = {"servers": comfy_url or None, "files": parse_comfy_files(comfy_file or [])}
+    if engine != "comfyui":  # in-process engines only
+        engine_options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
+                                                 "cpu_offload": cpu_offload or None}.items() if v is not None})
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
-                    llm_model=llm_model, config=config)
+                    llm_model=llm_model, config=config, engine_options=engine_options)
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
