@@ -37,3 +37,20 @@ def mean_similarity(embeddings: Sequence[Sequence[float]]) -> float:
         return 0.0
     sims = cosine_matrix(embeddings)
     return float((sims.sum() - np.trace(sims)) / (n * (n - 1)))
+
+
+def near_duplicates(ranked_embeddings: Sequence[Sequence[float]], threshold: float = 0.95) -> dict[int, int]:
+    """{index: index of the better-ranked kept item it nearly duplicates}, for items that
+    diverse_top would drop. Items must already be sorted best first."""
+    if not ranked_embeddings:
+        return {}
+    sims = cosine_matrix(ranked_embeddings)
+    kept: list[int] = []
+    dupes: dict[int, int] = {}
+    for i in range(len(ranked_embeddings)):
+        closest = max(kept, key=lambda j: sims[i, j], default=None)
+        if closest is not None and sims[i, closest] > threshold:
+            dupes[i] = closest
+        else:
+            kept.append(i)
+    return dupes

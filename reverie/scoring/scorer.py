@@ -122,8 +122,11 @@ class ClipScorer:
                 columns["pickscore"] = torch.tensor(self.pickscore.score(chunk, prompts[batch]))
             columns = {k: v.float().cpu().tolist() for k, v in columns.items()}
             embeddings = image_emb.cpu().tolist()
+            # Nothing to compare with (an image without a prompt): leave that similarity out.
+            texts = {"faithfulness": ideas[batch], "prompt_match": prompts[batch]}
             for i in range(len(chunk)):
-                values = {k: round(float(v[i]), 5) for k, v in columns.items()}
+                values = {k: round(float(v[i]), 5) for k, v in columns.items()
+                          if not (k in texts and not texts[k][i].strip())}
                 total, normalised = composite(values, self.weights)
                 out.append(Scores(values=values, composite=round(total, 5), scorer=self.name,
                                   details={"normalised": {k: round(v, 5) for k, v in normalised.items()},
