@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from PIL import Image
 from reverie.render.comfyui import ComfyUIEngine
 from reverie.render.engine import make_engine
 from reverie.types import Control, RenderSpec, ReverieError
-from tests.comfy_server import ComfyServer, fake_render
+from tests.comfy_server import NODES, ComfyServer, fake_render
 from tests.conftest import run_cli
 
 
@@ -128,7 +129,7 @@ def test_pony_clip_skip_and_flux_dev_guidance(server):
 
 def test_one_prompt_per_seed_queued_together_and_seeds_reproduce_alone(server):
     seeds = [5, 6, 7, 8, 9, 123456789]
-    engine = engine_for(server, queue_depth=8)
+    engine = engine_for(server)  # a lone server gets the whole call queued at once
     outs = engine.render([zspec(seed=s) for s in seeds])
     assert [o.spec.seed for o in outs] == seeds
     assert sorted(wf["8"]["inputs"]["seed"] for wf in server.workflows) == sorted(seeds)
@@ -145,7 +146,7 @@ def test_control_images_are_uploaded_and_wired(server, tmp_path):
     engine = engine_for(server)
     img2img, zcanny = engine.render([zspec(seed=1, control=control), zspec(seed=2, control=canny)])
     assert sorted(server.uploads) == [f"reverie_{'ab' * 8}_64x48.png", f"reverie_{'cd' * 8}_64x48.png"]
-    with Image.open(__import__("io").BytesIO(server.uploads[f"reverie_{'ab' * 8}_64x48.png"])) as im:
+    with Image.open(io.BytesIO(server.uploads[f"reverie_{'ab' * 8}_64x48.png"])) as im:
         assert im.size == (64, 48)  # resized to the render size before upload
     wf1, wf2 = server.workflows
     by_class = lambda wf: {n["class_type"]: (i, n["inputs"]) for i, n in wf.items()}  # noqa: E731
@@ -178,7 +179,7 @@ def test_missing_model_file_is_one_clear_line():
 
 
 def test_unknown_node_and_execution_error_are_one_line():
-    old = {k: v for k, v in __import__("tests.comfy_server", fromlist=["NODES"]).NODES.items() if k != "ModelSamplingAuraFlow"}
+    old = {k: v for k, v in NODES.items() if k != "ModelSamplingAuraFlow"}
     with ComfyServer(nodes=old) as s:
         with pytest.raises(ReverieError) as e:
             engine_for(s).render([zspec()])

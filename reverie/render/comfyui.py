@@ -15,7 +15,6 @@ import io
 import json
 import os
 import queue
-import socket
 import threading
 import time
 import urllib.error
@@ -237,19 +236,20 @@ class ComfyUIEngine:
         timeout: float = 30.0,
         stall_timeout: float = 900.0,
         poll_interval: float = 2.0,
-        queue_depth: int = 4,
+        queue_depth: Optional[int] = None,
     ):
         """`timeout` bounds every HTTP call and the websocket connect; `stall_timeout` is how
         long a server may go without a word while it holds our prompts (first loads of large
-        models are slow); `queue_depth` is how many prompts each server holds at once: enough
-        that it never waits on us, few enough that a faster server takes the rest."""
+        models are slow); `queue_depth` is how many prompts each server holds at once. By
+        default a lone server gets the whole call at once, and each server of a pool gets 4:
+        enough that it never waits on us, few enough that a faster server takes the rest."""
         self.servers = parse_servers(servers)
         self.profile = get_profile(profile)
         self.files = comfy_files(self.profile, files)
         self.timeout = float(timeout)
         self.stall_timeout = float(stall_timeout)
         self.poll_interval = float(poll_interval)
-        self.queue_depth = max(1, int(queue_depth))
+        self.queue_depth = max(1, int(queue_depth)) if queue_depth else (0 if len(self.servers) == 1 else 4)
 
     # -- one call --------------------------------------------------------------------------
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
@@ -260,7 +260,8 @@ class ComfyUIEngine:
             if spec.control is None:
                 build_workflow(spec, self.profile, self.files)
         batch = _Batch(specs)
-        workers = [threading.Thread(target=self._work, args=(ComfyClient(url, self.timeout), batch),
+        depth = self.queue_depth or len(specs)
+        workers = [threading.Thread(target=self._work, args=(ComfyClient(url, self.timeout), batch, depth),
                                     name=f"reverie-comfyui-{i}", daemon=True) for i, url in enumerate(self.servers)]
         for w in workers:
             w.start()
@@ -283,14 +284,14 @@ class ComfyUIEngine:
         return None
 
     # -- one server ------------------------------------------------------------------------
-    def _work(self, client: ComfyClient, batch: _Batch) -> None:
+    def _work(self, client: ComfyClient, batch: _Batch, depth: int) -> None:
         inflight: dict[str, dict] = {}
         ws = None
         try:
             ws = client.connect(self.poll_interval)
             heard = time.monotonic()
             while not batch.done():
-                while len(inflight) < self.queue_depth and (index := batch.take()) is not None:
+                while len(inflight) < depth and (index := batch.take()) is not None:
                     try:
                         prompt_id, node = self._submit(client, batch.specs[index])
                     except ServerGone:
