@@ -234,6 +234,10 @@ class Studio:
 
         progress = progress or self.progress or (lambda e: None)
         req = self.request(idea, **kw)
+        for ref in req.references:  # a bad reference is one line, before any engine loads
+            from reverie.agents.references import load_reference
+
+            load_reference(ref.path)
         profile = get_profile(req.profile)
         engine = self.engine_for(profile, progress)
         max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
@@ -241,10 +245,6 @@ class Studio:
             max_side = min(max_side, TINY_MAX_SIDE)
         width, height = size_for(req.aspect, req.megapixels, profile.multiple, max_side)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        for ref in req.references:  # a bad reference is one line before anything starts
-            from reverie.agents.references import load_reference
-
-            load_reference(ref.path)
         expander, critic = self.expander_and_critic(progress)
         # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
         # that no live process holds; otherwise a new run starts. We hold its lock until the end.

@@ -1,0 +1,121 @@
+"""The reference picker: kind choice, Canny preprocessing into the store, and bad reference files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from reverie.agents.references import choose_kind, load_reference, prepare_control
+from reverie.orchestrator.studio import Studio
+from reverie.store.db import Store
+from reverie.store.pngmeta import content_path, file_sha256
+from reverie.types import Reference, ReverieError
+from tests.conftest import run_cli
+
+
+def logo(path):
+    im = Image.new("RGB", (160, 120), "white")
+    d = ImageDraw.Draw(im)
+    d.rectangle([30, 30, 130, 90], outline="black", width=4)
+    d.ellipse([60, 40, 100, 80], fill="black")
+    im.save(path)
+    return path
+
+
+def photo(path):
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, 160)[None, :, None] * np.ones((120, 1, 3))
+    noise = rng.normal(0, 40, (120, 160, 3))
+    Image.fromarray(np.clip(gradient + noise, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_choose_kind(tmp_path):
+    line_art, scene = Image.open(logo(tmp_path / "l.png")), Image.open(photo(tmp_path / "p.png"))
+    assert choose_kind("a castle like this one", scene)[0] == "img2img"
+    assert choose_kind("a castle", line_art)[0] == "canny"
+    assert choose_kind("a logo for a bakery", scene)[0] == "canny"
+    assert choose_kind("a dancer mid-leap", scene)[0] == "pose"
+    assert choose_kind("a castle on a hill", scene)[0] == "depth"
+
+
+def test_canny_control_written_to_the_store(tmp_path):
+    ref = logo(tmp_path / "logo.png")
+    prepared = prepare_control(Reference(str(ref), "canny"), "a bakery sign", tmp_path / "models")
+    store = Store(tmp_path / "home")
+    sha, path = store.add_control(None, prepared.kind, str(ref), prepared.source_sha, prepared.data)
+    again = store.add_control(None, prepared.kind, str(ref), prepared.source_sha, prepared.data)
+    assert again == (sha, path) and path == content_path(store.images_dir, sha) and file_sha256(path) == sha
+    edges = np.asarray(Image.open(path).convert("L"))
+    assert set(np.unique(edges)) == {0, 255} and edges[26:38, 80].max() == 255 and edges[:20, :20].max() == 0
+    store.close()
+
+
+@pytest.mark.slow  # a whole run with the tiny control net: ~25 s on a shared 2-core box
+def test_canny_control_is_stored_and_linked(home, tmp_path):
+    ref = logo(tmp_path / "logo.png")
+    with Studio(home=home, engine="tiny") as studio:
+        result = studio.make("a bakery sign", n=1, rounds=1, seed=2, megapixels=0.01,
+                             references=[{"path": str(ref), "control": "canny"}])
+        [row] = studio.store.controls(result.run_id)
+    assert row["kind"] == "canny" and row["source_sha"] == file_sha256(ref)
+    stored = home / row["image_path"]
+    assert file_sha256(stored) == row["image_sha"]  # content-addressed
+    edges = np.asarray(Image.open(stored).convert("L"))
+    assert edges.shape == (120, 160) and set(np.unique(edges)) == {0, 255}
+    assert edges[26:38, 80].max() == 255 and edges[:20, :20].max() == 0  # the rectangle's edge; a blank corner
+    [render] = result.renders
+    assert render.spec.control is not None and render.spec.control.image_sha == row["image_sha"]
+    assert render.spec.control.kind == "canny"
+
+
+def test_img2img_keeps_the_reference_pixels(tmp_path):
+    ref = photo(tmp_path / "p.png")
+    prepared = prepare_control(Reference(str(ref), "img2img"), "a castle", tmp_path / "models")
+    stored = tmp_path / "c.png"
+    stored.write_bytes(prepared.data)
+    assert np.array_equal(np.asarray(Image.open(stored)), np.asarray(Image.open(ref).convert("RGB")))
+
+
+def test_depth_without_weights_names_the_command(tmp_path):
+    ref = photo(tmp_path / "p.png")
+    with pytest.raises(ReverieError) as e:
+        prepare_control(Reference(str(ref), "depth"), "a castle", tmp_path / "models")
+    assert "reverie models pull depth" in str(e.value) and "\n" not in str(e.value)
+    # auto does not fail a run over weights nobody asked for: it says so and keeps the edges.
+    auto = prepare_control(Reference(str(ref), "auto"), "a castle on a hill", tmp_path / "models")
+    assert auto.kind == "canny" and "reverie models pull depth" in auto.note
+
+
+def _truncated(tmp_path):
+    good = logo(tmp_path / "whole.png").read_bytes()
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(good[: len(good) // 2])
+    return bad
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda d: d / "missing.png", "does not exist"),
+    (lambda d: (d / "notes.png").write_text("just text") and d / "notes.png", "is not an image"),
+    (_truncated, "truncated"),
+])
+def test_bad_reference_is_one_line(tmp_path, make, words):
+    with pytest.raises(ReverieError) as e:
+        load_reference(make(tmp_path))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    ref = photo(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 160x120 is over this
+    with pytest.raises(ReverieError, match="too large"):
+        load_reference(ref)
+
+
+def test_cli_bad_reference_is_one_line_and_nothing_starts(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    proc = run_cli("make", "a fox", "--engine", "tiny", "--ref", str(tmp_path / "notes.png"), home=tmp_path / "h")
+    assert proc.returncode == 2
+    assert "is not an image" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
