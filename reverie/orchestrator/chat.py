@@ -85,13 +85,18 @@ class RuleInterpreter:
 
     name = "rules"
 
+    def __init__(self, available_controls: frozenset[str] = frozenset({"canny", "depth", "pose", "img2img"})):
+        # Control kinds this machine can run; a "keep the pose" without pose weights keeps edges.
+        self.available_controls = available_controls
+
     def interpret(self, message: str, previous: Optional[PreviousTurn], first: Request, fresh_seed: int) -> Interpretation:
         text = " ".join(message.split())
         low = text.lower()
         if previous is None or low.startswith(("/new ", "new idea:")):
             idea = re.sub(r"^(/new\s+|new idea:\s*)", "", text, flags=re.I)
             return Interpretation(replace(first, idea=idea, seed=fresh_seed), (f"new idea: {idea}",))
-        req = replace(previous.request, references=())
+        # References carry over: a follow-up starts from the earlier result unless it picks another.
+        req = previous.request
         changes: list[str] = []
         ref_render: Optional[Render] = None
 
@@ -110,8 +115,11 @@ class RuleInterpreter:
             if ref_render is None:
                 raise ReverieError("the last turn has no images to keep the pose from: send a new idea first")
             kind = "pose" if pose.group(1) == "pose" else "depth" if pose.group(1) in ("composition", "layout") else "canny"
+            fallback = ""
+            if kind not in self.available_controls:
+                kind, fallback = "canny", f", no {kind} weights so canny edges"
             req = replace(req, references=(Reference(ref_render.path, kind, 0.8),))
-            changes.append(f"keep the {pose.group(1)} of seed {ref_render.seed} ({kind} control)")
+            changes.append(f"keep the {pose.group(1)} of seed {ref_render.seed} ({kind} control{fallback})")
 
         edit = re.search(r"\b(?:make|turn) (?:it|her|him|them|this|the \w+)\s+(?:into\s+)?(.+)$", low)
         if edit:
@@ -160,6 +168,12 @@ def _step_aspect(aspect: str, step: int) -> str:
     return ASPECTS[max(0, min(len(ASPECTS) - 1, nearest + step))]
 
 
+def available_controls(models_dir) -> frozenset[str]:
+    from reverie.agents.references import weights_dir
+
+    return frozenset({"canny", "img2img"} | {k for k in ("depth", "pose") if weights_dir(models_dir, k) is not None})
+
+
 # -- sessions in the store -----------------------------------------------------------------
 def new_session_name() -> str:
     return time.strftime("chat-%Y%m%d-%H%M%S")
@@ -206,7 +220,7 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     defaults = {k: v for k, v in defaults.items() if v is not None}
     first = studio.request(message, **defaults)
     fresh_seed = int(sha256_text(f"{session}:{number}")[:8], 16) % (2**31 - 2**20)
-    reading = (interpreter or RuleInterpreter()).interpret(message, previous, first, fresh_seed)
+    reading = (interpreter or RuleInterpreter(available_controls(studio.home / "models"))).interpret(message, previous, first, fresh_seed)
     req = reading.request
     # Per-turn options (n, rounds, size) follow what the caller passes now.
     for key in ("n", "rounds", "megapixels"):

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
-from reverie.types import Event
+from reverie.types import Event, ReverieError
 
 
 class BatchProgressView:
@@ -99,9 +99,10 @@ def batch(
         return
     for item in result.items:
         scores = ", ".join(f"{r.scores.composite:.3f}" for r in item.kept if r.scores)
-        out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]", highlight=False)
+        out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]",
+                  markup=False, highlight=False)
     out.print(f"batch {result.batch_id}: {result.stop_reason}", highlight=False)
-    out.print(f"report: {result.report_path}", highlight=False)
+    out.print(f"report: {result.report_path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -129,9 +130,9 @@ def chat(
         previous = session_turns(studio.store, name)
         if previous:
             last = previous[-1]
-            out.print(f"session {name}: resumed at turn {last['turn']} ({last['idea']})", highlight=False)
+            out.print(f"session {name}: resumed after turn {last['turn']} ({last['idea']})", markup=False, highlight=False)
         else:
-            out.print(f"session {name} (continue it later with --session {name}); /quit to leave", highlight=False)
+            out.print(f"session {name} (continue it later with --session {name}); /quit to leave", markup=False, highlight=False)
         while True:
             if interactive:
                 out.print("[bold]you>[/] ", end="")
@@ -146,11 +147,16 @@ def chat(
             progress = CliProgress(quiet=not interactive)
             try:
                 turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels)
+            except ReverieError as e:
+                # One bad turn does not end the conversation; the session keeps its earlier turns.
+                err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+                continue
             finally:
                 progress.stop()
-            out.print(f"turn {turn.turn} (run {turn.run_id}): {turn.interpretation.summary}", highlight=False)
+            out.print(f"turn {turn.turn} (run {turn.run_id}): {turn.interpretation.summary}",
+                      markup=False, highlight=False, soft_wrap=True)
             for i, r in enumerate(turn.best, 1):
                 score = f"{r.scores.composite:.3f}" if r.scores else "-"
-                out.print(f"  {i}. score {score}  seed {r.seed}  {r.path}", highlight=False)
+                out.print(f"  {i}. score {score}  seed {r.seed}  {r.path}", markup=False, highlight=False, soft_wrap=True)
     finally:
         studio.close()

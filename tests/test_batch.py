@@ -1,0 +1,226 @@
+"""Batch: file parsing, fair scheduling, resume after SIGKILL of the real CLI, diverse keep, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reverie.orchestrator.batch import BatchOptions, keep_diverse, make_batch_id, parse_batch_text
+from reverie.orchestrator.studio import Studio
+from reverie.types import ReverieError
+from tests.conftest import REPO, run_cli
+
+IDEAS = ["a fox in the rain", "a red car at night", "a knight in a forest", "a cat on a windowsill", "a boat on a lake"]
+
+
+def test_text_file_skips_blank_lines_and_comments():
+    items = parse_batch_text("# my night\n\na fox in the rain\n   \n# not this\na red car\n")
+    assert [(i.index, i.idea) for i in items] == [(0, "a fox in the rain"), (1, "a red car")]
+
+
+def test_jsonl_items_carry_overrides(tmp_path):
+    ref = tmp_path / "ref.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "white").save(ref)
+    items = parse_batch_text(
+        '{"idea": "a fox", "n": 6, "aspect": "2:3", "profile": "sdxl"}\n'
+        f'{{"idea": "a dancer", "reference": "{ref}", "control": "pose"}}\n'
+        "a plain line mixes in\n"
+    )
+    assert (items[0].n, items[0].aspect, items[0].profile) == (6, "2:3", "sdxl")
+    assert items[1].references[0].control == "pose" and items[1].references[0].path == str(ref.resolve())
+    assert items[2].idea == "a plain line mixes in"
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "has no ideas"),
+        ("# only a comment\n", "has no ideas"),
+        ('{"idea": "x", "n": 0}\n', '"n" must be a positive'),
+        ('{"idea": "x", "colour": "red"}\n', "unknown field(s) colour"),
+        ('{"idea": "x", "reference": "/nope/missing.png"}\n', "does not exist"),
+        ('{"idea": "x"\n', "not valid JSON"),
+        ('{"prompt": "x"}\n', 'needs an "idea" string'),
+    ],
+)
+def test_bad_batch_files_say_how_to_fix_them(text, fragment):
+    with pytest.raises(ReverieError, match=None) as e:
+        parse_batch_text(text, source="ideas.txt")
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_batch_identity_follows_content_and_options():
+    a = make_batch_id("a fox\n", BatchOptions(keep=2))
+    assert a == make_batch_id("a fox\n", BatchOptions(keep=2))
+    assert a != make_batch_id("a fox\n", BatchOptions(keep=3))
+    assert a != make_batch_id("a cat\n", BatchOptions(keep=2))
+
+
+def test_cli_rejects_missing_file_in_one_line(home):
+    r = run_cli("batch", str(home / "nope.txt"), home=home)
+    assert r.returncode == 2
+    assert "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_round_robin_spreads_a_time_budget_fairly(home, tmp_path):
+    """With an unlimited per-idea budget, rounds alternate between ideas until time is up."""
+    from reverie.render.fixed import FixedLatencyEngine
+
+    file = tmp_path / "ideas.txt"
+    file.write_text("a fox in the rain\na red car at night\na boat on a lake\n")
+    events = []
+    with Studio(home=home, engine="fixed") as studio:
+        result = studio.batch(file, hours=0.0008, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.05),
+                              progress=events.append)  # about 3 seconds
+    done = [i.rendered for i in result.items]
+    assert result.stop_reason.startswith("time budget reached")
+    assert min(done) >= 4 and max(done) - min(done) <= 4, done  # whole rounds of 4, never more than one apart
+    assert all(len(i.kept) == 2 for i in result.items)
+    kinds = {e.kind for e in events}
+    assert {"batch_started", "batch_progress", "batch_finished"} <= kinds
+    progress = [e for e in events if e.kind == "batch_progress"][-1].data
+    assert progress["images_per_minute"] > 0 and progress["best"] is not None
+
+
+def test_keep_prefers_distinct_images_and_fills_with_marked_near_duplicates(home, tmp_path):
+    from reverie.render.fixed import FixedLatencyEngine
+
+    file = tmp_path / "ideas.txt"
+    file.write_text("a fox in the rain\n")
+    with Studio(home=home, engine="fixed") as studio:
+        result = studio.batch(file, per_prompt=3, keep=3, megapixels=0.02, engine=FixedLatencyEngine(latency=0.0))
+        run_id = result.items[0].run_id
+        kept, dups = keep_diverse(studio.store, run_id, 3)
+        assert len(kept) == 3 and not dups  # three seeds of seeded noise are all distinct
+        # Two identical embeddings: the second is a near-duplicate, and only fills the set.
+        renders = sorted(studio.store.renders(run_id), key=lambda r: (-r.scores.composite, r.id))
+        same = {renders[0].id: (1.0, 0.0), renders[1].id: (1.0, 0.0), renders[2].id: (0.0, 1.0)}
+        kept, dups = keep_diverse(studio.store, run_id, 2, same)
+        assert [r.id for r in kept] == [renders[0].id, renders[2].id] and not dups
+        kept, dups = keep_diverse(studio.store, run_id, 3, same)
+        assert [r.id for r in kept] == [r.id for r in renders] and dups == {renders[1].id}
+
+
+def _count_renders(db_path: Path) -> int:
+    if not db_path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("select count(*) from renders").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def screenshot(html: Path, png: Path, tmp_path: Path) -> None:
+    subprocess.run(
+        ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}",
+         f"--screenshot={png}", "--window-size=1280,1600", html.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )
+
+
+def check_report_renders(report: Path, tmp_path: Path) -> None:
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium is missing: apt-get install -y chromium to check the report renders")
+    png = tmp_path / "report.png"
+    screenshot(report, png, tmp_path)
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (1280, 1600)
+        colours = im.convert("RGB").resize((64, 100)).getcolors(64 * 100)
+        assert colours is not None and len(colours) > 50  # thumbnails drawn, not a blank page
+
+
+def test_interrupted_batch_resumes_where_it_stopped(home, tmp_path):
+    """The Python API: stopped by Ctrl-C after some renders, the same call finishes the rest."""
+    from reverie.render.fixed import FixedLatencyEngine
+
+    file = tmp_path / "ideas.txt"
+    file.write_text("\n".join(IDEAS) + "\n")
+    seen = []
+
+    def stop_after_six(event):
+        if event.kind == "batch_progress" and event.data["done"] >= 6:
+            raise KeyboardInterrupt
+
+    with Studio(home=home, engine="fixed") as studio:
+        with pytest.raises(KeyboardInterrupt):
+            studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01),
+                         progress=stop_after_six)
+        first = {r["run_id"]: r["n"] for r in studio.store.db.query(
+            "select run_id, count(*) as n from renders group by run_id")}
+        assert 6 <= sum(first.values()) < 15
+        assert [r["status"] for r in studio.store.db.query("select status from batches")] == ["interrupted"]
+        result = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01),
+                              progress=seen.append)
+        assert result.renders_this_session == 15 - sum(first.values())
+        assert seen[0].kind == "batch_started" and seen[0].data["resumed"]
+        assert [len(i.kept) for i in result.items] == [2] * 5 and [i.rendered for i in result.items] == [3] * 5
+        seeds = [r["seed"] for r in studio.store.db.query("select seed from renders")]
+        assert len(seeds) == len(set(seeds)) == 15
+    check_report_renders(result.report_path, tmp_path)
+
+
+@pytest.mark.slow
+def test_batch_killed_and_resumed_keeps_k_per_idea_and_report_renders(home, tmp_path):
+    """Done-when: 5 ideas on the tiny engine, SIGKILLed mid-way, resumed by the same command."""
+    file = tmp_path / "ideas.txt"
+    file.write_text("# overnight\n" + "\n".join(IDEAS) + "\n")
+    args = ["batch", str(file), "--per-prompt", "3", "--keep", "2", "--megapixels", "0.02", "--engine", "tiny", "--json"]
+    exe = Path(sys.executable).with_name("reverie")
+    env = {**os.environ, "NO_COLOR": "1"}
+    proc = subprocess.Popen([str(exe), *args, "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while _count_renders(home / "reverie.db") < 4:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no renders appeared"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    interrupted_at = _count_renders(home / "reverie.db")
+    assert 4 <= interrupted_at < 15
+
+    r = run_cli(*args, home=home)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert [i["idea"] for i in result["items"]] == IDEAS
+    assert all(len(i["kept"]) == 2 and i["rendered"] == 3 for i in result["items"])
+    assert result["renders_this_session"] == 15 - interrupted_at  # nothing redone, nothing lost
+
+    with sqlite3.connect(home / "reverie.db") as conn:
+        assert conn.execute("select count(*) from renders where status = 'ok'").fetchone()[0] == 15
+        assert conn.execute("select count(*) from batch_keeps").fetchone()[0] == 10
+        assert conn.execute("select count(*) from scores where name = 'composite'").fetchone()[0] == 15
+        assert conn.execute("select status from batches").fetchall() == [("done",)]
+
+    report = Path(result["report"])
+    assert report.parent == home / "reports"
+    html = report.read_text()
+    assert html.count("data:image/jpeg;base64,") == 10 and "reverie lineage" in html
+    for item in result["items"]:
+        for kept in item["kept"]:
+            assert os.path.relpath(kept["path"], report.parent) in html and str(kept["seed"]) in html
+    check_report_renders(report, tmp_path)
+
+
+def test_bench_prints_engine_busy_fraction():
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_batch.py"), "--ideas", "2", "--per-prompt", "4",
+                        "--latency", "0.01", "--expand-latency", "0.02", "--score-latency", "0.005"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("engine busy fraction:")]
+    assert line and 0.0 < float(line[0].split()[3]) <= 1.0
