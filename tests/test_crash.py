@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 
 
@@ -41,6 +43,7 @@ def _kill_after(cmd: list[str], db: Path, rows: int, env: dict) -> None:
         proc.wait()
 
 
+@pytest.mark.slow  # four real processes with the tiny engine: about 1 CPU-minute
 def test_sigkill_and_resume_loses_nothing(home):
     exe = str(Path(sys.executable).with_name("reverie"))
     cmd = [exe, "make", "a fox in the rain", "--n", "4", "--rounds", "3", "--seed", "7", "--home", str(home),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 from typing import Any, Callable, List, Optional
 
@@ -37,6 +38,11 @@ def friendly(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except Exception as e:  # unexpected: still one line, and the way to see more
+            if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+                # Another program held the database past the busy timeout; nothing was written.
+                err.print("[bold red]error:[/] the database is locked by another program: let it finish, or set "
+                          "REVERIE_BUSY_TIMEOUT (seconds) to wait longer", highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
             if os.environ.get("REVERIE_DEBUG"):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
