@@ -103,7 +103,7 @@ def _director(body: dict) -> Reply:
 
 def test_critic_revision_becomes_a_child_prompt(home):
     with ScriptedLLM(responder=_director) as llm, Studio(home=home, engine="tiny", llm_url=llm.url) as studio:
-        result = studio.make("a fox in the rain", n=2, rounds=2, seed=3, megapixels=0.01)
+        result = studio.make("a fox in the rain", n=1, rounds=2, seed=3, megapixels=0.01)
         prompts = studio.store.prompts(result.run_id)
         calls = studio.store.llm_calls(result.run_id)
     first, second = prompts

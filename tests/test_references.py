@@ -119,3 +119,22 @@ def test_cli_bad_reference_is_one_line_and_nothing_starts(tmp_path):
     assert proc.returncode == 2
     assert "is not an image" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # imports transformers and builds a model: ~10 s
+def test_depth_runs_a_local_model_when_its_weights_are_there(tmp_path):
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    # A tiny randomly initialised DPT, saved where `reverie models pull depth` puts real weights.
+    weights = tmp_path / "models" / "depth"
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37, image_size=32,
+                       patch_size=8, neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=16,
+                       backbone_out_indices=[0, 1, 2, 3], is_hybrid=False)
+    DPTForDepthEstimation(config).save_pretrained(weights)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False).save_pretrained(weights)
+    ref = photo(tmp_path / "scene.png")
+    prepared = prepare_control(Reference(str(ref), "auto"), "a castle on a hill", tmp_path / "models")
+    assert prepared.kind == "depth" and prepared.note == ""
+    out = tmp_path / "depth.png"
+    out.write_bytes(prepared.data)
+    assert Image.open(out).size == (160, 120)

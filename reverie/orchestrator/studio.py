@@ -197,6 +197,8 @@ class Studio:
         formula = FormulaExpander()
         settings = llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model)
         if not settings.configured:
+            if EMBEDDED_NOTICE in self._notified:  # that line already says "offline formula expander"
+                return formula, RuleCritic(formula)
             self._notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
                          "or set [llm] base_url in reverie.toml)", progress)
             return formula, RuleCritic(formula)
