@@ -143,6 +143,8 @@ def make(
     if engine != "comfyui":  # in-process engines only
         engine_options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
                                                  "cpu_offload": cpu_offload or None}.items() if v is not None})
+    if control != "auto" and not ref:
+        raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
                     llm_model=llm_model, config=config, engine_options=engine_options)
     references = [{"path": ref, "control": control}] if ref else []

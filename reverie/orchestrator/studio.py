@@ -200,7 +200,7 @@ class Studio:
             if EMBEDDED_NOTICE in self._notified:  # that line already says "offline formula expander"
                 return formula, RuleCritic(formula)
             self._notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
-                         "or set [llm] base_url in reverie.toml)", progress)
+                         "or set llm.base_url in reverie.toml)", progress)
             return formula, RuleCritic(formula)
         # A fresh client per run: a server that died in one run is tried again in the next.
         llm = LLMClient(settings, record=lambda call: self.store.add_llm_call(call, run_id=self._run_id))
