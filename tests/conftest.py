@@ -41,6 +41,14 @@ def tiny_engine(tiny_models_dir):
     engine.close()
 
 
+@pytest.fixture(scope="session")
+def tiny_scoring(tmp_path_factory) -> dict:
+    """A tiny random open_clip model and aesthetic MLP in real files: their [scoring] settings."""
+    from reverie.scoring.tiny import write_tiny_scoring_weights
+
+    return write_tiny_scoring_weights(tmp_path_factory.mktemp("scoring"))
+
+
 def run_cli(*args: str, home: Path | None = None, env: dict | None = None, timeout: float = 300,
             input: str | None = None) -> subprocess.CompletedProcess:
     """Run the real `reverie` console script in a subprocess, as a user would."""

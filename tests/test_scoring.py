@@ -14,15 +14,10 @@ from reverie.scoring.aesthetic import AestheticMLP, load_aesthetic
 from reverie.scoring.composite import composite, normalise
 from reverie.scoring.dedupe import diverse_top, mean_similarity, near_duplicates
 from reverie.scoring.scorer import make_scorer, scoring_settings
-from reverie.scoring.tiny import TINY_CLIP_NAME, write_tiny_scoring_weights
+from reverie.scoring.tiny import TINY_CLIP_NAME
 from reverie.types import ReverieError
 
 PUBLISHED_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
-
-
-@pytest.fixture(scope="session")
-def tiny_scoring(tmp_path_factory) -> dict:
-    return write_tiny_scoring_weights(tmp_path_factory.mktemp("scoring"))
 
 
 @pytest.fixture(scope="module")
