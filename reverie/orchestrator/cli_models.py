@@ -67,11 +67,15 @@ def models(
         print(json.dumps(rows, ensure_ascii=False))
         return
     table = Table(title="models (`reverie models pull NAME` downloads one)")
-    for col in ("name", "kind", "pipeline", "steps", "guidance", "sampler", "present", "where"):
+    table.add_column("name", no_wrap=True)
+    for col in ("pipeline", "steps", "guidance", "sampler"):
         table.add_column(col, overflow="fold")
+    table.add_column("here", no_wrap=True)
+    table.add_column("where", overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["kind"], r.get("pipeline", ""), str(r.get("steps", "")), str(r.get("guidance", "")),
-                      r.get("sampler", ""), "yes" if r["present"] else "no", r["where"])
+        table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "") or r["kind"], str(r.get("steps", "")),
+                      str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no",
+                      "-" if r["where"].startswith("not downloaded") else r["where"])
     out.print(table)
 
 
@@ -82,16 +86,14 @@ def pull(
     home: Optional[str] = typer.Option(None, "--home"),
 ):
     """Download one model into the Hugging Face cache, with a progress bar."""
-    from reverie.render.weights import downloadables, pull as pull_weights, rich_tqdm
+    from reverie.render.weights import check_online, downloadables, pull as pull_weights, rich_tqdm
 
-    scorers = {m.name: m for m in _scorer_models(home)}
-    known = [i.name for i in downloadables()] + list(scorers)
-    if name not in known:
-        raise ReverieError(f"unknown model {name!r}: use one of {', '.join(known)} (see `reverie models`)")
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise ReverieError(f"cannot pull {name}: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download")
+    check_online(name)
+    renderers = [i.name for i in downloadables()]
+    # The scorers' list imports torch; look at it only for a name that is not a render model.
+    scorers = {} if name in renderers else {m.name: m for m in _scorer_models(home)}
+    if name not in renderers and name not in scorers:
+        raise ReverieError(f"unknown model {name!r}: use one of {', '.join(renderers + list(scorers))} (see `reverie models`)")
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=err)
     with progress:

@@ -6,6 +6,7 @@ Rendering only ever reads: a local folder or file, else the Hugging Face cache w
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -145,16 +146,21 @@ def rich_tqdm(progress: Any) -> type:
     return RichTqdm
 
 
+def check_online(name: str) -> None:
+    """huggingface_hub refuses every download under HF_HUB_OFFLINE; say so before trying."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ReverieError(f"cannot pull {name}: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download")
+
+
 def pull(name: str, tqdm_class: Optional[type] = None) -> str:
     """Download one model into the Hugging Face cache; return where it is."""
     item = find(name)
     if not item.repo_id:
         raise ReverieError(f"{name} has no hub repo to pull: download its .safetensors yourself and pass --model-path")
-    from huggingface_hub import constants, snapshot_download
+    check_online(name)
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-    if constants.HF_HUB_OFFLINE:
-        raise ReverieError(f"cannot pull {name}: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download {item.repo_id}")
     patterns = list(item.files) if item.files else DIFFUSERS_FILES
     try:
         folder = snapshot_download(item.repo_id, allow_patterns=patterns, ignore_patterns=None if item.files else SKIPPED_FILES,

@@ -1,0 +1,96 @@
+"""`reverie models` and `reverie models pull`, and missing weights, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reverie.render.profiles import PROFILES, get_profile
+from reverie.types import ReverieError
+from tests.conftest import run_cli
+
+# An empty Hugging Face cache, and no way to reach the hub: nothing here can download.
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture
+def empty_cache(tmp_path) -> dict:
+    return {**OFFLINE, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+
+
+def test_models_json_lists_every_profile_not_present(home, empty_cache):
+    r = run_cli("models", "--json", home=home, env=empty_cache)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    by_name = {row["name"]: row for row in rows}
+    for name, p in PROFILES.items():
+        row = by_name[name]
+        assert row["kind"] == "profile" and row["present"] is False
+        assert (row["pipeline"], row["steps"], row["guidance"]) == (p.pipeline, p.steps, p.guidance)
+    assert by_name["z-image-turbo-control"]["kind"] == "control"
+    assert "Traceback" not in r.stderr
+
+
+def invoke(*args: str):
+    """The same typer app in this process (the console script is tested with run_cli above)."""
+    from typer.testing import CliRunner
+
+    from reverie.orchestrator.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_models_table_names_the_pull_command(home, empty_cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", empty_cache["HF_HUB_CACHE"])
+    r = invoke("models", "--home", str(home))
+    assert r.exit_code == 0, r.output
+    assert "z-image-turbo" in r.output and "models pull" in r.output
+
+
+def test_missing_model_is_one_line_naming_pull(home, empty_cache):
+    r = run_cli("make", "a fox", "--engine", "diffusers", "--n", "1", "--rounds", "1", home=home, env=empty_cache)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "reverie models pull z-image-turbo" in lines[-1]
+
+
+def test_pull_offline_is_one_clear_line(home, empty_cache):
+    r = run_cli("models", "pull", "sd15", home=home, env=empty_cache)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if line.strip()] == [
+        "error: cannot pull sd15: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download"]
+
+
+def test_pull_unknown_name_lists_the_known_ones(home):
+    r = invoke("models", "pull", "sd3", "--home", str(home))
+    assert r.exit_code == 2 and "z-image-turbo-control" in r.output and "laion" in r.output
+
+
+def test_resolve_weights_reads_local_paths_and_never_downloads(tmp_path, monkeypatch, tiny_models_dir):
+    from reverie.render.tiny import TINY_DIR_NAME
+    from reverie.render.weights import resolve_controlnet, resolve_weights
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = tiny_models_dir / TINY_DIR_NAME
+    assert resolve_weights(get_profile("z-image-turbo"), str(folder)) == str(folder)
+    with pytest.raises(ReverieError, match="--model-path"):
+        resolve_weights(get_profile("z-image-turbo"), str(tmp_path / "nothing"))
+    with pytest.raises(ReverieError, match="pull z-image-turbo-control"):
+        resolve_controlnet(get_profile("z-image-turbo"), None)
+    with pytest.raises(ReverieError, match="--model-path"):
+        resolve_weights(get_profile("pony"), None)
+
+
+def test_make_engine_options_reach_the_engine(home):
+    common = ("make", "a fox", "--engine", "tiny", "--n", "1", "--rounds", "1", "--megapixels", "0.01", "--json",
+              "--home", str(home))
+    # No such GPU here (or anywhere): the option arrived, and the answer is one line.
+    r = invoke(*common, "--device", "cuda:7")
+    assert r.exit_code == 2 and "cuda:7" in r.output
+    r = invoke(*common, "--batch-size", "0")
+    assert r.exit_code == 2 and "batch size" in r.output
+    r = invoke(*common, "--dtype", "float8")
+    assert r.exit_code == 2 and "unknown dtype" in r.output

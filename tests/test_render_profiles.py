@@ -1,0 +1,92 @@
+"""Profiles as data, and the other pipeline families on a tiny random SD1.5 UNet pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reverie.render.profiles import PROFILES, SAMPLERS, get_profile
+from reverie.types import Control, RenderSpec, ReverieError
+
+
+def test_profiles_carry_the_defaults_experts_use():
+    z = get_profile("z-image-turbo")
+    assert (z.pipeline, z.steps, z.guidance, z.shift, z.negative, z.multiple) == ("ZImagePipeline", 9, 0.0, 3.0, False, 16)
+    assert z.control_repo == "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union"
+    assert get_profile("flux1-schnell").steps == 4 and get_profile("flux1-dev").guidance == 3.5
+    assert get_profile("sd15").max_side == 768 and get_profile("sd15").negative
+    assert get_profile("pony").quality_tags.startswith("score_9")
+    import diffusers
+
+    for p in PROFILES.values():
+        assert hasattr(diffusers, p.pipeline), p.pipeline
+        assert p.sampler == "euler" or p.sampler in SAMPLERS
+    for cls_name, _extra in SAMPLERS.values():
+        assert hasattr(diffusers, cls_name)
+
+
+def test_unknown_profile_is_one_line():
+    with pytest.raises(ReverieError) as e:
+        get_profile("sd3")
+    assert "reverie models" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def sd15_engine(tiny_models_dir):
+    from reverie.render.diffusers_engine import DiffusersEngine
+    from reverie.render.tiny import ensure_tiny_sd15
+
+    engine = DiffusersEngine(model_path=str(ensure_tiny_sd15(tiny_models_dir)), profile="sd15", device="cpu",
+                             dtype="float32", batch_size=2)
+    yield engine
+    engine.close()
+
+
+def sd_spec(**changes) -> RenderSpec:
+    base = RenderSpec(prompt="a fox, masterpiece", negative="blurry, lowres", seed=3, width=32, height=32, steps=3,
+                      guidance=7.0, profile="sd15", sampler="dpmpp_2m_karras")
+    return base.with_(**changes)
+
+
+def px(output) -> np.ndarray:
+    return np.asarray(output.image, dtype=np.int16)
+
+
+def test_sd15_pipeline_family(sd15_engine):
+    engine = sd15_engine
+    before = engine.encoder_calls
+    a = engine.render([sd_spec(seed=1), sd_spec(seed=2), sd_spec(seed=3)])
+    assert engine.encoder_calls - before == 1  # one (prompt, negative) pair for three seeds
+    assert type(engine.pipe).__name__ == "StableDiffusionPipeline"
+    assert type(engine.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert engine.pipe.scheduler.config.use_karras_sigmas
+    # same seed, same pixels, alone or in a batch
+    alone = engine.render([sd_spec(seed=2)])[0]
+    assert np.array_equal(px(alone), px(a[1]))
+    # the negative prompt is used
+    other_negative = engine.render([sd_spec(seed=2, negative="dark")])[0]
+    assert np.abs(px(alone) - px(other_negative)).mean() > 0.05
+    assert engine.encoder_calls - before == 2
+    # blind steps and another sampler change the picture
+    blind = engine.render([sd_spec(seed=2, blind_steps=1)])[0]
+    assert np.abs(px(alone) - px(blind)).mean() > 0.05
+    ancestral = engine.render([sd_spec(seed=2, sampler="euler_ancestral")])[0]
+    assert type(engine.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert np.abs(px(alone) - px(ancestral)).mean() > 0.05
+
+
+def test_sd15_refuses_controlnet_kinds_but_says_what_works(sd15_engine, tmp_path):
+    control = Control(kind="depth", image_sha="0" * 64, image_path=str(tmp_path / "x.png"), strength=0.5)
+    with pytest.raises(ReverieError, match="img2img"):
+        sd15_engine.render([sd_spec(control=control)])
+
+
+@pytest.mark.slow
+def test_sd15_img2img(sd15_engine, tmp_path):
+    from PIL import Image
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray((np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB").save(ref)
+    plain = sd15_engine.render([sd_spec()])[0]
+    out = sd15_engine.render([sd_spec(control=Control("img2img", "0" * 64, str(ref), 0.6))])[0]
+    assert np.abs(px(plain) - px(out)).mean() > 0.5
