@@ -66,20 +66,22 @@ def test_batch_identity_follows_content_and_options():
     assert a != make_batch_id("a cat\n", BatchOptions(keep=2))
 
 
-def test_cli_rejects_missing_file_in_one_line(home):
+def test_cli_rejects_missing_file_in_one_line(tmp_path):
+    home = tmp_path / "home"
     r = run_cli("batch", str(home / "nope.txt"), home=home)
     assert r.returncode == 2
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_round_robin_spreads_a_time_budget_fairly(home, tmp_path):
+def test_round_robin_spreads_a_time_budget_fairly(tmp_path):
+    home = tmp_path / "home"  # the fixed engine needs no tiny weights
     """With an unlimited per-idea budget, rounds alternate between ideas until time is up."""
     from reverie.render.fixed import FixedLatencyEngine
 
     file = tmp_path / "ideas.txt"
     file.write_text("a fox in the rain\na red car at night\na boat on a lake\n")
     events = []
-    with Studio(home=home, engine="fixed") as studio:
+    with Studio(home=home, engine="fixed", scorer="heuristic") as studio:
         result = studio.batch(file, hours=0.0008, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.05),
                               progress=events.append)  # about 3 seconds
     done = [i.rendered for i in result.items]
@@ -92,12 +94,13 @@ def test_round_robin_spreads_a_time_budget_fairly(home, tmp_path):
     assert progress["images_per_minute"] > 0 and progress["best"] is not None
 
 
-def test_keep_prefers_distinct_images_and_fills_with_marked_near_duplicates(home, tmp_path):
+def test_keep_prefers_distinct_images_and_fills_with_marked_near_duplicates(tmp_path):
+    home = tmp_path / "home"  # the fixed engine needs no tiny weights
     from reverie.render.fixed import FixedLatencyEngine
 
     file = tmp_path / "ideas.txt"
     file.write_text("a fox in the rain\n")
-    with Studio(home=home, engine="fixed") as studio:
+    with Studio(home=home, engine="fixed", scorer="heuristic") as studio:
         result = studio.batch(file, per_prompt=3, keep=3, megapixels=0.02, engine=FixedLatencyEngine(latency=0.0))
         run_id = result.items[0].run_id
         kept, dups = keep_diverse(studio.store, run_id, 3)
@@ -143,7 +146,8 @@ def check_report_renders(report: Path, tmp_path: Path) -> None:
         assert colours is not None and len(colours) > 50  # thumbnails drawn, not a blank page
 
 
-def test_interrupted_batch_resumes_where_it_stopped(home, tmp_path):
+def test_interrupted_batch_resumes_where_it_stopped(tmp_path):
+    home = tmp_path / "home"  # the fixed engine needs no tiny weights
     """The Python API: stopped by Ctrl-C after some renders, the same call finishes the rest."""
     from reverie.render.fixed import FixedLatencyEngine
 
@@ -155,7 +159,7 @@ def test_interrupted_batch_resumes_where_it_stopped(home, tmp_path):
         if event.kind == "batch_progress" and event.data["done"] >= 6:
             raise KeyboardInterrupt
 
-    with Studio(home=home, engine="fixed") as studio:
+    with Studio(home=home, engine="fixed", scorer="heuristic") as studio:
         with pytest.raises(KeyboardInterrupt):
             studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01),
                          progress=stop_after_six)
@@ -178,7 +182,7 @@ def test_batch_killed_and_resumed_keeps_k_per_idea_and_report_renders(home, tmp_
     """Done-when: 5 ideas on the tiny engine, SIGKILLed mid-way, resumed by the same command."""
     file = tmp_path / "ideas.txt"
     file.write_text("# overnight\n" + "\n".join(IDEAS) + "\n")
-    args = ["batch", str(file), "--per-prompt", "3", "--keep", "2", "--megapixels", "0.02", "--engine", "tiny", "--json"]
+    args = ["batch", str(file), "--per-prompt", "3", "--keep", "2", "--megapixels", "0.02", "--engine", "tiny", "--scorer", "heuristic", "--json"]
     exe = Path(sys.executable).with_name("reverie")
     env = {**os.environ, "NO_COLOR": "1"}
     proc = subprocess.Popen([str(exe), *args, "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -101,9 +101,9 @@ class RuleInterpreter:
         ref_render: Optional[Render] = None
 
         which = re.search(r"\b(?:like|from|use|take)\s+(?:the\s+)?(?:image\s+|number\s+|#)?"
-                          r"(first|1st|second|2nd|third|3rd|fourth|4th|last|one|two|three|four|\d)\b(?:\s+one)?", low)
+                          r"(?:(\d+)(?:st|nd|rd|th)?|(first|second|third|fourth|last|one|two|three|four))\b", low)
         if which and ("like" in low or "one" in low or "image" in low):
-            rank = int(which.group(1)) if which.group(1).isdigit() else ORDINALS[which.group(1)]
+            rank = int(which.group(1)) if which.group(1) else ORDINALS[which.group(2)]
             ref_render = _pick(previous.best, rank)
             req = replace(req, seed=ref_render.seed,
                           references=(Reference(ref_render.path, "img2img", SIMILAR_STRENGTH),))

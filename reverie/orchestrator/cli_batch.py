@@ -81,13 +81,18 @@ def batch(
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (JSONL may override)."),
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    scorer: str = typer.Option("auto", "--scorer", help="auto, clip or heuristic."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ):
     """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
     from reverie.orchestrator.studio import Studio
 
     view = BatchProgressView(quiet=as_json)
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path)
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
+                    llm_model=llm_model, config=config)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               progress=view)
@@ -116,7 +121,11 @@ def chat(
     profile: str = typer.Option("z-image-turbo", "--profile"),
     engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
-    model_path: Optional[str] = typer.Option(None, "--model-path"),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    scorer: str = typer.Option("auto", "--scorer", help="auto, clip or heuristic."),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
+    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
     from reverie.orchestrator.chat import new_session_name, session_turns
@@ -124,7 +133,8 @@ def chat(
     from reverie.orchestrator.studio import Studio
 
     interactive = sys.stdin.isatty()
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path)
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
+                    llm_model=llm_model, config=config)
     name = session or new_session_name()
     try:
         previous = session_turns(studio.store, name)

@@ -1,0 +1,139 @@
+"""Chat: follow-ups read by rules, four linked rounds in lineage, sessions that survive a restart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reverie.orchestrator.chat import PreviousTurn, RuleInterpreter
+from reverie.orchestrator.studio import Studio
+from reverie.types import Reference, Render, RenderSpec, Request, ReverieError, Scores
+from tests.conftest import run_cli
+
+SMALL = {"n": 2, "rounds": 1, "megapixels": 0.02}
+
+
+def _previous(request: Request, seeds=(11, 12, 13)) -> PreviousTurn:
+    best = [
+        Render(id=100 + i, run_id="r1", prompt_id=1, round=0,
+               spec=RenderSpec(prompt=f"prompt {i}", seed=s, width=64, height=64, steps=9, guidance=0.0, profile="z-image-turbo"),
+               path=f"/h/images/{i}.png", sha256="x", engine="tiny", seconds=0.1,
+               scores=Scores(values={}, composite=0.9 - i / 10, scorer="heuristic"))
+        for i, s in enumerate(seeds)
+    ]
+    return PreviousTurn(turn=1, request=request, run_id="r1", best=best, turn_id=1)
+
+
+FIRST = Request(idea="a woman in a garden", seed=5, aspect="1:1")
+
+
+def read(message, previous=None, controls=frozenset({"canny", "img2img", "pose", "depth"})):
+    return RuleInterpreter(controls).interpret(message, previous, Request(idea=message), fresh_seed=999)
+
+
+def test_first_message_is_the_idea():
+    r = read("a woman in a garden")
+    assert r.request.idea == "a woman in a garden" and r.request.seed == 999 and r.source == "rules"
+
+
+def test_make_it_night_edits_the_idea_and_keeps_the_seed():
+    r = read("make it night", _previous(FIRST))
+    assert r.request.idea == "a woman in a garden, at night" and r.request.seed == 5
+
+
+def test_more_like_the_second_one_reuses_its_seed_as_an_img2img_reference():
+    r = read("more like the second one", _previous(FIRST))
+    assert r.request.seed == 12 and r.ref_render_id == 101
+    assert r.request.references == (Reference("/h/images/1.png", "img2img", 0.6),)
+    assert r.request.idea == FIRST.idea
+
+
+def test_keep_the_pose_but_make_her_a_knight():
+    r = read("keep the pose but make her a knight", _previous(FIRST))
+    assert r.request.idea == "a woman in a garden, as a knight"
+    assert r.request.references[0].control == "pose" and r.request.references[0].path == "/h/images/0.png"
+    without_pose = read("keep the pose but make her a knight", _previous(FIRST), frozenset({"canny", "img2img"}))
+    assert without_pose.request.references[0].control == "canny" and "no pose weights" in without_pose.summary
+
+
+def test_wider_taller_and_new_seeds():
+    assert read("wider", _previous(FIRST)).request.aspect == "4:3"
+    assert read("taller", _previous(FIRST)).request.aspect == "3:4"
+    assert read("wider", _previous(Request(idea="x", aspect="21:9"))).request.aspect == "21:9"
+    again = read("again with new seeds", _previous(FIRST))
+    assert again.request.seed == 999 and again.request.idea == FIRST.idea
+
+
+def test_anything_else_adds_to_the_description_and_new_starts_over():
+    assert read("with a red umbrella", _previous(FIRST)).request.idea == "a woman in a garden, with a red umbrella"
+    fresh = read("/new a lighthouse at dusk", _previous(FIRST))
+    assert fresh.request.idea == "a lighthouse at dusk" and fresh.request.seed == 999
+
+
+def test_pointing_past_the_last_images_is_one_clear_line():
+    with pytest.raises(ReverieError, match="say a number from 1 to 3"):
+        read("more like the 4th one", _previous(FIRST))
+    assert read("more like number 3", _previous(FIRST)).request.seed == 13
+    assert read("more like the last one", _previous(FIRST)).request.seed == 13
+
+
+def test_four_turns_make_four_linked_rounds_in_lineage(tmp_path):
+    """Done-when: a scripted chat of four turns, one pointing at "the second one"."""
+    home = tmp_path / "home"  # the fixed engine needs no tiny weights
+    messages = ["a woman in a garden", "make it night", "more like the second one", "again with new seeds"]
+    with Studio(home=home, engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        turns = [studio.chat("garden", m, **SMALL) for m in messages]
+        rows = list(studio.store.db.query(
+            "select t.* from chat_turns t join chat_sessions s on s.id = t.session_id where s.name = 'garden' order by turn"))
+        runs = {r["id"]: r for r in studio.store.db.query("select * from runs")}
+    assert [t.turn for t in turns] == [1, 2, 3, 4]
+    assert [r["run_id"] for r in rows] == [t.run_id for t in turns] and len(set(r["run_id"] for r in rows)) == 4
+    assert rows[0]["parent_run_id"] is None and rows[0]["parent_turn_id"] is None
+    for prev, row in zip(rows, rows[1:]):
+        assert row["parent_run_id"] == prev["run_id"] and row["parent_turn_id"] == prev["id"]
+    second_of_turn_2 = turns[1].best[1]
+    assert rows[2]["ref_render_id"] == second_of_turn_2.id
+    req3 = json.loads(runs[turns[2].run_id]["request_json"])
+    assert req3["seed"] == second_of_turn_2.seed
+    assert req3["references"][0]["path"] == second_of_turn_2.path and req3["references"][0]["control"] == "img2img"
+    assert json.loads(runs[turns[1].run_id]["request_json"])["idea"] == "a woman in a garden, at night"
+    assert json.loads(runs[turns[3].run_id]["request_json"])["seed"] != req3["seed"]
+    for t in turns:
+        assert len(t.best) == 2 and all(r.scores is not None for r in t.best)
+    assert "more like #2" in turns[2].interpretation.summary
+
+
+def test_session_resumes_after_a_restart(tmp_path):
+    home = tmp_path / "home"  # the fixed engine needs no tiny weights
+    with Studio(home=home, engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        first = studio.chat("fox", "a fox in the rain", **SMALL)
+    with Studio(home=home, engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        second = studio.chat("fox", "make it night", **SMALL)
+        other = studio.chat("owl", "an owl", **SMALL)
+    assert second.turn == 2 and second.parent_run_id == first.run_id
+    assert second.interpretation.request.idea == "a fox in the rain, at night"
+    assert other.turn == 1 and other.parent_run_id is None
+
+
+def test_cli_chat_over_stdin(tmp_path):
+    home = tmp_path / "home"
+    common = ["chat", "--session", "fox", "--n", "2", "--megapixels", "0.02", "--engine", "fixed", "--scorer", "heuristic"]
+    r = run_cli(*common, home=home, input="a fox in the rain\n\nmore like the 9th one\nwider\n/quit\nnot read after quit\n")
+    assert r.returncode == 0, r.stderr
+    assert "session fox" in r.stdout
+    assert "turn 1 (run" in r.stdout and "turn 2 (run" in r.stdout and "aspect 4:3" in r.stdout
+    assert "turn 3" not in r.stdout and r.stdout.count("score ") == 4 and ".png" in r.stdout
+    # A bad follow-up is one line on stderr, and the conversation goes on.
+    assert "say a number from 1 to 2" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_chat_resumes_a_session_after_a_restart(tmp_path):
+    home = tmp_path / "home"
+    common = ["chat", "--session", "fox", "--n", "2", "--megapixels", "0.02", "--engine", "fixed", "--scorer", "heuristic"]
+    assert run_cli(*common, home=home, input="a fox in the rain\nwider\n").returncode == 0
+    r = run_cli(*common, home=home, input="more like the first one\n")
+    assert r.returncode == 0, r.stderr
+    assert "resumed after turn 2 (a fox in the rain)" in r.stdout
+    assert "turn 3 (run" in r.stdout and "more like #1" in r.stdout
