@@ -262,10 +262,10 @@ class Studio:
         state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
                  "blind_steps": req.blind_steps, "history": []}
         try:
-            sweep_orphans(self.store)
+            sweep_orphans(self.store, own_run=run_id)
             if resumed:
                 redone = rerender_missing(self.store, run_id, lambda specs: render_with_retry(engine, specs, progress),
-                                          batch_size=getattr(engine, "batch_size", None))
+                                          batch_size=lambda: getattr(engine, "batch_size", None))
                 self._notice(f"continuing run {run_id} from its last committed step ({len(self.store.renders(run_id))} "
                              f"renders kept, {len(redone)} missing files rendered again)", progress)
             with open_checkpointer(self.home) as saver:

@@ -117,12 +117,12 @@ def clean_temp_files(images_dir: Path) -> list[Path]:
     return removed
 
 
-def sweep_orphans(store) -> dict[str, list[str]]:
+def sweep_orphans(store, own_run: Optional[str] = None) -> dict[str, list[str]]:
     """Adopt or remove image files that no row points at.
 
     A render PNG carries its own recipe, so a file written just before a crash (the row never
     committed) is adopted as the render it is, when its run and prompt exist and no live
-    process owns the run. Files of runs that do not exist are removed. Files without a
+    process owns the run (`own_run` is the one this process holds). Files of runs that do not exist are removed. Files without a
     `reverie` chunk (control images) are left alone.
     """
     report: dict[str, list[str]] = {"adopted": [], "removed": [], "temp_removed": []}
@@ -141,7 +141,7 @@ def sweep_orphans(store) -> dict[str, list[str]]:
         if not meta or "spec" not in meta or "run_id" not in meta:
             continue
         run_id = meta["run_id"]
-        if RunLock(store.home, run_id).held_elsewhere():
+        if run_id != own_run and RunLock(store.home, run_id).held_elsewhere():
             continue  # its owner is alive and about to commit the row
         runs = list(store.db.query("select id from runs where id = ?", [run_id]))
         prompt = list(store.db.query("select id from prompts where id = ? and run_id = ?", [meta.get("prompt_id"), run_id]))
@@ -169,13 +169,14 @@ def missing_files(store, run_id: str) -> list[dict]:
 
 
 def rerender_missing(store, run_id: str, render: Callable[[list[RenderSpec]], list[EngineOutput]],
-                     batch_size: Optional[int] = None) -> list[int]:
+                     batch_size: Callable[[], Optional[int]] = lambda: None) -> list[int]:
     """Render again every ok row of the run whose file is missing, and point the row at it."""
     rows = missing_files(store, run_id)
     if not rows:
         return []
     specs = [RenderSpec.from_dict(json.loads(r["spec_json"])) for r in rows]
     outputs = render(specs)
+    # Asked after rendering: an engine learns its batch size when it loads.
     for row, output in zip(rows, outputs):
-        store.replace_image(row["id"], output, batch_size=batch_size)
+        store.replace_image(row["id"], output, batch_size=batch_size())
     return [r["id"] for r in rows]
