@@ -232,3 +232,24 @@ def test_heuristic_scorer_is_named_and_in_range():
     out = s.score(distinct_pictures(), ["x"] * 3, ["x"] * 3)
     assert all(o.scorer == "heuristic" and 0 <= o.composite <= 1 for o in out)
     assert set(out[0].values) == {"sharpness", "exposure", "colourfulness", "noise"}
+
+
+@pytest.mark.slow  # imports transformers and builds a second tiny model
+def test_pickscore_joins_when_its_folder_is_present(tiny_scoring, tmp_path):
+    from reverie.scoring.pickscore import PickScorer
+    from reverie.scoring.tiny import write_tiny_pickscore
+
+    folder = write_tiny_pickscore(tmp_path / "pickscore")
+    s = make_scorer("clip", table={**tiny_scoring, "pickscore": folder}, device="cpu", batch_size=2)
+    assert s.name == "clip+aesthetic+pickscore"
+    images, prompts = pictures(3), ["a fox", "a red fox, 2 tails", "a lighthouse"]
+    scores = s.score(images, prompts, prompts)
+    direct = PickScorer(folder).score(images, prompts)
+    for x, d in zip(scores, direct):
+        assert set(x.values) == {"faithfulness", "prompt_match", "aesthetic", "pickscore"}
+        assert x.values["pickscore"] == pytest.approx(d, abs=1e-3)
+        assert x.composite == pytest.approx(composite(x.values, s.weights)[0], abs=1e-5)
+    s.close()
+    with pytest.raises(ReverieError, match="has no config.json"):
+        make_scorer("clip", table={**tiny_scoring, "pickscore": str(tmp_path)}, device="cpu")
+    assert make_scorer("clip", table={**tiny_scoring, "pickscore": "off"}, device="cpu").name == "clip+aesthetic"

@@ -38,3 +38,35 @@ def write_tiny_scoring_weights(folder: str | os.PathLike, seed: int = 0) -> dict
         torch.save(model.state_dict(), clip_weights)
         torch.save(AestheticMLP(TINY_CLIP_CONFIG["embed_dim"]).state_dict(), aesthetic_weights)
     return {"clip_config": str(config), "clip_weights": str(clip_weights), "aesthetic_weights": str(aesthetic_weights)}
+
+
+def write_tiny_pickscore(folder: str | os.PathLike, seed: int = 0) -> str:
+    """A tiny random transformers CLIPModel with its processor (a character-level CLIP tokenizer)
+    saved as a PickScore-style folder; returns the folder."""
+    import string
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return str(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ",.":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(folder)
+    return str(folder)
