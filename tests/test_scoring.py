@@ -167,6 +167,11 @@ def test_bad_scoring_settings_are_one_line(table, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_dedupe_threshold_and_pickscore_off_come_from_the_table():
+    assert make_scorer("heuristic", table={"dedupe_threshold": 0.9}).dedupe_threshold == 0.9
+    assert scoring_settings({"pickscore": False}).pickscore == "off"
+
+
 def test_settings_merge_table_env_and_options(monkeypatch):
     monkeypatch.setenv("REVERIE_AESTHETIC_WEIGHTS", "/env/a.pth")
     s = scoring_settings({"aesthetic_weights": "/toml/a.pth", "clip_weights": "/toml/c.pt", "batch_size": 8}, clip_weights="/opt/c.pt")

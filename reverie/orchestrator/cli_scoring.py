@@ -80,10 +80,9 @@ def score(
     """Score images and rank them best first, e.g. a ComfyUI output folder."""
     from reverie.config import load_config
     from reverie.scoring.dedupe import near_duplicates
-    from reverie.scoring.scorer import make_scorer, scoring_settings
+    from reverie.scoring.scorer import make_scorer
 
     table_cfg = load_config(home).get("scoring", {})
-    settings = scoring_settings(table_cfg)
     files, skipped = collect_images(paths)
     if not files:
         raise ReverieError(f"no images (png, jpg, webp) found in {', '.join(paths)}: pass image files or a folder of them")
@@ -100,7 +99,7 @@ def score(
     finally:
         engine.close()
     rows.sort(key=lambda r: (-r["scores"].composite, r["path"]))
-    dupes = near_duplicates([r["scores"].embedding for r in rows], settings.dedupe_threshold)
+    dupes = near_duplicates([r["scores"].embedding for r in rows], engine.dedupe_threshold)
     shown = rows[:top] if top else rows
     if as_json:
         print(json.dumps({

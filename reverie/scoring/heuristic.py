@@ -68,6 +68,7 @@ def signature(a: np.ndarray) -> tuple[float, ...]:
 class HeuristicScorer:
     name = NAME
     honest_note = "heuristic scorer (no CLIP weights): ranks sharpness, exposure, colour and noise, not faithfulness"
+    dedupe_threshold = 0.95
 
     def __init__(self, weights: dict[str, float] | None = None):
         self.weights = dict(weights or WEIGHTS)

@@ -31,6 +31,7 @@ ENV = {
 class Scorer(Protocol):
     name: str
     honest_note: str
+    dedupe_threshold: float
 
     def score(self, images: Sequence, ideas: Sequence[str], prompts: Sequence[str]) -> list[Scores]: ...
 
@@ -69,7 +70,9 @@ def scoring_settings(table: Optional[dict] = None, **options: Any) -> ScoringSet
         raise ReverieError(f"[scoring] batch_size = {batch_size}: use 1 or more")
     if not -1.0 <= threshold <= 1.0:
         raise ReverieError(f"[scoring] dedupe_threshold = {threshold}: use a cosine between -1 and 1, e.g. 0.95")
-    return ScoringSettings(**{k: str(v) for k, v in merged.items()}, weights=weights, batch_size=batch_size,
+    # `pickscore = false` in TOML means "off"; every other setting is a string.
+    strings = {k: "off" if v is False else str(v) for k, v in merged.items()}
+    return ScoringSettings(**strings, weights=weights, batch_size=batch_size,
                            dedupe_threshold=threshold)
 
 
@@ -88,6 +91,7 @@ class ClipScorer:
         self.batch_size = batch_size
         self.name = "clip" + ("+aesthetic" if aesthetic is not None else "") + ("+pickscore" if pickscore is not None else "")
         self.honest_note = honest_note
+        self.dedupe_threshold = DEFAULT_DEDUPE_THRESHOLD
         self._text_cache: dict[str, Any] = {}
 
     def _texts(self, texts: Sequence[str]):
@@ -182,15 +186,20 @@ def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, ta
         raise ReverieError("[scoring] in reverie.toml must be a table: write it as a [scoring] section")
     settings = scoring_settings(table, **options)
     heuristic_weights = {**HEURISTIC_WEIGHTS, **{k: v for k, v in settings.weights.items() if k in HEURISTIC_WEIGHTS}}
+    chosen: Scorer
     if name == "heuristic":
-        return HeuristicScorer(heuristic_weights)
-    if name == "auto" and not (settings.clip_weights or settings.clip_config) and not clip_weights_cached(settings):
-        heuristic = HeuristicScorer(heuristic_weights)
-        heuristic.honest_note = ("heuristic scorer (no CLIP weights on this machine; `reverie models pull clip-vit-l-14` "
-                                 "and `reverie models pull laion-aesthetic-v2` enable CLIP + aesthetic scoring): "
-                                 "ranks sharpness, exposure, colour and noise, not faithfulness")
-        return heuristic
-    return build_clip_scorer(settings)
+        chosen = HeuristicScorer(heuristic_weights)
+        chosen.honest_note = "heuristic scorer (as asked): ranks sharpness, exposure, colour and noise, not faithfulness"
+    elif name == "auto" and not (settings.clip_weights or settings.clip_config) and not clip_weights_cached(settings):
+        chosen = HeuristicScorer(heuristic_weights)
+        chosen.honest_note = ("heuristic scorer (no CLIP weights on this machine; `reverie models pull clip-vit-l-14` "
+                              "and `reverie models pull laion-aesthetic-v2` enable CLIP + aesthetic scoring): "
+                              "ranks sharpness, exposure, colour and noise, not faithfulness")
+    else:
+        chosen = build_clip_scorer(settings)
+    # Callers that keep a diverse set (reverie score, batch keep) read the configured threshold here.
+    chosen.dedupe_threshold = settings.dedupe_threshold
+    return chosen
 
 
 def clip_weights_cached(settings: ScoringSettings) -> bool:
