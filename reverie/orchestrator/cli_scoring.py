@@ -74,7 +74,7 @@ def score(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text to compare with; default: each PNG's own prompt."),
     scorer: str = typer.Option("auto", "--scorer", help="auto, heuristic or clip."),
     top: Optional[int] = typer.Option(None, "--top", help="Show only the best N."),
-    home: Optional[str] = typer.Option(None, "--home", help="Data folder whose reverie.toml has the [scoring] settings."),
+    home: Optional[str] = typer.Option(None, "--home", help="Data folder whose reverie.toml holds the scoring settings."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score images and rank them best first, e.g. a ComfyUI output folder."""

@@ -154,11 +154,8 @@ def build_clip_scorer(settings: ScoringSettings) -> ClipScorer:
         raise ReverieError(f"clip_model {settings.clip_model!r} differs from the config file's name {model_name!r}: set one of them")
     weights = resolve_clip_weights(model_name, settings.clip_weights or None)
     device = settings.device or default_device()
-    notes = []
     aesthetic_path = settings.aesthetic_weights or cached_aesthetic_weights()
     aesthetic = load_aesthetic(aesthetic_path) if aesthetic_path else None
-    if aesthetic is None:
-        notes.append("no aesthetic weights (run `reverie models pull laion-aesthetic-v2`)")
     pickscore = None
     if settings.pickscore.lower() != "off":
         from reverie.scoring.pickscore import PickScorer, resolve_pickscore
@@ -166,7 +163,8 @@ def build_clip_scorer(settings: ScoringSettings) -> ClipScorer:
         pick_path = resolve_pickscore(settings.pickscore or None)
         pickscore = PickScorer(pick_path, device=device) if pick_path else None
     clip = ClipModel(model_name, weights=weights, device=device)
-    note = f"CLIP {model_name} scorer without aesthetics: {notes[0]}" if notes else ""
+    note = "" if aesthetic is not None else (f"CLIP {model_name} scorer without aesthetics: no aesthetic weights "
+                                             f"(run `reverie models pull laion-aesthetic-v2`)")
     return ClipScorer(clip, aesthetic, pickscore, settings.weights, settings.batch_size, honest_note=note)
 
 
