@@ -136,7 +136,7 @@ def screenshot(html: Path, png: Path, tmp_path: Path) -> None:
 def check_report_renders(report: Path, tmp_path: Path) -> None:
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("/usr/bin/chromium is missing: apt-get install -y chromium to check the report renders")
-    png = tmp_path / "report.png"
+    png = Path(os.environ.get("REVERIE_REPORT_SHOT", tmp_path / "report.png"))  # set it to keep the picture
     screenshot(report, png, tmp_path)
     from PIL import Image
 

@@ -352,9 +352,15 @@ class BatchRunner:
                       for i in items]}))
 
         outbox: "queue.Queue" = queue.Queue()
+        def expand(slot: _Slot) -> Expansion:
+            # The LLM client files its call log under the studio's current run; only this thread
+            # reads it during a batch, so each call is linked to the item it was made for.
+            self.studio._run_id = slot.item.run_id
+            return expander.expand(slot.item.idea, get_profile(slot.item.request.profile), k=1,
+                                   seed=slot.item.base_seed + slot.round)[0]
+
         workers = {
-            "expand": _Worker("expand", lambda s: expander.expand(s.item.idea, get_profile(s.item.request.profile), k=1,
-                                                                 seed=s.item.base_seed + s.round)[0], outbox),
+            "expand": _Worker("expand", expand, outbox),
             "render": _Worker("render", self._render_job, outbox),
             "score": _Worker("score", lambda job: _score_job(scorer, job), outbox),
         }
