@@ -19,7 +19,10 @@ def empty_cache(tmp_path) -> dict:
     return {**OFFLINE, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
 
 
-def test_models_json_lists_every_profile_not_present(home, empty_cache):
+def test_models_json_lists_every_profile_not_present(tmp_path, empty_cache):
+    home = tmp_path / "home"
+    (home / "models" / "pose").mkdir(parents=True)
+    (home / "models" / "pose" / "body_pose_model.pth").write_bytes(b"weights")
     r = run_cli("models", "--json", home=home, env=empty_cache)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
@@ -29,6 +32,9 @@ def test_models_json_lists_every_profile_not_present(home, empty_cache):
         assert row["kind"] == "profile" and row["present"] is False
         assert (row["pipeline"], row["steps"], row["guidance"]) == (p.pipeline, p.steps, p.guidance)
     assert by_name["z-image-turbo-control"]["kind"] == "control"
+    # preprocessors live in the home, where the reference picker reads them
+    assert by_name["pose"]["present"] is True and by_name["pose"]["where"] == str(home / "models" / "pose")
+    assert by_name["depth"]["present"] is False
     assert "Traceback" not in r.stderr
 
 

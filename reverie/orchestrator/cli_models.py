@@ -33,12 +33,14 @@ def _scorer_models(home: Optional[str]) -> list:
 
 
 def model_rows(home: Optional[str] = None) -> list[dict]:
+    from reverie.config import resolve_home
     from reverie.render.profiles import PROFILES
     from reverie.render.weights import downloadables, where
 
+    models_dir = resolve_home(home) / "models"
     rows = []
     for item in downloadables():
-        found = where(item) if item.repo_id else None
+        found = where(item, models_dir) if item.repo_id else None
         row = {"name": item.name, "kind": item.kind, "repo": item.repo_id, "present": found is not None,
                "where": found or item.note or "not downloaded"}
         if item.kind == "profile":
@@ -82,7 +84,8 @@ def models(
 @models_app.command("pull")
 @friendly
 def pull(
-    name: str = typer.Argument(..., help="A profile (z-image-turbo), a control net (z-image-turbo-control) or a scorer."),
+    name: str = typer.Argument(..., help="A profile (z-image-turbo), a control net (z-image-turbo-control), "
+                                         "a preprocessor (depth, pose) or a scorer (clip-vit-l-14)."),
     home: Optional[str] = typer.Option(None, "--home"),
 ):
     """Download one model into the Hugging Face cache, with a progress bar."""
@@ -106,5 +109,7 @@ def pull(
 
             path = scorers[name].pull(on_event)
         else:
-            path = pull_weights(name, tqdm_class=rich_tqdm(progress))
+            from reverie.config import resolve_home
+
+            path = pull_weights(name, tqdm_class=rich_tqdm(progress), models_dir=resolve_home(home) / "models")
     out.print(f"{name}: {path}", highlight=False, soft_wrap=True)

@@ -25,10 +25,22 @@ class Downloadable:
     """One thing `reverie models pull NAME` can fetch."""
 
     name: str
-    kind: str  # "profile" | "control"
+    kind: str  # "profile" | "control" | "preprocessor"
     repo_id: str
     files: tuple[str, ...] = ()  # allow-patterns; empty = the diffusers folders
     note: str = ""
+    # Preprocessors live in <home>/models/<name>, where the reference picker reads them;
+    # everything else lives in the Hugging Face cache.
+    in_home: bool = False
+
+
+# Annotators that turn a reference photo into a control image (reverie.agents.references reads them).
+PREPROCESSORS = (
+    Downloadable("depth", "preprocessor", "depth-anything/Depth-Anything-V2-Small-hf", ("*.json", "*.safetensors"),
+                 in_home=True),
+    Downloadable("pose", "preprocessor", "lllyasviel/Annotators", ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                 in_home=True),
+)
 
 
 def control_name(profile: Profile) -> str:
@@ -41,7 +53,7 @@ def downloadables() -> list[Downloadable]:
         items.append(Downloadable(p.name, "profile", p.repo_id, note="" if p.repo_id else "single-file checkpoint: pass --model-path"))
         if p.control_repo:
             items.append(Downloadable(control_name(p), "control", p.control_repo, (p.control_file,)))
-    return items
+    return items + list(PREPROCESSORS)
 
 
 def find(name: str) -> Downloadable:
@@ -69,7 +81,10 @@ def cached_snapshot(repo_id: str, files: tuple[str, ...] = ()) -> Optional[str]:
     return folder
 
 
-def where(item: Downloadable) -> Optional[str]:
+def where(item: Downloadable, models_dir: Optional[Path] = None) -> Optional[str]:
+    if item.in_home:
+        folder = Path(models_dir or ".") / item.name
+        return str(folder) if models_dir and folder.is_dir() and any(folder.iterdir()) else None
     folder = cached_snapshot(item.repo_id, item.files)
     if folder and len(item.files) == 1:
         return str(Path(folder) / item.files[0])
@@ -152,8 +167,8 @@ def check_online(name: str) -> None:
         raise ReverieError(f"cannot pull {name}: HF_HUB_OFFLINE is set; unset it (and reach huggingface.co) to download")
 
 
-def pull(name: str, tqdm_class: Optional[type] = None) -> str:
-    """Download one model into the Hugging Face cache; return where it is."""
+def pull(name: str, tqdm_class: Optional[type] = None, models_dir: Optional[Path] = None) -> str:
+    """Download one model into the Hugging Face cache (preprocessors: into models_dir); return where it is."""
     item = find(name)
     if not item.repo_id:
         raise ReverieError(f"{name} has no hub repo to pull: download its .safetensors yourself and pass --model-path")
@@ -163,8 +178,13 @@ def pull(name: str, tqdm_class: Optional[type] = None) -> str:
 
     patterns = list(item.files) if item.files else DIFFUSERS_FILES
     try:
+        if item.in_home and models_dir is None:
+            from reverie.config import default_home
+
+            models_dir = default_home() / "models"
+        local_dir = str(Path(models_dir) / item.name) if item.in_home else None
         folder = snapshot_download(item.repo_id, allow_patterns=patterns, ignore_patterns=None if item.files else SKIPPED_FILES,
-                                   tqdm_class=tqdm_class)
+                                   tqdm_class=tqdm_class, local_dir=local_dir)
     except GatedRepoError:
         raise ReverieError(f"{item.repo_id} is gated: accept its license on https://huggingface.co/{item.repo_id} and log in with `hf auth login`") from None
     except RepositoryNotFoundError:
@@ -172,4 +192,4 @@ def pull(name: str, tqdm_class: Optional[type] = None) -> str:
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ReverieError(f"cannot pull {name} from huggingface.co ({first[:160]}): check the network and run the command again") from None
-    return str(Path(folder) / item.files[0]) if len(item.files) == 1 else folder
+    return str(Path(folder) / item.files[0]) if len(item.files) == 1 and not item.in_home else folder
