@@ -174,6 +174,10 @@ def test_interrupted_batch_resumes_where_it_stopped(tmp_path):
         assert [len(i.kept) for i in result.items] == [2] * 5 and [i.rendered for i in result.items] == [3] * 5
         seeds = [r["seed"] for r in studio.store.db.query("select seed from renders")]
         assert len(seeds) == len(set(seeds)) == 15
+        # Once more after the end: nothing is rendered again, the same images are kept.
+        again = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01))
+        assert again.renders_this_session == 0 and again.batch_id == result.batch_id
+        assert [[r.id for r in i.kept] for i in again.items] == [[r.id for r in i.kept] for i in result.items]
     check_report_renders(result.report_path, tmp_path)
 
 
