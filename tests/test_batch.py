@@ -232,3 +232,20 @@ def test_bench_prints_engine_busy_fraction():
     assert r.returncode == 0, r.stderr
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("engine busy fraction:")]
     assert line and 0.0 < float(line[0].split()[3]) <= 1.0
+
+
+def test_a_second_copy_of_a_running_batch_is_refused(tmp_path):
+    from reverie.store.recovery import RunLock
+
+    file = tmp_path / "ideas.txt"
+    file.write_text("a fox in the rain\n")
+    with Studio(home=tmp_path / "home", engine="fixed", scorer="heuristic") as studio:
+        batch_id = make_batch_id(file.read_text(), BatchOptions(per_prompt=1, keep=1, engine="fixed", megapixels=0.02))
+        held = RunLock(studio.home, f"batch-{batch_id}")
+        assert held.acquire()  # as the first process would
+        try:
+            with pytest.raises(ReverieError, match="already running in another process"):
+                studio.batch(file, per_prompt=1, keep=1, megapixels=0.02)
+        finally:
+            held.release()
+        assert studio.batch(file, per_prompt=1, keep=1, megapixels=0.02).items[0].rendered == 1

@@ -337,6 +337,19 @@ class BatchRunner:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> BatchResult:
+        from reverie.store.recovery import RunLock
+
+        # One process per batch: a second copy of the same command would render the same seeds.
+        lock = RunLock(self.store.home, f"batch-{self.batch_id}")
+        if not lock.acquire():
+            raise ReverieError(f"batch {self.batch_id} is already running in another process: let it finish, "
+                               "or stop it and run the same command again to continue")
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> BatchResult:
         items = self._open()
         expander = self._expander or self.studio.expander_and_critic(self.progress)[0]
         scorer = self._scorer or self.studio.scorer(self.progress)
