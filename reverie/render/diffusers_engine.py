@@ -313,12 +313,14 @@ class DiffusersEngine:
         return [o for o in out if o is not None]
 
     @staticmethod
-    def _control_image(control: Control):
-        from PIL import Image
+    def _control_image(control: Control, width: int, height: int):
+        from PIL import Image, ImageOps
 
         try:
             with Image.open(control.image_path) as im:
-                return im.convert("RGB")
+                # Cover the render's size, cropping the overflow: the pipelines expect the
+                # reference at the output size and do not all resize it themselves.
+                return ImageOps.fit(im.convert("RGB"), (width, height), Image.Resampling.LANCZOS)
         except (OSError, ValueError) as e:
             raise ReverieError(f"cannot read the {control.kind} image {control.image_path}: {_first_line(e)}; give an existing PNG or JPEG") from None
 
@@ -345,7 +347,7 @@ class DiffusersEngine:
 
         extra: dict[str, Any] = {}
         if spec.control is not None:
-            image = self._control_image(spec.control)
+            image = self._control_image(spec.control, spec.width, spec.height)
             if spec.control.kind == "img2img":
                 extra.update(image=image, strength=float(spec.control.strength))
             else:
