@@ -137,3 +137,55 @@ def test_cli_chat_resumes_a_session_after_a_restart(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "resumed after turn 2 (a fox in the rain)" in r.stdout
     assert "turn 3 (run" in r.stdout and "more like #1" in r.stdout
+
+
+def _interpreter(url: str, notes: list):
+    from reverie.agents.llm import LLMClient, LLMSettings
+    from reverie.orchestrator.chat import LLMInterpreter
+
+    llm = LLMClient(LLMSettings(base_url=url, model="scripted-model", timeout=10, retries=1))
+    return LLMInterpreter(llm, RuleInterpreter(frozenset({"canny", "img2img"})), notice=notes.append)
+
+
+def test_an_llm_reads_the_follow_up_when_one_is_configured():
+    from tests.openai_server import Reply, ScriptedLLM, json_content
+
+    answer = {"kind": "follow_up", "idea": "a woman in a moonlit garden", "aspect": "16:9", "new_seeds": False,
+              "like_image": 2, "keep": "pose"}
+    notes = []
+    with ScriptedLLM([Reply(json_content(answer))]) as server:
+        r = _interpreter(server.url, notes).interpret("like the 2nd but moonlit, cinema-wide, same pose",
+                                                      _previous(FIRST), Request(idea="x"), fresh_seed=999)
+        sent = server.chat_requests[0]
+    assert r.source == "llm" and not notes
+    assert r.request.idea == "a woman in a moonlit garden" and r.request.aspect == "16:9"
+    assert r.request.seed == 12 and r.ref_render_id == 101
+    # Pose weights are absent here, so the pose is kept as edges of the image it pointed at.
+    assert r.request.references == (Reference("/h/images/1.png", "canny", 0.8),)
+    context = json.loads(sent["messages"][1]["content"])
+    assert context["last_turn"] == {"idea": FIRST.idea, "aspect": "1:1", "images_shown": 3}
+
+
+def test_an_unusable_llm_answer_falls_back_to_the_rules():
+    from tests.openai_server import Reply, ScriptedLLM, json_content
+
+    notes = []
+    bad = Reply(json_content({"kind": "follow_up", "idea": "x", "like_image": 7}))  # only 3 images were shown
+    with ScriptedLLM([bad]) as server:
+        r = _interpreter(server.url, notes).interpret("make it night", _previous(FIRST), Request(idea="x"), fresh_seed=999)
+    assert r.source == "rules" and r.request.idea == "a woman in a garden, at night"
+    assert len(notes) == 1 and "using the offline rules" in notes[0] and "say a number from 1 to 3" in notes[0]
+    with ScriptedLLM([Reply(raw=b"not json at all")] * 2) as server:
+        r = _interpreter(server.url, notes).interpret("wider", _previous(FIRST), Request(idea="x"), fresh_seed=999)
+    assert r.source == "rules" and r.request.aspect == "4:3" and len(notes) == 2
+
+
+def test_the_llm_reads_follow_ups_only_when_configured(tmp_path, monkeypatch):
+    from reverie.orchestrator.chat import LLMInterpreter, make_interpreter
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with Studio(home=tmp_path / "a", engine="fixed") as studio:
+        assert isinstance(make_interpreter(studio, lambda e: None), RuleInterpreter)
+    with Studio(home=tmp_path / "b", engine="fixed", llm_url="http://127.0.0.1:9/v1") as studio:
+        assert isinstance(make_interpreter(studio, lambda e: None), LLMInterpreter)

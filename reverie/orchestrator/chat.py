@@ -2,8 +2,9 @@
 
 A follow-up is turned into a new Request by an interpreter. The rule interpreter below works
 offline and understands the common follow-ups ("make it night", "more like the second one",
-"wider", "keep the pose but make her a knight", "again with new seeds"). An LLM interpreter
-can take its place through the same `Interpreter` seam; rules stay the fallback.
+"wider", "keep the pose but make her a knight", "again with new seeds"). When an LLM is
+configured, it reads the message instead (same `Interpreter` seam), and the rules take over
+whenever its answer is missing or unusable.
 
 Every turn is a row in `chat_turns` pointing at its run and at the turn (and run) it started
 from, so lineage can walk a conversation back to its first message.
@@ -15,7 +16,9 @@ import json
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Optional, Protocol
+from typing import Any, Literal, Optional, Protocol
+
+from pydantic import BaseModel, Field
 
 from reverie.types import ProgressFn, Reference, Render, Request, ReverieError, canonical_json, no_progress, sha256_text
 
@@ -104,22 +107,13 @@ class RuleInterpreter:
                           r"(?:(\d+)(?:st|nd|rd|th)?|(first|second|third|fourth|last|one|two|three|four))\b", low)
         if which and ("like" in low or "one" in low or "image" in low):
             rank = int(which.group(1)) if which.group(1) else ORDINALS[which.group(2)]
-            ref_render = _pick(previous.best, rank)
-            req = replace(req, seed=ref_render.seed,
-                          references=(Reference(ref_render.path, "img2img", SIMILAR_STRENGTH),))
-            changes.append(f"more like #{rank if rank > 0 else len(previous.best)} (seed {ref_render.seed}, img2img from it)")
+            req, ref_render, change = more_like(req, previous, rank)
+            changes.append(change)
 
         pose = re.search(r"\bkeep (?:the |her |his |their |its )?(pose|composition|layout|structure|shape|outline)s?\b", low)
         if pose:
-            ref_render = ref_render or previous.best[0] if previous.best else None
-            if ref_render is None:
-                raise ReverieError("the last turn has no images to keep the pose from: send a new idea first")
-            kind = "pose" if pose.group(1) == "pose" else "depth" if pose.group(1) in ("composition", "layout") else "canny"
-            fallback = ""
-            if kind not in self.available_controls:
-                kind, fallback = "canny", f", no {kind} weights so canny edges"
-            req = replace(req, references=(Reference(ref_render.path, kind, 0.8),))
-            changes.append(f"keep the {pose.group(1)} of seed {ref_render.seed} ({kind} control{fallback})")
+            req, ref_render, change = keep_structure(req, previous, ref_render, pose.group(1), self.available_controls)
+            changes.append(change)
 
         edit = re.search(r"\b(?:make|turn) (?:it|her|him|them|this|the \w+)\s+(?:into\s+)?(.+)$", low)
         if edit:
@@ -149,6 +143,27 @@ class RuleInterpreter:
         return Interpretation(req, tuple(changes), "rules", ref_render.id if ref_render else None)
 
 
+def more_like(req: Request, previous: PreviousTurn, rank: int) -> tuple[Request, Render, str]:
+    """Start from the rank-th best image of the last turn: its seed, and the image as img2img."""
+    ref = _pick(previous.best, rank)
+    req = replace(req, seed=ref.seed, references=(Reference(ref.path, "img2img", SIMILAR_STRENGTH),))
+    return req, ref, f"more like #{rank if rank > 0 else len(previous.best)} (seed {ref.seed}, img2img from it)"
+
+
+def keep_structure(req: Request, previous: PreviousTurn, ref: Optional[Render], what: str,
+                   available: frozenset[str]) -> tuple[Request, Render, str]:
+    """Keep the pose (or composition, or outlines) of an image of the last turn as a control."""
+    ref = ref or (previous.best[0] if previous.best else None)
+    if ref is None:
+        raise ReverieError(f"the last turn has no images to keep the {what} from: send a new idea first")
+    kind = "pose" if what == "pose" else "depth" if what in ("composition", "layout") else "canny"
+    fallback = ""
+    if kind not in available:
+        kind, fallback = "canny", f", no {kind} weights so canny edges"
+    req = replace(req, references=(Reference(ref.path, kind, 0.8),))
+    return req, ref, f"keep the {what} of seed {ref.seed} ({kind} control{fallback})"
+
+
 def _pick(best: list[Render], rank: int) -> Render:
     if not best:
         raise ReverieError("the last turn has no images to choose from: send a new idea first")
@@ -166,6 +181,84 @@ def _step_aspect(aspect: str, step: int) -> str:
     ratios = [parse_aspect(a) for a in ASPECTS]
     nearest = min(range(len(ASPECTS)), key=lambda i: abs(ratios[i] - ratio))
     return ASPECTS[max(0, min(len(ASPECTS) - 1, nearest + step))]
+
+
+class FollowUp(BaseModel):
+    """What the LLM reads in a message (the JSON it must answer with)."""
+
+    kind: Literal["new", "follow_up"]
+    idea: str = Field(min_length=1, max_length=2000)  # the whole idea for the next round
+    aspect: Optional[str] = None
+    new_seeds: bool = False
+    like_image: Optional[int] = None  # 1-based, among the images shown last turn
+    keep: Optional[Literal["pose", "composition", "outline"]] = None
+
+
+FOLLOW_UP_SYSTEM = """You read one message of a conversation with an image generator and say what the next
+round should be. The user sees a few images per turn and talks about them: "make it night", "more
+like the second one", "wider", "keep the pose but make her a knight", "again with new seeds".
+Answer only with a JSON object:
+{"kind": "new" or "follow_up", "idea": the full short idea for the next round (the earlier idea with
+the change worked in, or the new idea), "aspect": "W:H" if the shape should change else null,
+"new_seeds": true when they ask for other variations of the same thing, "like_image": the 1-based
+number of the image they point at or null, "keep": "pose" | "composition" | "outline" | null}.
+Keep the idea short, in the user's words; do not write a long prompt."""
+
+
+class LLMInterpreter:
+    """Asks the configured LLM to read the message; any failure falls back to the rules."""
+
+    name = "llm"
+
+    def __init__(self, llm, fallback: RuleInterpreter, notice=lambda message: None):
+        self.llm, self.fallback, self.notice = llm, fallback, notice
+
+    def interpret(self, message: str, previous: Optional[PreviousTurn], first: Request, fresh_seed: int) -> Interpretation:
+        from reverie.agents.llm import LLMUnavailable
+        from reverie.render.resolution import parse_aspect
+
+        context = {"message": message}
+        if previous is not None:
+            context["last_turn"] = {"idea": previous.request.idea, "aspect": previous.request.aspect,
+                                    "images_shown": len(previous.best)}
+        try:
+            answer = self.llm.structured(FOLLOW_UP_SYSTEM, json.dumps(context, ensure_ascii=False), FollowUp,
+                                         purpose="chat", system_hash=sha256_text(FOLLOW_UP_SYSTEM)[:16], temperature=0.2)
+            if answer.kind == "new" or previous is None:
+                return Interpretation(replace(first, idea=answer.idea, seed=fresh_seed), (f"new idea: {answer.idea}",), "llm")
+            req, changes, ref = previous.request, [], None
+            if answer.idea.strip() != req.idea:
+                req = replace(req, idea=answer.idea.strip())
+                changes.append(f"idea: {req.idea}")
+            if answer.like_image:
+                req, ref, change = more_like(req, previous, answer.like_image)
+                changes.append(change)
+            if answer.keep:
+                req, ref, change = keep_structure(req, previous, ref, answer.keep, self.fallback.available_controls)
+                changes.append(change)
+            if answer.aspect and answer.aspect != req.aspect:
+                parse_aspect(answer.aspect)
+                req = replace(req, aspect=answer.aspect)
+                changes.append(f"aspect {answer.aspect}")
+            if answer.new_seeds:
+                req = replace(req, seed=fresh_seed)
+                changes.append(f"new seeds from {fresh_seed}")
+            return Interpretation(req, tuple(changes or ["the same again"]), "llm", ref.id if ref else None)
+        except (LLMUnavailable, ReverieError) as e:
+            self.notice(f"chat: the LLM's reading was not usable ({e}); using the offline rules")
+            return self.fallback.interpret(message, previous, first, fresh_seed)
+
+
+def make_interpreter(studio, progress: ProgressFn) -> Interpreter:
+    """Rules, or the LLM in front of them when one is configured."""
+    from reverie.agents.llm import LLMClient, llm_settings
+
+    rules = RuleInterpreter(available_controls(studio.home / "models"))
+    settings = llm_settings(studio.config.get("llm"), url=studio.llm_url, model=studio.llm_model)
+    if not settings.configured:
+        return rules
+    llm = LLMClient(settings, record=lambda call: studio.store.add_llm_call(call, run_id=None))
+    return LLMInterpreter(llm, rules, notice=lambda m: studio._notice(m, progress))
 
 
 def available_controls(models_dir) -> frozenset[str]:
@@ -220,7 +313,7 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     defaults = {k: v for k, v in defaults.items() if v is not None}
     first = studio.request(message, **defaults)
     fresh_seed = int(sha256_text(f"{session}:{number}")[:8], 16) % (2**31 - 2**20)
-    reading = (interpreter or RuleInterpreter(available_controls(studio.home / "models"))).interpret(message, previous, first, fresh_seed)
+    reading = (interpreter or make_interpreter(studio, progress)).interpret(message, previous, first, fresh_seed)
     req = reading.request
     # Per-turn options (n, rounds, size) follow what the caller passes now.
     for key in ("n", "rounds", "megapixels"):
