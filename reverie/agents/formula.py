@@ -49,8 +49,16 @@ COLOURS = [
 ]
 MOODS = ["quiet and contemplative", "serene and hopeful", "mysterious and atmospheric",
          "joyful and full of life", "melancholy yet beautiful"]
-STYLES = ["in the manner of classic editorial photography", "with the restraint of a fine-art print",
-          "with the storytelling of a picture-book illustration", "with the polish of a feature-film frame"]
+# A style reference must agree with the medium: "an oil painting in the manner of editorial
+# photography" confuses a model that reads prompts semantically.
+STYLES = {
+    "photo": ["in the manner of classic editorial photography", "with the restraint of a fine-art print",
+              "with the polish of a feature-film frame"],
+    "painting": ["in the tradition of the Romantic landscape painters", "with the storytelling of a picture-book illustration",
+                 "with the restraint of a fine-art print"],
+    "digital": ["with the polish of a feature-film frame", "with the clarity of a video-game key art",
+                "with the storytelling of a picture-book illustration"],
+}
 TAG_EXTRAS = ["detailed background", "dynamic lighting", "depth of field", "intricate details",
               "soft lighting", "vibrant colors", "cinematic composition", "sharp focus"]
 
@@ -77,7 +85,7 @@ def expand_formula(idea: str, profile: Profile, seed: int = 0) -> Expansion:
         return Expansion(prompt=prompt, negative=profile.default_negative, source=NAME)
     medium_kind, medium = rng.choice(MEDIUMS)
     prompt = (
-        f"{subject}. {medium[0].upper() + medium[1:]}, {rng.choice(STYLES)}. "
+        f"{subject}. {medium[0].upper() + medium[1:]}, {rng.choice(STYLES[medium_kind])}. "
         f"The main subject is rendered with care and clear, readable form; "
         f"{rng.choice(COMPOSITIONS)}. {rng.choice(ENVIRONMENTS).capitalize()}. "
         f"{rng.choice(LIGHTING).capitalize()}, with {rng.choice(COLOURS)}. "
