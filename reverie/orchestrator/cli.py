@@ -11,8 +11,10 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from reverie.types import Event, ReverieError
@@ -20,6 +22,11 @@ from reverie.types import Event, ReverieError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: terse idea in, excellent images out, every one explained.")
 out = Console()
 err = Console(stderr=True)
+
+
+def say(console: Console, label: str, message: Any, style: str = "yellow") -> None:
+    """`label` in colour, then `message` verbatim: text from users, LLMs and engines may hold [brackets]."""
+    console.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -30,7 +37,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except ReverieError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            say(err, "error:", e, style="bold red")
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err.print("interrupted: everything rendered so far is saved; run the same command to continue")
@@ -46,8 +53,7 @@ def friendly(fn: Callable) -> Callable:
             if os.environ.get("REVERIE_DEBUG"):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            err.print(f"[bold red]error:[/] {type(e).__name__}: {first} (set REVERIE_DEBUG=1 for the traceback)",
-                      highlight=False, soft_wrap=True)
+            say(err, "error:", f"{type(e).__name__}: {first} (set REVERIE_DEBUG=1 for the traceback)", style="bold red")
             raise typer.Exit(1)
 
     return wrapper
@@ -63,7 +69,7 @@ class CliProgress:
 
     def __call__(self, event: Event) -> None:
         if event.kind == "notice":
-            err.print(f"[yellow]reverie:[/] {event.data['message']}", highlight=False, soft_wrap=True)
+            say(err, "reverie:", event.data["message"])
             return
         if self.quiet:
             return
@@ -78,12 +84,12 @@ class CliProgress:
         elif event.kind == "rendered":
             self.progress.advance(self.task)
         elif event.kind == "expanded":
-            self.progress.update(self.task, status=f"round {event.data['round'] + 1}: {event.data['source']} prompt")
+            self.progress.update(self.task, status=escape(f"round {event.data['round'] + 1}: {event.data['source']} prompt"))
         elif event.kind == "scored":
-            self.progress.update(self.task, status=f"best {event.data['best']:.3f} ({event.data['scorer']})")
+            self.progress.update(self.task, status=escape(f"best {event.data['best']:.3f} ({event.data['scorer']})"))
         elif event.kind == "judged" and event.data["decision"] == "finish":
             done = self.progress.tasks[0].completed
-            self.progress.update(self.task, total=done, status=event.data["reason"])
+            self.progress.update(self.task, total=done, status=escape(event.data["reason"]))
         elif event.kind == "finished":
             self.stop()
 
@@ -157,13 +163,13 @@ def make(
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return
-    table = Table(title=f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})")
+    table = Table(title=escape(f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})"))
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("seed", justify="right")
     table.add_column("path", overflow="fold")
     for i, r in enumerate(result.best, 1):
-        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), r.path)
+        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), Text(r.path))
     out.print(table)
     out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
 
@@ -189,7 +195,7 @@ def runs(
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
-                      r["profile"], r["idea"][:60])
+                      r["profile"], Text(r["idea"][:60]))
     out.print(table)
 
 
@@ -209,15 +215,15 @@ def show(
         print(json.dumps(tree, ensure_ascii=False, default=str))
         return
     run = tree["run"]
-    root = Tree(f"[bold]{run['id']}[/]  {run['status']}  [dim]{run['stop_reason']}[/]\nidea: {run['idea']}")
+    root = Tree(f"[bold]{run['id']}[/]  {run['status']}  [dim]{escape(run['stop_reason'] or '')}[/]\nidea: {escape(run['idea'])}")
 
     def add(node: Tree, p: dict) -> None:
-        label = f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else "")
-        child = node.add(f"{label}\n[dim]{p['text'][:300]}[/]")
+        label = escape(f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else ""))
+        child = node.add(f"{label}\n[dim]{escape(p['text'][:300])}[/]")
         for r in p["renders"]:
             s = r["scores"] or {}
             score = f"{s.get('composite', 0):.3f}" if s else r["status"]
-            child.add(f"render {r['id']} seed {r['seed']} score {score}  {r['path'] or r['error']}")
+            child.add(Text(f"render {r['id']} seed {r['seed']} score {score}  {r['path'] or r['error']}"))
         for c in p["children"]:
             add(child, c)
 

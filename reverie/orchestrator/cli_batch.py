@@ -7,9 +7,10 @@ import sys
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+from reverie.orchestrator.cli import app, err, friendly, out, say  # noqa: F401
 from reverie.types import Event, ReverieError
 
 
@@ -25,7 +26,7 @@ class BatchProgressView:
     def __call__(self, event: Event) -> None:
         d = event.data
         if event.kind == "notice":
-            err.print(f"[yellow]reverie:[/] {d['message']}", highlight=False, soft_wrap=True)
+            say(err, "reverie:", d["message"])
             return
         if self.quiet:
             return
@@ -37,7 +38,7 @@ class BatchProgressView:
             self.overall = self.progress.add_task(f"[bold]batch {d['batch_id']}[/]", total=d["total"], completed=d["done"],
                                                   info=f"{resumed}{len(d['items'])} ideas")
             for it in d["items"]:
-                self.rows[it["index"]] = self.progress.add_task(f"  {it['index'] + 1}. {it['idea'][:40]}", total=it["budget"],
+                self.rows[it["index"]] = self.progress.add_task(escape(f"  {it['index'] + 1}. {it['idea'][:40]}"), total=it["budget"],
                                                                 completed=it["done"], info=_best(it["best"]))
         elif self.progress is None:
             return
@@ -106,8 +107,8 @@ def batch(
         scores = ", ".join(f"{r.scores.composite:.3f}" for r in item.kept if r.scores)
         out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]",
                   markup=False, highlight=False)
-    out.print(f"batch {result.batch_id}: {result.stop_reason}", highlight=False)
-    out.print(f"report: {result.report_path}", highlight=False, soft_wrap=True)
+    out.print(f"batch {result.batch_id}: {result.stop_reason}", markup=False, highlight=False)
+    out.print(f"report: {result.report_path}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

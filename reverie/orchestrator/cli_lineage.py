@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
 from reverie.types import RenderSpec, ReverieError
@@ -57,8 +58,8 @@ def lineage(
             if as_json:
                 print(json.dumps(info, ensure_ascii=False, default=str))
                 return
-            out.print(f"[bold]{info['note']}[/]", highlight=False)
-            out.print(json.dumps(info["spec"], indent=2, ensure_ascii=False), highlight=False)
+            out.print(f"[bold]{escape(info['note'])}[/]", highlight=False)
+            out.print(json.dumps(info["spec"], indent=2, ensure_ascii=False), markup=False, highlight=False)
             return
         raise ReverieError(f"no render matches {image_or_id!r} in {store.db_path}: `reverie runs` lists the runs")
     if len(rows) > 1:
@@ -68,21 +69,21 @@ def lineage(
         print(json.dumps(info, ensure_ascii=False, default=str))
         return
     run, r = info["run"], info["render"]
-    out.print(f"[bold]idea[/]  {run['idea']}   (run {run['id']}, {run['profile']}, {run['engine']})", highlight=False)
+    out.print(f"[bold]idea[/]  {escape(run['idea'])}   (run {run['id']}, {run['profile']}, {run['engine']})", highlight=False)
     if info["caused_by"]:
         c = info["caused_by"]
         what = f"chat turn {c.get('turn')} of session {c.get('session')!r}: {c.get('message')}" if c["kind"] == "chat_turn" \
             else f"batch {c.get('batch_id')} item {c.get('idx')}: {c.get('idea')}"
-        out.print(f"[bold]asked by[/]  {what}", highlight=False)
+        out.print(f"[bold]asked by[/]  {escape(what)}", highlight=False)
     for p in info["prompts"]:
         label = "critic revision" if p["source"] == "critic" else f"expansion ({p['source']})"
         reason = f" — {p['reason']}" if p["reason"] else ""
-        out.print(f"[bold]{label}[/] prompt {p['id']} round {p['round'] + 1}{reason}\n  {p['text']}", highlight=False)
+        out.print(f"[bold]{label}[/] " + escape(f"prompt {p['id']} round {p['round'] + 1}{reason}\n  {p['text']}"), highlight=False)
     s = info["spec"]
     out.print(f"[bold]spec[/]  {info['spec_sha'][:16]}  seed {s['seed']}  {s['width']}x{s['height']}  steps {s['steps']}  "
               f"guidance {s['guidance']}  sampler {s['sampler']}  shift {s['shift']}  blind steps {s['blind_steps']}", highlight=False)
     state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
-    out.print(f"[bold]image[/] render {r['id']}  {r['path'] or '-'}  [{state}]", highlight=False)
+    out.print("[bold]image[/] " + escape(f"render {r['id']}  {r['path'] or '-'}  [{state}]"), highlight=False)
     if info["scores"]:
         sc = info["scores"]
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sc.items() if k not in ("composite", "scorer"))
@@ -108,7 +109,7 @@ def reproduce(
     info = _describe_file(image)
     spec = RenderSpec.from_dict(info["spec"])
     if info["origin"] != "reverie":
-        err.print(f"reverie: {info['note']}; another program's pixels cannot be expected to match", highlight=False)
+        err.print(f"reverie: {info['note']}; another program's pixels cannot be expected to match", markup=False, highlight=False)
     name = engine or (info["meta"].get("engine") if info["origin"] == "reverie" else "diffusers")
     if name not in ("tiny", "diffusers"):
         raise ReverieError(f"reproduce runs on the tiny or diffusers engine, not {name!r}: pass --engine tiny or --engine diffusers")
@@ -181,7 +182,7 @@ def export(
         print(json.dumps({"run_id": run["id"], "dir": str(target), "images": written}))
         return
     for w in written:
-        out.print(f"{w['rank']:>2}  {w['composite']:.3f}  {w['path']}", highlight=False)
+        out.print(f"{w['rank']:>2}  {w['composite']:.3f}  {w['path']}", markup=False, highlight=False)
 
 
 def _diverse(ranked: list, k: int) -> list:

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from reverie.orchestrator.cli import app, err, friendly, out
 from reverie.types import Event, ReverieError
@@ -77,7 +78,7 @@ def models(
     for r in rows:
         table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "") or r["kind"], str(r.get("steps", "")),
                       str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no",
-                      "-" if r["where"].startswith("not downloaded") else r["where"])
+                      Text("-" if r["where"].startswith("not downloaded") else r["where"]))
     out.print(table)
 
 
@@ -112,4 +113,4 @@ def pull(
             from reverie.config import resolve_home
 
             path = pull_weights(name, tqdm_class=rich_tqdm(progress), models_dir=resolve_home(home) / "models")
-    out.print(f"{name}: {path}", highlight=False, soft_wrap=True)
+    out.print(f"{name}: {path}", markup=False, highlight=False, soft_wrap=True)

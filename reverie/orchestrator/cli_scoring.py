@@ -8,8 +8,9 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+from reverie.orchestrator.cli import app, err, friendly, out, say  # noqa: F401
 from reverie.types import ReverieError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -88,7 +89,7 @@ def score(
         raise ReverieError(f"no images (png, jpg, webp) found in {', '.join(paths)}: pass image files or a folder of them")
     engine = make_scorer(scorer, table=table_cfg)
     if engine.honest_note:
-        err.print(f"[yellow]reverie:[/] {engine.honest_note}", highlight=False, soft_wrap=True)
+        say(err, "reverie:", engine.honest_note)
     rows = []
     try:
         for chunk_paths, images, bad in load_chunks(files):
@@ -120,7 +121,7 @@ def score(
         values = r["scores"].values
         note = f"  (near-duplicate of #{dupes[i - 1] + 1})" if i - 1 in dupes else ""
         table.add_row(str(i), f"{r['scores'].composite:.3f}", *[f"{values[n]:.3f}" if n in values else "-" for n in names],
-                      r["path"] + note)
+                      Text(r["path"] + note))
     out.print(table)
     if skipped:
         err.print(f"skipped {skipped} file(s) that are not readable images", highlight=False)

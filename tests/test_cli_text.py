@@ -1,0 +1,31 @@
+"""Text the CLI did not write (ideas, error messages, paths) is printed verbatim: rich markup in
+it, such as "[bold]x[/]" or "[1]", must not be eaten."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+BRACKETS = "[bold]x[/] [1]"
+
+
+def test_error_message_with_brackets_is_printed_verbatim(tmp_path):
+    done = run_cli("make", "a fox", "--engine", "tiny", "--control", BRACKETS, home=tmp_path / "home")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert f"--control {BRACKETS} needs a reference image" in errors[0]
+
+
+def test_idea_with_brackets_is_shown_verbatim(home):
+    idea = f"a fox {BRACKETS} in the rain"
+    done = run_cli("make", idea, "--engine", "tiny", "--n", "1", "--rounds", "1", "--megapixels", "0.05",
+                   "--seed", "1", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["run_id"]
+    shown = run_cli("show", run_id, home=home)
+    assert shown.returncode == 0, shown.stderr
+    assert f"idea: {idea}" in shown.stdout
+    listed = run_cli("runs", home=home)
+    assert BRACKETS in listed.stdout
