@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from reverie.orchestrator.batch import BatchOptions, keep_diverse, make_batch_id, parse_batch_text
+from reverie.orchestrator.batch import BatchOptions, make_batch_id, parse_batch_text
+from reverie.orchestrator.curation import keep_diverse
 from reverie.orchestrator.studio import Studio
 from reverie.types import ReverieError
 from tests.conftest import REPO, run_cli

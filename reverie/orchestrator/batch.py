@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from reverie.orchestrator.curation import keep_diverse
 from reverie.render.profiles import get_profile
 from reverie.render.resolution import size_for
 from reverie.types import (
@@ -471,7 +472,7 @@ class BatchRunner:
             for w in workers.values():
                 w.inbox.put(None)
         self._spend(started, spent_before)
-        return self._finish(items, stop_reason or "every idea reached its budget")
+        return self._finish(items, stop_reason or "every idea reached its budget", scorer.dedupe_threshold)
 
     def _slot_order(self, items: list[_Item]) -> Iterator[_Slot]:
         rnd = 0
@@ -541,12 +542,13 @@ class BatchRunner:
             "items": [{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]}))
 
     # -- curation --------------------------------------------------------------------------
-    def _finish(self, items: list[_Item], stop_reason: str) -> BatchResult:
+    def _finish(self, items: list[_Item], stop_reason: str, dedupe_threshold: float) -> BatchResult:
         from reverie.orchestrator.report import write_report
 
         results = []
         for item in items:
-            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.embeddings)
+            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.embeddings,
+                                      threshold=dedupe_threshold)
             with self.store.db.conn:
                 self.store.db.execute("delete from batch_keeps where item_id = ?", [item.row_id])
                 self.store.db["batch_keeps"].insert_all(
@@ -587,45 +589,6 @@ def _size(req: Request, profile, engine) -> tuple[int, int]:
     if engine.name == "tiny":
         max_side = min(max_side, TINY_MAX_SIDE)
     return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
-
-
-def keep_diverse(store, run_id: str, k: int, embeddings: Optional[dict[int, tuple]] = None) -> tuple[list[Render], set[int]]:
-    """The top k scored renders of a run, best first, near-duplicates pushed out.
-
-    Uses the scorer's embeddings when every candidate has one from this session (CLIP), or else a
-    pixel signature of each PNG for all of them, so the two kinds are never compared. When fewer
-    than k distinct images exist, the best near-duplicates fill the set and are marked as such.
-    """
-    from reverie.scoring.dedupe import diverse_top
-
-    embeddings = embeddings or {}
-    ranked = sorted((r for r in store.renders(run_id) if r.scores is not None), key=lambda r: (-r.scores.composite, r.id))
-    if not ranked:
-        return [], set()
-    if all(r.id in embeddings for r in ranked):
-        vectors = [embeddings[r.id] for r in ranked]
-    else:
-        vectors = [_signature(r.path) for r in ranked]
-    picked = diverse_top(vectors, k)
-    dups: set[int] = set()
-    for i, r in enumerate(ranked):
-        if len(picked) >= k:
-            break
-        if i not in picked:
-            picked.append(i)
-            dups.add(r.id)
-    picked.sort()
-    return [ranked[i] for i in picked], dups
-
-
-def _signature(path: str) -> tuple:
-    import numpy as np
-    from PIL import Image
-
-    from reverie.scoring.heuristic import signature
-
-    with Image.open(path) as im:
-        return signature(np.asarray(im.convert("RGB"), dtype=np.float32))
 
 
 def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress, **parts: Any) -> BatchResult:

@@ -308,7 +308,7 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
         last = turns[-1]
         k = max(1, min(4, json.loads(last["request_json"]).get("n", 4)))
         previous = PreviousTurn(turn=last["turn"], request=Request.from_dict(json.loads(last["request_json"])),
-                                run_id=last["run_id"], best=store.best(last["run_id"], k=k), turn_id=last["id"])
+                                run_id=last["run_id"], best=studio.best(last["run_id"], k=k), turn_id=last["id"])
     number = len(turns) + 1
     defaults = {k: v for k, v in defaults.items() if v is not None}
     first = studio.request(message, **defaults)

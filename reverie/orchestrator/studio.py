@@ -279,8 +279,16 @@ class Studio:
 
     def result(self, run_id: str, k: int = 4, stop_reason: str = "") -> MakeResult:
         run = self.store.get_run(run_id)
-        return MakeResult(run_id=run["id"], best=self.store.best(run["id"], k=k), renders=self.store.renders(run["id"]),
+        return MakeResult(run_id=run["id"], best=self.best(run["id"], k=k), renders=self.store.renders(run["id"]),
                           stop_reason=stop_reason or run["stop_reason"], home=self.home, notices=list(self.notices))
+
+    def best(self, run_id: str, k: int = 4) -> list[Render]:
+        """Up to k of the run's best renders, near-duplicates (by pixel signature) left out."""
+        from reverie.orchestrator.curation import keep_diverse
+        from reverie.scoring.scorer import scoring_settings
+
+        threshold = scoring_settings(self.config.get("scoring")).dedupe_threshold
+        return keep_diverse(self.store, run_id, k, threshold=threshold, fill=False)[0]
 
     def stream(self, idea: str, **kw: Any) -> Iterator[Event]:
         """Yield progress events while the run goes; the last event is ("result", MakeResult)."""
