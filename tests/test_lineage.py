@@ -31,11 +31,11 @@ class DiesOnSecondBatch(TinyEngine):
 
     calls = 0
 
-    def render(self, specs, progress=None):
+    def render(self, specs, progress=None, on_output=None):
         type(self).calls += 1
         if type(self).calls == 2:
             raise KeyboardInterrupt
-        return super().render(specs, progress)
+        return super().render(specs, progress, on_output)
 
 
 class NoMemoryForBatches(TinyEngine):

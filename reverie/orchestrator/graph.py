@@ -9,7 +9,9 @@ Every node is idempotent against the store: a resumed run finds what was already
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from reverie.render.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
 from reverie.scoring.scorer import Scorer
 from reverie.store.db import Store
-from reverie.types import Control, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, Scores
+from reverie.types import Control, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, ReverieError, Scores
 
 
 class LoopState(TypedDict, total=False):
@@ -132,26 +134,131 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
             todo.append((i, spec))
     ctx.progress(Event("round_started", {"round": rnd, "n": len(specs), "todo": len(todo)}))
     if todo:
-        outputs = render_with_retry(ctx.engine, [s for _, s in todo], ctx.progress)
-        for (i, _), output in zip(todo, outputs):
-            ids[i] = ctx.store.add_render(run_id, state["prompt_id"], rnd, output,
-                                          batch_size=getattr(ctx.engine, "batch_size", None))
-            ctx.progress(Event("rendered", {"round": rnd, "render_id": ids[i], "seed": output.spec.seed,
-                                            "seconds": output.seconds, "error": output.error}))
+        sink = RenderSink(ctx, run_id, state["prompt_id"], rnd)
+        try:
+            render_with_retry(ctx.engine, [s for _, s in todo], ctx.progress, on_output=sink.put)
+        except BaseException:
+            sink.close(raise_error=False)  # what the engine handed on is stored before its error goes up
+            raise
+        sink.close()
+        for i, spec in todo:
+            ids[i] = sink.ids[spec.sha]
     return {"round_render_ids": [i for i in ids if i is not None], "seed_cursor": state.get("seed_cursor", 0) + len(specs)}
 
 
-def render_with_retry(engine: Engine, specs: list[RenderSpec], progress: ProgressFn) -> list[EngineOutput]:
-    """Render; on out-of-memory, halve the engine's batch size and try again, down to one."""
+class RenderSink:
+    """Stores and scores a round's outputs on one worker thread while the engine renders on.
+
+    The engine hands each output to put() as it finishes; the worker writes its PNG and row,
+    then scores everything that has arrived meanwhile in one micro-batch. Progress events are
+    queued back and emitted on the node's thread, so progress callbacks need no locks. The
+    worker's first error stops it and is raised from the next put() or from close().
+    """
+
+    def __init__(self, ctx: LoopContext, run_id: str, prompt_id: int, rnd: int):
+        self.ctx, self.run_id, self.prompt_id, self.round = ctx, run_id, prompt_id, rnd
+        self.ids: dict[str, int] = {}  # spec hash -> render id; read after close()
+        self.best: Optional[float] = None
+        self._inbox: "queue.Queue[Optional[EngineOutput]]" = queue.Queue()
+        self._events: "queue.Queue[Event]" = queue.Queue()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._work, name="reverie-render-sink", daemon=True)
+        self._thread.start()
+
+    def put(self, output: EngineOutput) -> None:
+        self._raise()
+        self._inbox.put(output)
+        self._emit()
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until everything put is stored and scored."""
+        self._inbox.put(None)
+        self._thread.join()
+        self._emit()
+        if raise_error:
+            self._raise()
+        elif self._error is not None:
+            self.ctx.progress(Event("notice", {"message": f"could not store every render: {self._error}"}))
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _emit(self) -> None:
+        while True:
+            try:
+                self.ctx.progress(self._events.get_nowait())
+            except queue.Empty:
+                return
+
+    def _work(self) -> None:
+        try:
+            while True:
+                arrived = [self._inbox.get()]
+                while not self._inbox.empty():
+                    arrived.append(self._inbox.get_nowait())
+                self._store_and_score([o for o in arrived if o is not None])
+                if any(o is None for o in arrived):
+                    return
+        except BaseException as e:  # handed to the node's thread by put() / close()
+            self._error = e
+
+    def _store_and_score(self, outputs: list[EngineOutput]) -> None:
+        ctx, store = self.ctx, self.ctx.store
+        fresh = []
+        for output in outputs:
+            rid = store.add_render(self.run_id, self.prompt_id, self.round, output,
+                                   batch_size=getattr(ctx.engine, "batch_size", None))
+            self.ids[output.spec.sha] = rid
+            self._events.put(Event("rendered", {"round": self.round, "render_id": rid, "seed": output.spec.seed,
+                                                "seconds": output.seconds, "error": output.error}))
+            if store.render_row(rid)["status"] == "ok":  # failed and blank images are never scored
+                fresh.append((rid, output))
+        if not fresh:
+            return
+        images = [o.image.convert("RGB") for _, o in fresh]
+        scores = ctx.scorer.score(images, [ctx.request.idea] * len(fresh), [o.spec.prompt for _, o in fresh])
+        for (rid, _), s in zip(fresh, scores):
+            store.add_scores(rid, s)
+        self.best = max([s.composite for s in scores] + ([self.best] if self.best is not None else []))
+        self._events.put(Event("scored", {"round": self.round, "count": len(fresh), "scorer": ctx.scorer.name,
+                                          "best": self.best}))
+
+
+def render_with_retry(engine: Engine, specs: list[RenderSpec], progress: ProgressFn,
+                      on_output: Optional[Callable[[EngineOutput], None]] = None) -> list[EngineOutput]:
+    """Render, handing each output to on_output as it arrives; return them all in spec order.
+
+    On out-of-memory, halve the engine's batch size and render what is not done yet, down to
+    one seed per batch.
+    """
+    done: dict[str, EngineOutput] = {}
+    refused: list[BaseException] = []
+
+    def deliver(output: EngineOutput) -> None:
+        done[output.spec.sha] = output
+        if on_output is not None:
+            try:
+                on_output(output)
+            except BaseException as e:
+                refused.append(e)  # the caller's own error is never retried as the engine's
+                raise
+
     while True:
         try:
-            return engine.render(specs, progress)
+            engine.render([s for s in specs if s.sha not in done], progress, on_output=deliver)
+            break
         except MemoryError as e:
             size = getattr(engine, "batch_size", None)
-            if not size or size <= 1:
+            if refused or not size or size <= 1:
                 raise
             engine.batch_size = max(1, size // 2)
             progress(Event("notice", {"message": f"engine ran out of memory ({e}); retrying with batch size {engine.batch_size}"}))
+    missing = [s for s in specs if s.sha not in done]
+    if missing:
+        raise ReverieError(f"engine {engine.name} handed on {len(specs) - len(missing)} of {len(specs)} outputs: "
+                           f"its render() must call on_output once per spec")
+    return [done[s.sha] for s in specs]
 
 
 def score(state: LoopState, runtime: Runtime[LoopContext]) -> dict:

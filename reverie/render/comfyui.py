@@ -25,6 +25,7 @@ from collections import deque
 from typing import Optional, Sequence
 
 from reverie.render.comfy_workflow import build_workflow, comfy_files, output_node
+from reverie.render.engine import OutputFn
 from reverie.render.profiles import get_profile
 from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
@@ -185,7 +186,7 @@ class _Batch:
         self.pending: deque[int] = deque(range(len(self.specs)))
         self.results: dict[int, EngineOutput] = {}
         self.fatal: Optional[BaseException] = None
-        self.events: "queue.Queue[Event]" = queue.Queue()
+        self.events: "queue.Queue[Event | EngineOutput]" = queue.Queue()  # for the calling thread
         self.gone: dict[str, str] = {}
         self.cond = threading.Condition()
 
@@ -252,7 +253,8 @@ class ComfyUIEngine:
         self.queue_depth = max(1, int(queue_depth)) if queue_depth else (0 if len(self.servers) == 1 else 4)
 
     # -- one call --------------------------------------------------------------------------
-    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
+               on_output: OutputFn | None = None) -> list[EngineOutput]:
         progress = progress or no_progress
         if not specs:
             return []
@@ -265,12 +267,19 @@ class ComfyUIEngine:
                                     name=f"reverie-comfyui-{i}", daemon=True) for i, url in enumerate(self.servers)]
         for w in workers:
             w.start()
-        # Events are handed to `progress` on this thread, so callers need no locks.
+        # Outputs and events are handed on on this thread, so callers need no locks.
         while any(w.is_alive() for w in workers) or not batch.events.empty():
             try:
-                progress(batch.events.get(timeout=0.1))
+                item = batch.events.get(timeout=0.1)
             except queue.Empty:
-                pass
+                continue
+            if not isinstance(item, EngineOutput):
+                progress(item)
+            elif on_output is not None:
+                try:
+                    on_output(item)
+                except BaseException as e:  # the caller cannot take more: stop queueing, then raise
+                    batch.fail(e)
         if batch.fatal is not None:
             raise batch.fatal
         if len(batch.results) < len(specs):
@@ -416,5 +425,6 @@ class ComfyUIEngine:
         output = EngineOutput(spec=spec, image=image, engine=self.name, engine_version=self.version,
                               seconds=seconds, error=error)
         if batch.finish(job["index"], output):
+            batch.events.put(output)
             batch.events.put(Event("engine_image", {"seed": spec.seed, "seconds": seconds, "server": url,
                                                     "error": error}))

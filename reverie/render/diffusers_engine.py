@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
+from reverie.render.engine import OutputFn
 from reverie.render.profiles import COMFY_ONLY_SAMPLERS, FLOW_FAMILIES, SAMPLERS, get_profile
 from reverie.render.weights import resolve_controlnet, resolve_weights
 from reverie.types import Control, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
@@ -296,7 +297,8 @@ class DiffusersEngine:
         return (spec.prompt, spec.negative, spec.width, spec.height, spec.steps, spec.guidance, spec.sampler,
                 spec.shift, spec.blind_steps, spec.control)
 
-    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
+               on_output: OutputFn | None = None) -> list[EngineOutput]:
         progress = progress or no_progress
         self.load()
         groups: OrderedDict[tuple, list[int]] = OrderedDict()
@@ -309,6 +311,8 @@ class DiffusersEngine:
                 batch = [specs[i] for i in chunk]
                 for i, result in zip(chunk, self._render_batch(batch)):
                     out[i] = result
+                    if on_output is not None:
+                        on_output(result)
                     progress(Event("engine_image", {"seed": result.spec.seed, "seconds": result.seconds}))
         return [o for o in out if o is not None]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from reverie.types import EngineOutput, ProgressFn, RenderSpec, ReverieError
+
+OutputFn = Callable[[EngineOutput], None]
 
 ENGINES = ("tiny", "diffusers", "comfyui", "fixed")
 
@@ -13,8 +15,14 @@ class Engine(Protocol):
     name: str
     version: str
 
-    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
-        """Render a batch of specs; one output per spec, in order."""
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
+               on_output: OutputFn | None = None) -> list[EngineOutput]:
+        """Render a batch of specs; return one output per spec, in order.
+
+        `on_output` is called on the calling thread with each output as soon as it is ready
+        (in order of completion, once per spec), so the caller can store and score it while the
+        engine renders the next; whatever was handed on survives an exception later in the call.
+        """
         ...
 
     def close(self) -> None: ...

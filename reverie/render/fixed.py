@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+from reverie.render.engine import OutputFn
 from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
@@ -33,7 +34,8 @@ class FixedLatencyEngine:
         small = rng.integers(0, 256, size=(max(1, spec.height // 8), max(1, spec.width // 8), 3), dtype=np.uint8)
         return Image.fromarray(small).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
 
-    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> list[EngineOutput]:
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
+               on_output: OutputFn | None = None) -> list[EngineOutput]:
         progress = progress or no_progress
         outputs = []
         for spec in specs:
@@ -44,7 +46,10 @@ class FixedLatencyEngine:
                 time.sleep(remaining)
             seconds = time.perf_counter() - t0
             self.forward_seconds += seconds
-            outputs.append(EngineOutput(spec=spec, image=image, engine=self.name, engine_version=self.version, seconds=seconds))
+            output = EngineOutput(spec=spec, image=image, engine=self.name, engine_version=self.version, seconds=seconds)
+            outputs.append(output)
+            if on_output is not None:
+                on_output(output)
             progress(Event("engine_image", {"seed": spec.seed, "seconds": seconds}))
         return outputs
 

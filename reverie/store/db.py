@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import functools
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -32,9 +34,23 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+def locked(method):
+    """Hold the store's lock for the whole method: one sqlite3 connection serves every thread."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Store:
     def __init__(self, home: str | os.PathLike, busy_timeout: Optional[float] = None):
         self.home = Path(home).expanduser()
+        # The render node stores and scores on a worker thread while the engine renders; every
+        # method that touches the connection holds this (reentrant) lock, reads included.
+        self.lock = threading.RLock()
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             self.images_dir.mkdir(exist_ok=True)
@@ -71,10 +87,12 @@ class Store:
     def images_dir(self) -> Path:
         return self.home / "images"
 
+    @locked
     def close(self) -> None:
         self.db.conn.close()
 
     # -- runs ------------------------------------------------------------------------------
+    @locked
     def create_run(self, request: Request, engine: str, base_seed: int, run_id: Optional[str] = None) -> str:
         run_id = run_id or new_run_id()
         req_json = canonical_json(request.to_dict())
@@ -101,10 +119,12 @@ class Store:
         """The same command gives the same hash: that is how a rerun finds the run to continue."""
         return sha256_text(canonical_json(request.to_dict()) + "|" + engine)
 
+    @locked
     def finish_run(self, run_id: str, status: str, stop_reason: str) -> None:
         with self.db.conn:
             self.db["runs"].update(run_id, {"status": status, "stop_reason": stop_reason, "finished": time.time()})
 
+    @locked
     def get_run(self, run_id: str) -> dict:
         rows = list(self.db.query("select * from runs where id = ? or id like ? order by created desc", [run_id, run_id + "%"]))
         if not rows:
@@ -113,6 +133,7 @@ class Store:
             raise ReverieError(f"run id {run_id!r} is ambiguous: give more characters")
         return rows[0]
 
+    @locked
     def list_runs(self, limit: int = 50) -> list[dict]:
         return list(
             self.db.query(
@@ -126,6 +147,7 @@ class Store:
         )
 
     # -- prompts ---------------------------------------------------------------------------
+    @locked
     def add_prompt(self, run_id: str, expansion: Expansion, round: int, parent_id: Optional[int] = None) -> int:
         with self.db.conn:
             table = self.db["prompts"].insert(
@@ -145,10 +167,12 @@ class Store:
             )
         return int(table.last_pk)
 
+    @locked
     def prompts(self, run_id: str) -> list[dict]:
         return list(self.db.query("select * from prompts where run_id = ? order by id", [run_id]))
 
     # -- renders ---------------------------------------------------------------------------
+    @locked
     def find_render(self, run_id: str, spec: RenderSpec) -> Optional[dict]:
         rows = list(self.db.query("select * from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
         return rows[0] if rows else None
@@ -167,7 +191,8 @@ class Store:
         status = "ok" if output.image is not None and not error else "failed"
         if status == "ok":
             path, sha = self._write_render_png(run_id, prompt_id, round, output, batch_size)
-        with self.db.conn:
+        # The PNG is encoded and written outside the lock, so readers wait only for the row.
+        with self.lock, self.db.conn:
             table = self.db["renders"].insert(
                 {
                     "run_id": run_id,
@@ -210,11 +235,16 @@ class Store:
 
     def replace_image(self, render_id: int, output: EngineOutput, batch_size: Optional[int] = None) -> None:
         """Point an existing row at a freshly rendered file (its old file went missing)."""
-        row = self.db["renders"].get(render_id)
+        row = self.render_row(render_id)
         path, sha = self._write_render_png(row["run_id"], row["prompt_id"], row["round"], output, batch_size)
-        with self.db.conn:
+        with self.lock, self.db.conn:
             self.db["renders"].update(render_id, {"path": path, "sha256": sha})
 
+    @locked
+    def render_row(self, render_id: int) -> dict:
+        return self.db["renders"].get(render_id)
+
+    @locked
     def adopt_render(self, meta: dict, path: str, sha: str) -> int:
         """Record a render whose file was written but whose row never committed (a crash)."""
         spec = RenderSpec.from_dict(meta["spec"])
@@ -228,6 +258,7 @@ class Store:
             )
         return int(table.last_pk)
 
+    @locked
     def add_scores(self, render_id: int, scores: Scores) -> None:
         rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer} for k, v in scores.values.items()]
         rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer})
@@ -235,6 +266,7 @@ class Store:
             # Re-scoring a render replaces its values (unique index on render_id, name).
             self.db["scores"].insert_all(rows, replace=True)
 
+    @locked
     def scores_for(self, render_id: int) -> Optional[Scores]:
         rows = list(self.db.query("select name, value, scorer from scores where render_id = ?", [render_id]))
         if not rows:
@@ -243,9 +275,11 @@ class Store:
         composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
         return Scores(values=values, composite=composite, scorer=rows[0]["scorer"])
 
+    @locked
     def render_rows(self, run_id: str) -> list[dict]:
         return list(self.db.query("select * from renders where run_id = ? order by id", [run_id]))
 
+    @locked
     def to_render(self, row: dict) -> Render:
         return Render(
             id=row["id"],
@@ -260,15 +294,18 @@ class Store:
             scores=self.scores_for(row["id"]),
         )
 
+    @locked
     def renders(self, run_id: str, ok_only: bool = True) -> list[Render]:
         return [self.to_render(r) for r in self.render_rows(run_id) if r["status"] == "ok" or not ok_only]
 
+    @locked
     def best(self, run_id: str, k: int = 4) -> list[Render]:
         scored = [r for r in self.renders(run_id) if r.scores is not None]
         scored.sort(key=lambda r: (-r.scores.composite, r.id))
         return scored[:k]
 
     # -- LLM calls and control images ------------------------------------------------------
+    @locked
     def add_llm_call(self, call: dict, run_id: Optional[str] = None) -> int:
         """Record one LLM call (the dict the LLM client hands its record callback)."""
         keys = ("purpose", "model", "base_url", "system_hash", "request_json", "response_text", "seconds",
@@ -278,6 +315,7 @@ class Store:
         with self.db.conn:
             return int(self.db["llm_calls"].insert(row).last_pk)
 
+    @locked
     def llm_calls(self, run_id: Optional[str] = None) -> list[dict]:
         if run_id is None:
             return list(self.db.query("select * from llm_calls order by id"))
@@ -286,16 +324,18 @@ class Store:
     def add_control(self, run_id: Optional[str], kind: str, source_path: str, source_sha: str, data: bytes) -> tuple[str, Path]:
         """Store a preprocessed control image content-addressed and link it to the run."""
         sha, path = write_image(self.images_dir, data)
-        with self.db.conn:
+        with self.lock, self.db.conn:
             self.db["controls"].insert({"run_id": run_id, "kind": kind, "source_path": source_path, "source_sha": source_sha,
                                         "image_sha": sha, "image_path": str(path.relative_to(self.home)),
                                         "created": time.time()})
         return sha, path
 
+    @locked
     def controls(self, run_id: str) -> list[dict]:
         return list(self.db.query("select * from controls where run_id = ? order by id", [run_id]))
 
     # -- the tree --------------------------------------------------------------------------
+    @locked
     def run_tree(self, run_id: str) -> dict[str, Any]:
         run = self.get_run(run_id)
         prompts = self.prompts(run["id"])
