@@ -250,3 +250,23 @@ def test_a_second_copy_of_a_running_batch_is_refused(tmp_path):
         finally:
             held.release()
         assert studio.batch(file, per_prompt=1, keep=1, megapixels=0.02).items[0].rendered == 1
+
+
+def test_batch_takes_makes_engine_options(home, tmp_path):
+    """`batch` shares make's engine flags: --batch-size reaches the engine (recorded in each PNG),
+    and a bad value is one line."""
+    from reverie.store.pngmeta import read_reverie_meta
+
+    file = tmp_path / "ideas.txt"
+    file.write_text("a fox in the rain\n")
+    args = ["batch", str(file), "--per-prompt", "2", "--keep", "2", "--megapixels", "0.02", "--engine", "tiny",
+            "--scorer", "heuristic"]
+    done = run_cli(*args, "--batch-size", "2", "--device", "cpu", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    kept = json.loads(done.stdout)["items"][0]["kept"]
+    assert kept and all(read_reverie_meta(k["path"])["batch_size"] == 2 for k in kept)
+    bad = run_cli(*args, "--batch-size", "0", home=home)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == ["error: batch size must be at least 1 (got 0)"]
+    mixed = run_cli(*args, "--comfy-url", "http://127.0.0.1:1", home=home)
+    assert mixed.returncode == 2 and mixed.stderr.count("error:") == 1 and "--engine comfyui" in mixed.stderr

@@ -438,13 +438,13 @@ class BatchRunner:
                         self.progress(Event("expanded", {"index": job.item.index, "round": job.round, "source": result.source,
                                                          "prompt": result.prompt}))
                 elif kind == "render":
-                    slot, outputs = job[0], result
+                    slot, (outputs, batch_size) = job[0], result
                     rendering -= 1
                     if slot in pipeline:
                         pipeline.remove(slot)
                     ids = []
                     for out in outputs:
-                        rid = self.store.add_render(slot.item.run_id, slot.prompt_id, slot.round, out)
+                        rid = self.store.add_render(slot.item.run_id, slot.prompt_id, slot.round, out, batch_size=batch_size)
                         slot.item.done += 1
                         self.renders_now += 1
                         if not out.error:
@@ -513,7 +513,9 @@ class BatchRunner:
         try:
             # Engine progress stays on this thread; the coordinator reports per round.
             engine = self._engine or self.studio.engine_for(get_profile(slot.item.request.profile), no_progress)
-            return render_with_retry(engine, specs, no_progress)
+            outputs = render_with_retry(engine, specs, no_progress)
+            # Read after rendering: a retry after out-of-memory may have made the batch smaller.
+            return outputs, getattr(engine, "batch_size", None)
         finally:
             self.last_end = time.perf_counter()
             self.busy += self.last_end - t0

@@ -109,6 +109,32 @@ def parse_comfy_files(items: List[str]) -> dict:
     return files
 
 
+# The engine options `make` and `batch` share: declared once here, read once by engine_choice().
+MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
+COMFY_URL = typer.Option(None, "--comfy-url", help="ComfyUI server (repeat for a pool); implies --engine comfyui.")
+COMFY_FILE = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME (e.g. unet=my_zimage.safetensors).")
+DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu (default: the best there is).")
+DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPUs, fp32 on CPU).")
+BATCH_SIZE = typer.Option(None, "--batch-size", help="Seeds per forward pass (default: from GPU memory).")
+CPU_OFFLOAD = typer.Option(False, "--cpu-offload", help="Keep idle model parts in RAM (small GPUs).")
+
+
+def engine_choice(engine: str, comfy_url: Optional[List[str]], comfy_file: Optional[List[str]], device: Optional[str],
+                  dtype: Optional[str], batch_size: Optional[int], cpu_offload: bool) -> tuple[str, dict]:
+    """The engine name and its options from the shared engine flags: ComfyUI flags imply ComfyUI;
+    device, dtype, batch size and offload are for the in-process engines."""
+    options: dict[str, Any] = {}
+    if comfy_url or comfy_file:
+        if engine not in ("auto", "comfyui"):
+            raise ReverieError(f"--comfy-url and --comfy-file are for the ComfyUI engine: drop them or pass --engine comfyui, not {engine}")
+        engine = "comfyui"
+        options = {"servers": comfy_url or None, "files": parse_comfy_files(comfy_file or [])}
+    if engine != "comfyui":  # in-process engines only
+        options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
+                                          "cpu_offload": cpu_offload or None}.items() if v is not None})
+    return engine, options
+
+
 @app.command()
 @friendly
 def make(
@@ -122,33 +148,25 @@ def make(
     engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers or comfyui."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
     llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
     config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
     ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
     control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
-    comfy_url: Optional[List[str]] = typer.Option(None, "--comfy-url", help="ComfyUI server (repeat for a pool); implies --engine comfyui."),
-    comfy_file: Optional[List[str]] = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME (e.g. unet=my_zimage.safetensors)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu (default: the best there is)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPUs, fp32 on CPU)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Seeds per forward pass (default: from GPU memory)."),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="Keep idle model parts in RAM (small GPUs)."),
+    comfy_url: Optional[List[str]] = COMFY_URL,
+    comfy_file: Optional[List[str]] = COMFY_FILE,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    batch_size: Optional[int] = BATCH_SIZE,
+    cpu_offload: bool = CPU_OFFLOAD,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Expand an idea, render, score and loop; print the best images."""
     from reverie.orchestrator.studio import Studio
 
     progress = CliProgress(quiet=as_json)
-    engine_options = {}
-    if comfy_url or comfy_file:
-        if engine not in ("auto", "comfyui"):
-            raise ReverieError(f"--comfy-url and --comfy-file are for the ComfyUI engine: drop them or pass --engine comfyui, not {engine}")
-        engine = "comfyui"
-        engine_options = {"servers": comfy_url or None, "files": parse_comfy_files(comfy_file or [])}
-    if engine != "comfyui":  # in-process engines only
-        engine_options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
-                                                 "cpu_offload": cpu_offload or None}.items() if v is not None})
+    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,

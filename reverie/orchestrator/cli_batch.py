@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.orchestrator.cli import app, err, friendly, out, say  # noqa: F401
+from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CPU_OFFLOAD, DEVICE, DTYPE, MODEL_PATH, app,  # noqa: F401
+                                      engine_choice, err, friendly, out, say)
 from reverie.types import Event, ReverieError
 
 
@@ -81,19 +82,26 @@ def batch(
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H for every idea (JSONL may override)."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (JSONL may override)."),
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    model_path: Optional[str] = MODEL_PATH,
     scorer: str = typer.Option("auto", "--scorer", help="auto, clip or heuristic."),
     llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
     llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
     config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    comfy_url: Optional[List[str]] = COMFY_URL,
+    comfy_file: Optional[List[str]] = COMFY_FILE,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    batch_size: Optional[int] = BATCH_SIZE,
+    cpu_offload: bool = CPU_OFFLOAD,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
 ):
     """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
     from reverie.orchestrator.studio import Studio
 
+    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     view = BatchProgressView(quiet=as_json)
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, config=config)
+                    llm_model=llm_model, config=config, engine_options=engine_options)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               progress=view)
