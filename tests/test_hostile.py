@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
+from tests.openai_server import Reply, ScriptedLLM
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,38 @@ def test_megabyte_idea_and_control_characters(filled_home):
     best = result["best"][0]
     # File names come from content hashes, never from prompt text.
     assert Path(best["path"]).name == f"{best['sha256']}.png"
+
+
+# An LLM that answers garbage, 500s, nothing in time, or is not there at all: the run still ends
+# with every render stored, and the fall back to the formula expander is said once.
+LLM_CASES = {
+    "garbage": lambda body: Reply("I'd love to help! {not json"),
+    "500": lambda body: Reply(status=500),
+    "timeout": lambda body: Reply(delay=30),
+    "connection refused": None,
+}
+
+
+# Each row is a real CLI process (~10 s here): the default run takes garbage and a dead server, `-m slow` all.
+LLM_ROWS = [pytest.param(b, marks=() if b in ("garbage", "connection refused") else pytest.mark.slow) for b in LLM_CASES]
+
+
+@pytest.mark.parametrize("behaviour", LLM_ROWS)
+def test_a_failing_llm_falls_back_to_the_formula_in_one_notice(filled_home, tmp_path, behaviour):
+    import json
+
+    config = tmp_path / "reverie.toml"
+    config.write_text("[llm]\ntimeout = 1\nretries = 1\n")  # a dead LLM costs one short timeout
+    with ScriptedLLM(responder=LLM_CASES[behaviour] or (lambda body: Reply(status=500))) as llm:
+        url = llm.url
+        if LLM_CASES[behaviour] is None:
+            llm.stop()  # nothing listens on the port any more
+        done = run_cli(*MAKE, "a fox", "--n", "2", "--megapixels", "0.02", "--seed", "9", "--llm-url", url,
+                       "--llm-model", "m", "--config", str(config), "--json", home=filled_home, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    fallbacks = [line for line in done.stderr.splitlines() if "LLM unusable" in line]
+    assert len(fallbacks) == 1, done.stderr
+    assert fallbacks[0].startswith("reverie:") and "formula expander" in fallbacks[0]
+    result = json.loads(done.stdout)
+    assert result["renders"] == 2 and all(Path(b["path"]).is_file() for b in result["best"])
