@@ -26,8 +26,10 @@ def test_encoder_calls_bench(tiny_models_dir, capsys):
 
 
 def test_overhead_bench(home, capsys):
-    results = load("bench_overhead").main(["--n", "2", "--latency", "0.01", "--megapixels", "0.01", "--steps", "1", "--home", str(home)])
-    for name in ("tiny", "fixed"):
+    results = load("bench_overhead").main(["--n", "2", "--latencies", "0.01,0.02", "--megapixels", "0.01",
+                                           "--fixed-megapixels", "0.01", "--steps", "1", "--home", str(home)])
+    assert list(results) == ["tiny", "fixed 0.01s", "fixed 0.02s"]
+    for name in results:
         assert results[name]["renders"] == 2
         assert 0 < results[name]["inside_engine"] <= results[name]["wall"]
     assert "overhead" in capsys.readouterr().out

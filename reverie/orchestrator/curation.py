@@ -38,10 +38,16 @@ def keep_diverse(store, run_id: str, k: int, embeddings: Optional[dict[int, tupl
 
 
 def pixel_signature(path: str) -> tuple:
-    import numpy as np
     from PIL import Image
+
+    with Image.open(path) as im:
+        return image_signature(im)
+
+
+def image_signature(image) -> tuple:
+    """The pixel signature of an image in memory: the same as pixel_signature of its PNG."""
+    import numpy as np
 
     from reverie.scoring.heuristic import signature
 
-    with Image.open(path) as im:
-        return signature(np.asarray(im.convert("RGB"), dtype=np.float32))
+    return signature(np.asarray(image.convert("RGB"), dtype=np.float32))

@@ -22,6 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from reverie.agents.expander import Critic, Expander
+from reverie.orchestrator.curation import image_signature
 from reverie.render.engine import Engine
 from reverie.render.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
@@ -63,6 +64,7 @@ class LoopContext:
     variety_shift_max: float = 7.0
     variety_blind_max: int = 2
     references: Callable[[Request, Store], Optional[Control]] | None = None
+    signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
 
 
 def _ctx(runtime: Runtime[LoopContext]) -> LoopContext:
@@ -214,6 +216,8 @@ class RenderSink:
                                                 "seconds": output.seconds, "error": output.error}))
             if store.render_row(rid)["status"] == "ok":  # failed and blank images are never scored
                 fresh.append((rid, output))
+                if ctx.signatures is not None:
+                    ctx.signatures[rid] = image_signature(output.image)
         if not fresh:
             return
         images = [o.image.convert("RGB") for _, o in fresh]

@@ -140,6 +140,9 @@ class Studio:
         self._scorer = None
         self._notified: set[str] = set()
         self.notices: list[str] = []
+        # Pixel signatures of renders stored by this studio, taken from the images in memory as
+        # they arrive, so best() need not decode every PNG again after the run.
+        self.signatures: dict[int, tuple] = {}
         self.llm_url, self.llm_model = llm_url, llm_model
         self.config = load_config(self.home, config)
         self._run_id: Optional[str] = None  # the run LLM calls are recorded against
@@ -257,7 +260,7 @@ class Studio:
                                        "budget": req.n * req.rounds}))
         ctx = LoopContext(store=self.store, engine=engine, scorer=self.scorer(progress), expander=expander,
                           critic=critic, request=req, profile=profile, width=width, height=height,
-                          base_seed=base_seed, progress=progress,
+                          base_seed=base_seed, progress=progress, signatures=self.signatures,
                           references=lambda r, store: self._control(r, store, run_id, progress))
         state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
                  "blind_steps": req.blind_steps, "history": []}
@@ -288,7 +291,7 @@ class Studio:
         from reverie.scoring.scorer import scoring_settings
 
         threshold = scoring_settings(self.config.get("scoring")).dedupe_threshold
-        return keep_diverse(self.store, run_id, k, threshold=threshold, fill=False)[0]
+        return keep_diverse(self.store, run_id, k, self.signatures, threshold=threshold, fill=False)[0]
 
     def stream(self, idea: str, **kw: Any) -> Iterator[Event]:
         """Yield progress events while the run goes; the last event is ("result", MakeResult)."""
