@@ -99,6 +99,16 @@ class CliProgress:
             self.progress = None
 
 
+# Options several commands share, declared once.
+HOME = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir).")
+PROFILE = typer.Option("z-image-turbo", "--profile", help="Model profile (`reverie models` lists them).")
+SCORER = typer.Option("auto", "--scorer", help="auto, clip or heuristic.")
+LLM_URL = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1.")
+LLM_MODEL = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first).")
+CONFIG = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml).")
+MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
+
+
 def parse_comfy_files(items: List[str]) -> dict:
     files = {}
     for item in items:
@@ -109,8 +119,7 @@ def parse_comfy_files(items: List[str]) -> dict:
     return files
 
 
-# The engine options `make` and `batch` share: declared once here, read once by engine_choice().
-MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
+# The engine options `make` and `batch` share, read by engine_choice().
 COMFY_URL = typer.Option(None, "--comfy-url", help="ComfyUI server (repeat for a pool); implies --engine comfyui.")
 COMFY_FILE = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME (e.g. unet=my_zimage.safetensors).")
 DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu (default: the best there is).")
@@ -144,14 +153,14 @@ def make(
     target: Optional[float] = typer.Option(None, "--target", help="Stop when the best composite score reaches this."),
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H, e.g. 2:3 or 16:9."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (0.01-4)."),
-    profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile (`reverie models` lists them)."),
+    profile: str = PROFILE,
     engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers or comfyui."),
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
-    home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
+    home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    llm_url: Optional[str] = LLM_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    config: Optional[str] = CONFIG,
     ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
     control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
     comfy_url: Optional[List[str]] = COMFY_URL,

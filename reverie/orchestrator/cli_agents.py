@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from reverie.orchestrator.cli import CliProgress, app, err, friendly, out  # noqa: F401
+from reverie.orchestrator.cli import CONFIG, LLM_MODEL, LLM_URL, CliProgress, app, err, friendly, out  # noqa: F401
 
 
 @app.command()
@@ -17,9 +17,9 @@ def expand(
     profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile whose prompt style to write."),
     k: int = typer.Option(1, "--k", help="How many different interpretations (1-8)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the offline formula expander."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    llm_url: Optional[str] = LLM_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    config: Optional[str] = CONFIG,
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (LLM calls are recorded there)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of text."),
 ):

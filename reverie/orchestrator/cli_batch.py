@@ -10,17 +10,17 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CPU_OFFLOAD, DEVICE, DTYPE, MODEL_PATH, app,  # noqa: F401
-                                      engine_choice, err, friendly, out, say)
+from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, HOME,  # noqa: F401
+                                      LLM_MODEL, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, app, engine_choice,
+                                      err, friendly, out, say)
 from reverie.types import Event, ReverieError
 
 
-class BatchProgressView:
+class BatchProgressView(CliProgress):
     """One rich view for a batch: an overall bar with rate, ETA and best score, one bar per idea."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.progress: Optional[Progress] = None
+        super().__init__(quiet)
         self.overall = None
         self.rows: dict[int, int] = {}
 
@@ -53,11 +53,6 @@ class BatchProgressView:
         elif event.kind == "batch_finished":
             self.stop()
 
-    def stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
 
 def _best(value: Optional[float]) -> str:
     return f"best {value:.3f}" if value is not None else "best -"
@@ -77,16 +72,16 @@ def batch(
     per_prompt: Optional[int] = typer.Option(None, "--per-prompt", help="Renders per idea (default 8; unlimited with --hours)."),
     keep: int = typer.Option(4, "--keep", help="Best images kept per idea (near-duplicates dropped)."),
     hours: Optional[float] = typer.Option(None, "--hours", help="Time budget; renders are spread fairly across ideas."),
-    profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile (`reverie models` lists them)."),
+    profile: str = PROFILE,
     engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H for every idea (JSONL may override)."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (JSONL may override)."),
-    home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
+    home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
-    scorer: str = typer.Option("auto", "--scorer", help="auto, clip or heuristic."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    scorer: str = SCORER,
+    llm_url: Optional[str] = LLM_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    config: Optional[str] = CONFIG,
     comfy_url: Optional[List[str]] = COMFY_URL,
     comfy_file: Optional[List[str]] = COMFY_FILE,
     device: Optional[str] = DEVICE,
@@ -129,16 +124,15 @@ def chat(
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels."),
     profile: str = typer.Option("z-image-turbo", "--profile"),
     engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
-    home: Optional[str] = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir)."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
-    scorer: str = typer.Option("auto", "--scorer", help="auto, clip or heuristic."),
-    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1."),
-    llm_model: Optional[str] = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml)."),
+    home: Optional[str] = HOME,
+    model_path: Optional[str] = MODEL_PATH,
+    scorer: str = SCORER,
+    llm_url: Optional[str] = LLM_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    config: Optional[str] = CONFIG,
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
     from reverie.orchestrator.chat import new_session_name, session_turns
-    from reverie.orchestrator.cli import CliProgress
     from reverie.orchestrator.studio import Studio
 
     interactive = sys.stdin.isatty()

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from reverie.orchestrator.cli import app, err, friendly, out  # noqa: F401
+from reverie.orchestrator.cli import MODEL_PATH, app, err, friendly, out  # noqa: F401
 from reverie.types import RenderSpec, ReverieError
 
 
@@ -96,7 +96,7 @@ def reproduce(
     image: str = typer.Argument(..., help="A PNG made by reverie (or A1111 / ComfyUI)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="tiny or diffusers (default: the one that made it)."),
     home: Optional[str] = typer.Option(None, "--home", help="Where the tiny weights live (its models/ folder)."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file."),
+    model_path: Optional[str] = MODEL_PATH,
     save: Optional[str] = typer.Option(None, "--out", help="Also save the new render to this PNG path."),
 ):
     """Render an image again from its own metadata alone and say whether the pixels match."""
@@ -159,10 +159,9 @@ def export(
         raise ReverieError(f"--top must be at least 1 (got {top})")
     store = _store(home)
     run = store.get_run(run_id)
-    ranked = store.best(run["id"], k=10**6)
-    if not ranked:
+    picked = _diverse(store, run["id"], top)
+    if not picked:
         raise ReverieError(f"run {run['id']} has no scored images yet: run it (the same `reverie make` command continues it)")
-    picked = _diverse(ranked, top)
     target = Path(directory).expanduser()
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -185,13 +184,14 @@ def export(
         out.print(f"{w['rank']:>2}  {w['composite']:.3f}  {w['path']}", markup=False, highlight=False)
 
 
-def _diverse(ranked: list, k: int) -> list:
+def _diverse(store, run_id: str, k: int) -> list:
     """The top k, skipping near-duplicates when the scorer gives embeddings (they are not stored)."""
+    ranked = store.best(run_id, k=10**6)
     if len(ranked) <= k:
         return ranked
     from PIL import Image
 
-    from reverie.scoring.dedupe import diverse_top
+    from reverie.orchestrator.curation import keep_diverse
     from reverie.scoring.scorer import make_scorer
 
     scorer = make_scorer("auto")
@@ -203,10 +203,8 @@ def _diverse(ranked: list, k: int) -> list:
         scores = scorer.score(images, [""] * len(ranked), [r.prompt for r in ranked])
     finally:
         scorer.close()
-    embeddings = [s.embedding for s in scores]
-    if not all(embeddings):
+    embeddings = {r.id: s.embedding for r, s in zip(ranked, scores)}
+    if not all(embeddings.values()):
         return ranked[:k]
-    keep = diverse_top(embeddings, k)
-    if len(keep) < k:  # not enough distinct images: fill with the next best
-        keep += [i for i in range(len(ranked)) if i not in keep][: k - len(keep)]
-    return [ranked[i] for i in sorted(keep)]
+    # Not enough distinct images: the next best fill the set.
+    return keep_diverse(store, run_id, k, embeddings, threshold=scorer.dedupe_threshold)[0]
