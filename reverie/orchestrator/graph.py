@@ -65,6 +65,7 @@ class LoopContext:
     variety_blind_max: int = 2
     references: Callable[[Request, Store], Optional[Control]] | None = None
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
+    embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
 
 
 def _ctx(runtime: Runtime[LoopContext]) -> LoopContext:
@@ -224,6 +225,8 @@ class RenderSink:
         scores = ctx.scorer.score(images, [ctx.request.idea] * len(fresh), [o.spec.prompt for _, o in fresh])
         for (rid, _), s in zip(fresh, scores):
             store.add_scores(rid, s)
+            if s.embedding:
+                ctx.embeddings[rid] = s.embedding
         self.best = max([s.composite for s in scores] + ([self.best] if self.best is not None else []))
         self._events.put(Event("scored", {"round": self.round, "count": len(fresh), "scorer": ctx.scorer.name,
                                           "best": self.best}))
@@ -331,17 +334,22 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
 
 
 def _with_embeddings(ctx: LoopContext, renders: list) -> list:
-    # Embeddings are not stored; re-derive them cheaply for this round's renders.
-    if all(r.scores.embedding for r in renders):
-        return renders
-    from PIL import Image
+    # Embeddings are not stored: use those the render sink kept, and re-derive the rest (renders
+    # from before a resume) from their files.
+    from dataclasses import replace
 
-    images = []
-    for r in renders:
-        with Image.open(r.path) as im:
-            images.append(im.convert("RGB"))
-    fresh = ctx.scorer.score(images, [ctx.request.idea] * len(renders), [r.prompt for r in renders]) if images else []
-    return [type(r)(**{**r.__dict__, "scores": s}) for r, s in zip(renders, fresh)]
+    missing = [r for r in renders if not (r.scores.embedding or r.id in ctx.embeddings)]
+    if missing:
+        from PIL import Image
+
+        images = []
+        for r in missing:
+            with Image.open(r.path) as im:
+                images.append(im.convert("RGB"))
+        fresh = ctx.scorer.score(images, [ctx.request.idea] * len(missing), [r.prompt for r in missing])
+        ctx.embeddings.update((r.id, s.embedding) for r, s in zip(missing, fresh) if s.embedding)
+    return [r if r.scores.embedding else replace(r, scores=replace(r.scores, embedding=ctx.embeddings.get(r.id)))
+            for r in renders]
 
 
 def finish(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
