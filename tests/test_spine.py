@@ -159,6 +159,8 @@ def test_graph_is_a_langgraph_state_graph():
         (["make", "a fox", "--aspect", "wide"], "bad aspect"),
         (["make", "a fox", "--aspect", "0:1"], "bad aspect"),
         (["make", "a fox", "--megapixels", "100"], "bad megapixels"),
+        (["make", "a fox", "--n", "abc"], "Invalid value for '--n'"),
+        (["mkae", "a fox"], "No such command 'mkae'"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, words, home):

@@ -264,7 +264,29 @@ from reverie.orchestrator import cli_agents, cli_batch, cli_lineage, cli_models,
 
 
 def main() -> None:
-    app()
+    """Run the CLI; a mistyped command or option is one `error:` line too, not a usage box."""
+    try:  # recent typer vendors its own click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as cx
+
+    try:
+        code = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:
+        # `reverie` alone (or a group alone): the help is what the user wants to see.
+        print(e.ctx.get_help() if e.ctx else "")
+        sys.exit(0)
+    except cx.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "reverie"
+        say(err, "error:", f"{e.format_message()} (see `{where} --help`)", style="bold red")
+        sys.exit(2)
+    except typer.Abort:
+        say(err, "interrupted:", "everything rendered so far is saved; run the same command to continue")
+        sys.exit(130)
+    except cx.ClickException as e:
+        say(err, "error:", e.format_message(), style="bold red")
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,7 @@ MAX_ROUNDS = 100
 MAX_IDEA_CHARS = 4000
 TINY_MAX_SIDE = 256
 
-EMBEDDED_NOTICE = (
-    "embedded default: tiny random-weight Z-Image engine, offline formula expander, heuristic scorer; "
-    "a working pipeline with meaningless pictures until real weights are configured (see README)"
-)
+EMBEDDED_TAIL = "a working pipeline with meaningless pictures until real weights are configured (see README)"
 
 
 @dataclass
@@ -139,6 +136,7 @@ class Studio:
         self._engine_key: Optional[tuple] = None
         self._scorer = None
         self._notified: set[str] = set()
+        self._embedded_said = False  # the one line naming the embedded parts in use
         self.notices: list[str] = []
         # Pixel signatures of renders stored by this studio, taken from the images in memory as
         # they arrive, so best() need not decode every PNG again after the run.
@@ -173,7 +171,7 @@ class Studio:
         options = dict(self.engine_options)
         if name == "tiny":
             options.setdefault("models_dir", str(self.home / "models"))
-            self._notice(EMBEDDED_NOTICE, progress)
+            self._say_embedded(progress)
         elif name == "diffusers":
             options.update(profile=profile.name, model_path=self.model_path)
         elif name == "comfyui":
@@ -182,12 +180,31 @@ class Studio:
         self._engine_key = key
         return self._engine
 
-    def scorer(self, progress: ProgressFn):
+    def _llm_settings(self):
+        from reverie.agents.llm import llm_settings
+
+        return llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model)
+
+    def _say_embedded(self, progress: ProgressFn) -> None:
+        """One line naming the embedded parts actually in use: the tiny engine, and the formula
+        expander and heuristic scorer unless something better is configured."""
+        if self._embedded_said:
+            return
+        parts = ["tiny random-weight Z-Image engine"]
+        if not self._llm_settings().configured:
+            parts.append("offline formula expander")
+        if self.scorer(progress, quiet_if_heuristic=True).name == "heuristic":
+            parts.append("heuristic scorer")
+        self._embedded_said = True
+        self._notice("embedded default: " + ", ".join(parts) + "; " + EMBEDDED_TAIL, progress)
+
+    def scorer(self, progress: ProgressFn, quiet_if_heuristic: bool = False):
         if self._scorer is None:
             from reverie.scoring.scorer import make_scorer
 
             self._scorer = make_scorer(self.scorer_name, table=self.config.get("scoring", {}))
-            if self._scorer.honest_note and not (self._scorer.name == "heuristic" and EMBEDDED_NOTICE in self._notified):
+            quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
+            if self._scorer.honest_note and not quiet:
                 self._notice(self._scorer.honest_note, progress)
         return self._scorer
 
@@ -195,12 +212,12 @@ class Studio:
         from reverie.agents.critic import LLMCritic
         from reverie.agents.dreamer import DreamerExpander
         from reverie.agents.expander import FormulaExpander, RuleCritic
-        from reverie.agents.llm import LLMClient, llm_settings
+        from reverie.agents.llm import LLMClient
 
         formula = FormulaExpander()
-        settings = llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model)
+        settings = self._llm_settings()
         if not settings.configured:
-            if EMBEDDED_NOTICE in self._notified:  # that line already says "offline formula expander"
+            if self._embedded_said:  # that line already says "offline formula expander"
                 return formula, RuleCritic(formula)
             self._notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
                          "or set llm.base_url in reverie.toml)", progress)
