@@ -268,18 +268,24 @@ def render_with_retry(engine: Engine, specs: list[RenderSpec], progress: Progres
     return [done[s.sha] for s in specs]
 
 
+def _score_files(ctx: LoopContext, renders: list) -> list[Scores]:
+    """Score stored renders from their PNG files (what the sink scored from memory, a resume
+    scores from disk)."""
+    from PIL import Image
+
+    images = []
+    for r in renders:
+        with Image.open(r.path) as im:
+            images.append(im.convert("RGB"))
+    return ctx.scorer.score(images, [ctx.request.idea] * len(renders), [r.prompt for r in renders])
+
+
 def score(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
     renders = [r for r in ctx.store.renders(state["run_id"]) if r.id in set(state.get("round_render_ids", []))]
     todo = [r for r in renders if r.scores is None]
     if todo:
-        from PIL import Image
-
-        images = []
-        for r in todo:
-            with Image.open(r.path) as im:
-                images.append(im.convert("RGB"))
-        scores = ctx.scorer.score(images, [ctx.request.idea] * len(todo), [r.prompt for r in todo])
+        scores = _score_files(ctx, todo)
         for r, s in zip(todo, scores):
             ctx.store.add_scores(r.id, s)
         ctx.progress(Event("scored", {"round": state.get("round", 0), "count": len(todo), "scorer": ctx.scorer.name,
@@ -340,13 +346,7 @@ def _with_embeddings(ctx: LoopContext, renders: list) -> list:
 
     missing = [r for r in renders if not (r.scores.embedding or r.id in ctx.embeddings)]
     if missing:
-        from PIL import Image
-
-        images = []
-        for r in missing:
-            with Image.open(r.path) as im:
-                images.append(im.convert("RGB"))
-        fresh = ctx.scorer.score(images, [ctx.request.idea] * len(missing), [r.prompt for r in missing])
+        fresh = _score_files(ctx, missing)
         ctx.embeddings.update((r.id, s.embedding) for r, s in zip(missing, fresh) if s.embedding)
     return [r if r.scores.embedding else replace(r, scores=replace(r.scores, embedding=ctx.embeddings.get(r.id)))
             for r in renders]

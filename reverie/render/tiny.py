@@ -235,24 +235,7 @@ def ensure_tiny_sd15(models_dir: Path) -> Path:
 
 def ensure_tiny_weights(models_dir: Path) -> Path:
     """Save the tiny pipeline as a diffusers folder once; later loads read it like real weights."""
-    target = Path(models_dir) / TINY_DIR_NAME
-    if (target / "model_index.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    from reverie.render.diffusers_engine import quiet_libraries
-
-    quiet_libraries()
-    build_tiny_pipeline().save_pretrained(tmp)
-    (tmp / "reverie-tiny.json").write_text(json.dumps({"version": TINY_VERSION}))
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        # Another process saved it first; theirs is identical.
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _save_once(Path(models_dir) / TINY_DIR_NAME, build_tiny_pipeline)
 
 
 class TinyEngine(DiffusersEngine):
