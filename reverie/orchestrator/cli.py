@@ -102,6 +102,7 @@ class CliProgress:
 # Options several commands share, declared once.
 HOME = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir).")
 PROFILE = typer.Option("z-image-turbo", "--profile", help="Model profile (`reverie models` lists them).")
+ENGINE = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui, or fixed (a fixed-latency stand-in for benchmarks).")
 SCORER = typer.Option("auto", "--scorer", help="auto, clip or heuristic.")
 LLM_URL = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first).")
@@ -154,7 +155,7 @@ def make(
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H, e.g. 2:3 or 16:9."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (0.01-4)."),
     profile: str = PROFILE,
-    engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers or comfyui."),
+    engine: str = ENGINE,
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, HOME,  # noqa: F401
+from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME,  # noqa: F401
                                       LLM_MODEL, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, app, engine_choice,
                                       err, friendly, out, say)
 from reverie.types import Event, ReverieError
@@ -73,7 +73,7 @@ def batch(
     keep: int = typer.Option(4, "--keep", help="Best images kept per idea (near-duplicates dropped)."),
     hours: Optional[float] = typer.Option(None, "--hours", help="Time budget; renders are spread fairly across ideas."),
     profile: str = PROFILE,
-    engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
+    engine: str = ENGINE,
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H for every idea (JSONL may override)."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (JSONL may override)."),
     home: Optional[str] = HOME,
@@ -123,7 +123,7 @@ def chat(
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio of the first turn."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels."),
     profile: str = typer.Option("z-image-turbo", "--profile"),
-    engine: str = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui or fixed."),
+    engine: str = ENGINE,
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     scorer: str = SCORER,
