@@ -72,6 +72,8 @@ CASES = [
     ("decompression bomb", [*MAKE, "a fox", "--ref", "{bomb}"], "filled", "too large"),
     ("unknown profile", [*MAKE, "a fox", "--profile", "sd99"], "filled", "profile"),
     ("unknown engine", ["make", "a fox", "--engine", "warp"], "filled", "engine"),
+    ("model path missing", ["make", "a fox", "--n", "1", "--rounds", "1", "--model-path", "{tmp}/no-such-model"], "filled",
+     "does not exist"),
     ("unknown control kind", [*MAKE, "a fox", "--ref", "{good}", "--control", "x-ray"], "filled", "control"),
     ("aspect 0:1", [*MAKE, "a fox", "--aspect", "0:1"], "filled", "aspect"),
     ("aspect abc", [*MAKE, "a fox", "--aspect", "abc"], "filled", "aspect"),
@@ -100,7 +102,7 @@ def _check_one_line(done, words: str) -> None:
 
 # Each row starts a real CLI process; the default run takes one row of each kind, `-m slow` all.
 FAST = {"empty idea", "decompression bomb", "unknown engine", "aspect 0:1", "megapixels 100", "n 100000",
-        "home under a file", "lineage of a text file"}
+        "home under a file", "lineage of a text file", "model path missing"}
 ROWS = [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in CASES]
 
 

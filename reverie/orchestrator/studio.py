@@ -156,9 +156,10 @@ class Studio:
     def _resolve_engine_name(self, profile: Profile) -> str:
         if self.engine_name != "auto":
             return self.engine_name
-        if profile.name == "z-image-turbo" or self.model_path:
-            if weights_present(profile, self.model_path):
-                return "diffusers"
+        # A model path the user gave is never silently replaced by the tiny engine: a wrong path
+        # must fail with the diffusers engine's one line, not render meaningless pictures.
+        if self.model_path or weights_present(profile, None):
+            return "diffusers"
         return "tiny"
 
     def engine_for(self, profile: Profile, progress: ProgressFn):
