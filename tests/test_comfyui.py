@@ -227,10 +227,13 @@ def test_all_servers_dead_names_them_and_the_fix():
     assert a.url in message and b.url in message and message.endswith("start ComfyUI or pass --comfy-url")
     assert "0 of 1 images were rendered" in message
 
+    events = []
     with ComfyServer(die_at=2) as lone:
         with pytest.raises(ReverieError) as e:
-            engine_for(lone, queue_depth=1).render([zspec(seed=s) for s in (1, 2, 3)])
+            engine_for(lone, queue_depth=1).render([zspec(seed=s) for s in (1, 2, 3)], events.append)
     assert "1 of 3 images were rendered" in str(e.value)
+    # No other server to move to: the error line alone speaks, no "move to the other servers" notice.
+    assert not [e for e in events if e.kind == "notice"]
 
 
 def test_server_list_from_argument_or_environment(monkeypatch):

@@ -326,7 +326,8 @@ class ComfyUIEngine:
         except ServerGone as e:
             batch.gone[client.url] = str(e)
             batch.give_back([job["index"] for job in inflight.values()])
-            if inflight or batch.pending:
+            # With no server left the call's one error line says it all; "move to the others" would mislead.
+            if (inflight or batch.pending) and len(batch.gone) < len(self.servers):
                 batch.events.put(Event("notice", {"message": f"ComfyUI at {client.url} is gone ({e}); "
                                                   f"its renders move to the other servers"}))
         except BaseException as e:  # a user-facing error (or a bug) ends the whole call
