@@ -33,6 +33,10 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers(\.|$)")
+    # A NaN render is caught and recorded as failed by the store; numpy's cast warning about it
+    # would only be a stray line in the user's terminal.
+    warnings.filterwarnings("ignore", message="invalid value encountered in cast", category=RuntimeWarning,
+                            module=r"diffusers(\.|$)")
 
 
 def pick_device(device: Optional[str] = None) -> str:
