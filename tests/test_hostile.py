@@ -74,6 +74,8 @@ CASES = [
     ("unknown engine", ["make", "a fox", "--engine", "warp"], "filled", "engine"),
     ("model path missing", ["make", "a fox", "--n", "1", "--rounds", "1", "--model-path", "{tmp}/no-such-model"], "filled",
      "does not exist"),
+    ("profile without weights", ["make", "a fox", "--n", "1", "--rounds", "1", "--profile", "sdxl"], "filled",
+     "reverie models pull sdxl"),
     ("unknown control kind", [*MAKE, "a fox", "--ref", "{good}", "--control", "x-ray"], "filled", "control"),
     ("aspect 0:1", [*MAKE, "a fox", "--aspect", "0:1"], "filled", "aspect"),
     ("aspect abc", [*MAKE, "a fox", "--aspect", "abc"], "filled", "aspect"),
@@ -102,7 +104,8 @@ def _check_one_line(done, words: str) -> None:
 
 # Each row starts a real CLI process; the default run takes one row of each kind, `-m slow` all.
 FAST = {"empty idea", "decompression bomb", "unknown engine", "aspect 0:1", "megapixels 100", "n 100000",
-        "home under a file", "lineage of a text file", "model path missing"}
+        "home under a file", "lineage of a text file", "model path missing",
+        "profile without weights"}
 ROWS = [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in CASES]
 
 

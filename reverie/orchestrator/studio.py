@@ -157,8 +157,9 @@ class Studio:
         if self.engine_name != "auto":
             return self.engine_name
         # A model path the user gave is never silently replaced by the tiny engine: a wrong path
-        # must fail with the diffusers engine's one line, not render meaningless pictures.
-        if self.model_path or weights_present(profile, None):
+        # must fail with the diffusers engine's one line, not render meaningless pictures. The tiny
+        # engine is a Z-Image model, so another profile without weights gets the line naming `pull`.
+        if self.model_path or profile.name != "z-image-turbo" or weights_present(profile, None):
             return "diffusers"
         return "tiny"
 
