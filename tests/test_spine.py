@@ -103,6 +103,17 @@ def test_runs_and_show(made):
     assert count == 8
     proc = run_cli("show", result["run_id"], home=home)
     assert proc.returncode == 0 and "render" in proc.stdout and "seed" in proc.stdout
+    # Every prompt whole (the tree wraps it, so compare without line breaks and tree rails), and
+    # the round of each render, not only of its prompt.
+    flat = " ".join(part.strip(" │├└─") for part in proc.stdout.splitlines())
+    flat = " ".join(flat.split())
+    stack = list(tree["prompts"])
+    while stack:
+        p = stack.pop()
+        assert " ".join(p["text"].split()) in flat
+        for r in p["renders"]:
+            assert f"render {r['id']} round {r['round'] + 1} seed {r['seed']}" in flat
+        stack.extend(p["children"])
 
 
 def test_python_api(home):

@@ -247,11 +247,13 @@ def show(
 
     def add(node: Tree, p: dict) -> None:
         label = escape(f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else ""))
-        child = node.add(f"{label}\n[dim]{escape(p['text'][:300])}[/]")
+        # The whole prompt: it is what made the images, and a cut one cannot be copied or compared.
+        child = node.add(f"{label}\n[dim]{escape(p['text'])}[/]")
         for r in p["renders"]:
             s = r["scores"] or {}
             score = f"{s.get('composite', 0):.3f}" if s else r["status"]
-            child.add(Text(f"render {r['id']} seed {r['seed']} score {score}  {r['path'] or r['error']}"))
+            # A prompt kept for another round gets new seeds; the render's own round says which.
+            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}\n{r['path'] or r['error']}"))
         for c in p["children"]:
             add(child, c)
 
