@@ -71,12 +71,13 @@ def models(
         return
     table = Table(title="models (`reverie models pull NAME` downloads one)")
     table.add_column("name", no_wrap=True)
-    for col in ("pipeline", "steps", "guidance", "sampler"):
-        table.add_column(col, overflow="fold")
+    # Short cells that never wrap, so the path column keeps its room at 100 columns.
+    for col in ("pipeline", "steps", "cfg", "sampler"):
+        table.add_column(col, no_wrap=True)
     table.add_column("here", no_wrap=True)
     table.add_column("where", overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "") or r["kind"], str(r.get("steps", "")),
+        table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "").replace("StableDiffusion", "SD") or r["kind"], str(r.get("steps", "")),
                       str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no",
                       Text("-" if r["where"].startswith("not downloaded") else r["where"]))
     out.print(table)
