@@ -249,3 +249,29 @@ def test_foreign_metadata_is_imported(tmp_path):
     assert info["origin"] == "comfyui" and info["note"].startswith("foreign image") and info["spec"]["seed"] == 42
     text = cli.invoke(app, ["lineage", str(tmp_path / "a1111.png"), "--home", str(tmp_path / "h")])
     assert "foreign image: not made by reverie" in text.stdout
+
+
+def test_a_run_is_resumed_only_on_the_same_engine_identity(tmp_path):
+    """A rerun with other weights or model files starts a new run instead of mixing two models
+    in one run."""
+    from reverie.store.db import Store
+    from reverie.store.recovery import claim_run
+    from reverie.types import Request
+
+    store = Store(tmp_path / "home")
+    req = Request(idea="a fox in the rain", n=2, rounds=1)
+    zimage_a = '{"engine":"comfyui","files":{"unet":"a.safetensors"}}'
+    zimage_b = '{"engine":"comfyui","files":{"unet":"b.safetensors"}}'
+    first, seed, lock, resumed = claim_run(store, req, "comfyui", 5, identity=zimage_a)
+    assert not resumed
+    store.finish_run(first, "interrupted", "killed")
+    lock.release()
+
+    other, _, other_lock, resumed = claim_run(store, req, "comfyui", 6, identity=zimage_b)
+    assert not resumed and other != first
+    other_lock.release()
+
+    again, again_seed, again_lock, resumed = claim_run(store, req, "comfyui", 7, identity=zimage_a)
+    assert resumed and again == first and again_seed == seed == 5
+    again_lock.release()
+    store.close()

@@ -272,7 +272,8 @@ class Studio:
         expander, critic = self.expander_and_critic(progress)
         # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
         # that no live process holds; otherwise a new run starts. We hold its lock until the end.
-        run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed)
+        run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed,
+                                                     identity=getattr(engine, "identity", engine.name))
         self._run_id = run_id
         progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name, "engine": engine.name,
                                        "width": width, "height": height, "n": req.n, "rounds": req.rounds,

@@ -289,6 +289,13 @@ class ComfyUIEngine:
                                f"start ComfyUI or pass --comfy-url")
         return [batch.results[i] for i in range(len(specs))]
 
+    @property
+    def identity(self) -> str:
+        from reverie.types import canonical_json
+
+        # The servers in the pool may change between attempts; the model files may not.
+        return canonical_json({"engine": self.name, "profile": self.profile.name, "files": self.files})
+
     def close(self) -> None:
         return None
 

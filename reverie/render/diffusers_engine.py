@@ -386,6 +386,13 @@ class DiffusersEngine:
         return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds)
                 for s, img in zip(batch, images)]
 
+    @property
+    def identity(self) -> str:
+        from reverie.types import canonical_json
+
+        return canonical_json({"engine": self.name, "profile": self.profile.name, "model_path": self.model_path,
+                               "dtype": self.dtype_name})
+
     def close(self) -> None:
         self.pipe = None
         self._variants.clear()

@@ -14,6 +14,9 @@ ENGINES = ("tiny", "diffusers", "comfyui", "fixed")
 class Engine(Protocol):
     name: str
     version: str
+    # What decides the pixels beyond the spec (weights, dtype, model files). A resumed run keeps
+    # it, so one run never mixes images from two models.
+    identity: str
 
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
                on_output: OutputFn | None = None) -> list[EngineOutput]:

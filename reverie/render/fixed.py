@@ -16,6 +16,7 @@ from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieEr
 class FixedLatencyEngine:
     name = "fixed"
     version = "fixed 1"
+    identity = "fixed-v1"
 
     def __init__(self, latency: float = 0.05, **_ignored: Any):
         if float(latency) < 0:

@@ -241,6 +241,11 @@ def ensure_tiny_weights(models_dir: Path) -> Path:
 class TinyEngine(DiffusersEngine):
     name = "tiny"
 
+    @property
+    def identity(self) -> str:
+        # Built from fixed seeds, the same on every machine; where it is saved does not matter.
+        return f"tiny-v{TINY_VERSION}"
+
     def __init__(self, models_dir: str | os.PathLike | None = None, **options):
         if models_dir is None:
             from reverie.config import default_home

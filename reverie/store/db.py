@@ -93,7 +93,8 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
     @locked
-    def create_run(self, request: Request, engine: str, base_seed: int, run_id: Optional[str] = None) -> str:
+    def create_run(self, request: Request, engine: str, base_seed: int, run_id: Optional[str] = None,
+                   identity: str = "") -> str:
         run_id = run_id or new_run_id()
         req_json = canonical_json(request.to_dict())
         with self.db.conn:
@@ -102,7 +103,7 @@ class Store:
                     "id": run_id,
                     "idea": request.idea,
                     "request_json": req_json,
-                    "request_sha": self.request_sha(request, engine),
+                    "request_sha": self.request_sha(request, identity or engine),
                     "profile": request.profile,
                     "engine": engine,
                     "base_seed": base_seed,
@@ -115,9 +116,10 @@ class Store:
         return run_id
 
     @staticmethod
-    def request_sha(request: Request, engine: str) -> str:
-        """The same command gives the same hash: that is how a rerun finds the run to continue."""
-        return sha256_text(canonical_json(request.to_dict()) + "|" + engine)
+    def request_sha(request: Request, identity: str) -> str:
+        """The same command on the same engine identity (weights, model files) gives the same
+        hash: that is how a rerun finds the run to continue."""
+        return sha256_text(canonical_json(request.to_dict()) + "|" + identity)
 
     @locked
     def finish_run(self, run_id: str, status: str, stop_reason: str) -> None:

@@ -63,12 +63,13 @@ class RunLock:
             self._fd = None
 
 
-def claim_run(store, request, engine: str, base_seed: int) -> tuple[str, int, RunLock, bool]:
-    """Continue the oldest unfinished run of the same request that no live process holds, or
-    start a new one. Returns (run_id, base_seed, lock, resumed)."""
+def claim_run(store, request, engine: str, base_seed: int, identity: str = "") -> tuple[str, int, RunLock, bool]:
+    """Continue the oldest unfinished run of the same request on the same engine identity (same
+    weights and model files) that no live process holds, or start a new one.
+    Returns (run_id, base_seed, lock, resumed)."""
     from reverie.store.db import new_run_id
 
-    request_sha = store.request_sha(request, engine)
+    request_sha = store.request_sha(request, identity or engine)
     candidates = store.db.query(
         "select id from runs where request_sha = ? and status in (?, ?) order by created", [request_sha, *UNFINISHED]
     )
@@ -85,7 +86,7 @@ def claim_run(store, request, engine: str, base_seed: int) -> tuple[str, int, Ru
     run_id = new_run_id()
     lock = RunLock(store.home, run_id)
     lock.acquire()  # before the row exists, so nobody can see it unowned
-    store.create_run(request, engine, base_seed, run_id=run_id)
+    store.create_run(request, engine, base_seed, run_id=run_id, identity=identity)
     with store.db.conn:
         store.db["runs"].update(run_id, {"owner_pid": os.getpid()})
     return run_id, base_seed, lock, False
