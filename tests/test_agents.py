@@ -145,3 +145,15 @@ def test_cli_expand_prints_expansions(home):
 
     bad = run_cli("expand", "a fox", "--k", "0", home=home)
     assert bad.returncode == 2 and "k must be between" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_formula_lighting_never_contradicts_the_idea():
+    from reverie.agents.formula import expand_formula
+    from reverie.render.profiles import get_profile
+
+    profile = get_profile("z-image-turbo")
+    for seed in range(40):
+        rain = expand_formula("a fox in the rain", profile, seed).prompt.lower()
+        assert "morning light" not in rain and "golden-hour" not in rain
+        night = expand_formula("a lighthouse at night", profile, seed).prompt.lower()
+        assert "morning light" not in night and "golden-hour" not in night and "overcast" not in night

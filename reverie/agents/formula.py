@@ -33,12 +33,22 @@ ENVIRONMENTS = [
     "the setting feels lived-in, with textures of wood, stone and fabric",
     "the scene opens onto a vast landscape that stretches to the horizon",
 ]
+# Each lighting choice with the times and weather it would contradict: an idea that says "rain"
+# or "night" must not get "crisp morning sun".
+CONDITIONS = {
+    "night": {"night", "midnight", "moon", "moonlit", "moonlight", "starry", "stars", "nocturnal"},
+    "dusk": {"dusk", "evening", "sunset", "twilight"},
+    "dawn": {"dawn", "sunrise", "morning"},
+    "wet": {"rain", "rainy", "raining", "storm", "stormy", "fog", "foggy", "mist", "misty", "snow", "snowy",
+            "overcast", "drizzle", "downpour"},
+}
 LIGHTING = [
-    "soft golden-hour light rakes across the scene",
-    "diffuse overcast light wraps every surface evenly",
-    "dramatic rim light separates the subject from the background",
-    "warm practical lights glow against the cool ambient dusk",
-    "crisp morning light casts long, clean shadows",
+    ("soft golden-hour light rakes across the scene", {"night", "wet"}),
+    ("diffuse overcast light wraps every surface evenly", {"night"}),
+    ("dramatic rim light separates the subject from the background", set()),
+    ("warm practical lights glow against the cool ambient dusk", {"dawn"}),
+    ("crisp morning light casts long, clean shadows", {"night", "dusk", "wet"}),
+    ("cool moonlight and a few warm windows pick out the forms", {"dawn", "dusk"}),
 ]
 COLOURS = [
     "a muted palette of teal and amber",
@@ -70,6 +80,13 @@ def _rng(idea: str, seed: int) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
+def _lighting_for(idea: str) -> list[str]:
+    words = set(re.findall(r"[a-z]+", idea.lower()))
+    present = {name for name, cues in CONDITIONS.items() if words & cues}
+    fitting = [text for text, conflicts in LIGHTING if not (conflicts & present)]
+    return fitting or [text for text, _ in LIGHTING]
+
+
 def _subject(idea: str) -> str:
     idea = re.sub(r"\s+", " ", idea).strip().rstrip(".")
     return idea[0].upper() + idea[1:] if idea else idea
@@ -88,7 +105,7 @@ def expand_formula(idea: str, profile: Profile, seed: int = 0) -> Expansion:
         f"{subject}. {medium[0].upper() + medium[1:]}, {rng.choice(STYLES[medium_kind])}. "
         f"The main subject is rendered with care and clear, readable form; "
         f"{rng.choice(COMPOSITIONS)}. {rng.choice(ENVIRONMENTS).capitalize()}. "
-        f"{rng.choice(LIGHTING).capitalize()}, with {rng.choice(COLOURS)}. "
+        f"{rng.choice(_lighting_for(idea)).capitalize()}, with {rng.choice(COLOURS)}. "
         f"The mood is {rng.choice(MOODS)}. Every texture is crisp and believable, "
         f"with natural proportions and coherent perspective."
     )
