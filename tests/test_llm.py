@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -11,6 +12,7 @@ from reverie.agents.llm import extract_json, llm_settings
 from reverie.orchestrator.studio import Studio
 from reverie.render.profiles import get_profile
 from reverie.types import ReverieError, sha256_text
+from tests.conftest import run_cli
 from tests.openai_server import Reply, ScriptedLLM, json_content
 
 ZIMAGE = get_profile("z-image-turbo")
@@ -173,3 +175,32 @@ def test_extract_json(text, expected):
 def test_extract_json_without_object():
     with pytest.raises(ValueError):
         extract_json("no json here [1, 2]")
+
+
+def test_notice_names_the_model_the_server_lists_first(home):
+    """No model configured: the notice names the one the client picked from /models, not 'first listed'."""
+    models = ("local-qwen-7b", "another-model")
+    with ScriptedLLM(responder=lambda body: Reply(dreams(FOX)), models=models) as llm:
+        proc = run_cli("expand", "a fox in the rain", "--llm-url", llm.url, "--json", home=home)
+        with Studio(home=home, engine="tiny", llm_url=llm.url) as studio:
+            events, progress = collect()
+            result = studio.make("a fox in the rain", n=1, rounds=1, seed=3, megapixels=0.01, progress=progress)
+            calls = studio.store.llm_calls(result.run_id)
+    assert proc.returncode == 0, proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if "dreamer expander" in ln]
+    assert "local-qwen-7b" in line and "first listed" not in line and "another-model" not in line
+    [notice] = [m for m in notices(events) if "dreamer expander" in m]
+    assert "local-qwen-7b" in notice and llm.url in notice
+    # The /models call that chose it belongs to the run, like every other call.
+    assert [c["purpose"] for c in calls] == ["models", "expand"] and json.loads(calls[0]["response_text"]) == list(models)
+
+
+def test_notice_names_the_configured_model_without_listing(tmp_path):
+    with ScriptedLLM(responder=lambda body: Reply(dreams(FOX)), models=("not-this-one",)) as llm, \
+            Studio(home=tmp_path, llm_url=llm.url, llm_model="m1") as studio:
+        events, progress = collect()
+        studio.expander_and_critic(progress)
+        calls = studio.store.llm_calls()
+    [notice] = [m for m in notices(events) if "dreamer expander" in m]
+    assert "(model m1)" in notice and "not-this-one" not in notice
+    assert calls == []  # a named model needs no /models call

@@ -214,7 +214,7 @@ class Studio:
         from reverie.agents.critic import LLMCritic
         from reverie.agents.dreamer import DreamerExpander
         from reverie.agents.expander import FormulaExpander, RuleCritic
-        from reverie.agents.llm import LLMClient
+        from reverie.agents.llm import LLMClient, LLMUnavailable
 
         formula = FormulaExpander()
         settings = self._llm_settings()
@@ -227,9 +227,16 @@ class Studio:
         # A fresh client per run: a server that died in one run is tried again in the next.
         llm = LLMClient(settings, record=lambda call: self.store.add_llm_call(call, run_id=self._run_id))
         dreamer = DreamerExpander(llm, fallback=formula, notice=lambda m: self._notice(m, progress))
-        self._notice(f"prompts: dreamer expander and critic over the LLM at {settings.url}"
-                     f" (model {settings.model or 'first listed'})", progress)
-        return dreamer, LLMCritic(llm, fallback=RuleCritic(formula), notice=dreamer.fall_back)
+        critic = LLMCritic(llm, fallback=RuleCritic(formula), notice=dreamer.fall_back)
+        try:
+            # One cheap /models call when no model is set, so the notice names the model really used.
+            model = llm.model
+        except LLMUnavailable as e:  # the client is now dead: every call falls back without waiting
+            dreamer.fall_back(str(e))
+            return dreamer, critic
+        chosen = "" if settings.model else ", the first the server lists"
+        self._notice(f"prompts: dreamer expander and critic over the LLM at {settings.url} (model {model}{chosen})", progress)
+        return dreamer, critic
 
     def _control(self, req: Request, store: Store, run_id: str, progress: ProgressFn) -> Control:
         """The graph's reference step: preprocess the first reference, store it, link it to the run."""
@@ -269,12 +276,13 @@ class Studio:
             max_side = min(max_side, TINY_MAX_SIDE)
         width, height = size_for(req.aspect, req.megapixels, profile.multiple, max_side)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        expander, critic = self.expander_and_critic(progress)
         # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
         # that no live process holds; otherwise a new run starts. We hold its lock until the end.
         run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed,
                                                      identity=getattr(engine, "identity", engine.name))
         self._run_id = run_id
+        # After the run exists: the LLM's /models call is recorded against it.
+        expander, critic = self.expander_and_critic(progress)
         progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name, "engine": engine.name,
                                        "width": width, "height": height, "n": req.n, "rounds": req.rounds,
                                        "budget": req.n * req.rounds}))
