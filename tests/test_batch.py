@@ -270,3 +270,51 @@ def test_batch_takes_makes_engine_options(home, tmp_path):
     assert [line for line in bad.stderr.splitlines() if line.startswith("error:")] == ["error: batch size must be at least 1 (got 0)"]
     mixed = run_cli(*args, "--comfy-url", "http://127.0.0.1:1", home=home)
     assert mixed.returncode == 2 and mixed.stderr.count("error:") == 1 and "--engine comfyui" in mixed.stderr
+
+
+DIES_ON_SECOND_CALL = """
+import sys
+import typer
+from reverie.orchestrator.cli import friendly
+from reverie.orchestrator.studio import Studio
+from reverie.render.tiny import TinyEngine
+
+
+class DiesOnSecondCall(TinyEngine):
+    calls = 0
+
+    def render(self, specs, progress=None, on_output=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("device lost")
+        return super().render(specs, progress, on_output)
+
+
+@friendly
+def main(file, home):
+    with Studio(home=home, scorer="heuristic") as studio:
+        studio.batch(file, per_prompt=4, keep=2, megapixels=0.02,
+                     engine=DiesOnSecondCall(models_dir=home + "/models", batch_size=1))
+
+
+try:
+    main(sys.argv[1], sys.argv[2])
+except typer.Exit as e:
+    sys.exit(e.exit_code)
+"""
+
+
+def test_an_engine_dying_mid_batch_is_one_line_and_keeps_what_was_rendered(home, tmp_path):
+    """The real tiny engine, failing on its second round while another round waits: the workers
+    are stopped and joined (no 'terminate called without an active exception', exit 134)."""
+    file = tmp_path / "ideas.txt"
+    file.write_text("a fox in the rain\na red car at night\na boat on a lake\n")
+    r = subprocess.run([sys.executable, "-c", DIES_ON_SECOND_CALL, str(file), str(home)], capture_output=True, text=True,
+                       timeout=240, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "device lost" in errors[0] and "run the same command" in errors[0], r.stderr
+    assert "terminate called" not in r.stderr and "Traceback" not in r.stderr
+    with sqlite3.connect(home / "reverie.db") as conn:
+        assert conn.execute("select count(*) from renders where status = 'ok'").fetchone()[0] >= 4  # the first round
+        assert conn.execute("select status from batches").fetchall() == [("interrupted",)]

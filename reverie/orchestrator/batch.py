@@ -50,6 +50,7 @@ DEFAULT_KEEP = 4
 ROUND_SIZE = 4  # seeds per round: one engine call, and the unit of round-robin fairness
 LOOKAHEAD = 6  # rounds expanded ahead of the engine
 RENDERS_IN_FLIGHT = 2  # one rendering, one waiting: the engine never waits for the coordinator
+JOIN_SECONDS = 120.0  # how long an error waits for the workers to finish their current job
 ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength"}
 
 
@@ -242,16 +243,27 @@ class _Slot:
     sent: bool = False
 
 
-class _Worker(threading.Thread):
-    """Runs fn on each job from its queue and posts (kind, job, result, error) to the outbox."""
+class _Stopped(Exception):
+    """Raised inside a worker's job once the batch is stopping, so an engine quits between images."""
 
-    def __init__(self, kind: str, fn, outbox: "queue.Queue"):
+
+class _Worker(threading.Thread):
+    """Runs fn on each job from its queue and posts (kind, job, result, error) to the outbox.
+
+    Daemon only as the last resort: every way out of the coordinator sets `stop`, sends the
+    sentinel and joins, because a process that exits while a thread is inside torch aborts
+    ("terminate called without an active exception") instead of printing its one error line.
+    """
+
+    def __init__(self, kind: str, fn, outbox: "queue.Queue", stop: threading.Event):
         super().__init__(name=f"reverie-batch-{kind}", daemon=True)
-        self.kind, self.fn, self.outbox = kind, fn, outbox
+        self.kind, self.fn, self.outbox, self.stop = kind, fn, outbox, stop
         self.inbox: "queue.Queue" = queue.Queue()
 
     def run(self) -> None:
         while (job := self.inbox.get()) is not None:
+            if self.stop.is_set():
+                continue  # drain what was queued without working on it, up to the sentinel
             try:
                 self.outbox.put((self.kind, job, self.fn(job), None))
             except BaseException as e:  # handed to the coordinator, which raises it
@@ -281,6 +293,7 @@ class BatchRunner:
         self.last_end: Optional[float] = None
         self.renders_now = 0
         self.embeddings: dict[int, tuple] = {}
+        self.stop = threading.Event()
 
     # -- setup -----------------------------------------------------------------------------
     def _budget(self, item: BatchItem) -> Optional[int]:
@@ -373,10 +386,11 @@ class BatchRunner:
             return expander.expand(slot.item.idea, get_profile(slot.item.request.profile), k=1,
                                    seed=slot.item.base_seed + slot.round)[0]
 
+        self.stop.clear()
         workers = {
-            "expand": _Worker("expand", expand, outbox),
-            "render": _Worker("render", self._render_job, outbox),
-            "score": _Worker("score", lambda job: _score_job(scorer, job), outbox),
+            "expand": _Worker("expand", expand, outbox, self.stop),
+            "render": _Worker("render", self._render_job, outbox, self.stop),
+            "score": _Worker("score", lambda job: _score_job(scorer, job), outbox, self.stop),
         }
         for w in workers.values():
             w.start()
@@ -390,13 +404,13 @@ class BatchRunner:
         def time_up() -> bool:
             return budget_s is not None and spent_before + (time.monotonic() - started) >= budget_s
 
-        # Renders committed before a crash but never scored are scored first.
-        for item in items:
-            unscored = [r for r in self.store.renders(item.run_id) if r.scores is None]
-            if unscored:
-                workers["score"].inbox.put((item, [(r.id, r.path, r.prompt) for r in unscored]))
-                scoring += 1
         try:
+            # Renders committed before a crash but never scored are scored first.
+            for item in items:
+                unscored = [r for r in self.store.renders(item.run_id) if r.scores is None]
+                if unscored:
+                    workers["score"].inbox.put((item, [(r.id, r.path, r.prompt) for r in unscored]))
+                    scoring += 1
             while True:
                 if time_up() and not stop_reason:
                     stop_reason = f"time budget reached ({self.options.hours:g} h)"
@@ -430,7 +444,7 @@ class BatchRunner:
                 except queue.Empty:
                     continue
                 if error is not None:
-                    raise error
+                    raise _step_error(kind, job, error)
                 if kind == "expand":
                     if job in pipeline:
                         job.prompt_id = self.store.add_prompt(job.item.run_id, result, round=job.round)
@@ -464,15 +478,27 @@ class BatchRunner:
                         item.best = s.composite if item.best is None else max(item.best, s.composite)
                     self._report_progress(items, started, total, done_before, budget_s, spent_before)
         except BaseException:
+            self._stop_workers(workers)
             with self.store.db.conn:
                 self.store.db["batches"].update(self.batch_id, {"status": "interrupted"})
             self._spend(started, spent_before)
             raise
-        finally:
-            for w in workers.values():
-                w.inbox.put(None)
+        self._stop_workers(workers)
         self._spend(started, spent_before)
         return self._finish(items, stop_reason or "every idea reached its budget", scorer.dedupe_threshold)
+
+    def _stop_workers(self, workers: dict[str, _Worker]) -> None:
+        """Stop, then join: queued jobs are dropped, a render stops after its current image."""
+        self.stop.set()
+        for w in workers.values():
+            w.inbox.put(None)
+        deadline = time.monotonic() + JOIN_SECONDS
+        for w in workers.values():
+            w.join(max(0.0, deadline - time.monotonic()))
+
+    def _check_stop(self, event: Event) -> None:
+        if self.stop.is_set():
+            raise _Stopped()
 
     def _slot_order(self, items: list[_Item]) -> Iterator[_Slot]:
         rnd = 0
@@ -513,7 +539,8 @@ class BatchRunner:
         try:
             # Engine progress stays on this thread; the coordinator reports per round.
             engine = self._engine or self.studio.engine_for(get_profile(slot.item.request.profile), no_progress)
-            outputs = render_with_retry(engine, specs, no_progress)
+            # The engine reports each image; _check_stop ends the job there once the batch stops.
+            outputs = render_with_retry(engine, specs, self._check_stop)
             # Read after rendering: a retry after out-of-memory may have made the batch smaller.
             return outputs, getattr(engine, "batch_size", None)
         finally:
@@ -570,6 +597,20 @@ class BatchRunner:
         return BatchResult(batch_id=self.batch_id, items=results, report_path=report, stop_reason=stop_reason,
                            home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=self.busy,
                            engine_wall_seconds=wall, notices=list(self.studio.notices))
+
+
+def _step_error(kind: str, job, error: BaseException) -> BaseException:
+    """A worker's error as the coordinator raises it: ReverieErrors as they are; anything else
+    (an engine that crashed, a broken scorer) as one line naming the step, the idea and what to do."""
+    if isinstance(error, (ReverieError, KeyboardInterrupt, SystemExit)):
+        return error
+    item = job.item if isinstance(job, _Slot) else job[0].item if isinstance(job[0], _Slot) else job[0]
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    step = {"expand": "expanding", "render": "rendering", "score": "scoring"}[kind]
+    wrapped = ReverieError(f"{step} idea {item.index + 1} failed ({type(error).__name__}: {first}): everything finished "
+                           "is saved; fix the cause and run the same command to continue")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _score_job(scorer, job):
