@@ -29,3 +29,19 @@ def test_idea_with_brackets_is_shown_verbatim(home):
     assert f"idea: {idea}" in shown.stdout
     listed = run_cli("runs", home=home)
     assert BRACKETS in listed.stdout
+
+
+def test_make_table_prints_every_best_path_unbroken(home):
+    """At 100 columns the result table leaves the paths out; each follows on one unbroken line."""
+    long_home = home / ("a-rather-long-folder-name-" * 2)
+    long_home.mkdir()
+    (long_home / "models").symlink_to(home / "models", target_is_directory=True)
+    done = run_cli("make", "a fox in the rain", "--engine", "tiny", "--n", "2", "--rounds", "1", "--megapixels", "0.02",
+                   "--seed", "3", home=long_home, env={"COLUMNS": "100"})
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split("run id:")[1].split()[0]
+    shown = json.loads(run_cli("show", run_id, "--json", home=long_home).stdout)
+    paths = {r["path"] for p in shown["prompts"] for r in p["renders"]}
+    assert all(len(p) > 100 for p in paths)
+    printed = [line.split()[-1] for line in done.stdout.splitlines() if "/images/" in line]
+    assert len(printed) == 2 and set(printed) <= paths  # whole paths, one per line

@@ -190,3 +190,21 @@ def test_unwritable_home_is_one_clear_line(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "cannot write to home" in lines[0] and "--home" in lines[0]
+
+
+@pytest.mark.parametrize("columns", ["100", "200"])
+def test_show_prints_every_path_unbroken(made, columns):
+    """Each image path on one line whatever the width, so it can be copied in one go."""
+    home, result, _ = made
+    proc = run_cli("show", result["run_id"], home=home, env={"COLUMNS": columns})
+    assert proc.returncode == 0, proc.stderr
+    tree = json.loads(run_cli("show", result["run_id"], "--json", home=home).stdout)
+    stack, paths = list(tree["prompts"]), []
+    while stack:
+        p = stack.pop()
+        paths += [r["path"] for r in p["renders"]]
+        stack.extend(p["children"])
+    assert len(paths) == 8 and len(paths[0]) > 100  # longer than the narrow terminal
+    lines = proc.stdout.splitlines()
+    for path in paths + [b["path"] for b in result["best"]]:
+        assert any(path in line for line in lines), path

@@ -29,6 +29,14 @@ def say(console: Console, label: str, message: Any, style: str = "yellow") -> No
     console.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
 
 
+def print_paths(rows: List[tuple[str, str]]) -> None:
+    """Image paths each on one unbroken line, whatever the terminal width: a path cut by a table
+    cell or a tree rail cannot be copied in one go."""
+    width = max((len(key) for key, _ in rows), default=0)
+    for key, path in rows:
+        out.print(Text(f"{key:>{width}}  {path}"), soft_wrap=True, highlight=False)
+
+
 def friendly(fn: Callable) -> Callable:
     """One clear line for every error a user can cause; a traceback only with REVERIE_DEBUG=1."""
 
@@ -191,14 +199,18 @@ def make(
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return
-    table = Table(title=escape(f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})"))
+    # A title line, not the table's title: the narrow table would wrap it into a column.
+    out.print(Text(f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})", style="bold"),
+              highlight=False)
+    table = Table()
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("seed", justify="right")
-    table.add_column("path", overflow="fold")
+    table.add_column("render", justify="right")
     for i, r in enumerate(result.best, 1):
-        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), Text(r.path))
+        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), str(r.id))
     out.print(table)
+    print_paths([(str(i), r.path) for i, r in enumerate(result.best, 1)])
     out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
 
 
@@ -253,13 +265,21 @@ def show(
             s = r["scores"] or {}
             score = f"{s.get('composite', 0):.3f}" if s else r["status"]
             # A prompt kept for another round gets new seeds; the render's own round says which.
-            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}\n{r['path'] or r['error']}"))
+            # The path goes in the list below the tree, where nothing wraps it; an error stays here.
+            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}"
+                           + (f"\n{r['error']}" if r["error"] and not r["path"] else "")))
+            if r["path"]:
+                paths.append((f"render {r['id']}", r["path"]))
         for c in p["children"]:
             add(child, c)
 
+    paths: List[tuple[str, str]] = []
     for p in tree["prompts"]:
         add(root, p)
     out.print(root, highlight=False)
+    if paths:
+        out.print("[bold]images[/]")
+        print_paths(paths)
 
 
 # Each area registers its own commands on `app`; imported here, after `app` exists.
