@@ -318,3 +318,44 @@ def test_an_engine_dying_mid_batch_is_one_line_and_keeps_what_was_rendered(home,
     with sqlite3.connect(home / "reverie.db") as conn:
         assert conn.execute("select count(*) from renders where status = 'ok'").fetchone()[0] >= 4  # the first round
         assert conn.execute("select status from batches").fetchall() == [("interrupted",)]
+
+
+def test_an_idea_without_weights_fails_alone_and_a_rerun_retries_only_it(home, tmp_path):
+    """Item 2 asks for sdxl, whose weights are not here: items 1 and 3 finish with K kept, item 2
+    is marked failed with the pull line (stored, summarised, on the contact sheet), exit 0."""
+    file = tmp_path / "ideas.jsonl"
+    file.write_text('{"idea": "a fox in the rain"}\n{"idea": "a red car at night", "profile": "sdxl"}\n'
+                    '{"idea": "a boat on a lake"}\n')
+    args = ["batch", str(file), "--per-prompt", "2", "--keep", "2", "--megapixels", "0.02", "--scorer", "heuristic", "--json"]
+    r = run_cli(*args, home=home)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    ok, bad = [result["items"][0], result["items"][2]], result["items"][1]
+    assert all(i["status"] == "done" and len(i["kept"]) == 2 for i in ok)
+    assert bad["status"] == "failed" and "reverie models pull sdxl" in bad["error"] and "\n" not in bad["error"]
+    assert result["failed"] == 1 and "Traceback" not in r.stderr
+    assert "1 of 3 ideas failed: 2. a red car at night (" in r.stderr
+    with sqlite3.connect(home / "reverie.db") as conn:
+        rows = conn.execute("select idx, status, error from batch_items order by idx").fetchall()
+    assert [(i, s) for i, s, _ in rows] == [(0, "done"), (1, "failed"), (2, "done")] and "models pull sdxl" in rows[1][2]
+    html = Path(result["report"]).read_text()
+    assert "1 of 3 ideas failed" in html and "failed: weights for sdxl" in html
+    assert html.count("data:image/jpeg;base64,") == 4
+
+    again = run_cli(*args, home=home)
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["renders_this_session"] == 0  # items 1 and 3 were done; only item 2 was tried
+    assert "retrying 1 idea(s) that failed last time: 2" in again.stderr
+    assert [i["status"] for i in second["items"]] == ["done", "failed", "done"]
+    assert [[k["id"] for k in i["kept"]] for i in second["items"]] == [[k["id"] for k in i["kept"]] for i in result["items"]]
+
+
+def test_every_idea_failing_is_exit_2(home, tmp_path):
+    file = tmp_path / "ideas.jsonl"
+    file.write_text('{"idea": "a red car at night", "profile": "sdxl"}\n')
+    r = run_cli("batch", str(file), "--per-prompt", "1", "--keep", "1", "--megapixels", "0.02", "--scorer", "heuristic",
+                home=home)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: weights for sdxl are not on this machine"), r.stderr

@@ -96,6 +96,8 @@ class BatchItemResult:
     rendered: int
     kept: list[Render]
     near_duplicates: list[int] = field(default_factory=list)  # ids of kept renders that are near-duplicates
+    status: str = "done"  # done | stopped (time budget) | failed
+    error: Optional[str] = None  # why it failed, one line
 
     def to_dict(self) -> dict:
         return {
@@ -104,6 +106,8 @@ class BatchItemResult:
             "run_id": self.run_id,
             "budget": self.budget,
             "rendered": self.rendered,
+            "status": self.status,
+            "error": self.error,
             "kept": [
                 {"id": r.id, "path": r.path, "seed": r.seed, "prompt": r.prompt,
                  "score": r.scores.composite if r.scores else None, "near_duplicate": r.id in self.near_duplicates}
@@ -125,6 +129,17 @@ class BatchResult:
     notices: list[str] = field(default_factory=list)
 
     @property
+    def failed(self) -> list[BatchItemResult]:
+        return [i for i in self.items if i.status == "failed"]
+
+    def failure_line(self) -> Optional[str]:
+        """e.g. "1 of 5 ideas failed: 2. a red car (weights for sdxl ...)"; None when none failed."""
+        if not self.failed:
+            return None
+        reasons = "; ".join(f"{i.index + 1}. {i.idea[:40]} ({i.error})" for i in self.failed)
+        return f"{len(self.failed)} of {len(self.items)} ideas failed: {reasons}"
+
+    @property
     def engine_busy_fraction(self) -> float:
         """Share of the engine's working span spent rendering (1.0 = never idle between rounds)."""
         return self.engine_busy_seconds / self.engine_wall_seconds if self.engine_wall_seconds > 0 else 0.0
@@ -138,6 +153,7 @@ class BatchResult:
             "renders_this_session": self.renders_this_session,
             "engine_busy_fraction": round(self.engine_busy_fraction, 4),
             "items": [i.to_dict() for i in self.items],
+            "failed": len(self.failed),
             "notices": self.notices,
         }
 
@@ -224,6 +240,7 @@ class _Item:
     control: Optional[Control] = None
     done: int = 0
     best: Optional[float] = None
+    error: Optional[str] = None  # set when the item failed; its rounds are skipped from then on
 
     def rounds(self) -> Optional[int]:
         return None if self.budget is None else math.ceil(self.budget / self.round_size)
@@ -294,6 +311,8 @@ class BatchRunner:
         self.renders_now = 0
         self.embeddings: dict[int, tuple] = {}
         self.stop = threading.Event()
+        self.failures: dict[int, str] = {}  # item index -> why it failed, this session
+        self.failed_before: set[int] = set()
 
     # -- setup -----------------------------------------------------------------------------
     def _budget(self, item: BatchItem) -> Optional[int]:
@@ -313,37 +332,78 @@ class BatchRunner:
             else:
                 db["batches"].update(self.batch_id, {"status": "running"})
         items = []
+        self.failed_before = {r["idx"] for r in db.query(
+            "select idx from batch_items where batch_id = ? and status = 'failed'", [self.batch_id])}
+        if self.failed_before:
+            self._notice(f"retrying {len(self.failed_before)} idea(s) that failed last time: "
+                         + ", ".join(str(i + 1) for i in sorted(self.failed_before)))
         for it in self.items_in:
-            profile = get_profile(it.profile or self.options.profile)
-            budget = self._budget(it)
-            round_size = min(ROUND_SIZE, budget) if budget else ROUND_SIZE
-            seed = item_seed(self.batch_id, it.index)
-            req = self._validate(Request(idea=it.idea, n=round_size, rounds=max(1, math.ceil(budget / round_size)) if budget else 100,
-                                         aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
-                                         profile=profile.name, references=it.references, seed=seed))
-            engine = self._engine or self.studio.engine_for(profile, self.progress)
-            width, height = _size(req, profile, engine)
-            rows = list(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
-            if rows:
-                row = rows[0]
-                run_id = row["run_id"]
-            else:
-                run_id = self.store.create_run(req, engine.name, seed)
-                with db.conn:
-                    db["batch_items"].insert({"batch_id": self.batch_id, "idx": it.index, "idea": req.idea,
-                                              "overrides_json": canonical_json(it.overrides()), "budget": budget,
-                                              "base_seed": seed, "run_id": run_id, "status": "running"})
-                row = next(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
-            item = _Item(row_id=row["id"], index=it.index, idea=req.idea, request=req, run_id=run_id, base_seed=seed,
-                         budget=budget, round_size=round_size, width=width, height=height, engine=engine.name)
-            item.done = len(self.store.render_rows(run_id))
-            best = [r.scores.composite for r in self.store.renders(run_id) if r.scores]
-            item.best = max(best) if best else None
-            if req.references:
-                # The same reference step as Studio.make: preprocessed, stored and linked to the run.
-                item.control = self.studio._control(req, self.store, run_id, self.progress)
-            items.append(item)
+            try:
+                items.append(self._open_item(it))
+            except ReverieError as e:
+                self._fail_item(it.index, it.idea, None, str(e))
         return items
+
+    def _open_item(self, it: BatchItem) -> _Item:
+        """Validate one idea and find or create its lineage run; a ReverieError fails this idea only."""
+        db = self.store.db
+        profile = get_profile(it.profile or self.options.profile)
+        budget = self._budget(it)
+        round_size = min(ROUND_SIZE, budget) if budget else ROUND_SIZE
+        seed = item_seed(self.batch_id, it.index)
+        req = self._validate(Request(idea=it.idea, n=round_size, rounds=max(1, math.ceil(budget / round_size)) if budget else 100,
+                                     aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
+                                     profile=profile.name, references=it.references, seed=seed))
+        engine = self._engine or self.studio.engine_for(profile, self.progress)
+        width, height = _size(req, profile, engine)
+        rows = list(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
+        if rows and rows[0]["run_id"]:
+            row = rows[0]
+            run_id = row["run_id"]
+            if row["status"] == "failed":  # retried: it may have been fixed (weights pulled, image replaced)
+                with db.conn:
+                    db["batch_items"].update(row["id"], {"status": "running", "error": None})
+        elif rows:  # failed before its run was made
+            run_id = self.store.create_run(req, engine.name, seed)
+            with db.conn:
+                db["batch_items"].update(rows[0]["id"], {"run_id": run_id, "status": "running", "error": None})
+            row = rows[0]
+        else:
+            run_id = self.store.create_run(req, engine.name, seed)
+            with db.conn:
+                db["batch_items"].insert({"batch_id": self.batch_id, "idx": it.index, "idea": req.idea,
+                                          "overrides_json": canonical_json(it.overrides()), "budget": budget,
+                                          "base_seed": seed, "run_id": run_id, "status": "running"})
+            row = next(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
+        item = _Item(row_id=row["id"], index=it.index, idea=req.idea, request=req, run_id=run_id, base_seed=seed,
+                     budget=budget, round_size=round_size, width=width, height=height, engine=engine.name)
+        item.done = len(self.store.render_rows(run_id))
+        best = [r.scores.composite for r in self.store.renders(run_id) if r.scores]
+        item.best = max(best) if best else None
+        if req.references:
+            # The same reference step as Studio.make: preprocessed, stored and linked to the run.
+            item.control = self.studio._control(req, self.store, run_id, self.progress)
+        return item
+
+    def _fail_item(self, index: int, idea: str, run_id: Optional[str], error: str) -> None:
+        """Mark one idea failed with its reason, stored at once; the batch goes on without it."""
+        db = self.store.db
+        with db.conn:
+            rows = list(db.query("select id from batch_items where batch_id = ? and idx = ?", [self.batch_id, index]))
+            if rows:
+                db["batch_items"].update(rows[0]["id"], {"status": "failed", "error": error})
+            else:
+                it = self.items_in[index]
+                db["batch_items"].insert({"batch_id": self.batch_id, "idx": index, "idea": idea,
+                                          "overrides_json": canonical_json(it.overrides()), "budget": self._budget(it),
+                                          "base_seed": item_seed(self.batch_id, index), "run_id": run_id,
+                                          "status": "failed", "error": error})
+        self.failures[index] = error
+        self._notice(f"idea {index + 1} ({idea[:40]}) failed: {error}; the other ideas go on")
+
+    def _notice(self, message: str) -> None:
+        self.studio.notices.append(message)
+        self.progress(Event("notice", {"message": message}))
 
     def _seconds_spent(self) -> float:
         row = next(self.store.db.query("select seconds_spent from batches where id = ?", [self.batch_id]))
@@ -428,7 +488,7 @@ class BatchRunner:
                 for slot in list(pipeline):
                     if rendering >= RENDERS_IN_FLIGHT:
                         break
-                    if slot.sent or slot.prompt_id is None:
+                    if slot.sent or slot.prompt_id is None or slot.item.error is not None:
                         continue
                     todo = [s for s in slot.specs if self.store.find_render(slot.item.run_id, s) is None]
                     if not todo:  # rendered before a crash
@@ -442,6 +502,17 @@ class BatchRunner:
                 try:
                     kind, job, result, error = outbox.get(timeout=0.25)
                 except queue.Empty:
+                    continue
+                if error is not None and isinstance(error, ReverieError) and kind in ("expand", "render"):
+                    # This idea's own problem (no weights for its profile, a bad control image):
+                    # it fails alone, with what it rendered so far kept; the others go on.
+                    slot = job if kind == "expand" else job[0]
+                    if kind == "render":
+                        rendering -= 1
+                    if slot.item.error is None:
+                        slot.item.error = str(error)
+                        self._fail_item(slot.item.index, slot.item.idea, slot.item.run_id, str(error))
+                    pipeline = deque(s for s in pipeline if s.item is not slot.item or (s.sent and s is not slot))
                     continue
                 if error is not None:
                     raise _step_error(kind, job, error)
@@ -503,12 +574,13 @@ class BatchRunner:
     def _slot_order(self, items: list[_Item]) -> Iterator[_Slot]:
         rnd = 0
         while True:
-            live = [i for i in items if i.rounds() is None or rnd < i.rounds()]
+            live = [i for i in items if i.error is None and (i.rounds() is None or rnd < i.rounds())]
             if not live:
                 return
             # Grouped by profile within a round, so a mixed batch switches models rarely.
             for item in sorted(live, key=lambda i: (i.request.profile, i.index)):
-                yield _Slot(item=item, round=rnd)
+                if item.error is None:  # a failed idea gets no more rounds
+                    yield _Slot(item=item, round=rnd)
             rnd += 1
 
     def _prepare(self, slot: _Slot) -> None:
@@ -584,10 +656,22 @@ class BatchRunner:
                     [{"item_id": item.row_id, "render_id": r.id, "rank": n, "near_duplicate": int(r.id in dups)}
                      for n, r in enumerate(kept, 1)])
                 finished = item.budget is not None and item.done >= item.budget
-                self.store.db["batch_items"].update(item.row_id, {"status": "done" if finished else "stopped"})
-                self.store.finish_run(item.run_id, "done", stop_reason)
+                status = "failed" if item.error else "done" if finished else "stopped"
+                if not item.error:  # a failed item's row already holds status and reason
+                    self.store.db["batch_items"].update(item.row_id, {"status": status})
+                self.store.finish_run(item.run_id, "failed" if item.error else "done", item.error or stop_reason)
             results.append(BatchItemResult(index=item.index, idea=item.idea, run_id=item.run_id, budget=item.budget,
-                                           rendered=item.done, kept=kept, near_duplicates=sorted(dups)))
+                                           rendered=item.done, kept=kept, near_duplicates=sorted(dups), status=status,
+                                           error=item.error))
+        opened = {i.index for i in items}
+        for it in self.items_in:  # failed before it could start: nothing rendered this time
+            if it.index not in opened:
+                row = next(self.store.db.query("select * from batch_items where batch_id = ? and idx = ?",
+                                               [self.batch_id, it.index]))
+                results.append(BatchItemResult(index=it.index, idea=it.idea, run_id=row["run_id"] or "",
+                                               budget=row["budget"], rendered=0, kept=[], status="failed",
+                                               error=row["error"]))
+        results.sort(key=lambda r: r.index)
         report = write_report(self.store, self.batch_id)
         with self.store.db.conn:
             self.store.db["batches"].update(self.batch_id, {"status": "done", "report_path": str(report), "finished": time.time()})

@@ -103,15 +103,28 @@ def batch(
     finally:
         view.stop()
         studio.close()
+    # Some ideas failing is a finished night (exit 0, the failures named); all of them is an error.
+    all_failed = len(result.failed) == len(result.items)
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
-        return
-    for item in result.items:
-        scores = ", ".join(f"{r.scores.composite:.3f}" for r in item.kept if r.scores)
-        out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]",
-                  markup=False, highlight=False)
-    out.print(f"batch {result.batch_id}: {result.stop_reason}", markup=False, highlight=False)
-    out.print(f"report: {result.report_path}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        for item in result.items:
+            scores = ", ".join(f"{r.scores.composite:.3f}" for r in item.kept if r.scores)
+            failed = f"  failed: {item.error}" if item.status == "failed" else ""
+            out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]{failed}",
+                      markup=False, highlight=False, soft_wrap=True)
+        out.print(f"batch {result.batch_id}: {result.stop_reason}", markup=False, highlight=False)
+        out.print(f"report: {result.report_path}", markup=False, highlight=False, soft_wrap=True)
+    reasons = {i.error for i in result.failed}
+    if all_failed and len(reasons) == 1:
+        # Every idea failed for one reason (a bad engine option, an engine that cannot start): that reason alone.
+        say(err, "error:", reasons.pop(), style="bold red")
+    elif result.failed:
+        tail = "fix them and run the same command: only the failed ideas are tried again"
+        say(err, "error:" if all_failed else "warning:", f"{result.failure_line()}; {tail}",
+            style="bold red" if all_failed else "yellow")
+    if all_failed:
+        raise typer.Exit(2)
 
 
 @app.command()

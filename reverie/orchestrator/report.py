@@ -34,6 +34,7 @@ figcaption{font-size:12px;margin-top:4px;word-wrap:break-word}
 .prompt{color:#555;max-height:4.2em;overflow:hidden}
 code{font-size:11px;background:#f0f0f0;padding:1px 3px;border-radius:3px;word-break:break-all}
 .empty{color:#999}
+.failed{color:#b00020;font-weight:600;margin-bottom:8px}
 """
 
 
@@ -72,12 +73,19 @@ def write_report(store, batch_id: str) -> Path:
         f"<div class=meta>{esc(batch['source'])} · {len(items)} ideas · keep {esc(str(options.get('keep')))} per idea · "
         f"profile {esc(str(options.get('profile')))} · written {esc(time.strftime('%Y-%m-%d %H:%M', time.localtime()))}</div>",
     ]
+    failed = [i for i in items if i["status"] == "failed"]
+    if failed:
+        parts.append(f"<div class=failed>{len(failed)} of {len(items)} ideas failed; fix them and run the same "
+                     "command: only the failed ideas are tried again</div>")
     for item in items:
         rendered = next(db.query("select count(*) as n from renders where run_id = ? and status = 'ok'", [item["run_id"]]))["n"]
         budget = item["budget"] if item["budget"] is not None else "time-limited"
         parts.append(f"<section><h2>{item['idx'] + 1}. {esc(item['idea'])}</h2>"
-                     f"<div class=sub>run {esc(item['run_id'])} · {rendered} rendered of {esc(str(budget))} · "
-                     f"<code>reverie show {esc(item['run_id'])} --home {esc(home_arg)}</code></div><div class=grid>")
+                     f"<div class=sub>run {esc(item['run_id'] or '-')} · {rendered} rendered of {esc(str(budget))} · "
+                     f"<code>reverie show {esc(item['run_id'] or '')} --home {esc(home_arg)}</code></div>")
+        if item["status"] == "failed":
+            parts.append(f"<div class=failed>failed: {esc(item['error'] or 'unknown error')}</div>")
+        parts.append("<div class=grid>")
         keeps = list(db.query("select * from batch_keeps where item_id = ? order by rank", [item["id"]]))
         if not keeps:
             parts.append("<p class=empty>nothing kept yet</p>")

@@ -202,6 +202,14 @@ def m004_batches_and_chats(db: sqlite_utils.Database) -> None:
     db["chat_turns"].create_index(["run_id"])
 
 
+@migration
+def m005_batch_item_errors(db: sqlite_utils.Database) -> None:
+    # A batch item that failed (no weights for its profile, a broken reference) is marked
+    # status 'failed' with its one-line reason; the rest of the batch goes on, and the same
+    # command retries it.
+    db["batch_items"].add_column("error", str)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     if "_migrations" not in db.table_names():
