@@ -140,3 +140,13 @@ def test_a_run_is_scored_by_clip_and_judged(home, tiny_scoring):
         assert 0.0 <= r.scores.composite <= 1.0
     assert any(e.kind == "judged" for e in events)
     assert {e.data["scorer"] for e in events if e.kind == "scored"} == {"clip+aesthetic"}
+
+
+def test_score_checks_paths_before_the_scorer_notice_and_says_it_once(folder, tmp_path):
+    missing = run_cli("score", str(tmp_path / "no-such-folder"), home=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'no-such-folder'} does not exist: pass image "
+                                                    "files or folders that hold them"]
+    ranked = run_cli("score", str(folder), "--json", home=tmp_path)
+    assert ranked.returncode == 0, ranked.stderr
+    assert ranked.stderr.count("heuristic scorer") == 1
