@@ -170,6 +170,7 @@ class Studio:
             return self._engine
         if self._engine is not None:
             self._engine.close()
+            self._engine, self._engine_key = None, None  # a failed build must not leave a closed engine current
         options = dict(self.engine_options)
         if name == "tiny":
             options.setdefault("models_dir", str(self.home / "models"))
