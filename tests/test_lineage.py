@@ -275,3 +275,34 @@ def test_a_run_is_resumed_only_on_the_same_engine_identity(tmp_path):
     assert resumed and again == first and again_seed == seed == 5
     again_lock.release()
     store.close()
+
+
+def test_lineage_text_reads_every_step_at_100_columns(home):
+    """Each step under its own key, wrapped lines kept indented, the path on one line; with the
+    dreamer's model and system-prompt hash and the critic's reason for its revision."""
+    from tests.conftest import run_cli
+    from tests.openai_server import ScriptedLLM
+    from tests.test_agents import REVISED, _director
+
+    with ScriptedLLM(responder=_director) as llm, Studio(home=home, engine="tiny", llm_url=llm.url) as studio:
+        result = studio.make("a fox in the rain", n=1, rounds=2, seed=3, megapixels=0.05)
+    revised = next(r for r in result.renders if r.prompt == REVISED)
+    info = json.loads(run_cli("lineage", str(revised.id), "--json", home=home).stdout)
+    done = run_cli("lineage", str(revised.id), home=home, env={"COLUMNS": "100"})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    keys = ("idea", "asked by", "expansion", "revision", "spec", "image", "scores")
+    # A wrapped line stays in the value column: it never starts at the left edge.
+    assert all(line.startswith(keys) or line.startswith(" " * 12) for line in lines), done.stdout
+    assert [line.split()[0] for line in lines if not line.startswith(" ")] == \
+        ["idea", "expansion", "revision", "spec", "image", "scores"]
+    assert any(info["render"]["path"] in line for line in lines)  # unbroken, copyable
+    flat = " ".join(done.stdout.split())
+    dreamer, critic = info["prompts"]
+    assert "source dreamer" in flat and "model scripted-model" in flat and dreamer["system_hash"][:12] in flat
+    assert "Faithfulness is low: the fox is too small." in flat and " ".join(REVISED.split()) in flat
+    assert f"render {revised.id}, round 2, seed {revised.seed}, ok" in flat
+    sc = info["scores"]
+    assert f"composite {sc['composite']:.3f}" in flat and sc["scorer"] in flat
+    assert all(f"{k} {v:.3f}" in flat for k, v in sc.items() if k not in ("composite", "scorer"))
+    assert f"seed {info['spec']['seed']}" in flat and info["spec_sha"][:16] in flat

@@ -68,26 +68,53 @@ def lineage(
     if as_json:
         print(json.dumps(info, ensure_ascii=False, default=str))
         return
+    _print_lineage(info)
+
+
+KEY_WIDTH = 11  # the widest key, "asked by" / "expansion", plus room
+
+
+def _step(key: str, *lines: str) -> None:
+    """One step of a lineage: the key in a fixed column, its lines wrapping beside it (indented)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=KEY_WIDTH, no_wrap=True, style="bold")
+    grid.add_column(ratio=1, overflow="fold")
+    grid.add_row(key, Text("\n".join(line for line in lines if line)))
+    out.print(grid, highlight=False)
+
+
+def _print_lineage(info: dict) -> None:
+    """idea -> (asked by) -> expansions and revisions -> spec -> image -> scores, one step each."""
+    from rich.text import Text
+
     run, r = info["run"], info["render"]
-    out.print(f"[bold]idea[/]  {escape(run['idea'])}   (run {run['id']}, {run['profile']}, {run['engine']})", highlight=False)
-    if info["caused_by"]:
-        c = info["caused_by"]
-        what = f"chat turn {c.get('turn')} of session {c.get('session')!r}: {c.get('message')}" if c["kind"] == "chat_turn" \
-            else f"batch {c.get('batch_id')} item {c.get('idx')}: {c.get('idea')}"
-        out.print(f"[bold]asked by[/]  {escape(what)}", highlight=False)
+    _step("idea", run["idea"], f"run {run['id']}, profile {run['profile']}, engine {run['engine']}")
+    c = info["caused_by"]
+    if c:
+        what = (f"chat turn {c.get('turn')} of session {c.get('session')!r}: {c.get('message')}" if c["kind"] == "chat_turn"
+                else f"batch {c.get('batch_id')} item {c.get('idx')}: {c.get('idea')}")
+        _step("asked by", what)
     for p in info["prompts"]:
-        label = "critic revision" if p["source"] == "critic" else f"expansion ({p['source']})"
-        reason = f" — {p['reason']}" if p["reason"] else ""
-        out.print(f"[bold]{label}[/] " + escape(f"prompt {p['id']} round {p['round'] + 1}{reason}\n  {p['text']}"), highlight=False)
+        critic = p["source"] == "critic"
+        made_by = f"model {p['model']}, system prompt {p['system_hash'][:12]}" if p["model"] else ""
+        reason = ("critic: " if critic else "reading: ") + p["reason"] if p["reason"] else ""
+        _step("revision" if critic else "expansion",
+              f"prompt {p['id']}, round {p['round'] + 1}, source {p['source']}", made_by, reason, p["text"])
     s = info["spec"]
-    out.print(f"[bold]spec[/]  {info['spec_sha'][:16]}  seed {s['seed']}  {s['width']}x{s['height']}  steps {s['steps']}  "
-              f"guidance {s['guidance']}  sampler {s['sampler']}  shift {s['shift']}  blind steps {s['blind_steps']}", highlight=False)
+    _step("spec", f"{info['spec_sha'][:16]}, seed {s['seed']}, {s['width']}x{s['height']}, steps {s['steps']}, "
+                  f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}")
     state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
-    out.print("[bold]image[/] " + escape(f"render {r['id']}  {r['path'] or '-'}  [{state}]"), highlight=False)
-    if info["scores"]:
-        sc = info["scores"]
+    _step("image", f"render {r['id']}, round {r['round'] + 1}, seed {r['seed']}, {state}")
+    if r["path"]:
+        # Its own unbroken line, whatever the width, so it can be copied whole.
+        out.print(Text(f"{'':{KEY_WIDTH}} {r['path']}"), soft_wrap=True, highlight=False)
+    sc = info["scores"]
+    if sc:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sc.items() if k not in ("composite", "scorer"))
-        out.print(f"[bold]scores[/] composite {sc['composite']:.3f} ({sc['scorer']}): {parts}", highlight=False)
+        _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer", parts)
 
 
 @app.command()
