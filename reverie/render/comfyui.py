@@ -326,7 +326,10 @@ class ComfyUIEngine:
                     for prompt_id in list(inflight):
                         entry = client.history(prompt_id)
                         if entry is not None:
-                            self._collect(client, batch, inflight.pop(prompt_id), entry)
+                            # Popped only once collected: a server that dies while we download
+                            # the image must hand this job back, not lose it.
+                            self._collect(client, batch, inflight[prompt_id], entry)
+                            inflight.pop(prompt_id)
                     continue
                 heard = time.monotonic()
                 self._handle(client, batch, inflight, message)
@@ -403,7 +406,8 @@ class ComfyUIEngine:
         elif (kind == "executing" and data.get("node") is None) or kind == "execution_success":
             entry = client.history(data["prompt_id"])
             if entry is not None:
-                self._collect(client, batch, inflight.pop(data["prompt_id"]), entry)
+                self._collect(client, batch, job, entry)
+                inflight.pop(data["prompt_id"])
         elif kind in ("execution_error", "execution_interrupted"):
             inflight.pop(data["prompt_id"])
             where = data.get("node_type") or "the workflow"
