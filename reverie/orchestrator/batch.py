@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from reverie.orchestrator.curation import keep_diverse
 from reverie.render.profiles import get_profile
-from reverie.render.resolution import size_for
+from reverie.orchestrator.studio import render_size
 from reverie.types import (
     Control,
     Event,
@@ -355,7 +355,7 @@ class BatchRunner:
                                      aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
                                      profile=profile.name, references=it.references, seed=seed))
         engine = self._engine or self.studio.engine_for(profile, self.progress)
-        width, height = _size(req, profile, engine)
+        width, height = render_size(req, profile, engine)
         rows = list(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
         if rows and rows[0]["run_id"]:
             row = rows[0]
@@ -706,16 +706,6 @@ def _score_job(scorer, job):
         with Image.open(path) as im:
             images.append(im.convert("RGB"))
     return scorer.score(images, [item.idea] * len(entries), [p for _, _, p in entries])
-
-
-def _size(req: Request, profile, engine) -> tuple[int, int]:
-    # The same caps as Studio.make: the profile's, the engine's, and the tiny engine's own.
-    from reverie.orchestrator.studio import TINY_MAX_SIDE
-
-    max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
-    if engine.name == "tiny":
-        max_side = min(max_side, TINY_MAX_SIDE)
-    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
 
 
 def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress, **parts: Any) -> BatchResult:

@@ -135,7 +135,7 @@ def chat(
     rounds: int = typer.Option(1, "--rounds", help="Rounds per turn."),
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio of the first turn."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels."),
-    profile: str = typer.Option("z-image-turbo", "--profile"),
+    profile: str = PROFILE,
     engine: str = ENGINE,
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,

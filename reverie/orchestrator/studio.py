@@ -23,7 +23,6 @@ from reverie.types import CONTROL_KINDS, Control, Event, ProgressFn, Reference, 
 MAX_N = 1024
 MAX_ROUNDS = 100
 MAX_IDEA_CHARS = 4000
-TINY_MAX_SIDE = 256
 
 EMBEDDED_TAIL = "a working pipeline with meaningless pictures until real weights are configured (see README)"
 
@@ -93,6 +92,13 @@ def validate_request(req: Request) -> Request:
         if ref.control not in CONTROL_KINDS:
             raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
     return Request(**{**req.__dict__, "idea": idea})
+
+
+def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:
+    """Width and height for a request: the profile's multiple, capped by the profile and by the
+    engine where it has its own cap (the tiny engine's `max_side`)."""
+    max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
+    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
 
 
 def weights_present(profile: Profile, model_path: Optional[str]) -> bool:
@@ -272,10 +278,7 @@ class Studio:
             load_reference(ref.path)
         profile = get_profile(req.profile)
         engine = self.engine_for(profile, progress)
-        max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
-        if engine.name == "tiny":
-            max_side = min(max_side, TINY_MAX_SIDE)
-        width, height = size_for(req.aspect, req.megapixels, profile.multiple, max_side)
+        width, height = render_size(req, profile, engine)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
         # that no live process holds; otherwise a new run starts. We hold its lock until the end.

@@ -240,6 +240,8 @@ def ensure_tiny_weights(models_dir: Path) -> Path:
 
 class TinyEngine(DiffusersEngine):
     name = "tiny"
+    # Its pictures carry no meaning at any size; small keeps the embedded default fast on a CPU.
+    max_side = 256
 
     @property
     def identity(self) -> str:
