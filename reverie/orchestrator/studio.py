@@ -297,7 +297,7 @@ class Studio:
         state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
                  "blind_steps": req.blind_steps, "history": []}
         try:
-            sweep_orphans(self.store, own_run=run_id)
+            sweep_orphans(self.store, run_id)
             if resumed:
                 redone = rerender_missing(self.store, run_id, lambda specs: render_with_retry(engine, specs, progress),
                                           batch_size=lambda: getattr(engine, "batch_size", None))

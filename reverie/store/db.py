@@ -175,6 +175,16 @@ class Store:
 
     # -- renders ---------------------------------------------------------------------------
     @locked
+    @locked
+    def known_image_paths(self) -> set[str]:
+        """Every image path a row points at (renders and control images), relative to home."""
+        known = {r["path"] for r in self.db.query("select path from renders where path is not null")}
+        return known | {r["image_path"] for r in self.db.query("select image_path from controls")}
+
+    @locked
+    def has_prompt(self, run_id: str, prompt_id: Any) -> bool:
+        return bool(list(self.db.query("select 1 from prompts where id = ? and run_id = ?", [prompt_id, run_id])))
+
     def find_render(self, run_id: str, spec: RenderSpec) -> Optional[dict]:
         rows = list(self.db.query("select * from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
         return rows[0] if rows else None

@@ -211,17 +211,33 @@ def m005_batch_item_errors(db: sqlite_utils.Database) -> None:
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply every migration not yet recorded; return the names applied now."""
-    if "_migrations" not in db.table_names():
-        db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
-    done = {row["name"] for row in db["_migrations"].rows}
-    applied = []
-    # Numbered names sort into order wherever in the file (or package) they are defined.
-    for name, fn in sorted(MIGRATIONS):
-        if name in done:
-            continue
-        with db.conn:
+    """Apply every migration not yet recorded, all in one transaction; return the names applied now.
+
+    `BEGIN IMMEDIATE` takes the database's write lock before reading what is done, so a second
+    process opening a new home waits for the first and then finds nothing left to do; DDL inside
+    the transaction (sqlite-utils nests its own writes as savepoints) means a process killed
+    half-way leaves no half-made schema behind: the next open starts from where it was.
+    """
+    if _pending(db) == []:  # the common case: a plain read, no write lock taken
+        return []
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "_migrations" not in db.table_names():
+            db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
+        applied = []
+        for name, fn in _pending(db):
             fn(db)
             db["_migrations"].insert({"name": name, "applied_at": time.time()})
-        applied.append(name)
+            applied.append(name)
+        db.conn.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
     return applied
+
+
+def _pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_utils.Database], None]]]:
+    done = {row["name"] for row in db["_migrations"].rows} if "_migrations" in db.table_names() else set()
+    # Numbered names sort into order wherever in the file (or package) they are defined.
+    return [(name, fn) for name, fn in sorted(MIGRATIONS) if name not in done]

@@ -118,42 +118,38 @@ def clean_temp_files(images_dir: Path) -> list[Path]:
     return removed
 
 
-def sweep_orphans(store, own_run: Optional[str] = None) -> dict[str, list[str]]:
-    """Adopt or remove image files that no row points at.
+def sweep_orphans(store, run_id: str) -> dict[str, list[str]]:
+    """Adopt the image files this run wrote before a crash whose rows never committed.
 
-    A render PNG carries its own recipe, so a file written just before a crash (the row never
-    committed) is adopted as the render it is, when its run and prompt exist and no live
-    process owns the run (`own_run` is the one this process holds). Files of runs that do not exist are removed. Files without a
-    `reverie` chunk (control images) are left alone.
+    A render PNG carries its own recipe, so such a file is recorded as the render it is. The
+    sweep touches only files of `run_id` (the run this process holds), written since that run
+    began; it never deletes an image: files of other runs, of runs this database does not know
+    (a database moved aside, a PNG copied in from another home) and foreign PNGs stay as they are.
+    Dead writers' `.tmp` leftovers (reverie's own partial writes) are removed.
     """
-    report: dict[str, list[str]] = {"adopted": [], "removed": [], "temp_removed": []}
+    report: dict[str, list[str]] = {"adopted": [], "temp_removed": []}
     report["temp_removed"] = [str(p) for p in clean_temp_files(store.images_dir)]
-    known = {r["path"] for r in store.db.query("select path from renders where path is not null")}
-    if "controls" in store.db.table_names():
-        known |= {r["image_path"] for r in store.db.query("select image_path from controls")}
+    run = store.get_run(run_id)
+    since = float(run["created"] or 0.0) - 5.0  # file clocks and time.time() may differ a little
+    known = store.known_image_paths()
     for file in sorted(Path(store.images_dir).glob("*/*.png")):
         rel = str(file.relative_to(store.home))
         if rel in known:
             continue
         try:
+            if file.stat().st_mtime < since:
+                continue  # older than the run: not its file
             meta = read_reverie_meta(file)
         except Exception:
-            meta = None
-        if not meta or "spec" not in meta or "run_id" not in meta:
             continue
-        run_id = meta["run_id"]
-        if run_id != own_run and RunLock(store.home, run_id).held_elsewhere():
-            continue  # its owner is alive and about to commit the row
-        runs = list(store.db.query("select id from runs where id = ?", [run_id]))
-        prompt = list(store.db.query("select id from prompts where id = ? and run_id = ?", [meta.get("prompt_id"), run_id]))
+        if not meta or meta.get("run_id") != run_id or "spec" not in meta:
+            continue
+        if not store.has_prompt(run_id, meta.get("prompt_id")):
+            continue
         spec = RenderSpec.from_dict(meta["spec"])
-        taken = list(store.db.query("select id from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
-        if runs and prompt and not taken and file_sha256(file) == file.stem:
+        if store.find_render(run_id, spec) is None and file_sha256(file) == file.stem:
             store.adopt_render(meta, rel, file.stem)
             report["adopted"].append(rel)
-        elif not runs or not prompt:
-            file.unlink(missing_ok=True)
-            report["removed"].append(rel)
     return report
 
 

@@ -1,0 +1,133 @@
+"""The store never loses what it cannot account for, and a new home survives kills and races."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reverie import Studio
+from reverie.store.db import Store
+from reverie.store.migrations import MIGRATIONS, migrate
+
+
+def _make(home: Path, idea: str, n: int = 3):
+    with Studio(home=home, engine="fixed", scorer="heuristic", engine_options={"latency": 0.0}) as studio:
+        return studio.make(idea, n=n, rounds=1, seed=11)
+
+
+def _pngs(home: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(home)): p.read_bytes() for p in (home / "images").glob("*/*.png")}
+
+
+@pytest.mark.parametrize("damage", ["moved-aside", "emptied"])
+def test_a_new_database_never_deletes_existing_images(tmp_path, damage):
+    home = tmp_path / "home"
+    _make(home, "a fox in the rain")
+    before = _pngs(home)
+    assert len(before) == 3
+    # reverie's own advice for an unusable database is to move it aside; an empty file is the other case.
+    for suffix in ("", "-wal", "-shm"):
+        db = home / f"reverie.db{suffix}"
+        if db.exists():
+            db.rename(home / f"reverie.db{suffix}.aside")
+    if damage == "emptied":
+        (home / "reverie.db").write_bytes(b"")
+    result = _make(home, "a lighthouse at dusk")
+    after = _pngs(home)
+    assert len(result.renders) == 3
+    for rel, data in before.items():
+        assert after.get(rel) == data, f"{rel} was deleted or changed"
+
+
+def test_a_png_copied_in_from_another_home_is_kept(tmp_path):
+    other = tmp_path / "other"
+    _make(other, "a red car")
+    home = tmp_path / "home"
+    _make(home, "a fox in the rain")
+    foreign = next((other / "images").glob("*/*.png"))
+    target = home / "images" / foreign.parent.name / foreign.name
+    target.parent.mkdir(exist_ok=True)
+    shutil.copy2(foreign, target)
+    os.utime(target)  # fresh mtime: newer than any run of this home
+    _make(home, "a fox in the rain", n=4)  # resumes nothing (new n): a new run sweeps
+    assert target.exists() and target.read_bytes() == foreign.read_bytes()
+
+
+def test_a_failed_migration_leaves_no_half_made_schema(tmp_path):
+    def m999_breaks_half_way(db):
+        db["half_made"].create({"id": int}, pk="id")
+        raise RuntimeError("killed half-way")
+
+    home = tmp_path / "h"
+    Store(home).close()
+    MIGRATIONS.append((m999_breaks_half_way.__name__, m999_breaks_half_way))
+    try:
+        conn = sqlite3.connect(home / "reverie.db")
+        import sqlite_utils
+
+        with pytest.raises(RuntimeError):
+            migrate(sqlite_utils.Database(conn))
+        assert "half_made" not in sqlite_utils.Database(conn).table_names()
+        assert not conn.in_transaction
+        conn.close()
+    finally:
+        MIGRATIONS.remove((m999_breaks_half_way.__name__, m999_breaks_half_way))
+    again = Store(home)  # the home still opens
+    assert "half_made" not in again.db.table_names()
+    again.close()
+
+
+def _open_home(home: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        Store(home).close()
+        results.put("ok")
+    except Exception as e:  # reported to the test, which names it
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_processes_opening_a_fresh_home_together_all_succeed(tmp_path):
+    ctx = mp.get_context("spawn")
+    for trial in range(4):
+        home = str(tmp_path / f"h{trial}")
+        barrier, results = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_open_home, args=(home, barrier, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert got == ["ok"] * 3, got
+        names = [r[0] for r in sqlite3.connect(Path(home) / "reverie.db").execute("select name from _migrations")]
+        assert names == sorted(n for n, _ in MIGRATIONS)
+
+
+KILL_DURING_SCHEMA = r"""
+import os, signal, sys, sqlite_utils
+from reverie.store import migrations
+original = migrations.m004_batches_and_chats
+def slow(db):
+    original(db)
+    os.kill(os.getpid(), signal.SIGKILL)  # dies inside the transaction, after some DDL
+migrations.MIGRATIONS[:] = [(n, slow if n == "m004_batches_and_chats" else f) for n, f in migrations.MIGRATIONS]
+from reverie.store.db import Store
+Store(sys.argv[1])
+"""
+
+
+def test_sigkill_during_first_schema_creation_leaves_a_usable_home(tmp_path):
+    home = tmp_path / "h"
+    r = subprocess.run([sys.executable, "-c", KILL_DURING_SCHEMA, str(home)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL
+    store = Store(home)  # the whole schema is made now, in one go
+    assert {"runs", "batches", "chat_turns"} <= set(store.db.table_names())
+    store.close()
