@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reverie.agents.expander import FormulaExpander
+from reverie.agents.expander import FormulaExpander, RuleCritic
 from reverie.orchestrator.studio import Studio
 from reverie.render.fixed import FixedLatencyEngine
 from reverie.render.profiles import get_profile
@@ -36,6 +36,18 @@ class SlowExpander(FormulaExpander):
     def expand(self, idea, profile, k=1, seed=0):
         time.sleep(self.delay)
         return super().expand(idea, profile, k=k, seed=seed)
+
+
+class SlowCritic(RuleCritic):
+    """The rule critic plus the same delay: the LLM critic's round trip after every round."""
+
+    def __init__(self, delay: float):
+        super().__init__(FormulaExpander())
+        self.delay = delay
+
+    def critique(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().critique(*args, **kwargs)
 
 
 class SlowScorer(HeuristicScorer):
@@ -78,13 +90,14 @@ def main() -> None:
     ideas = (IDEAS * (args.ideas // len(IDEAS) + 1))[: args.ideas]
     engine = FixedLatencyEngine(latency=args.latency)
     expander, scorer = SlowExpander(args.expand_latency), SlowScorer(args.score_latency)
+    critic = SlowCritic(args.expand_latency)
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / "ideas.txt"
         file.write_text("\n".join(ideas) + "\n")
-        with Studio(home=Path(tmp) / "home", engine="fixed") as studio:
+        with Studio(home=Path(tmp) / "home", engine=engine, expander=expander, critic=critic,
+                    scorer=SlowScorer(args.score_latency)) as studio:
             t0 = time.perf_counter()
-            result = studio.batch(file, per_prompt=args.per_prompt, keep=2, megapixels=0.02,
-                                  engine=engine, expander=expander, scorer=scorer)
+            result = studio.batch(file, per_prompt=args.per_prompt, keep=2, megapixels=0.02)
             wall = time.perf_counter() - t0
     renders = result.renders_this_session
     print(f"batch: {len(ideas)} ideas x {args.per_prompt} renders = {renders} renders in {wall:.2f}s "

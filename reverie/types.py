@@ -56,10 +56,15 @@ class Request:
     blind_steps: int = 0
     steps: Optional[int] = None
     max_seconds: Optional[float] = None
+    max_renders: Optional[int] = None  # a render budget that need not be a multiple of n (batch --per-prompt)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["references"] = [asdict(r) for r in self.references]
+        # Left out while unset, so the hash of a request made before the field existed (the key
+        # that resumes an unfinished run) stays the same.
+        if d["max_renders"] is None:
+            del d["max_renders"]
         return d
 
     @classmethod

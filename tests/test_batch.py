@@ -82,9 +82,8 @@ def test_round_robin_spreads_a_time_budget_fairly(tmp_path):
     file = tmp_path / "ideas.txt"
     file.write_text("a fox in the rain\na red car at night\na boat on a lake\n")
     events = []
-    with Studio(home=home, engine="fixed", scorer="heuristic") as studio:
-        result = studio.batch(file, hours=0.0008, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.05),
-                              progress=events.append)  # about 3 seconds
+    with Studio(home=home, engine=FixedLatencyEngine(latency=0.05), scorer="heuristic") as studio:
+        result = studio.batch(file, hours=0.0008, keep=2, megapixels=0.02, progress=events.append)  # about 3 seconds
     done = [i.rendered for i in result.items]
     assert result.stop_reason.startswith("time budget reached")
     assert min(done) >= 4 and max(done) - min(done) <= 4, done  # whole rounds of 4, never more than one apart
@@ -101,8 +100,8 @@ def test_keep_prefers_distinct_images_and_fills_with_marked_near_duplicates(tmp_
 
     file = tmp_path / "ideas.txt"
     file.write_text("a fox in the rain\n")
-    with Studio(home=home, engine="fixed", scorer="heuristic") as studio:
-        result = studio.batch(file, per_prompt=3, keep=3, megapixels=0.02, engine=FixedLatencyEngine(latency=0.0))
+    with Studio(home=home, engine=FixedLatencyEngine(latency=0.0), scorer="heuristic") as studio:
+        result = studio.batch(file, per_prompt=3, keep=3, megapixels=0.02)
         run_id = result.items[0].run_id
         kept, dups = keep_diverse(studio.store, run_id, 3)
         assert len(kept) == 3 and not dups  # three seeds of seeded noise are all distinct
@@ -160,23 +159,21 @@ def test_interrupted_batch_resumes_where_it_stopped(tmp_path):
         if event.kind == "batch_progress" and event.data["done"] >= 6:
             raise KeyboardInterrupt
 
-    with Studio(home=home, engine="fixed", scorer="heuristic") as studio:
+    with Studio(home=home, engine=FixedLatencyEngine(latency=0.01), scorer="heuristic") as studio:
         with pytest.raises(KeyboardInterrupt):
-            studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01),
-                         progress=stop_after_six)
+            studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, progress=stop_after_six)
         first = {r["run_id"]: r["n"] for r in studio.store.db.query(
             "select run_id, count(*) as n from renders group by run_id")}
         assert 6 <= sum(first.values()) < 15
         assert [r["status"] for r in studio.store.db.query("select status from batches")] == ["interrupted"]
-        result = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01),
-                              progress=seen.append)
+        result = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, progress=seen.append)
         assert result.renders_this_session == 15 - sum(first.values())
         assert seen[0].kind == "batch_started" and seen[0].data["resumed"]
         assert [len(i.kept) for i in result.items] == [2] * 5 and [i.rendered for i in result.items] == [3] * 5
         seeds = [r["seed"] for r in studio.store.db.query("select seed from renders")]
         assert len(seeds) == len(set(seeds)) == 15
         # Once more after the end: nothing is rendered again, the same images are kept.
-        again = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, engine=FixedLatencyEngine(latency=0.01))
+        again = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02)
         assert again.renders_this_session == 0 and again.batch_id == result.batch_id
         assert [[r.id for r in i.kept] for i in again.items] == [[r.id for r in i.kept] for i in result.items]
     check_report_renders(result.report_path, tmp_path)
@@ -292,9 +289,8 @@ class DiesOnSecondCall(TinyEngine):
 
 @friendly
 def main(file, home):
-    with Studio(home=home, scorer="heuristic") as studio:
-        studio.batch(file, per_prompt=4, keep=2, megapixels=0.02,
-                     engine=DiesOnSecondCall(models_dir=home + "/models", batch_size=1))
+    with Studio(home=home, scorer="heuristic", engine=DiesOnSecondCall(models_dir=home + "/models", batch_size=1)) as studio:
+        studio.batch(file, per_prompt=4, keep=2, megapixels=0.02)
 
 
 try:

@@ -148,7 +148,8 @@ def test_locked_database_is_one_line_after_a_short_wait(filled_home):
 def test_megabyte_idea_and_control_characters(filled_home):
     """A 1 MB idea is refused (argv cannot carry it, so through the API); control characters are
     cleaned and the idea accepted."""
-    from reverie.orchestrator.studio import Studio, clean_idea
+    from reverie.orchestrator.requests import clean_idea
+    from reverie.orchestrator.studio import Studio
     from reverie.types import ReverieError
 
     with pytest.raises(ReverieError, match="characters long"):

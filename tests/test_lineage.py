@@ -61,9 +61,7 @@ class NaNWeights(TinyEngine):
 
 
 def _studio_with(home: Path, engine) -> Studio:
-    studio = Studio(home=home, engine="tiny")
-    studio._engine, studio._engine_key = engine, ("tiny", "z-image-turbo")
-    return studio
+    return Studio(home=home, engine=engine)
 
 
 @pytest.fixture(scope="module")

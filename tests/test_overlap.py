@@ -72,9 +72,7 @@ class FailsAfterFirstBatch(TinyEngine):
 
 
 def studio_with_engine(home: Path, engine) -> Studio:
-    studio = Studio(home=home, engine="tiny", scorer="heuristic")
-    studio._engine, studio._engine_key = engine, ("tiny", "z-image-turbo")
-    return studio
+    return Studio(home=home, engine=engine, scorer="heuristic")
 
 
 def stored(home: Path) -> tuple[str, list]:
@@ -119,8 +117,7 @@ class ScorerThatBreaks(HeuristicScorer):
 
 
 def test_an_error_while_storing_or_scoring_reaches_the_caller(home):
-    studio = Studio(home=home, engine="fixed", scorer="heuristic", engine_options={"latency": 0.0})
-    studio._scorer = ScorerThatBreaks()
+    studio = Studio(home=home, engine="fixed", scorer=ScorerThatBreaks(), engine_options={"latency": 0.0})
     with pytest.raises(ReverieError, match="scoring model went away"):
         studio.make("a fox in the rain", n=3, rounds=1, seed=5, megapixels=0.01)
     studio.close()

@@ -1,18 +1,16 @@
-"""Overnight best-of-N: a file of ideas, rendered fairly, resumable, curated into a contact sheet.
+"""Overnight best-of-N: a file of ideas, each a run of the agent loop, fair, resumable, curated.
 
-The work is a pipeline of three threads around one coordinator:
+Every idea is a run of the same graph as `make` (expand, references, render, score, judge with
+the critic, the variety knobs and --target), with its own checkpoint. All ideas run at once on
+their own threads and hand their rounds to the studio's one engine worker, which serves the
+lowest round first: round 0 of every idea, then round 1, and so on, so a time budget (--hours)
+that runs out leaves every idea with a fair share, and the engine always has the next round
+waiting while other ideas expand, store and score. The calling thread coordinates: it reports
+progress, marks failed ideas, and on Ctrl-C or an engine error stops every run between images.
 
-    expander thread  -- writes the next rounds' prompts while the engine is busy
-    engine thread    -- renders one round (a few seeds of one idea) at a time, always with the
-                        next round already waiting in its queue
-    scorer thread    -- scores what the engine just finished
-
-Only the coordinator (the calling thread) touches the store, so SQLite sees one writer.
-
-Rounds are handed out round-robin: round 0 of every idea, then round 1 of every idea, and so
-on, so a time budget (--hours) that runs out leaves every idea with a fair share. Every render
-has a stable seed (derived from the batch id and the item's index), and every committed render
-is found again by its spec hash, so the same command after a crash continues where it stopped.
+Every render has a stable seed (derived from the batch id and the item's index), and every
+committed render is found again by its spec hash, so the same command after a crash continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -22,22 +20,18 @@ import math
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from reverie.orchestrator.curation import keep_diverse
+from reverie.orchestrator.requests import validate_request
 from reverie.render.profiles import get_profile
-from reverie.orchestrator.studio import render_size
 from reverie.types import (
-    Control,
     Event,
-    Expansion,
     ProgressFn,
     Reference,
     Render,
-    RenderSpec,
     Request,
     ReverieError,
     canonical_json,
@@ -47,10 +41,10 @@ from reverie.types import (
 
 DEFAULT_PER_PROMPT = 8
 DEFAULT_KEEP = 4
-ROUND_SIZE = 4  # seeds per round: one engine call, and the unit of round-robin fairness
-LOOKAHEAD = 6  # rounds expanded ahead of the engine
-RENDERS_IN_FLIGHT = 2  # one rendering, one waiting: the engine never waits for the coordinator
-JOIN_SECONDS = 120.0  # how long an error waits for the workers to finish their current job
+ROUND_SIZE = 4  # seeds per round (--n): one engine job, and the unit of round-robin fairness
+MAX_ROUNDS = 100  # rounds an idea may take when only a time budget bounds it
+LLM_CALLS_AT_ONCE = 2  # expansions and critiques in flight across ideas: a local LLM server is one GPU too
+JOIN_SECONDS = 60.0  # how long a stop waits for the runs to end between images
 ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength"}
 
 
@@ -82,9 +76,21 @@ class BatchOptions:
     engine: str = "auto"
     aspect: str = "1:1"
     megapixels: float = 1.0
+    target: Optional[float] = None
+    rounds: Optional[int] = None  # None: as many as the render budget needs
+    n: Optional[int] = None  # seeds per round; None: 4
+    policy: str = "explore"
 
     def identity(self) -> dict:
-        return dict(self.__dict__)
+        # Loop options at their defaults are left out, so a batch started before they existed
+        # keeps its id (and continues) after an upgrade.
+        d = dict(self.__dict__)
+        for key in ("target", "rounds", "n"):
+            if d[key] is None:
+                del d[key]
+        if d["policy"] == "explore":
+            del d["policy"]
+        return d
 
 
 @dataclass
@@ -223,7 +229,7 @@ def item_seed(batch_id: str, index: int) -> int:
     return int(sha256_text(f"{batch_id}:{index}")[:8], 16) % (2**31 - 2**20)
 
 
-# -- the pipeline --------------------------------------------------------------------------
+# -- the runs ------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Item:
     row_id: int
@@ -233,64 +239,18 @@ class _Item:
     run_id: str
     base_seed: int
     budget: Optional[int]  # None: as many as the time budget allows
-    round_size: int
-    width: int
-    height: int
-    engine: str
-    control: Optional[Control] = None
+    resumed: bool = False
     done: int = 0
     best: Optional[float] = None
-    error: Optional[str] = None  # set when the item failed; its rounds are skipped from then on
-
-    def rounds(self) -> Optional[int]:
-        return None if self.budget is None else math.ceil(self.budget / self.round_size)
-
-    def seeds(self, rnd: int) -> list[int]:
-        first = rnd * self.round_size
-        last = first + self.round_size if self.budget is None else min(self.budget, first + self.round_size)
-        return [self.base_seed + k for k in range(first, last)]
-
-
-@dataclass(eq=False)
-class _Slot:
-    item: _Item
-    round: int
-    prompt_id: Optional[int] = None
-    specs: list[RenderSpec] = field(default_factory=list)
-    sent: bool = False
-
-
-class _Stopped(Exception):
-    """Raised inside a worker's job once the batch is stopping, so an engine quits between images."""
-
-
-class _Worker(threading.Thread):
-    """Runs fn on each job from its queue and posts (kind, job, result, error) to the outbox.
-
-    Daemon only as the last resort: every way out of the coordinator sets `stop`, sends the
-    sentinel and joins, because a process that exits while a thread is inside torch aborts
-    ("terminate called without an active exception") instead of printing its one error line.
-    """
-
-    def __init__(self, kind: str, fn, outbox: "queue.Queue", stop: threading.Event):
-        super().__init__(name=f"reverie-batch-{kind}", daemon=True)
-        self.kind, self.fn, self.outbox, self.stop = kind, fn, outbox, stop
-        self.inbox: "queue.Queue" = queue.Queue()
-
-    def run(self) -> None:
-        while (job := self.inbox.get()) is not None:
-            if self.stop.is_set():
-                continue  # drain what was queued without working on it, up to the sentinel
-            try:
-                self.outbox.put((self.kind, job, self.fn(job), None))
-            except BaseException as e:  # handed to the coordinator, which raises it
-                self.outbox.put((self.kind, job, None, e))
+    error: Optional[str] = None  # set when the item failed
+    finished: bool = False  # its run reached its end (budget, target or time)
+    stop_reason: str = ""
 
 
 class BatchRunner:
     def __init__(self, studio, text: str, items: Sequence[BatchItem], options: BatchOptions, source: str,
-                 progress: ProgressFn = no_progress, engine=None, expander=None, scorer=None):
-        from reverie.orchestrator.studio import validate_request
+                 progress: ProgressFn = no_progress):
+        from reverie.orchestrator.policy import POLICIES
 
         if options.keep < 1:
             raise ReverieError(f"--keep must be at least 1 (got {options.keep})")
@@ -298,18 +258,15 @@ class BatchRunner:
             raise ReverieError(f"--per-prompt must be at least 1 (got {options.per_prompt})")
         if options.hours is not None and not (0 < options.hours <= 24 * 14):
             raise ReverieError(f"--hours must be between 0 and 336 (got {options.hours}); e.g. --hours 8 for one night")
+        if options.policy not in POLICIES:
+            raise ReverieError(f"unknown loop policy {options.policy!r}: use one of {', '.join(POLICIES)}")
         self.studio, self.store = studio, studio.store
         self.options, self.source, self.text = options, source, text
         self.progress = progress
         self.batch_id = make_batch_id(text, options)
         self.items_in = list(items)
         self._validate = validate_request
-        self._engine, self._expander, self._scorer = engine, expander, scorer
-        self.busy = 0.0
-        self.first_start: Optional[float] = None
-        self.last_end: Optional[float] = None
         self.renders_now = 0
-        self.embeddings: dict[int, tuple] = {}
         self.stop = threading.Event()
         self.failures: dict[int, str] = {}  # item index -> why it failed, this session
         self.failed_before: set[int] = set()
@@ -323,20 +280,12 @@ class BatchRunner:
         return None if self.options.hours else DEFAULT_PER_PROMPT
 
     def _open(self) -> list[_Item]:
-        db = self.store.db
-        with db.conn:
-            if not list(db.query("select id from batches where id = ?", [self.batch_id])):
-                db["batches"].insert({"id": self.batch_id, "source": self.source, "options_json": canonical_json(self.options.identity()),
-                                      "status": "running", "seconds_spent": 0.0, "report_path": "", "created": time.time(),
-                                      "finished": None})
-            else:
-                db["batches"].update(self.batch_id, {"status": "running"})
-        items = []
-        self.failed_before = {r["idx"] for r in db.query(
-            "select idx from batch_items where batch_id = ? and status = 'failed'", [self.batch_id])}
+        self.store.batches.open(self.batch_id, self.source, canonical_json(self.options.identity()))
+        self.failed_before = self.store.batches.failed_indices(self.batch_id)
         if self.failed_before:
             self._notice(f"retrying {len(self.failed_before)} idea(s) that failed last time: "
                          + ", ".join(str(i + 1) for i in sorted(self.failed_before)))
+        items = []
         for it in self.items_in:
             try:
                 items.append(self._open_item(it))
@@ -344,70 +293,50 @@ class BatchRunner:
                 self._fail_item(it.index, it.idea, None, str(e))
         return items
 
+    def _request(self, it: BatchItem, seed: int) -> Request:
+        budget = self._budget(it)
+        n = self.options.n or ROUND_SIZE
+        n = min(n, budget) if budget else n
+        rounds = self.options.rounds or (max(1, math.ceil(budget / n)) if budget else MAX_ROUNDS)
+        return self._validate(Request(
+            idea=it.idea, n=n, rounds=rounds, target=self.options.target, max_renders=budget,
+            aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
+            profile=it.profile or self.options.profile, references=it.references, seed=seed))
+
     def _open_item(self, it: BatchItem) -> _Item:
         """Validate one idea and find or create its lineage run; a ReverieError fails this idea only."""
-        db = self.store.db
-        profile = get_profile(it.profile or self.options.profile)
-        budget = self._budget(it)
-        round_size = min(ROUND_SIZE, budget) if budget else ROUND_SIZE
         seed = item_seed(self.batch_id, it.index)
-        req = self._validate(Request(idea=it.idea, n=round_size, rounds=max(1, math.ceil(budget / round_size)) if budget else 100,
-                                     aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
-                                     profile=profile.name, references=it.references, seed=seed))
-        engine = self._engine or self.studio.engine_for(profile, self.progress)
-        width, height = render_size(req, profile, engine)
-        rows = list(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
-        if rows and rows[0]["run_id"]:
-            row = rows[0]
+        req = self._request(it, seed)
+        row = self.store.batches.item(self.batch_id, it.index)
+        resumed = bool(row and row["run_id"])
+        if resumed:
             run_id = row["run_id"]
-            if row["status"] == "failed":  # retried: it may have been fixed (weights pulled, image replaced)
-                with db.conn:
-                    db["batch_items"].update(row["id"], {"status": "running", "error": None})
-        elif rows:  # failed before its run was made
-            run_id = self.store.create_run(req, engine.name, seed)
-            with db.conn:
-                db["batch_items"].update(rows[0]["id"], {"run_id": run_id, "status": "running", "error": None})
-            row = rows[0]
         else:
-            run_id = self.store.create_run(req, engine.name, seed)
-            with db.conn:
-                db["batch_items"].insert({"batch_id": self.batch_id, "idx": it.index, "idea": req.idea,
-                                          "overrides_json": canonical_json(it.overrides()), "budget": budget,
-                                          "base_seed": seed, "run_id": run_id, "status": "running"})
-            row = next(db.query("select * from batch_items where batch_id = ? and idx = ?", [self.batch_id, it.index]))
+            engine = self.studio.engine_for(get_profile(req.profile), self.progress)
+            run_id = self.store.create_run(req, engine.name, seed, identity=getattr(engine, "identity", engine.name))
+        row = self.store.batches.put_item(
+            self.batch_id, it.index, idea=req.idea, overrides_json=canonical_json(it.overrides()),
+            budget=self._budget(it), base_seed=seed, run_id=run_id, status="running", error=None)
         item = _Item(row_id=row["id"], index=it.index, idea=req.idea, request=req, run_id=run_id, base_seed=seed,
-                     budget=budget, round_size=round_size, width=width, height=height, engine=engine.name)
+                     budget=self._budget(it), resumed=resumed)
         item.done = len(self.store.render_rows(run_id))
         best = [r.scores.composite for r in self.store.renders(run_id) if r.scores]
         item.best = max(best) if best else None
-        if req.references:
-            # The same reference step as Studio.make: preprocessed, stored and linked to the run.
-            item.control = self.studio._control(req, self.store, run_id, self.progress)
         return item
 
     def _fail_item(self, index: int, idea: str, run_id: Optional[str], error: str) -> None:
         """Mark one idea failed with its reason, stored at once; the batch goes on without it."""
-        db = self.store.db
-        with db.conn:
-            rows = list(db.query("select id from batch_items where batch_id = ? and idx = ?", [self.batch_id, index]))
-            if rows:
-                db["batch_items"].update(rows[0]["id"], {"status": "failed", "error": error})
-            else:
-                it = self.items_in[index]
-                db["batch_items"].insert({"batch_id": self.batch_id, "idx": index, "idea": idea,
-                                          "overrides_json": canonical_json(it.overrides()), "budget": self._budget(it),
-                                          "base_seed": item_seed(self.batch_id, index), "run_id": run_id,
-                                          "status": "failed", "error": error})
+        it = self.items_in[index]
+        fields = {"status": "failed", "error": error}
+        if self.store.batches.item(self.batch_id, index) is None:
+            fields.update(idea=idea, overrides_json=canonical_json(it.overrides()), budget=self._budget(it),
+                          base_seed=item_seed(self.batch_id, index), run_id=run_id)
+        self.store.batches.put_item(self.batch_id, index, **fields)
         self.failures[index] = error
         self._notice(f"idea {index + 1} ({idea[:40]}) failed: {error}; the other ideas go on")
 
     def _notice(self, message: str) -> None:
-        self.studio.notices.append(message)
-        self.progress(Event("notice", {"message": message}))
-
-    def _seconds_spent(self) -> float:
-        row = next(self.store.db.query("select seconds_spent from batches where id = ?", [self.batch_id]))
-        return float(row["seconds_spent"] or 0.0)
+        self.studio.notice(message, self.progress)
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> BatchResult:
@@ -425,11 +354,10 @@ class BatchRunner:
 
     def _run(self) -> BatchResult:
         items = self._open()
-        expander = self._expander or self.studio.expander_and_critic(self.progress)[0]
-        scorer = self._scorer or self.studio.scorer(self.progress)
         budget_s = self.options.hours * 3600.0 if self.options.hours else None
-        spent_before = self._seconds_spent()
+        spent_before = self.store.batches.seconds_spent(self.batch_id)
         started = time.monotonic()
+        deadline = started + max(0.0, budget_s - spent_before) if budget_s is not None else None
         total = sum(i.budget for i in items) if all(i.budget is not None for i in items) else None
         done_before = sum(i.done for i in items)
         self.progress(Event("batch_started", {
@@ -437,196 +365,96 @@ class BatchRunner:
             "hours": self.options.hours, "seconds_left": None if budget_s is None else max(0.0, budget_s - spent_before),
             "items": [{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
                       for i in items]}))
+        # Built once, before the runs start, so their notices come once and first.
+        self.studio.expander_and_critic(self.progress)
+        self.studio.scorer(self.progress)
 
-        outbox: "queue.Queue" = queue.Queue()
-        def expand(slot: _Slot) -> Expansion:
-            # The LLM client files its call log under the studio's current run; only this thread
-            # reads it during a batch, so each call is linked to the item it was made for.
-            self.studio._run_id = slot.item.run_id
-            return expander.expand(slot.item.idea, get_profile(slot.item.request.profile), k=1,
-                                   seed=slot.item.base_seed + slot.round)[0]
-
+        inbox: "queue.Queue[tuple[str, _Item, Any]]" = queue.Queue()
+        gate = threading.BoundedSemaphore(LLM_CALLS_AT_ONCE)
+        label = f"{self.options.hours:g} h" if self.options.hours else ""
         self.stop.clear()
-        workers = {
-            "expand": _Worker("expand", expand, outbox, self.stop),
-            "render": _Worker("render", self._render_job, outbox, self.stop),
-            "score": _Worker("score", lambda job: _score_job(scorer, job), outbox, self.stop),
-        }
-        for w in workers.values():
-            w.start()
-        slots = self._slot_order(items)
-        pipeline: deque[_Slot] = deque()
-        rendering = 0
-        scoring = 0
-        exhausted = False
-        stop_reason = ""
-
-        def time_up() -> bool:
-            return budget_s is not None and spent_before + (time.monotonic() - started) >= budget_s
-
+        worker = self.studio.worker
+        busy0, first0 = worker.busy_seconds, worker.last_end
+        threads = [threading.Thread(target=self._item_thread, args=(item, inbox, deadline, label, gate),
+                                    name=f"reverie-batch-idea-{item.index + 1}", daemon=True) for item in items]
+        for t in threads:
+            t.start()
         try:
-            # Renders committed before a crash but never scored are scored first.
-            for item in items:
-                unscored = [r for r in self.store.renders(item.run_id) if r.scores is None]
-                if unscored:
-                    workers["score"].inbox.put((item, [(r.id, r.path, r.prompt) for r in unscored]))
-                    scoring += 1
-            while True:
-                if time_up() and not stop_reason:
-                    stop_reason = f"time budget reached ({self.options.hours:g} h)"
-                    pipeline = deque(s for s in pipeline if s.sent)
-                    exhausted = True
-                while not exhausted and len(pipeline) < LOOKAHEAD:
-                    slot = next(slots, None)
-                    if slot is None:
-                        exhausted = True
-                        break
-                    self._prepare(slot)
-                    if slot.prompt_id is None:
-                        workers["expand"].inbox.put(slot)
-                    pipeline.append(slot)
-                for slot in list(pipeline):
-                    if rendering >= RENDERS_IN_FLIGHT:
-                        break
-                    if slot.sent or slot.prompt_id is None or slot.item.error is not None:
-                        continue
-                    todo = [s for s in slot.specs if self.store.find_render(slot.item.run_id, s) is None]
-                    if not todo:  # rendered before a crash
-                        pipeline.remove(slot)
-                        continue
-                    slot.sent = True
-                    rendering += 1
-                    workers["render"].inbox.put((slot, todo))
-                if exhausted and not pipeline and rendering == 0 and scoring == 0:
-                    break
+            running = len(threads)
+            while running:
                 try:
-                    kind, job, result, error = outbox.get(timeout=0.25)
+                    kind, item, payload = inbox.get(timeout=0.25)
                 except queue.Empty:
                     continue
-                if error is not None and isinstance(error, ReverieError) and kind in ("expand", "render"):
-                    # This idea's own problem (no weights for its profile, a bad control image):
-                    # it fails alone, with what it rendered so far kept; the others go on.
-                    slot = job if kind == "expand" else job[0]
-                    if kind == "render":
-                        rendering -= 1
-                    if slot.item.error is None:
-                        slot.item.error = str(error)
-                        self._fail_item(slot.item.index, slot.item.idea, slot.item.run_id, str(error))
-                    pipeline = deque(s for s in pipeline if s.item is not slot.item or (s.sent and s is not slot))
-                    continue
-                if error is not None:
-                    raise _step_error(kind, job, error)
-                if kind == "expand":
-                    if job in pipeline:
-                        job.prompt_id = self.store.add_prompt(job.item.run_id, result, round=job.round)
-                        job.specs = self._specs(job, result)
-                        self.progress(Event("expanded", {"index": job.item.index, "round": job.round, "source": result.source,
-                                                         "prompt": result.prompt}))
-                elif kind == "render":
-                    slot, (outputs, batch_size) = job[0], result
-                    rendering -= 1
-                    if slot in pipeline:
-                        pipeline.remove(slot)
-                    ids = []
-                    for out in outputs:
-                        rid = self.store.add_render(slot.item.run_id, slot.prompt_id, slot.round, out, batch_size=batch_size)
-                        slot.item.done += 1
-                        self.renders_now += 1
-                        if not out.error:
-                            ids.append((rid, str(self.store.home / self._path_of(rid)), out.spec.prompt))
-                    self._spend(started, spent_before)
-                    if ids:
-                        workers["score"].inbox.put((slot.item, ids))
-                        scoring += 1
-                    self._report_progress(items, started, total, done_before, budget_s, spent_before)
-                elif kind == "score":
-                    item, scored = job[0], result
-                    scoring -= 1
-                    for (rid, _, _), s in zip(job[1], scored):
-                        self.store.add_scores(rid, s)
-                        if s.embedding:
-                            self.embeddings[rid] = s.embedding
-                        item.best = s.composite if item.best is None else max(item.best, s.composite)
-                    self._report_progress(items, started, total, done_before, budget_s, spent_before)
+                if kind == "event":
+                    self._on_event(item, payload, items, started, total, budget_s, spent_before)
+                elif kind == "failed":  # this idea's own problem: it fails alone, the others go on
+                    running -= 1
+                    item.error = str(payload)
+                    self._fail_item(item.index, item.idea, item.run_id, item.error)
+                elif kind == "crashed":  # the engine or the scorer broke: the whole batch stops
+                    running -= 1
+                    raise _step_error(item, payload)
+                else:  # done, stopped
+                    running -= 1
+                    item.finished = kind == "done"
+                    item.stop_reason = payload or ""
         except BaseException:
-            self._stop_workers(workers)
-            with self.store.db.conn:
-                self.store.db["batches"].update(self.batch_id, {"status": "interrupted"})
-            self._spend(started, spent_before)
+            self._stop_runs(threads)
+            self.store.batches.set_status(self.batch_id, "interrupted")
+            self.store.batches.spend(self.batch_id, spent_before + time.monotonic() - started)
             raise
-        self._stop_workers(workers)
-        self._spend(started, spent_before)
-        return self._finish(items, stop_reason or "every idea reached its budget", scorer.dedupe_threshold)
+        self._stop_runs(threads)
+        self.store.batches.spend(self.batch_id, spent_before + time.monotonic() - started)
+        timed_out = deadline is not None and time.monotonic() >= deadline
+        busy = worker.busy_seconds - busy0
+        wall = (worker.last_end - worker.first_start) if worker.last_end and worker.first_start else 0.0
+        if first0 is not None and worker.last_end:  # a second batch on the same studio: its own span
+            wall = worker.last_end - max(first0, worker.first_start)
+        return self._finish(items, self._stop_reason(items, timed_out, label), busy, wall)
 
-    def _stop_workers(self, workers: dict[str, _Worker]) -> None:
-        """Stop, then join: queued jobs are dropped, a render stops after its current image."""
-        self.stop.set()
-        for w in workers.values():
-            w.inbox.put(None)
-        deadline = time.monotonic() + JOIN_SECONDS
-        for w in workers.values():
-            w.join(max(0.0, deadline - time.monotonic()))
+    def _item_thread(self, item: _Item, inbox: "queue.Queue", deadline: Optional[float], label: str, gate) -> None:
+        from reverie.orchestrator.worker import RenderStopped
 
-    def _check_stop(self, event: Event) -> None:
-        if self.stop.is_set():
-            raise _Stopped()
+        def progress(event: Event) -> None:
+            if self.stop.is_set():
+                raise RenderStopped()  # between two steps of this idea's run: it ends here
+            inbox.put(("event", item, event))
 
-    def _slot_order(self, items: list[_Item]) -> Iterator[_Slot]:
-        rnd = 0
-        while True:
-            live = [i for i in items if i.error is None and (i.rounds() is None or rnd < i.rounds())]
-            if not live:
-                return
-            # Grouped by profile within a round, so a mixed batch switches models rarely.
-            for item in sorted(live, key=lambda i: (i.request.profile, i.index)):
-                if item.error is None:  # a failed idea gets no more rounds
-                    yield _Slot(item=item, round=rnd)
-            rnd += 1
-
-    def _prepare(self, slot: _Slot) -> None:
-        """Find the round's prompt if it was committed before (a resumed batch)."""
-        rows = list(self.store.db.query("select * from prompts where run_id = ? and round = ? order by id",
-                                        [slot.item.run_id, slot.round]))
-        if rows:
-            p = rows[0]
-            slot.prompt_id = p["id"]
-            slot.specs = self._specs(slot, Expansion(prompt=p["text"], negative=p["negative"], source=p["source"]))
-
-    def _specs(self, slot: _Slot, expansion: Expansion) -> list[RenderSpec]:
-        item = slot.item
-        profile = get_profile(item.request.profile)
-        return [RenderSpec(prompt=expansion.prompt, negative=expansion.negative if profile.negative else "", seed=seed,
-                           width=item.width, height=item.height, steps=item.request.steps or profile.steps,
-                           guidance=profile.guidance, profile=profile.name, sampler=profile.sampler, shift=profile.shift,
-                           control=item.control)
-                for seed in item.seeds(slot.round)]
-
-    def _render_job(self, job):
-        from reverie.orchestrator.graph import render_with_retry
-
-        slot, specs = job
-        t0 = time.perf_counter()
-        if self.first_start is None:
-            self.first_start = t0
         try:
-            # Engine progress stays on this thread; the coordinator reports per round.
-            engine = self._engine or self.studio.engine_for(get_profile(slot.item.request.profile), no_progress)
-            # The engine reports each image; _check_stop ends the job there once the batch stops.
-            outputs = render_with_retry(engine, specs, self._check_stop)
-            # Read after rendering: a retry after out-of-memory may have made the batch smaller.
-            return outputs, getattr(engine, "batch_size", None)
-        finally:
-            self.last_end = time.perf_counter()
-            self.busy += self.last_end - t0
+            final = self.studio.run_loop(item.request, run_id=item.run_id, base_seed=item.base_seed,
+                                         resumed=item.resumed, progress=progress, policy=self.options.policy,
+                                         order=item.index, deadline=deadline, deadline_label=label, stop=self.stop,
+                                         llm_gate=gate)
+            inbox.put(("done", item, final.get("stop_reason", "")))
+        except RenderStopped:
+            inbox.put(("stopped", item, ""))
+        except ReverieError as e:
+            inbox.put(("failed", item, e))
+        except BaseException as e:  # handed to the coordinator, which stops the batch
+            inbox.put(("crashed", item, e))
 
-    def _path_of(self, render_id: int) -> str:
-        return next(self.store.db.query("select path from renders where id = ?", [render_id]))["path"]
+    def _stop_runs(self, threads: list[threading.Thread]) -> None:
+        """Stop every run between images and wait for them: what they rendered is stored first."""
+        self.stop.set()
+        self.studio.worker.cancel_all()
+        deadline = time.monotonic() + JOIN_SECONDS
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
-    def _spend(self, started: float, spent_before: float) -> None:
-        with self.store.db.conn:
-            self.store.db["batches"].update(self.batch_id, {"seconds_spent": spent_before + time.monotonic() - started})
+    def _on_event(self, item: _Item, event: Event, items, started, total, budget_s, spent_before) -> None:
+        if event.kind == "rendered":
+            item.done += 1
+            self.renders_now += 1
+            self._report_progress(items, started, total, budget_s, spent_before)
+        elif event.kind == "scored":
+            if event.data.get("best") is not None:
+                item.best = event.data["best"] if item.best is None else max(item.best, event.data["best"])
+            self._report_progress(items, started, total, budget_s, spent_before)
+        elif event.kind in ("notice", "expanded", "judged", "control"):
+            self.progress(Event(event.kind, {**event.data, "index": item.index}))
 
-    def _report_progress(self, items, started, total, done_before, budget_s, spent_before) -> None:
+    def _report_progress(self, items, started, total, budget_s, spent_before) -> None:
         elapsed = time.monotonic() - started
         done = sum(i.done for i in items)
         rate = self.renders_now / elapsed * 60.0 if elapsed > 0 and self.renders_now else 0.0
@@ -642,72 +470,67 @@ class BatchRunner:
             "best": max(bests) if bests else None,
             "items": [{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]}))
 
-    # -- curation --------------------------------------------------------------------------
-    def _finish(self, items: list[_Item], stop_reason: str, dedupe_threshold: float) -> BatchResult:
-        from reverie.orchestrator.report import write_report
+    def _stop_reason(self, items: list[_Item], timed_out: bool, label: str) -> str:
+        failed = len(self.failures)
+        ok = len(self.items_in) - failed
+        if timed_out:
+            reason = f"time budget reached ({label})"
+        elif items and all(i.stop_reason.startswith("target") for i in items if i.error is None and i.stop_reason):
+            reason = "every idea reached its target" if ok else ""
+        else:
+            reason = "every idea reached its budget or target" if ok else ""
+        if failed:
+            reason = (f"{ok} of {len(self.items_in)} ideas finished, {failed} failed" if ok
+                      else f"every idea failed ({failed})") + (f"; {reason}" if reason and ok else "")
+        return reason
 
+    # -- curation --------------------------------------------------------------------------
+    def _finish(self, items: list[_Item], stop_reason: str, busy: float, wall: float) -> BatchResult:
+        from reverie.orchestrator.report import write_report
+        from reverie.scoring.scorer import scoring_settings
+
+        threshold = scoring_settings(self.studio.config.get("scoring")).dedupe_threshold
         results = []
         for item in items:
-            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.embeddings,
-                                      threshold=dedupe_threshold)
-            with self.store.db.conn:
-                self.store.db.execute("delete from batch_keeps where item_id = ?", [item.row_id])
-                self.store.db["batch_keeps"].insert_all(
-                    [{"item_id": item.row_id, "render_id": r.id, "rank": n, "near_duplicate": int(r.id in dups)}
-                     for n, r in enumerate(kept, 1)])
-                finished = item.budget is not None and item.done >= item.budget
-                status = "failed" if item.error else "done" if finished else "stopped"
-                if not item.error:  # a failed item's row already holds status and reason
-                    self.store.db["batch_items"].update(item.row_id, {"status": status})
-                self.store.finish_run(item.run_id, "failed" if item.error else "done", item.error or stop_reason)
+            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.studio.signatures,
+                                      threshold=threshold)
+            self.store.batches.set_keeps(item.row_id, [(r.id, r.id in dups) for r in kept])
+            finished = item.finished or (item.budget is not None and item.done >= item.budget)
+            status = "failed" if item.error else "done" if finished else "stopped"
+            if not item.error:  # a failed item's row already holds status and reason
+                self.store.batches.put_item(self.batch_id, item.index, status=status)
             results.append(BatchItemResult(index=item.index, idea=item.idea, run_id=item.run_id, budget=item.budget,
                                            rendered=item.done, kept=kept, near_duplicates=sorted(dups), status=status,
                                            error=item.error))
         opened = {i.index for i in items}
         for it in self.items_in:  # failed before it could start: nothing rendered this time
             if it.index not in opened:
-                row = next(self.store.db.query("select * from batch_items where batch_id = ? and idx = ?",
-                                               [self.batch_id, it.index]))
+                row = self.store.batches.item(self.batch_id, it.index)
                 results.append(BatchItemResult(index=it.index, idea=it.idea, run_id=row["run_id"] or "",
                                                budget=row["budget"], rendered=0, kept=[], status="failed",
                                                error=row["error"]))
         results.sort(key=lambda r: r.index)
         report = write_report(self.store, self.batch_id)
-        with self.store.db.conn:
-            self.store.db["batches"].update(self.batch_id, {"status": "done", "report_path": str(report), "finished": time.time()})
-        wall = (self.last_end - self.first_start) if self.first_start is not None and self.last_end is not None else 0.0
+        self.store.batches.finish(self.batch_id, str(report))
         self.progress(Event("batch_finished", {"batch_id": self.batch_id, "report": str(report), "reason": stop_reason,
                                                "renders": self.renders_now}))
         return BatchResult(batch_id=self.batch_id, items=results, report_path=report, stop_reason=stop_reason,
-                           home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=self.busy,
+                           home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=busy,
                            engine_wall_seconds=wall, notices=list(self.studio.notices))
 
 
-def _step_error(kind: str, job, error: BaseException) -> BaseException:
-    """A worker's error as the coordinator raises it: ReverieErrors as they are; anything else
-    (an engine that crashed, a broken scorer) as one line naming the step, the idea and what to do."""
+def _step_error(item: _Item, error: BaseException) -> BaseException:
+    """A run's unexpected error as the coordinator raises it: one line naming the idea, what
+    broke and what to do (an engine that crashed, a broken scorer)."""
     if isinstance(error, (ReverieError, KeyboardInterrupt, SystemExit)):
         return error
-    item = job.item if isinstance(job, _Slot) else job[0].item if isinstance(job[0], _Slot) else job[0]
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    step = {"expand": "expanding", "render": "rendering", "score": "scoring"}[kind]
-    wrapped = ReverieError(f"{step} idea {item.index + 1} failed ({type(error).__name__}: {first}): everything finished "
+    wrapped = ReverieError(f"idea {item.index + 1} failed ({type(error).__name__}: {first}): everything finished "
                            "is saved; fix the cause and run the same command to continue")
     wrapped.__cause__ = error
     return wrapped
 
 
-def _score_job(scorer, job):
-    from PIL import Image
-
-    item, entries = job
-    images = []
-    for _, path, _ in entries:
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))
-    return scorer.score(images, [item.idea] * len(entries), [p for _, _, p in entries])
-
-
-def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress, **parts: Any) -> BatchResult:
+def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress) -> BatchResult:
     text, items = read_batch_file(file)
-    return BatchRunner(studio, text, items, options, source=str(Path(file).expanduser()), progress=progress, **parts).run()
+    return BatchRunner(studio, text, items, options, source=str(Path(file).expanduser()), progress=progress).run()

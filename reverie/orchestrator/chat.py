@@ -258,7 +258,7 @@ def make_interpreter(studio, progress: ProgressFn) -> Interpreter:
     if not settings.configured:
         return rules
     llm = LLMClient(settings, record=lambda call: studio.store.add_llm_call(call, run_id=None))
-    return LLMInterpreter(llm, rules, notice=lambda m: studio._notice(m, progress))
+    return LLMInterpreter(llm, rules, notice=lambda m: studio.notice(m, progress))
 
 
 def available_controls(models_dir) -> frozenset[str]:
@@ -272,24 +272,9 @@ def new_session_name() -> str:
     return time.strftime("chat-%Y%m%d-%H%M%S")
 
 
-def _session_id(store, name: str, create: bool) -> Optional[int]:
-    rows = list(store.db.query("select id from chat_sessions where name = ?", [name]))
-    if rows:
-        return rows[0]["id"]
-    if not create:
-        return None
-    now = time.time()
-    with store.db.conn:
-        return int(store.db["chat_sessions"].insert({"name": name, "created": now, "updated": now}).last_pk)
-
-
 def session_turns(store, name: str) -> list[dict]:
     """The turns of a session, oldest first, with each turn's idea."""
-    sid = _session_id(store, name, create=False)
-    if sid is None:
-        return []
-    rows = list(store.db.query("select * from chat_turns where session_id = ? order by turn", [sid]))
-    return [{**r, "idea": json.loads(r["request_json"])["idea"]} for r in rows]
+    return store.chats.turns(name)
 
 
 def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
@@ -301,7 +286,7 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     if not message:
         raise ReverieError("the message is empty: describe an image, or say what to change")
     store = studio.store
-    sid = _session_id(store, session, create=True)
+    sid = store.chats.session_id(session, create=True)
     turns = session_turns(store, session)
     previous = None
     if turns:
@@ -313,7 +298,9 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     defaults = {k: v for k, v in defaults.items() if v is not None}
     first = studio.request(message, **defaults)
     fresh_seed = int(sha256_text(f"{session}:{number}")[:8], 16) % (2**31 - 2**20)
-    reading = (interpreter or make_interpreter(studio, progress)).interpret(message, previous, first, fresh_seed)
+    # One interpreter (and so one LLM client) for the whole session.
+    interpreter = interpreter or studio.cached("chat_interpreter", lambda: make_interpreter(studio, progress))
+    reading = interpreter.interpret(message, previous, first, fresh_seed)
     req = reading.request
     # Per-turn options (n, rounds, size) follow what the caller passes now.
     for key in ("n", "rounds", "megapixels"):
@@ -321,14 +308,11 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
             req = replace(req, **{key: defaults[key]})
     req = studio.request(req.idea, **{k: v for k, v in req.to_dict().items() if k != "idea"})
     result = studio.make(req.idea, progress=progress, **{k: v for k, v in req.to_dict().items() if k != "idea"})
-    with store.db.conn:
-        store.db["chat_turns"].insert({
-            "session_id": sid, "turn": number, "message": message,
-            "interpretation_json": canonical_json(reading.to_dict()), "request_json": canonical_json(req.to_dict()),
-            "run_id": result.run_id, "parent_turn_id": previous.turn_id if previous else None,
-            "parent_run_id": previous.run_id if previous else None, "ref_render_id": reading.ref_render_id,
-            "created": time.time()})
-        store.db["chat_sessions"].update(sid, {"updated": time.time()})
+    store.chats.add_turn(
+        sid, turn=number, message=message, interpretation_json=canonical_json(reading.to_dict()),
+        request_json=canonical_json(req.to_dict()), run_id=result.run_id,
+        parent_turn_id=previous.turn_id if previous else None, parent_run_id=previous.run_id if previous else None,
+        ref_render_id=reading.ref_render_id)
     return ChatTurn(session=session, turn=number, message=message, run_id=result.run_id, best=result.best,
                     interpretation=Interpretation(req, reading.changes, reading.source, reading.ref_render_id),
                     parent_run_id=previous.run_id if previous else None, notices=list(result.notices))

@@ -24,7 +24,8 @@ def expand(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of text."),
 ):
     """Print prompt expansions of an idea without rendering anything."""
-    from reverie.orchestrator.studio import Studio, clean_idea
+    from reverie.orchestrator.requests import clean_idea
+    from reverie.orchestrator.studio import Studio
     from reverie.render.profiles import get_profile
     from reverie.types import ReverieError
 

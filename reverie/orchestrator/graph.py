@@ -22,7 +22,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from reverie.agents.expander import Critic, Expander
+from reverie.orchestrator import policy
 from reverie.orchestrator.curation import image_signature
+from reverie.orchestrator.worker import EngineWorker, RenderStopped
 from reverie.render.engine import Engine
 from reverie.render.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
@@ -41,7 +43,7 @@ class LoopState(TypedDict, total=False):
     blind_steps: int
     round_render_ids: list[int]
     history: list[float]  # best composite of each round
-    decision: str  # "render" | "expand" | "finish"
+    decision: str  # one of policy's decisions: render | revise | explore | variety | finish
     pending_revision: Optional[dict]
     stop_reason: str
     control: Optional[dict]
@@ -60,6 +62,13 @@ class LoopContext:
     height: int
     base_seed: int
     progress: ProgressFn
+    worker: EngineWorker
+    policy: str = "revise"
+    order: int = 0  # this run's place among runs sharing the worker (a batch idea's index)
+    deadline: Optional[float] = None  # time.monotonic() at which a shared time budget ends
+    deadline_label: str = ""
+    stop: Optional[threading.Event] = None  # set when the caller (a batch) is stopping
+    llm_gate: Any = None  # a semaphore bounding LLM calls across concurrent runs
     started: float = field(default_factory=time.monotonic)
     variety_shift_max: float = 7.0
     variety_blind_max: int = 2
@@ -84,12 +93,26 @@ def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         expansion = Expansion(**revision)
         parent = state.get("prompt_id")
     else:
-        expansion = ctx.expander.expand(ctx.request.idea, ctx.profile, k=1, seed=ctx.base_seed)[0]
+        # Round 0, or a fresh interpretation (the explore policy): the seed makes each round's
+        # reading different and a resumed run's the same.
+        with _gate(ctx):
+            expansion = ctx.expander.expand(ctx.request.idea, ctx.profile, k=1, seed=ctx.base_seed + rnd)[0]
         parent = None
     prompt_id = ctx.store.add_prompt(state["run_id"], expansion, round=rnd, parent_id=parent)
     ctx.progress(Event("expanded", {"round": rnd, "prompt_id": prompt_id, "source": expansion.source,
                                     "prompt": expansion.prompt, "parent_id": parent}))
     return {"prompt_id": prompt_id, "pending_revision": None}
+
+
+def _gate(ctx: LoopContext):
+    from contextlib import nullcontext
+
+    return ctx.llm_gate if ctx.llm_gate is not None else nullcontext()
+
+
+def _check_stop(ctx: LoopContext) -> None:
+    if ctx.stop is not None and ctx.stop.is_set():
+        raise RenderStopped()
 
 
 def references(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
@@ -105,6 +128,9 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
     control = Control(**state["control"]) if state.get("control") else None
     steps = ctx.request.steps or ctx.profile.steps
     cursor = state.get("seed_cursor", 0)
+    n = ctx.request.n
+    if ctx.request.max_renders is not None:  # the last round renders only what the budget has left
+        n = max(0, min(n, ctx.request.max_renders - cursor))
     return [
         RenderSpec(
             prompt=prompt["text"],
@@ -120,7 +146,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             blind_steps=state.get("blind_steps", 0),
             control=control,
         )
-        for i in range(ctx.request.n)
+        for i in range(n)
     ]
 
 
@@ -135,11 +161,13 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         ids.append(row["id"] if row else None)
         if row is None:
             todo.append((i, spec))
+    _check_stop(ctx)
     ctx.progress(Event("round_started", {"round": rnd, "n": len(specs), "todo": len(todo)}))
     if todo:
         sink = RenderSink(ctx, run_id, state["prompt_id"], rnd)
         try:
-            render_with_retry(ctx.engine, [s for _, s in todo], ctx.progress, on_output=sink.put)
+            ctx.worker.render(ctx.engine, [s for _, s in todo], progress=ctx.progress, on_output=sink.put,
+                              priority=(rnd, ctx.profile.name, ctx.order), stop=ctx.stop)
         except BaseException:
             sink.close(raise_error=False)  # what the engine handed on is stored before its error goes up
             raise
@@ -232,42 +260,6 @@ class RenderSink:
                                           "best": self.best}))
 
 
-def render_with_retry(engine: Engine, specs: list[RenderSpec], progress: ProgressFn,
-                      on_output: Optional[Callable[[EngineOutput], None]] = None) -> list[EngineOutput]:
-    """Render, handing each output to on_output as it arrives; return them all in spec order.
-
-    On out-of-memory, halve the engine's batch size and render what is not done yet, down to
-    one seed per batch.
-    """
-    done: dict[str, EngineOutput] = {}
-    refused: list[BaseException] = []
-
-    def deliver(output: EngineOutput) -> None:
-        done[output.spec.sha] = output
-        if on_output is not None:
-            try:
-                on_output(output)
-            except BaseException as e:
-                refused.append(e)  # the caller's own error is never retried as the engine's
-                raise
-
-    while True:
-        try:
-            engine.render([s for s in specs if s.sha not in done], progress, on_output=deliver)
-            break
-        except MemoryError as e:
-            size = getattr(engine, "batch_size", None)
-            if refused or not size or size <= 1:
-                raise
-            engine.batch_size = max(1, size // 2)
-            progress(Event("notice", {"message": f"engine ran out of memory ({e}); retrying with batch size {engine.batch_size}"}))
-    missing = [s for s in specs if s.sha not in done]
-    if missing:
-        raise ReverieError(f"engine {engine.name} handed on {len(specs) - len(missing)} of {len(specs)} outputs: "
-                           f"its render() must call on_output once per spec")
-    return [done[s.sha] for s in specs]
-
-
 def _score_files(ctx: LoopContext, renders: list) -> list[Scores]:
     """Score stored renders from their PNG files (what the sink scored from memory, a resume
     scores from disk)."""
@@ -306,36 +298,34 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     overall = max(history)
     update: dict[str, Any] = {"history": history}
 
-    stop = ""
-    if req.target is not None and overall >= req.target:
-        stop = f"target {req.target} reached ({overall:.3f})"
-    elif rnd + 1 >= req.rounds:
-        stop = f"round budget reached ({req.rounds})"
-    elif req.max_seconds is not None and time.monotonic() - ctx.started >= req.max_seconds:
-        stop = f"time budget reached ({req.max_seconds:.0f}s)"
+    budget = policy.Budget(rounds=req.rounds, target=req.target, max_seconds=req.max_seconds,
+                           max_renders=req.max_renders,
+                           deadline_passed=ctx.deadline is not None and time.monotonic() >= ctx.deadline,
+                           deadline_label=ctx.deadline_label)
+    stop = policy.stop_reason(budget, finished_round=rnd, history=history, elapsed=time.monotonic() - ctx.started,
+                              renders=state.get("seed_cursor", 0))
     if stop:
-        ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": "finish", "reason": stop}))
-        return {**update, "decision": "finish", "stop_reason": stop}
+        ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": policy.FINISH, "reason": stop}))
+        return {**update, "decision": policy.FINISH, "stop_reason": stop}
 
     embeddings = [r.scores.embedding for r in _with_embeddings(ctx, renders)]
     similarity = mean_similarity([e for e in embeddings if e])
     prompt = next(p for p in ctx.store.prompts(state["run_id"]) if p["id"] == state["prompt_id"])
     expansion = Expansion(prompt=prompt["text"], negative=prompt["negative"], source=prompt["source"])
     details = [{"seed": r.seed, **r.scores.values, "composite": r.scores.composite} for r in renders]
-    critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details)
-    update.update({"round": rnd + 1})
-    if critique.action == "variety":
-        base_shift = state.get("shift") or ctx.profile.shift or 3.0
-        update["shift"] = min(ctx.variety_shift_max, base_shift + 2.0) if ctx.profile.shift else state.get("shift")
-        update["blind_steps"] = min(ctx.variety_blind_max, state.get("blind_steps", 0) + 1)
-        decision = "render"
-    elif critique.action == "revise" and critique.expansion is not None:
+    with _gate(ctx):
+        critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details)
+    decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None)
+    update.update({"round": rnd + 1, "decision": decision})
+    if decision == policy.VARIETY:
+        update["shift"], update["blind_steps"] = policy.turn_knobs(
+            state.get("shift"), state.get("blind_steps", 0), profile_shift=ctx.profile.shift,
+            shift_max=ctx.variety_shift_max, blind_max=ctx.variety_blind_max)
+    elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
-        decision = "expand"
-    else:
-        decision = "render"
-    update["decision"] = decision
-    ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": critique.action, "reason": critique.reason}))
+    ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": decision, "reason": critique.reason,
+                                  "similarity": similarity, "shift": update.get("shift", state.get("shift")),
+                                  "blind_steps": update.get("blind_steps", state.get("blind_steps", 0))}))
     return update
 
 
@@ -360,7 +350,8 @@ def finish(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
 
 
 def _after_judge(state: LoopState) -> str:
-    return state.get("decision", "finish")
+    decision = state.get("decision", policy.FINISH)
+    return {policy.REVISE: "expand", policy.EXPLORE: "expand", policy.VARIETY: "render"}.get(decision, decision)
 
 
 def build_graph(checkpointer=None):
@@ -376,7 +367,7 @@ def build_graph(checkpointer=None):
     g.add_edge("references", "render")
     g.add_edge("render", "score")
     g.add_edge("score", "judge")
-    g.add_conditional_edges("judge", _after_judge, {"render": "render", "expand": "expand", "finish": "finish"})
+    g.add_conditional_edges("judge", _after_judge, {"render": "render", "expand": "expand", policy.FINISH: "finish"})
     g.add_edge("finish", END)
     return g.compile(checkpointer=checkpointer)
 

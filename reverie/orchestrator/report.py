@@ -59,10 +59,9 @@ def write_report(store, batch_id: str) -> Path:
     """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
     from reverie.store.pngmeta import atomic_write
 
-    db = store.db
-    batch = next(db.query("select * from batches where id = ?", [batch_id]))
+    batch = store.batches.get(batch_id)
     options = json.loads(batch["options_json"])
-    items = list(db.query("select * from batch_items where batch_id = ? order by idx", [batch_id]))
+    items = store.batches.items(batch_id)
     out = report_path(store.home, batch_id)
     home_arg = shlex.quote(str(store.home))
     esc = html.escape
@@ -78,7 +77,7 @@ def write_report(store, batch_id: str) -> Path:
         parts.append(f"<div class=failed>{len(failed)} of {len(items)} ideas failed; fix them and run the same "
                      "command: only the failed ideas are tried again</div>")
     for item in items:
-        rendered = next(db.query("select count(*) as n from renders where run_id = ? and status = 'ok'", [item["run_id"]]))["n"]
+        rendered = store.ok_count(item["run_id"])
         budget = item["budget"] if item["budget"] is not None else "time-limited"
         parts.append(f"<section><h2>{item['idx'] + 1}. {esc(item['idea'])}</h2>"
                      f"<div class=sub>run {esc(item['run_id'] or '-')} · {rendered} rendered of {esc(str(budget))} · "
@@ -86,12 +85,11 @@ def write_report(store, batch_id: str) -> Path:
         if item["status"] == "failed":
             parts.append(f"<div class=failed>failed: {esc(item['error'] or 'unknown error')}</div>")
         parts.append("<div class=grid>")
-        keeps = list(db.query("select * from batch_keeps where item_id = ? order by rank", [item["id"]]))
+        keeps = store.batches.keeps(item["id"])
         if not keeps:
             parts.append("<p class=empty>nothing kept yet</p>")
         for keep in keeps:
-            row = next(db.query("select * from renders where id = ?", [keep["render_id"]]))
-            render = store.to_render(row)
+            render = store.render_by_id(keep["render_id"])
             full = Path(render.path)
             link = os.path.relpath(full, out.parent)
             score = f"{render.scores.composite:.3f}" if render.scores else "unscored"

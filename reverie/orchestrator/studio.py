@@ -5,6 +5,7 @@ The CLI is a thin layer over this class, so both ways in behave the same.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import secrets
 import threading
@@ -16,13 +17,10 @@ from typing import Any, Iterator, Optional, Sequence
 from reverie.config import load_config, resolve_home
 from reverie.render.engine import ENGINES, make_engine
 from reverie.render.profiles import Profile, get_profile
-from reverie.render.resolution import check_megapixels, parse_aspect, size_for
+from reverie.orchestrator.requests import render_size, validate_request
+from reverie.orchestrator.worker import EngineWorker
 from reverie.store.db import Store
-from reverie.types import CONTROL_KINDS, Control, Event, ProgressFn, Reference, Render, Request, ReverieError
-
-MAX_N = 1024
-MAX_ROUNDS = 100
-MAX_IDEA_CHARS = 4000
+from reverie.types import Control, Event, ProgressFn, Reference, Render, Request, ReverieError
 
 EMBEDDED_TAIL = "a working pipeline with meaningless pictures until real weights are configured (see README)"
 
@@ -60,47 +58,6 @@ class MakeResult:
         }
 
 
-def clean_idea(idea: str) -> str:
-    """Control characters out, whitespace folded; empty or huge ideas are errors."""
-    if idea is None:
-        idea = ""
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(idea))
-    text = " ".join(text.split())
-    if not text:
-        raise ReverieError('the idea is empty: describe what to make, for example reverie make "a fox in the rain"')
-    if len(text) > MAX_IDEA_CHARS:
-        raise ReverieError(f"the idea is {len(text)} characters long: keep it under {MAX_IDEA_CHARS} (reverie writes the long prompt for you)")
-    return text
-
-
-def validate_request(req: Request) -> Request:
-    idea = clean_idea(req.idea)
-    get_profile(req.profile)
-    if not isinstance(req.n, int) or req.n < 1 or req.n > MAX_N:
-        raise ReverieError(f"n must be between 1 and {MAX_N} (got {req.n}): pass --n 4 for four images per round")
-    if not isinstance(req.rounds, int) or req.rounds < 1 or req.rounds > MAX_ROUNDS:
-        raise ReverieError(f"rounds must be between 1 and {MAX_ROUNDS} (got {req.rounds})")
-    parse_aspect(req.aspect)
-    check_megapixels(req.megapixels)
-    if req.target is not None and not (0.0 <= req.target <= 10.0):
-        raise ReverieError(f"target {req.target} is out of range: use a composite score such as 0.7")
-    if req.steps is not None and not (1 <= req.steps <= 200):
-        raise ReverieError(f"steps must be between 1 and 200 (got {req.steps})")
-    if not (0 <= req.blind_steps <= 10):
-        raise ReverieError(f"blind steps must be between 0 and 10 (got {req.blind_steps})")
-    for ref in req.references:
-        if ref.control not in CONTROL_KINDS:
-            raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
-    return Request(**{**req.__dict__, "idea": idea})
-
-
-def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:
-    """Width and height for a request: the profile's multiple, capped by the profile and by the
-    engine where it has its own cap (the tiny engine's `max_side`)."""
-    max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
-    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
-
-
 def weights_present(profile: Profile, model_path: Optional[str]) -> bool:
     from reverie.render.diffusers_engine import resolve_weights
 
@@ -111,15 +68,42 @@ def weights_present(profile: Profile, model_path: Optional[str]) -> bool:
         return False
 
 
+# The run an LLM call belongs to, per thread: a batch expands several ideas at once, and each
+# call is filed under its own idea's run.
+current_run: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("reverie_current_run", default=None)
+
+
+class _LockedScorer:
+    """One scorer shared by concurrent runs: its calls take turns (models are not thread-safe)."""
+
+    def __init__(self, scorer):
+        self._scorer, self._lock = scorer, threading.Lock()
+
+    def score(self, *args, **kwargs):
+        with self._lock:
+            return self._scorer.score(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+
 class Studio:
-    """One home, one warm engine and scorer, many runs."""
+    """One home, one engine worker with its warm engine, one scorer, many runs.
+
+    Every way in runs `run_loop`: make, each idea of a batch, each chat turn. Parts can be
+    injected (an engine, scorer, expander or critic object instead of a name), as tests and
+    content pipelines do.
+    """
 
     def __init__(
         self,
         home: Optional[str | Path] = None,
-        engine: str = "auto",
+        *,
+        engine: Any = "auto",
         profile: str = "z-image-turbo",
-        scorer: str = "auto",
+        scorer: Any = "auto",
+        expander: Any = None,
+        critic: Any = None,
         model_path: Optional[str] = None,
         engine_options: Optional[dict[str, Any]] = None,
         progress: Optional[ProgressFn] = None,
@@ -127,20 +111,24 @@ class Studio:
         llm_model: Optional[str] = None,
         config: Optional[str | Path] = None,
     ):
-        if engine != "auto" and engine not in ENGINES:
+        if isinstance(engine, str) and engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
         get_profile(profile)
         self.home = resolve_home(home)
         self.store = Store(self.home)
-        self.engine_name = engine
+        self._injected_engine = None if isinstance(engine, str) else engine
+        self.engine_name = engine if isinstance(engine, str) else engine.name
         self.profile_name = profile
-        self.scorer_name = scorer
+        self.scorer_name = scorer if isinstance(scorer, str) else scorer.name
+        self._scorer = None if isinstance(scorer, str) else _LockedScorer(scorer)
+        self._expander, self._critic = expander, critic
         self.model_path = model_path
         self.engine_options = dict(engine_options or {})
         self.progress = progress
-        self._engine = None
-        self._engine_key: Optional[tuple] = None
-        self._scorer = None
+        self._engines: dict[tuple, Any] = {}
+        self._cache: dict[str, Any] = {}
+        self._parts_lock = threading.RLock()
+        self.worker = EngineWorker()
         self._notified: set[str] = set()
         self._embedded_said = False  # the one line naming the embedded parts in use
         self.notices: list[str] = []
@@ -149,14 +137,22 @@ class Studio:
         self.signatures: dict[int, tuple] = {}
         self.llm_url, self.llm_model = llm_url, llm_model
         self.config = load_config(self.home, config)
-        self._run_id: Optional[str] = None  # the run LLM calls are recorded against
 
     # -- parts -----------------------------------------------------------------------------
-    def _notice(self, message: str, progress: ProgressFn) -> None:
-        if message in self._notified:
-            return
-        self._notified.add(message)
-        self.notices.append(message)
+    def cached(self, name: str, build):
+        """A part built once per studio (a chat session's interpreter and its LLM client)."""
+        with self._parts_lock:
+            if name not in self._cache:
+                self._cache[name] = build()
+            return self._cache[name]
+
+    def notice(self, message: str, progress: ProgressFn) -> None:
+        """Say a line once per studio (a chat session, a batch): repeated notices stay quiet."""
+        with self._parts_lock:
+            if message in self._notified:
+                return
+            self._notified.add(message)
+            self.notices.append(message)
         progress(Event("notice", {"message": message}))
 
     def _resolve_engine_name(self, profile: Profile) -> str:
@@ -170,24 +166,25 @@ class Studio:
         return "tiny"
 
     def engine_for(self, profile: Profile, progress: ProgressFn):
+        """The engine for a profile, built once (cheap: weights load on its first render). The
+        engine worker unloads one model before another renders."""
+        if self._injected_engine is not None:
+            return self._injected_engine
         name = self._resolve_engine_name(profile)
         key = (name, profile.name)
-        if self._engine is not None and self._engine_key == key:
-            return self._engine
-        if self._engine is not None:
-            self._engine.close()
-            self._engine, self._engine_key = None, None  # a failed build must not leave a closed engine current
-        options = dict(self.engine_options)
-        if name == "tiny":
-            options.setdefault("models_dir", str(self.home / "models"))
-            self._say_embedded(progress)
-        elif name == "diffusers":
-            options.update(profile=profile.name, model_path=self.model_path)
-        elif name == "comfyui":
-            options.setdefault("profile", profile.name)
-        self._engine = make_engine(name, **options)
-        self._engine_key = key
-        return self._engine
+        with self._parts_lock:
+            if key in self._engines:
+                return self._engines[key]
+            options = dict(self.engine_options)
+            if name == "tiny":
+                options.setdefault("models_dir", str(self.home / "models"))
+                self._say_embedded(progress)
+            elif name == "diffusers":
+                options.update(profile=profile.name, model_path=self.model_path)
+            elif name == "comfyui":
+                options.setdefault("profile", profile.name)
+            self._engines[key] = make_engine(name, **options)
+            return self._engines[key]
 
     def _llm_settings(self):
         from reverie.agents.llm import llm_settings
@@ -200,24 +197,35 @@ class Studio:
         if self._embedded_said:
             return
         parts = ["tiny random-weight Z-Image engine"]
-        if not self._llm_settings().configured:
+        if self._expander is None and not self._llm_settings().configured:
             parts.append("offline formula expander")
         if self.scorer(progress, quiet_if_heuristic=True).name == "heuristic":
             parts.append("heuristic scorer")
         self._embedded_said = True
-        self._notice("embedded default: " + ", ".join(parts) + "; " + EMBEDDED_TAIL, progress)
+        self.notice("embedded default: " + ", ".join(parts) + "; " + EMBEDDED_TAIL, progress)
 
     def scorer(self, progress: ProgressFn, quiet_if_heuristic: bool = False):
-        if self._scorer is None:
-            from reverie.scoring.scorer import make_scorer
+        with self._parts_lock:
+            if self._scorer is None:
+                from reverie.scoring.scorer import make_scorer
 
-            self._scorer = make_scorer(self.scorer_name, table=self.config.get("scoring", {}))
-            quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
-            if self._scorer.honest_note and not quiet:
-                self._notice(self._scorer.honest_note, progress)
-        return self._scorer
+                self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {})))
+                quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
+                if self._scorer.honest_note and not quiet:
+                    self.notice(self._scorer.honest_note, progress)
+            return self._scorer
 
     def expander_and_critic(self, progress: ProgressFn):
+        """The expander and critic of this studio: built once, one LLM client for the session
+        (a chat, a batch), its calls filed under the run that made them."""
+        with self._parts_lock:
+            if self._expander is None or self._critic is None:
+                expander, critic = self._build_expander_and_critic(progress)
+                self._expander = self._expander or expander
+                self._critic = self._critic or critic
+            return self._expander, self._critic
+
+    def _build_expander_and_critic(self, progress: ProgressFn):
         from reverie.agents.critic import LLMCritic
         from reverie.agents.dreamer import DreamerExpander
         from reverie.agents.expander import FormulaExpander, RuleCritic
@@ -226,14 +234,12 @@ class Studio:
         formula = FormulaExpander()
         settings = self._llm_settings()
         if not settings.configured:
-            if self._embedded_said:  # that line already says "offline formula expander"
-                return formula, RuleCritic(formula)
-            self._notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
-                         "or set llm.base_url in reverie.toml)", progress)
+            if not self._embedded_said:  # that line already says "offline formula expander"
+                self.notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
+                            "or set llm.base_url in reverie.toml)", progress)
             return formula, RuleCritic(formula)
-        # A fresh client per run: a server that died in one run is tried again in the next.
-        llm = LLMClient(settings, record=lambda call: self.store.add_llm_call(call, run_id=self._run_id))
-        dreamer = DreamerExpander(llm, fallback=formula, notice=lambda m: self._notice(m, progress))
+        llm = LLMClient(settings, record=lambda call: self.store.add_llm_call(call, run_id=current_run.get()))
+        dreamer = DreamerExpander(llm, fallback=formula, notice=lambda m: self.notice(m, progress))
         critic = LLMCritic(llm, fallback=RuleCritic(formula), notice=dreamer.fall_back)
         try:
             # One cheap /models call when no model is set, so the notice names the model really used.
@@ -242,18 +248,18 @@ class Studio:
             dreamer.fall_back(str(e))
             return dreamer, critic
         chosen = "" if settings.model else ", the first the server lists"
-        self._notice(f"prompts: dreamer expander and critic over the LLM at {settings.url} (model {model}{chosen})", progress)
+        self.notice(f"prompts: dreamer expander and critic over the LLM at {settings.url} (model {model}{chosen})", progress)
         return dreamer, critic
 
-    def _control(self, req: Request, store: Store, run_id: str, progress: ProgressFn) -> Control:
+    def prepare_reference(self, req: Request, run_id: str, progress: ProgressFn) -> Control:
         """The graph's reference step: preprocess the first reference, store it, link it to the run."""
         from reverie.agents.references import prepare_control
 
         ref = req.references[0]
         prepared = prepare_control(ref, req.idea, self.home / "models")
         if prepared.note:
-            self._notice(prepared.note, progress)
-        sha, path = store.add_control(run_id, prepared.kind, str(Path(ref.path).expanduser().resolve()),
+            self.notice(prepared.note, progress)
+        sha, path = self.store.add_control(run_id, prepared.kind, str(Path(ref.path).expanduser().resolve()),
                                            prepared.source_sha, prepared.data)
         progress(Event("control", {"kind": prepared.kind, "image_sha": sha, "path": str(path)}))
         return Control(kind=prepared.kind, image_sha=sha, image_path=str(path), strength=ref.strength)
@@ -265,10 +271,9 @@ class Studio:
         kw.setdefault("profile", self.profile_name)
         return validate_request(Request(idea=idea, references=refs, **kw))
 
-    def make(self, idea: str, progress: Optional[ProgressFn] = None, **kw: Any) -> MakeResult:
+    def make(self, idea: str, *, progress: Optional[ProgressFn] = None, **kw: Any) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best."""
-        from reverie.orchestrator.graph import LoopContext, build_graph, open_checkpointer, render_with_retry, run_graph
-        from reverie.store.recovery import claim_run, rerender_missing, sweep_orphans
+        from reverie.store.recovery import claim_run
 
         progress = progress or self.progress or (lambda e: None)
         req = self.request(idea, **kw)
@@ -278,39 +283,72 @@ class Studio:
             load_reference(ref.path)
         profile = get_profile(req.profile)
         engine = self.engine_for(profile, progress)
-        width, height = render_size(req, profile, engine)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
         # that no live process holds; otherwise a new run starts. We hold its lock until the end.
         run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed,
                                                      identity=getattr(engine, "identity", engine.name))
-        self._run_id = run_id
-        # After the run exists: the LLM's /models call is recorded against it.
-        expander, critic = self.expander_and_critic(progress)
-        progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name, "engine": engine.name,
-                                       "width": width, "height": height, "n": req.n, "rounds": req.rounds,
-                                       "budget": req.n * req.rounds}))
-        ctx = LoopContext(store=self.store, engine=engine, scorer=self.scorer(progress), expander=expander,
-                          critic=critic, request=req, profile=profile, width=width, height=height,
-                          base_seed=base_seed, progress=progress, signatures=self.signatures,
-                          references=lambda r, store: self._control(r, store, run_id, progress))
-        state = {"run_id": run_id, "round": 0, "seed_cursor": 0, "shift": req.shift if req.shift is not None else profile.shift,
-                 "blind_steps": req.blind_steps, "history": []}
         try:
+            final = self.run_loop(req, run_id=run_id, base_seed=base_seed, resumed=resumed, progress=progress)
+        finally:
+            lock.release()
+        return self.result(run_id, k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
+
+    def run_loop(self, req: Request, *, run_id: str, base_seed: int, resumed: bool, progress: ProgressFn,
+                 policy: str = "revise", order: int = 0, deadline: Optional[float] = None, deadline_label: str = "",
+                 stop: Optional[threading.Event] = None, llm_gate: Any = None) -> dict:
+        """One run of the agent graph, to its end; the run's row says how it ended.
+
+        make, each batch idea and each chat turn come here: the same nodes, the same store and
+        checkpoints, only the loop policy and the budget differ.
+        """
+        from reverie.orchestrator.graph import LoopContext, build_graph, open_checkpointer, run_graph
+        from reverie.store.recovery import rerender_missing, sweep_orphans
+
+        profile = get_profile(req.profile)
+        engine = self.engine_for(profile, progress)
+        width, height = render_size(req, profile, engine)
+        token = current_run.set(run_id)
+        try:
+            # After the run exists: the LLM's /models call is recorded against it.
+            expander, critic = self.expander_and_critic(progress)
+            progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name,
+                                           "engine": engine.name, "width": width, "height": height, "n": req.n,
+                                           "rounds": req.rounds, "budget": req.max_renders or req.n * req.rounds}))
+            ctx = LoopContext(store=self.store, engine=engine, scorer=self.scorer(progress), expander=expander,
+                              critic=critic, request=req, profile=profile, width=width, height=height,
+                              base_seed=base_seed, progress=progress, signatures=self.signatures, worker=self.worker,
+                              policy=policy, order=order, deadline=deadline, deadline_label=deadline_label, stop=stop,
+                              llm_gate=llm_gate,
+                              references=lambda r, store: self.prepare_reference(r, run_id, progress))
+            state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
+                     "shift": req.shift if req.shift is not None else profile.shift,
+                     "blind_steps": req.blind_steps, "history": []}
             sweep_orphans(self.store, run_id)
             if resumed:
-                redone = rerender_missing(self.store, run_id, lambda specs: render_with_retry(engine, specs, progress),
-                                          batch_size=lambda: getattr(engine, "batch_size", None))
-                self._notice(f"continuing run {run_id} from its last committed step ({len(self.store.renders(run_id))} "
-                             f"renders kept, {len(redone)} missing files rendered again)", progress)
+                redone = rerender_missing(
+                    self.store, run_id,
+                    lambda specs: self.worker.render(engine, specs, progress=progress, priority=(-1, profile.name, order)),
+                    batch_size=lambda: getattr(engine, "batch_size", None))
+                self.notice(f"continuing run {run_id} from its last committed step ({len(self.store.renders(run_id))} "
+                            f"renders kept, {len(redone)} missing files rendered again)", progress)
             with open_checkpointer(self.home) as saver:
-                final = run_graph(build_graph(checkpointer=saver), state, ctx, run_id, recursion_limit=10 * req.rounds + 20)
+                final = run_graph(build_graph(checkpointer=saver), state, ctx, run_id,
+                                  recursion_limit=10 * req.rounds + 20)
+        except ReverieError as e:
+            self.store.finish_run(run_id, "failed", str(e))
+            raise
         except BaseException:
             self.store.finish_run(run_id, "interrupted", "stopped before the end; run the same command to continue")
             raise
         finally:
-            lock.release()
-        return self.result(run_id, k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
+            current_run.reset(token)
+        failed = self.store.failed_reason(run_id)
+        if failed is not None:  # not one image: the run failed, and says why
+            message = f"no image was rendered: {failed}"
+            self.store.finish_run(run_id, "failed", message)
+            raise ReverieError(message)
+        return final
 
     def result(self, run_id: str, k: int = 4, stop_reason: str = "") -> MakeResult:
         run = self.store.get_run(run_id)
@@ -347,17 +385,21 @@ class Studio:
             raise box["error"]
         yield Event("result", {"result": box["result"]})
 
-    def batch(self, file: str | Path, per_prompt: Optional[int] = None, keep: int = 4, hours: Optional[float] = None,
-              aspect: str = "1:1", megapixels: float = 1.0, progress: Optional[ProgressFn] = None, **parts: Any):
-        """Render every idea of a file to its budget, keep the best K of each, write the contact
-        sheet; the same call after an interruption continues where it stopped. -> BatchResult"""
+    def batch(self, file: str | Path, *, per_prompt: Optional[int] = None, keep: int = 4, hours: Optional[float] = None,
+              aspect: str = "1:1", megapixels: float = 1.0, target: Optional[float] = None,
+              rounds: Optional[int] = None, n: Optional[int] = None, policy: str = "explore",
+              progress: Optional[ProgressFn] = None):
+        """Run every idea of a file through the agent loop to its budget, keep the best K of
+        each, write the contact sheet; the same call after an interruption continues where it
+        stopped. -> BatchResult"""
         from reverie.orchestrator.batch import BatchOptions, run_batch
 
         options = BatchOptions(per_prompt=per_prompt, keep=keep, hours=hours, profile=self.profile_name,
-                               engine=self.engine_name, aspect=aspect, megapixels=megapixels)
-        return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None), **parts)
+                               engine=self.engine_name, aspect=aspect, megapixels=megapixels, target=target,
+                               rounds=rounds, n=n, policy=policy)
+        return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None))
 
-    def chat(self, session: str, message: str, progress: Optional[ProgressFn] = None, **kw: Any):
+    def chat(self, session: str, message: str, *, progress: Optional[ProgressFn] = None, **kw: Any):
         """One turn of a conversation: the first message makes images, follow-ups ("make it
         night", "more like the second one") start a new round from the last one. -> ChatTurn"""
         from reverie.orchestrator.chat import chat_turn
@@ -365,8 +407,9 @@ class Studio:
         return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None), **kw)
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+        self.worker.close()
+        for engine in list(self._engines.values()) + ([self._injected_engine] if self._injected_engine else []):
+            engine.close()
         if self._scorer is not None:
             self._scorer.close()
         self.store.close()

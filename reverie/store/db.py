@@ -79,6 +79,18 @@ class Store:
                 f"the database {self.db_path} is unusable ({e}): move it aside and run again, or use another --home"
             ) from None
 
+    @functools.cached_property
+    def batches(self):
+        from reverie.store.batches import Batches
+
+        return Batches(self)
+
+    @functools.cached_property
+    def chats(self):
+        from reverie.store.chats import Chats
+
+        return Chats(self)
+
     @property
     def db_path(self) -> Path:
         return self.home / "reverie.db"
@@ -305,6 +317,26 @@ class Store:
             seconds=row["seconds"],
             scores=self.scores_for(row["id"]),
         )
+
+    @locked
+    def render_path(self, render_id: int) -> str:
+        return next(self.db.query("select path from renders where id = ?", [render_id]))["path"]
+
+    @locked
+    def render_by_id(self, render_id: int) -> Render:
+        return self.to_render(next(self.db.query("select * from renders where id = ?", [render_id])))
+
+    @locked
+    def ok_count(self, run_id: str) -> int:
+        return next(self.db.query("select count(*) as n from renders where run_id = ? and status = 'ok'", [run_id]))["n"]
+
+    @locked
+    def failed_reason(self, run_id: str) -> Optional[str]:
+        """Why a run made no image (its first render error), or None when it made one."""
+        rows = self.render_rows(run_id)
+        if not rows or any(r["status"] == "ok" for r in rows):
+            return None
+        return next((r["error"] for r in rows if r["error"]), "every render failed")
 
     @locked
     def renders(self, run_id: str, ok_only: bool = True) -> list[Render]:

@@ -1,0 +1,56 @@
+"""Checking a request before anything heavy runs, and the size it renders at."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from reverie.render.profiles import Profile, get_profile
+from reverie.render.resolution import check_megapixels, parse_aspect, size_for
+from reverie.types import CONTROL_KINDS, Request, ReverieError
+
+MAX_N = 1024
+MAX_ROUNDS = 100
+MAX_IDEA_CHARS = 4000
+
+
+def clean_idea(idea: str) -> str:
+    """Control characters out, whitespace folded; empty or huge ideas are errors."""
+    if idea is None:
+        idea = ""
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in str(idea))
+    text = " ".join(text.split())
+    if not text:
+        raise ReverieError('the idea is empty: describe what to make, for example reverie make "a fox in the rain"')
+    if len(text) > MAX_IDEA_CHARS:
+        raise ReverieError(f"the idea is {len(text)} characters long: keep it under {MAX_IDEA_CHARS} (reverie writes the long prompt for you)")
+    return text
+
+
+def validate_request(req: Request) -> Request:
+    idea = clean_idea(req.idea)
+    get_profile(req.profile)
+    if not isinstance(req.n, int) or req.n < 1 or req.n > MAX_N:
+        raise ReverieError(f"n must be between 1 and {MAX_N} (got {req.n}): pass --n 4 for four images per round")
+    if not isinstance(req.rounds, int) or req.rounds < 1 or req.rounds > MAX_ROUNDS:
+        raise ReverieError(f"rounds must be between 1 and {MAX_ROUNDS} (got {req.rounds})")
+    parse_aspect(req.aspect)
+    check_megapixels(req.megapixels)
+    if req.target is not None and not (0.0 <= req.target <= 1.0):
+        raise ReverieError(f"target {req.target} is out of range: the composite score is 0..1, e.g. --target 0.7")
+    if req.max_renders is not None and req.max_renders < 1:
+        raise ReverieError(f"the render budget must be at least 1 (got {req.max_renders})")
+    if req.steps is not None and not (1 <= req.steps <= 200):
+        raise ReverieError(f"steps must be between 1 and 200 (got {req.steps})")
+    if not (0 <= req.blind_steps <= 10):
+        raise ReverieError(f"blind steps must be between 0 and 10 (got {req.blind_steps})")
+    for ref in req.references:
+        if ref.control not in CONTROL_KINDS:
+            raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
+    return Request(**{**req.__dict__, "idea": idea})
+
+
+def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:
+    """Width and height for a request: the profile's multiple, capped by the profile and by the
+    engine where it has its own cap (the tiny engine's `max_side`)."""
+    max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
+    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)

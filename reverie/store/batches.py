@@ -1,0 +1,86 @@
+"""Batches, their items and the images each item keeps: every statement on those tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+
+class Batches:
+    """`store.batches`: a batch is found again by its id (the hash of its file and options)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    @property
+    def db(self):
+        return self.store.db
+
+    def open(self, batch_id: str, source: str, options_json: str) -> None:
+        """Create the batch, or mark the one found running again."""
+        with self.store.lock, self.db.conn:
+            if self.get(batch_id) is None:
+                self.db["batches"].insert({"id": batch_id, "source": source, "options_json": options_json,
+                                           "status": "running", "seconds_spent": 0.0, "report_path": "",
+                                           "created": time.time(), "finished": None})
+            else:
+                self.db["batches"].update(batch_id, {"status": "running"})
+
+    def get(self, batch_id: str) -> Optional[dict]:
+        with self.store.lock:
+            rows = list(self.db.query("select * from batches where id = ?", [batch_id]))
+            return rows[0] if rows else None
+
+    def set_status(self, batch_id: str, status: str, **fields: Any) -> None:
+        with self.store.lock, self.db.conn:
+            self.db["batches"].update(batch_id, {"status": status, **fields})
+
+    def spend(self, batch_id: str, seconds_spent: float) -> None:
+        with self.store.lock, self.db.conn:
+            self.db["batches"].update(batch_id, {"seconds_spent": seconds_spent})
+
+    def seconds_spent(self, batch_id: str) -> float:
+        row = self.get(batch_id)
+        return float(row["seconds_spent"] or 0.0) if row else 0.0
+
+    def finish(self, batch_id: str, report_path: str) -> None:
+        self.set_status(batch_id, "done", report_path=report_path, finished=time.time())
+
+    # -- items -----------------------------------------------------------------------------
+    def items(self, batch_id: str) -> list[dict]:
+        with self.store.lock:
+            return list(self.db.query("select * from batch_items where batch_id = ? order by idx", [batch_id]))
+
+    def item(self, batch_id: str, idx: int) -> Optional[dict]:
+        with self.store.lock:
+            rows = list(self.db.query("select * from batch_items where batch_id = ? and idx = ?", [batch_id, idx]))
+            return rows[0] if rows else None
+
+    def failed_indices(self, batch_id: str) -> set[int]:
+        with self.store.lock:
+            return {r["idx"] for r in self.db.query(
+                "select idx from batch_items where batch_id = ? and status = 'failed'", [batch_id])}
+
+    def put_item(self, batch_id: str, idx: int, **fields: Any) -> dict:
+        """Insert the item, or update the one at that index; return its row."""
+        with self.store.lock:
+            row = self.item(batch_id, idx)
+            with self.db.conn:
+                if row is None:
+                    self.db["batch_items"].insert({"batch_id": batch_id, "idx": idx, **fields})
+                else:
+                    self.db["batch_items"].update(row["id"], fields)
+            return self.item(batch_id, idx)
+
+    # -- keeps -----------------------------------------------------------------------------
+    def set_keeps(self, item_id: int, keeps: list[tuple[int, bool]]) -> None:
+        """Replace an item's kept renders: (render id, near-duplicate) in rank order."""
+        with self.store.lock, self.db.conn:
+            self.db.execute("delete from batch_keeps where item_id = ?", [item_id])
+            self.db["batch_keeps"].insert_all(
+                [{"item_id": item_id, "render_id": rid, "rank": n, "near_duplicate": int(dup)}
+                 for n, (rid, dup) in enumerate(keeps, 1)])
+
+    def keeps(self, item_id: int) -> list[dict]:
+        with self.store.lock:
+            return list(self.db.query("select * from batch_keeps where item_id = ? order by rank", [item_id]))
