@@ -13,7 +13,7 @@ from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from reverie.orchestrator.cli import app
-from reverie.orchestrator.graph import render_with_retry
+from reverie.orchestrator.worker import render_with_retry
 from reverie.orchestrator.studio import Studio
 from reverie.render.tiny import TinyEngine
 from reverie.store.db import Store

@@ -72,6 +72,10 @@ def batch(
     per_prompt: Optional[int] = typer.Option(None, "--per-prompt", help="Renders per idea (default 8; unlimited with --hours)."),
     keep: int = typer.Option(4, "--keep", help="Best images kept per idea (near-duplicates dropped)."),
     hours: Optional[float] = typer.Option(None, "--hours", help="Time budget; renders are spread fairly across ideas."),
+    n: Optional[int] = typer.Option(None, "--n", help="Images per round for each idea (default 4)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="At most this many rounds per idea (default: as the budget needs)."),
+    target: Optional[float] = typer.Option(None, "--target", help="Stop an idea once its best composite score (0..1) reaches this."),
+    policy: str = typer.Option("explore", "--policy", help="After a round: explore (a fresh reading of the idea) or revise (new seeds, the critic's rewrites)."),
     profile: str = PROFILE,
     engine: str = ENGINE,
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H for every idea (JSONL may override)."),
@@ -99,7 +103,7 @@ def batch(
                     llm_model=llm_model, config=config, engine_options=engine_options)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
-                              progress=view)
+                              n=n, rounds=rounds, target=target, policy=policy, progress=view)
     finally:
         view.stop()
         studio.close()
