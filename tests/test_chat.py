@@ -51,7 +51,7 @@ def test_more_like_the_second_one_reuses_its_seed_as_an_img2img_reference():
 
 def test_keep_the_pose_but_make_her_a_knight():
     r = read("keep the pose but make her a knight", _previous(FIRST))
-    assert r.request.idea == "a woman in a garden, as a knight"
+    assert r.request.idea == "a knight in a garden"  # the subject is replaced, the setting kept
     assert r.request.references[0].control == "pose" and r.request.references[0].path == "/h/images/0.png"
     without_pose = read("keep the pose but make her a knight", _previous(FIRST), frozenset({"canny", "img2img"}))
     assert without_pose.request.references[0].control == "canny" and "no pose weights" in without_pose.summary
@@ -189,3 +189,47 @@ def test_the_llm_reads_follow_ups_only_when_configured(tmp_path, monkeypatch):
         assert isinstance(make_interpreter(studio, lambda e: None), RuleInterpreter)
     with Studio(home=tmp_path / "b", engine="fixed", llm_url="http://127.0.0.1:9/v1") as studio:
         assert isinstance(make_interpreter(studio, lambda e: None), LLMInterpreter)
+
+
+def test_a_new_subject_replaces_the_old_one():
+    fox = _previous(Request(idea="a fox in the rain, at night"))
+    assert read("keep the pose but make it a knight", fox).request.idea == "a knight in the rain, at night"
+    assert read("make it an astronaut", _previous(Request(idea="a fox"))).request.idea == "an astronaut"
+    assert read("make it blue", fox).request.idea == "a fox in the rain, at night, blue"
+
+
+def test_slash_commands_answer_without_rendering(tmp_path):
+    from reverie.orchestrator.chat import chat_command, is_command
+
+    assert is_command("/help") and is_command("/show 2") and not is_command("/new a lighthouse")
+    with Studio(home=tmp_path / "home", engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        assert "/undo" in chat_command(studio, "s", "/help").text
+        assert chat_command(studio, "s", "/quit").quit
+        assert "no turns yet" in chat_command(studio, "s", "/session").text
+        with pytest.raises(ReverieError, match="/help lists"):
+            chat_command(studio, "s", "/frobnicate")
+        studio.chat("s", "a fox in the rain", n=2, rounds=1, megapixels=0.02)
+        studio.chat("s", "make it night", n=2, rounds=1, megapixels=0.02)
+        shown = chat_command(studio, "s", "/show 2").text
+        assert "seed" in shown and ".png" in shown and "prompt: " in shown
+        assert "2 turn(s)" in chat_command(studio, "s", "/session").text
+        assert "turn 2 forgotten" in chat_command(studio, "s", "/undo").text
+        assert [t["turn"] for t in studio.store.chats.turns("s")] == [1]
+        renders = studio.store.db.execute("select count(*) from renders").fetchone()[0]
+        assert renders == 4  # the commands rendered nothing
+        third = studio.chat("s", "wider", n=2, rounds=1, megapixels=0.02)
+        assert third.turn == 2 and third.interpretation.request.idea == "a fox in the rain"
+
+
+def test_ctrl_c_cancels_the_turn_and_keeps_it(tmp_path):
+    with Studio(home=tmp_path / "home", engine="fixed", engine_options={"latency": 0.02}, scorer="heuristic") as studio:
+        def stop_after_two(event):
+            if event.kind == "rendered" and event.data["render_id"] >= 2:
+                raise KeyboardInterrupt
+
+        turn = studio.chat("s", "a fox in the rain", n=8, rounds=1, megapixels=0.02, progress=stop_after_two)
+        assert turn.cancelled and turn.best and turn.turn == 1
+        assert studio.store.get_run(turn.run_id)["status"] == "interrupted"
+        assert [t["turn"] for t in studio.store.chats.turns("s")] == [1]
+        nxt = studio.chat("s", "make it night", n=2, rounds=1, megapixels=0.02)
+        assert nxt.turn == 2 and nxt.parent_run_id == turn.run_id and not nxt.cancelled

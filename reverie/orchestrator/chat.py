@@ -51,7 +51,8 @@ class Interpretation:
 
     @property
     def summary(self) -> str:
-        return f"{'; '.join(self.changes)} [{self.source}]"
+        reader = "the LLM" if self.source == "llm" else "offline rules"
+        return f"{'; '.join(self.changes)} (read by {reader})"
 
     def to_dict(self) -> dict:
         return {"source": self.source, "changes": list(self.changes), "ref_render_id": self.ref_render_id,
@@ -69,6 +70,12 @@ class ChatTurn:
     interpretation: Interpretation
     parent_run_id: Optional[str] = None
     notices: list[str] = field(default_factory=list)
+    cancelled: bool = False  # Ctrl-C stopped it: what it rendered is kept, and the session goes on from it
+
+    @property
+    def prompt(self) -> str:
+        """The prompt the turn's best image was rendered from."""
+        return self.best[0].prompt if self.best else ""
 
     def to_dict(self) -> dict:
         return {"session": self.session, "turn": self.turn, "message": self.message, "run_id": self.run_id,
@@ -118,9 +125,13 @@ class RuleInterpreter:
         edit = re.search(r"\b(?:make|turn) (?:it|her|him|them|this|the \w+)\s+(?:into\s+)?(.+)$", low)
         if edit:
             what = text[edit.start(1):].strip(" .!")
-            phrase = PHRASES.get(what.lower(), f"as {what}" if re.match(r"(a|an)\s", what.lower()) else what)
-            req = replace(req, idea=f"{req.idea}, {phrase}")
-            changes.append(f"idea + '{phrase}'")
+            if re.match(r"(a|an)\s", what.lower()):  # a new subject: "make her a knight"
+                req = replace(req, idea=replace_subject(req.idea, what))
+                changes.append(f"subject: {what}")
+            else:  # a change to the scene: "make it night", "make it blue"
+                phrase = PHRASES.get(what.lower(), what)
+                req = replace(req, idea=f"{req.idea}, {phrase}")
+                changes.append(f"idea + '{phrase}'")
 
         for word, step in (("wider", 1), ("taller", -1)):
             if re.search(rf"\b{word}\b", low):
@@ -141,6 +152,17 @@ class RuleInterpreter:
             req = replace(req, idea=f"{req.idea}, {addition}")
             changes.append(f"idea + '{addition}'")
         return Interpretation(req, tuple(changes), "rules", ref_render.id if ref_render else None)
+
+
+# Where the subject of a short idea ends: its setting, an action, or a clause begins.
+_SUBJECT_END = re.compile(r",|\s(?:in|at|on|under|over|with|by|near|inside|beside|behind|during|through|across|"
+                          r"from|and|who|that|which|is|are|standing|sitting|walking|running|holding|wearing)\s", re.I)
+
+
+def replace_subject(idea: str, subject: str) -> str:
+    """"a fox in the rain, at night" + "a knight" -> "a knight in the rain, at night"."""
+    m = _SUBJECT_END.search(idea)
+    return subject + (idea[m.start():] if m else "")
 
 
 def more_like(req: Request, previous: PreviousTurn, rank: int) -> tuple[Request, Render, str]:
@@ -217,6 +239,8 @@ class LLMInterpreter:
         from reverie.agents.llm import LLMUnavailable
         from reverie.render.resolution import parse_aspect
 
+        if previous is None:  # the first message is the idea, in the person's own words
+            return self.fallback.interpret(message, previous, first, fresh_seed)
         context = {"message": message}
         if previous is not None:
             context["last_turn"] = {"idea": previous.request.idea, "aspect": previous.request.aspect,
@@ -307,7 +331,22 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
         if key in defaults:
             req = replace(req, **{key: defaults[key]})
     req = studio.request(req.idea, **{k: v for k, v in req.to_dict().items() if k != "idea"})
-    result = studio.make(req.idea, progress=progress, **{k: v for k, v in req.to_dict().items() if k != "idea"})
+    started: dict[str, str] = {}
+
+    def watch(event):
+        if event.kind == "run_started":
+            started["run_id"] = event.data["run_id"]
+        progress(event)
+
+    cancelled = False
+    try:
+        result = studio.make(req.idea, progress=watch, **{k: v for k, v in req.to_dict().items() if k != "idea"})
+    except KeyboardInterrupt:
+        if "run_id" not in started:
+            raise
+        # Ctrl-C cancels the turn, not the chat: its run is kept (interrupted) and so is the turn.
+        cancelled = True
+        result = studio.result(started["run_id"], k=min(req.n, 4))
     store.chats.add_turn(
         sid, turn=number, message=message, interpretation_json=canonical_json(reading.to_dict()),
         request_json=canonical_json(req.to_dict()), run_id=result.run_id,
@@ -315,4 +354,63 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
         ref_render_id=reading.ref_render_id)
     return ChatTurn(session=session, turn=number, message=message, run_id=result.run_id, best=result.best,
                     interpretation=Interpretation(req, reading.changes, reading.source, reading.ref_render_id),
-                    parent_run_id=previous.run_id if previous else None, notices=list(result.notices))
+                    parent_run_id=previous.run_id if previous else None, notices=list(result.notices),
+                    cancelled=cancelled)
+
+
+# -- slash commands --------------------------------------------------------------------------
+CHAT_HELP = """commands:
+  /help        this list
+  /show N      the N-th image of the last turn: its path, seed, score and prompt
+  /undo        forget the last turn (its images stay in the lineage)
+  /session     this session's name and its turns
+  /new IDEA    start over with a new idea
+  /quit        leave; continue later with --session NAME
+Anything else is a message: the first describes an image, later ones say what to change
+("make it night", "more like the second one", "keep the pose but make it a knight", "wider")."""
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    text: str
+    quit: bool = False
+
+
+def is_command(message: str) -> bool:
+    """A slash command, never a prompt. `/new IDEA` is a message (the interpreter reads it)."""
+    return message.startswith("/") and not re.match(r"/new\s+\S", message)
+
+
+def chat_command(studio, session: str, message: str) -> CommandReply:
+    """Answer a slash command; nothing is rendered. An unknown one is a ReverieError naming /help."""
+    word, _, arg = message.strip().partition(" ")
+    word, arg = word.lower(), arg.strip()
+    if word in ("/quit", "/exit", "/q"):
+        return CommandReply("", quit=True)
+    if word in ("/help", "/h", "/?"):
+        return CommandReply(CHAT_HELP)
+    turns = session_turns(studio.store, session)
+    if word == "/session":
+        if not turns:
+            return CommandReply(f"session {session}: no turns yet")
+        lines = [f"session {session}: {len(turns)} turn(s)"]
+        lines += [f"  {t['turn']}. {t['message']}  ->  {t['idea']} (run {t['run_id']})" for t in turns]
+        return CommandReply("\n".join(lines))
+    if word == "/undo":
+        gone = studio.store.chats.delete_last_turn(session)
+        if gone is None:
+            return CommandReply("nothing to undo: this session has no turns")
+        return CommandReply(f"turn {gone['turn']} forgotten ({gone['message']}); the next message follows turn "
+                            f"{gone['turn'] - 1}" if gone["turn"] > 1 else f"turn 1 forgotten; the next message starts over")
+    if word == "/show":
+        if not turns:
+            return CommandReply("no images yet: describe one first")
+        last = turns[-1]
+        k = max(1, min(4, json.loads(last["request_json"]).get("n", 4)))
+        best = studio.best(last["run_id"], k=k)
+        if not arg.isdigit():
+            raise ReverieError(f"/show needs a number from 1 to {len(best)}, e.g. /show 2")
+        r = _pick(best, int(arg))
+        score = f"{r.scores.composite:.3f} ({r.scores.scorer})" if r.scores else "unscored"
+        return CommandReply(f"#{arg} seed {r.seed} score {score}\n{r.path}\nprompt: {r.prompt}")
+    raise ReverieError(f"unknown command {word}: /help lists the commands")
