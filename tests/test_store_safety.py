@@ -131,3 +131,50 @@ def test_sigkill_during_first_schema_creation_leaves_a_usable_home(tmp_path):
     store = Store(home)  # the whole schema is made now, in one go
     assert {"runs", "batches", "chat_turns"} <= set(store.db.table_names())
     store.close()
+
+
+def test_a_run_whose_process_is_gone_is_listed_as_interrupted(tmp_path):
+    from reverie.store.recovery import RunLock
+    from reverie.types import Request
+
+    store = Store(tmp_path / "h")
+    alive = store.create_run(Request(idea="held"), "fixed", 1)
+    dead = store.create_run(Request(idea="killed"), "fixed", 2)
+    lock = RunLock(store.home, alive)
+    assert lock.acquire()
+    try:
+        statuses = {r["id"]: r["status"] for r in store.list_runs()}
+        assert statuses == {alive: "running", dead: "interrupted"}
+        assert store.get_run(dead)["status"] == "interrupted" and "run the same command" in store.get_run(dead)["stop_reason"]
+    finally:
+        lock.release()
+        store.close()
+
+
+class FailsEveryRender:
+    name, version, identity = "broken", "broken 1", "broken-v1"
+
+    def render(self, specs, progress=None, on_output=None):
+        from reverie.types import EngineOutput
+
+        outs = []
+        for spec in specs:
+            out = EngineOutput(spec=spec, image=None, engine=self.name, engine_version=self.version, seconds=0.0,
+                               error="CheckpointLoaderSimple: could not detect model type")
+            if on_output:
+                on_output(out)
+            outs.append(out)
+        return outs
+
+    def close(self):
+        pass
+
+
+def test_a_run_with_no_image_fails_with_the_reason(tmp_path):
+    from reverie.types import ReverieError
+
+    with Studio(home=tmp_path / "h", engine=FailsEveryRender(), scorer="heuristic") as studio:
+        with pytest.raises(ReverieError, match="no image was rendered: CheckpointLoaderSimple: could not detect"):
+            studio.make("a fox", n=2, rounds=1, megapixels=0.02)
+        run = studio.store.list_runs()[0]
+        assert run["status"] == "failed" and "could not detect model type" in run["stop_reason"]

@@ -145,20 +145,32 @@ class Store:
             raise ReverieError(f"no run {run_id!r} in {self.db_path}: `reverie runs` lists the runs")
         if len(rows) > 1 and rows[0]["id"] != run_id:
             raise ReverieError(f"run id {run_id!r} is ambiguous: give more characters")
-        return rows[0]
+        return self._honest_status(rows[0])
 
     @locked
     def list_runs(self, limit: int = 50) -> list[dict]:
-        return list(
-            self.db.query(
-                """select runs.*,
-                     (select count(*) from renders where renders.run_id = runs.id and status = 'ok') as renders,
-                     (select max(s.value) from scores s join renders r on r.id = s.render_id
-                       where r.run_id = runs.id and s.name = 'composite') as best
-                   from runs order by created desc limit ?""",
-                [limit],
-            )
+        rows = self.db.query(
+            """select runs.*,
+                 (select count(*) from renders where renders.run_id = runs.id and status = 'ok') as renders,
+                 (select max(s.value) from scores s join renders r on r.id = s.render_id
+                   where r.run_id = runs.id and s.name = 'composite') as best
+               from runs order by created desc limit ?""",
+            [limit],
         )
+        return [self._honest_status(r) for r in rows]
+
+    def _honest_status(self, run: dict) -> dict:
+        """A run marked running whose process is gone (killed, crashed) is shown as interrupted."""
+        from reverie.store.recovery import RunLock
+
+        try:
+            gone = run.get("status") == "running" and not RunLock(self.home, run["id"]).held_elsewhere()
+        except OSError:  # a read-only home: the lock cannot be probed, the row is all we know
+            gone = False
+        if gone:
+            return {**run, "status": "interrupted",
+                    "stop_reason": run.get("stop_reason") or "its process ended; run the same command to continue"}
+        return run
 
     # -- prompts ---------------------------------------------------------------------------
     @locked
