@@ -213,3 +213,47 @@ def test_no_sql_outside_the_store():
             if SQL.search(line) and "PRAGMA" not in line:
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+POISON_RUN = r"""
+import os, signal, sys
+from reverie import Studio
+from reverie.render.fixed import FixedLatencyEngine
+
+
+class DiesOnPoison(FixedLatencyEngine):
+    def render(self, specs, progress=None, on_output=None):
+        if any("poison" in s.prompt.lower() for s in specs):
+            os.kill(os.getpid(), signal.SIGKILL)  # a segfault or an OOM kill: no Python cleanup at all
+        return super().render(specs, progress, on_output)
+
+
+with Studio(home=sys.argv[2], engine=DiesOnPoison(latency=0.0), scorer="heuristic") as studio:
+    result = studio.batch(sys.argv[1], per_prompt=4, keep=1, megapixels=0.02, retry_failed=len(sys.argv) > 3)
+    print([(i.status, i.rendered, i.error) for i in result.items])
+"""
+
+
+def test_an_idea_that_crashes_the_process_twice_is_set_aside(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    file = _ideas(tmp_path, FOX, "a poison apple on a table", "a boat on a lake")
+    home = tmp_path / "home"
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-c", POISON_RUN, str(file), str(home), *extra], capture_output=True,
+                              text=True, timeout=300, cwd=REPO)
+
+    assert run().returncode == -signal.SIGKILL  # the first crash: the poisoned round was in the engine
+    assert run().returncode == -signal.SIGKILL  # tried once more: the second crash in a row
+    third = run()
+    assert third.returncode == 0, third.stderr
+    statuses = eval(third.stdout.strip().splitlines()[-1])
+    assert [s for s, _, _ in statuses] == ["done", "failed", "done"]
+    assert [n for _, n, _ in statuses][0::2] == [4, 4]
+    assert "crashed the process twice" in statuses[1][2] and "--retry-failed" in statuses[1][2]
+    again = run()  # the same command leaves it aside and exits cleanly
+    assert again.returncode == 0 and eval(again.stdout.strip().splitlines()[-1])[1][0] == "failed"
+    assert run("--retry-failed").returncode == -signal.SIGKILL  # --retry-failed really tries it again

@@ -43,6 +43,7 @@ DEFAULT_PER_PROMPT = 8
 DEFAULT_KEEP = 4
 ROUND_SIZE = 4  # seeds per round (--n): one engine job, and the unit of round-robin fairness
 MAX_ROUNDS = 100  # rounds an idea may take when only a time budget bounds it
+CRASHES_TO_QUARANTINE = 2  # an idea whose round was in the engine at this many process deaths in a row is set aside
 LLM_CALLS_AT_ONCE = 2  # expansions and critiques in flight across ideas: a local LLM server is one GPU too
 JOIN_SECONDS = 60.0  # how long a stop waits for the runs to end between images
 ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength"}
@@ -249,7 +250,7 @@ class _Item:
 
 class BatchRunner:
     def __init__(self, studio, text: str, items: Sequence[BatchItem], options: BatchOptions, source: str,
-                 progress: ProgressFn = no_progress):
+                 progress: ProgressFn = no_progress, retry_failed: bool = False):
         from reverie.orchestrator.policy import POLICIES
 
         if options.keep < 1:
@@ -263,6 +264,7 @@ class BatchRunner:
         self.studio, self.store = studio, studio.store
         self.options, self.source, self.text = options, source, text
         self.progress = progress
+        self.retry_failed = retry_failed
         self.batch_id = make_batch_id(text, options)
         self.items_in = list(items)
         self._validate = validate_request
@@ -287,6 +289,10 @@ class BatchRunner:
                          + ", ".join(str(i + 1) for i in sorted(self.failed_before)))
         items = []
         for it in self.items_in:
+            row = self.store.batches.item(self.batch_id, it.index)
+            if row and (row["crashes"] or 0) >= CRASHES_TO_QUARANTINE and not self.retry_failed:
+                self.failures[it.index] = row["error"]  # set aside: only --retry-failed tries it again
+                continue
             try:
                 items.append(self._open_item(it))
             except ReverieError as e:
@@ -308,6 +314,15 @@ class BatchRunner:
         seed = item_seed(self.batch_id, it.index)
         req = self._request(it, seed)
         row = self.store.batches.item(self.batch_id, it.index)
+        if row and row["inflight_round"] is not None:  # the last process died while the engine had its round
+            crashes = self.store.batches.count_crash(row["id"])
+            if crashes >= CRASHES_TO_QUARANTINE:
+                raise ReverieError(f"crashed the process twice (round {row['inflight_round'] + 1} was rendering both "
+                                   "times): set aside; the same command with --retry-failed tries it again")
+            self._notice(f"idea {it.index + 1}'s round {row['inflight_round'] + 1} was rendering when the last "
+                         "process died; trying it once more")
+        elif row and self.retry_failed and (row["crashes"] or 0) >= CRASHES_TO_QUARANTINE:
+            self.store.batches.round_ended(row["id"])  # --retry-failed: a clean slate
         resumed = bool(row and row["run_id"])
         if resumed:
             run_id = row["run_id"]
@@ -421,11 +436,13 @@ class BatchRunner:
                 raise RenderStopped()  # between two steps of this idea's run: it ends here
             inbox.put(("event", item, event))
 
+        batches = self.store.batches
         try:
             final = self.studio.run_loop(item.request, run_id=item.run_id, base_seed=item.base_seed,
                                          resumed=item.resumed, progress=progress, policy=self.options.policy,
                                          order=item.index, deadline=deadline, deadline_label=label, stop=self.stop,
-                                         llm_gate=gate)
+                                         llm_gate=gate, on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
+                                         on_round_end=lambda rnd: batches.round_ended(item.row_id))
             inbox.put(("done", item, final.get("stop_reason", "")))
         except RenderStopped:
             inbox.put(("stopped", item, ""))
@@ -433,6 +450,9 @@ class BatchRunner:
             inbox.put(("failed", item, e))
         except BaseException as e:  # handed to the coordinator, which stops the batch
             inbox.put(("crashed", item, e))
+        finally:
+            # Still standing: whatever happened to the round, it did not take the process down.
+            batches.clear_inflight(item.row_id)
 
     def _stop_runs(self, threads: list[threading.Thread]) -> None:
         """Stop every run between images and wait for them: what they rendered is stored first."""
@@ -531,6 +551,8 @@ def _step_error(item: _Item, error: BaseException) -> BaseException:
     return wrapped
 
 
-def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress) -> BatchResult:
+def run_batch(studio, file: str | Path, options: BatchOptions, progress: ProgressFn = no_progress,
+              retry_failed: bool = False) -> BatchResult:
     text, items = read_batch_file(file)
-    return BatchRunner(studio, text, items, options, source=str(Path(file).expanduser()), progress=progress).run()
+    return BatchRunner(studio, text, items, options, source=str(Path(file).expanduser()), progress=progress,
+                       retry_failed=retry_failed).run()

@@ -75,6 +75,7 @@ def batch(
     n: Optional[int] = typer.Option(None, "--n", help="Images per round for each idea (default 4)."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="At most this many rounds per idea (default: as the budget needs)."),
     target: Optional[float] = typer.Option(None, "--target", help="Stop an idea once its best composite score (0..1) reaches this."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the ideas set aside for crashing the process twice."),
     policy: str = typer.Option("explore", "--policy", help="After a round: explore (a fresh reading of the idea) or revise (new seeds, the critic's rewrites)."),
     profile: str = PROFILE,
     engine: str = ENGINE,
@@ -103,7 +104,8 @@ def batch(
                     llm_model=llm_model, config=config, engine_options=engine_options)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
-                              n=n, rounds=rounds, target=target, policy=policy, progress=view)
+                              n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
+                              progress=view)
     finally:
         view.stop()
         studio.close()

@@ -69,6 +69,10 @@ class LoopContext:
     deadline_label: str = ""
     stop: Optional[threading.Event] = None  # set when the caller (a batch) is stopping
     llm_gate: Any = None  # a semaphore bounding LLM calls across concurrent runs
+    # Told when the engine starts on a round of this run and when the round is back (a batch
+    # pins a process crash on the round that was in the engine).
+    on_round_start: Optional[Callable[[int], None]] = None
+    on_round_end: Optional[Callable[[int], None]] = None
     started: float = field(default_factory=time.monotonic)
     variety_shift_max: float = 7.0
     variety_blind_max: int = 2
@@ -167,7 +171,10 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         sink = RenderSink(ctx, run_id, state["prompt_id"], rnd)
         try:
             ctx.worker.render(ctx.engine, [s for _, s in todo], progress=ctx.progress, on_output=sink.put,
-                              priority=(rnd, ctx.profile.name, ctx.order), stop=ctx.stop)
+                              priority=(rnd, ctx.profile.name, ctx.order), stop=ctx.stop,
+                              on_start=(lambda: ctx.on_round_start(rnd)) if ctx.on_round_start else None)
+            if ctx.on_round_end is not None:
+                ctx.on_round_end(rnd)
         except BaseException:
             sink.close(raise_error=False)  # what the engine handed on is stored before its error goes up
             raise

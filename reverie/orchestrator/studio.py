@@ -296,7 +296,8 @@ class Studio:
 
     def run_loop(self, req: Request, *, run_id: str, base_seed: int, resumed: bool, progress: ProgressFn,
                  policy: str = "revise", order: int = 0, deadline: Optional[float] = None, deadline_label: str = "",
-                 stop: Optional[threading.Event] = None, llm_gate: Any = None) -> dict:
+                 stop: Optional[threading.Event] = None, llm_gate: Any = None,
+                 on_round_start=None, on_round_end=None) -> dict:
         """One run of the agent graph, to its end; the run's row says how it ended.
 
         make, each batch idea and each chat turn come here: the same nodes, the same store and
@@ -319,7 +320,7 @@ class Studio:
                               critic=critic, request=req, profile=profile, width=width, height=height,
                               base_seed=base_seed, progress=progress, signatures=self.signatures, worker=self.worker,
                               policy=policy, order=order, deadline=deadline, deadline_label=deadline_label, stop=stop,
-                              llm_gate=llm_gate,
+                              llm_gate=llm_gate, on_round_start=on_round_start, on_round_end=on_round_end,
                               references=lambda r, store: self.prepare_reference(r, run_id, progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
@@ -388,7 +389,7 @@ class Studio:
     def batch(self, file: str | Path, *, per_prompt: Optional[int] = None, keep: int = 4, hours: Optional[float] = None,
               aspect: str = "1:1", megapixels: float = 1.0, target: Optional[float] = None,
               rounds: Optional[int] = None, n: Optional[int] = None, policy: str = "explore",
-              progress: Optional[ProgressFn] = None):
+              retry_failed: bool = False, progress: Optional[ProgressFn] = None):
         """Run every idea of a file through the agent loop to its budget, keep the best K of
         each, write the contact sheet; the same call after an interruption continues where it
         stopped. -> BatchResult"""
@@ -397,7 +398,8 @@ class Studio:
         options = BatchOptions(per_prompt=per_prompt, keep=keep, hours=hours, profile=self.profile_name,
                                engine=self.engine_name, aspect=aspect, megapixels=megapixels, target=target,
                                rounds=rounds, n=n, policy=policy)
-        return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None))
+        return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None),
+                         retry_failed=retry_failed)
 
     def chat(self, session: str, message: str, *, progress: Optional[ProgressFn] = None, **kw: Any):
         """One turn of a conversation: the first message makes images, follow-ups ("make it

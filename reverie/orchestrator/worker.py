@@ -25,8 +25,9 @@ class RenderStopped(Exception):
 
 class RenderJob:
     def __init__(self, engine, specs: Sequence[RenderSpec], on_output: Optional[Callable[[EngineOutput], None]],
-                 priority: tuple, stop: Optional[threading.Event]):
+                 priority: tuple, stop: Optional[threading.Event], on_start: Optional[Callable[[], None]] = None):
         self.engine, self.specs, self.on_output, self.priority = engine, list(specs), on_output, priority
+        self.on_start = on_start  # called on the worker thread just before the engine starts on it
         self.stop = stop  # the run's own stop flag (a batch stopping), besides cancel()
         self.events: "queue.Queue[Event]" = queue.Queue()  # engine progress, emitted on the waiting thread
         self.done = threading.Event()
@@ -65,8 +66,8 @@ class EngineWorker:
 
     # -- the callers' side -----------------------------------------------------------------
     def submit(self, engine, specs: Sequence[RenderSpec], *, on_output=None, priority: tuple = (0,),
-               stop: Optional[threading.Event] = None) -> RenderJob:
-        job = RenderJob(engine, specs, on_output, priority, stop)
+               stop: Optional[threading.Event] = None, on_start: Optional[Callable[[], None]] = None) -> RenderJob:
+        job = RenderJob(engine, specs, on_output, priority, stop, on_start)
         with self._cv:
             if self._closed:
                 raise ReverieError("the engine worker is closed: open a new Studio")
@@ -78,13 +79,14 @@ class EngineWorker:
         return job
 
     def render(self, engine, specs: Sequence[RenderSpec], *, progress: ProgressFn = no_progress, on_output=None,
-               priority: tuple = (0,), stop: Optional[threading.Event] = None) -> list[EngineOutput]:
+               priority: tuple = (0,), stop: Optional[threading.Event] = None,
+               on_start: Optional[Callable[[], None]] = None) -> list[EngineOutput]:
         """Render on the worker and wait; engine events reach `progress` on this thread.
 
         Interrupted here (Ctrl-C, a progress callback raising), the job is cancelled and this
         waits until the engine has stopped, so everything it handed to on_output is delivered.
         """
-        job = self.submit(engine, specs, on_output=on_output, priority=priority, stop=stop)
+        job = self.submit(engine, specs, on_output=on_output, priority=priority, stop=stop, on_start=on_start)
         try:
             while not job.done.wait(0.05):
                 _drain(job, progress)
@@ -142,6 +144,8 @@ class EngineWorker:
                 if job.cancelled:
                     raise RenderStopped()
                 self._switch_to(job.engine)
+                if job.on_start is not None:
+                    job.on_start()
                 t0 = time.perf_counter()
                 self.first_start = self.first_start if self.first_start is not None else t0
                 try:

@@ -84,3 +84,28 @@ class Batches:
     def keeps(self, item_id: int) -> list[dict]:
         with self.store.lock:
             return list(self.db.query("select * from batch_keeps where item_id = ? order by rank", [item_id]))
+
+    # -- poisoned rounds -------------------------------------------------------------------
+    def round_started(self, item_id: int, rnd: int) -> None:
+        """Committed before the engine starts on an item's round: a crash now is pinned on it."""
+        with self.store.lock, self.db.conn:
+            self.db["batch_items"].update(item_id, {"inflight_round": rnd})
+
+    def round_ended(self, item_id: int) -> None:
+        """The round came back (images or a handled error): the crash streak is over."""
+        with self.store.lock, self.db.conn:
+            self.db["batch_items"].update(item_id, {"inflight_round": None, "crashes": 0})
+
+    def count_crash(self, item_id: int) -> int:
+        """The last process died with this item's round in the engine: one more crash in a row."""
+        with self.store.lock:
+            row = next(self.db.query("select crashes from batch_items where id = ?", [item_id]))
+            crashes = int(row["crashes"] or 0) + 1
+            with self.db.conn:
+                self.db["batch_items"].update(item_id, {"inflight_round": None, "crashes": crashes})
+            return crashes
+
+    def clear_inflight(self, item_id: int) -> None:
+        """The round ended without the process dying (stopped, failed): no crash to count."""
+        with self.store.lock, self.db.conn:
+            self.db["batch_items"].update(item_id, {"inflight_round": None})

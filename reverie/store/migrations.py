@@ -210,6 +210,14 @@ def m005_batch_item_errors(db: sqlite_utils.Database) -> None:
     db["batch_items"].add_column("error", str)
 
 
+@migration
+def m008_batch_item_crashes(db: sqlite_utils.Database) -> None:
+    # The round of an item that was in the engine when the process died (segfault, OOM kill),
+    # and how many such crashes in a row: an item in flight at two is quarantined as failed.
+    db["batch_items"].add_column("inflight_round", int)
+    db["batch_items"].add_column("crashes", int)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 
