@@ -355,3 +355,28 @@ def test_every_idea_failing_is_exit_2(home, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: weights for sdxl are not on this machine"), r.stderr
+
+
+def test_ctrl_c_stops_a_batch_soon_and_keeps_every_finished_render(tmp_path):
+    """SIGINT as a terminal sends it: the runs stop between images, every image on disk has its row."""
+    file = tmp_path / "ideas.txt"
+    file.write_text("\n".join(IDEAS) + "\n")
+    home = tmp_path / "home"
+    exe = Path(sys.executable).with_name("reverie")
+    proc = subprocess.Popen([str(exe), "batch", str(file), "--per-prompt", "40", "--keep", "2", "--megapixels", "0.02",
+                             "--engine", "fixed", "--scorer", "heuristic", "--home", str(home)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.monotonic() + 120
+    while _count_renders(home / "reverie.db") < 6:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no renders appeared"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)  # a bound against hanging, not a timing claim
+    assert proc.returncode == 130, stderr.decode()
+    assert "everything rendered so far is saved" in stderr.decode() and "Traceback" not in stderr.decode()
+    with sqlite3.connect(home / "reverie.db") as conn:
+        paths = {r[0] for r in conn.execute("select path from renders where status = 'ok'")}
+        assert conn.execute("select status from batches").fetchall() == [("interrupted",)]
+    on_disk = {str(p.relative_to(home)) for p in (home / "images").glob("*/*.png")}
+    assert len(paths) >= 6 and on_disk == paths  # nothing rendered was thrown away, nothing is unaccounted for
