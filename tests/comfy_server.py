@@ -170,6 +170,8 @@ class ComfyServer:
         self.deleted: list[str] = []  # prompt ids removed by POST /queue {"delete": [...]}
         self.interrupts: list[Optional[str]] = []  # POST /interrupt calls, with the prompt id they named
         self.started: list[str] = []  # prompt ids whose execution began
+        self.pending: list[str] = []  # prompt ids queued and not yet begun, as GET /queue lists them
+        self.running: Optional[str] = None
         self._interrupt = threading.Event()
         self.step_delay = step_delay
         self.die_at = die_at
@@ -231,6 +233,9 @@ class ComfyServer:
         while (item := self._queue.get()) is not None:
             if item[0] in self.deleted:
                 continue
+            self.running = item[0]  # before it leaves the pending list: GET /queue always lists it
+            if item[0] in self.pending:
+                self.pending.remove(item[0])
             count += 1
             if self.die_at == count:
                 self.die()
@@ -241,6 +246,13 @@ class ComfyServer:
             self._execute(*item)
 
     def _execute(self, prompt_id: str, client_id: str, workflow: dict) -> None:
+        self.running = prompt_id
+        try:
+            self._execute_one(prompt_id, client_id, workflow)
+        finally:
+            self.running = None
+
+    def _execute_one(self, prompt_id: str, client_id: str, workflow: dict) -> None:
         send = lambda kind, **data: self._broadcast(client_id, kind, {**data, "prompt_id": prompt_id})  # noqa: E731
         self._interrupt.clear()
         self.started.append(prompt_id)
@@ -438,6 +450,10 @@ class ComfyServer:
                     return self._json(200, {"system": {"os": "posix", "python_version": "3.11", "comfyui_version": server.version,
                                                        "embedded_python": False, "pytorch_version": "2.5.1+cpu"},
                                             "devices": [{"name": "cpu", "type": "cpu", "index": None}]})
+                if url.path == "/queue":
+                    running = [[0, server.running, {}, {}, []]] if server.running else []
+                    return self._json(200, {"queue_running": running,
+                                            "queue_pending": [[i + 1, p, {}, {}, []] for i, p in enumerate(server.pending)]})
                 if url.path == "/object_info":
                     server.gets.append(url.path)
                     return self._json(200, server.object_info())
@@ -456,11 +472,15 @@ class ComfyServer:
                         return self._json(400, problem)
                     prompt_id = uuid.uuid4().hex
                     server.prompt_ids.append(prompt_id)
+                    server.pending.append(prompt_id)
                     server._queue.put((prompt_id, payload.get("client_id", ""), workflow))
                     return self._json(200, {"prompt_id": prompt_id, "number": len(server.workflows), "node_errors": {}})
                 if self.path == "/queue":
                     payload = json.loads(body or b"{}")
-                    server.deleted.extend(payload.get("delete", []))
+                    for prompt_id in payload.get("delete", []):
+                        server.deleted.append(prompt_id)
+                        if prompt_id in server.pending:
+                            server.pending.remove(prompt_id)
                     return self._reply(200, b"", "text/plain")
                 if self.path == "/interrupt":
                     payload = json.loads(body or b"{}")

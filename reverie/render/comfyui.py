@@ -135,15 +135,23 @@ class ComfyClient:
                                f"check that --comfy-url points at ComfyUI")
         return ServerInfo(self.url, version, nodes)
 
-    def cancel(self, queued: Sequence[str], running: Optional[str]) -> None:
+    def cancel(self, ours: Sequence[str], started: Optional[str]) -> None:
         """Delete our own queued prompts and interrupt our own running one; nobody else's.
 
+        GET /queue says which of ours is running now (our websocket may not have told us yet).
         The prompt id in /interrupt makes a recent ComfyUI stop only that prompt; an older one
-        ignores it and stops what runs, which is ours: we saw it start and not finish."""
+        ignores it and stops what runs, which /queue just said is ours."""
+        status, q = self._json("GET", "/queue")
+        if status == 200:
+            running = [item[1] for item in q.get("queue_running") or [] if len(item) > 1 and item[1] in ours]
+            queued = [item[1] for item in q.get("queue_pending") or [] if len(item) > 1 and item[1] in ours]
+        else:
+            running, queued = ([started] if started else []), [p for p in ours if p != started]
+        json_type = {"Content-Type": "application/json"}
         if queued:
-            self._call("POST", "/queue", json.dumps({"delete": list(queued)}).encode(), {"Content-Type": "application/json"})
-        if running:
-            self._call("POST", "/interrupt", json.dumps({"prompt_id": running}).encode(), {"Content-Type": "application/json"})
+            self._call("POST", "/queue", json.dumps({"delete": queued}).encode(), json_type)
+        for prompt_id in running:
+            self._call("POST", "/interrupt", json.dumps({"prompt_id": prompt_id}).encode(), json_type)
 
     def upload_image(self, name: str, png: bytes) -> str:
         if name in self.uploaded:
@@ -435,10 +443,9 @@ class ComfyUIEngine:
     @staticmethod
     def _cancel(client: ComfyClient, inflight: dict) -> None:
         """After a fatal error: our prompts still queued there are deleted, our running one interrupted."""
-        running = next((pid for pid, job in inflight.items() if job["started"]), None)
-        queued = [pid for pid in inflight if pid != running]
+        started = next((pid for pid, job in inflight.items() if job["started"]), None)
         try:
-            client.cancel(queued, running)
+            client.cancel(list(inflight), started)
         except (ServerGone, ReverieError):
             pass  # the server is gone too, or refuses: nothing more we can do for it
         inflight.clear()
