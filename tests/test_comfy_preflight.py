@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -102,3 +103,29 @@ def test_renders_record_the_worker_and_lineage_prints_it(tmp_path):
     shown = run_cli("lineage", str(rows[0][0]), home=home, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert f"engine comfyui on {worker}" in " ".join(shown.stdout.split())
+
+
+def test_models_comfy_url_reports_per_profile(tmp_path):
+    with ComfyServer(models={**ZIMAGE_FILES, "ckpt_name": ["sd_xl_base_1.0.safetensors"]}) as s:
+        proc = run_cli("models", "--comfy-url", s.url, "--json", home=tmp_path / "home", timeout=60)
+        table = run_cli("models", "--comfy-url", s.url, home=tmp_path / "home", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["profile"]: r for r in json.loads(proc.stdout)}
+    assert rows["z-image-turbo"]["ok"] and rows["z-image-turbo"]["lacks"] == [] and rows["z-image-turbo"]["dreamer"]
+    assert rows["sdxl"]["ok"] and not rows["sdxl"]["dreamer"]
+    assert not rows["sd15"]["ok"] and rows["sd15"]["lacks"] == [
+        "checkpoint file v1-5-pruned-emaonly.safetensors (put it in models/checkpoints or pass --comfy-file checkpoint=NAME)"]
+    assert rows["flux1-dev"]["lacks"] == [
+        "unet file flux1-dev.safetensors (put it in models/diffusion_models or pass --comfy-file unet=NAME)",
+        "clip_l file clip_l.safetensors (put it in models/text_encoders or pass --comfy-file clip_l=NAME)",
+        "t5 file t5xxl_fp8_e4m3fn.safetensors (put it in models/text_encoders or pass --comfy-file t5=NAME)"]
+    assert {r["version"] for r in rows.values()} == {"0.3.33"}
+    assert table.returncode == 0 and "v1-5-pruned-emaonly.safetensors" in table.stdout
+
+
+def test_models_comfy_url_with_no_server_is_one_line(tmp_path):
+    s = ComfyServer()
+    s.close()
+    proc = run_cli("models", "--comfy-url", s.url, home=tmp_path / "home", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ComfyUI at {s.url} does not answer")

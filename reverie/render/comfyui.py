@@ -546,3 +546,38 @@ class ComfyUIEngine:
             batch.events.put(output)
             batch.events.put(Event("engine_image", {"seed": spec.seed, "seconds": seconds, "server": client.url,
                                                     "error": error}))
+
+
+def profile_spec(profile, seed: int = 0, prompt: str = "preflight") -> RenderSpec:
+    """A plain text-to-image spec with the profile's own settings: what `models --comfy-url` checks."""
+    side = profile.multiple * 8
+    return RenderSpec(prompt=prompt, negative=profile.default_negative, seed=seed, width=side, height=side,
+                      steps=profile.steps, guidance=profile.guidance, profile=profile.name, sampler=profile.sampler,
+                      shift=profile.shift)
+
+
+def textgen_lacks(info: ServerInfo, profile, files: dict) -> list[str]:
+    """What a server lacks to run the TextGenerate dreamer for a profile (empty: it can)."""
+    if profile.family not in TEXTGEN_FAMILIES:
+        return [f"a text encoder that writes ({profile.name} has none)"]
+    workflow = textgen_workflow(files, "x", 16, {"seed": 0})
+    return missing(info.nodes, [workflow], files)
+
+
+def server_support(servers: str | Sequence[str], files: Optional[dict] = None, timeout: float = 30.0) -> list[dict]:
+    """For each server and profile: can it render the profile, what it lacks, and whether the
+    TextGenerate dreamer can write prompts there. One line of error for a server that does not answer."""
+    from reverie.render.profiles import PROFILES
+
+    rows = []
+    for url in parse_servers(servers):
+        try:
+            info = ComfyClient(url, timeout).server_info()
+        except ServerGone as e:
+            raise ReverieError(f"ComfyUI at {url} does not answer ({e}): start ComfyUI or pass another --comfy-url") from None
+        for profile in PROFILES.values():
+            names = comfy_files(profile, files)
+            lacks = missing(info.nodes, [build_workflow(profile_spec(profile), profile, names)], names)
+            rows.append({"profile": profile.name, "server": url, "version": info.version, "ok": not lacks, "lacks": lacks,
+                         "dreamer": not textgen_lacks(info, profile, names)})
+    return rows
