@@ -89,6 +89,7 @@ LINK_TYPES = {"model": "MODEL", "clip": "CLIP", "vae": "VAE", "positive": "CONDI
 FLOATS = ("shift", "guidance", "cfg", "denoise", "strength", "start_percent", "end_percent")
 STRINGS = ("text", "prompt", "filename_prefix")
 
+OUTPUT_NODES = ("SaveImage", "PreviewAny")  # what makes a workflow worth running, as in ComfyUI
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -353,7 +354,7 @@ class ComfyServer:
                     required[name] = ["INT", {"default": 0}]
             info[cls] = {"input": {"required": required, "optional": {}}, "input_order": {"required": list(names)},
                          "output": [], "output_is_list": [], "output_name": [], "name": cls, "display_name": cls,
-                         "description": "", "python_module": "nodes", "category": "", "output_node": cls == "SaveImage"}
+                         "description": "", "python_module": "nodes", "category": "", "output_node": cls in OUTPUT_NODES}
         return info
 
     # -- validation, as ComfyUI's validate_prompt does it ------------------------------------
@@ -364,7 +365,7 @@ class ComfyServer:
                 return {"error": {"type": "invalid_prompt", "message": f"Cannot execute because node {cls} does not exist.",
                                   "details": f"Node ID '#{node_id}'", "extra_info": {}}, "node_errors": {}}
         node_errors = {}
-        save_ids = [i for i, n in workflow.items() if n["class_type"] == "SaveImage"]
+        save_ids = [i for i, n in workflow.items() if n["class_type"] in OUTPUT_NODES]
         for node_id, node in workflow.items():
             errors = []
             inputs = node.get("inputs", {})

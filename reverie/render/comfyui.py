@@ -386,6 +386,10 @@ class ComfyUIEngine:
     def close(self) -> None:
         return None
 
+    def text_generator(self) -> Optional["TextGenerator"]:
+        """The servers' own language model for the dreamer, when one has it (see text_generator)."""
+        return text_generator(self)
+
     # -- one server ------------------------------------------------------------------------
     def _work(self, client: ComfyClient, batch: _Batch, depth: int) -> None:
         inflight: dict[str, dict] = {}
@@ -581,3 +585,59 @@ def server_support(servers: str | Sequence[str], files: Optional[dict] = None, t
             rows.append({"profile": profile.name, "server": url, "version": info.version, "ok": not lacks, "lacks": lacks,
                          "dreamer": not textgen_lacks(info, profile, names)})
     return rows
+
+
+class TextGenerator:
+    """ComfyUI's TextGenerate on one server, over the profile's text encoder: a language model
+    that needs no other server and no download. Raises ReverieError when it gives no answer."""
+
+    def __init__(self, info: ServerInfo, files: dict, timeout: float, stall_timeout: float, poll_interval: float):
+        self.base_url = info.url
+        self.model = f"ComfyUI TextGenerate {files.get('clip', '')}"
+        self.files = files
+        self.timeout, self.stall_timeout, self.poll_interval = timeout, stall_timeout, poll_interval
+
+    def __call__(self, prompt: str, max_length: int, sampling: dict) -> str:
+        client = ComfyClient(self.base_url, self.timeout)
+        ws = None
+        try:
+            ws = client.connect(self.poll_interval)
+            workflow = textgen_workflow(self.files, prompt, max_length, sampling)
+            node = next(i for i, n in workflow.items() if n["class_type"] == "PreviewAny")
+            prompt_id = client.queue_prompt(workflow, self.files)
+            heard = time.monotonic()
+            while True:
+                message = ComfyUIEngine._receive(ws)
+                data = (message or {}).get("data") or {}
+                if message and data.get("prompt_id") == prompt_id:
+                    heard = time.monotonic()
+                    if message.get("type") in ("execution_error", "execution_interrupted"):
+                        why = one_line(data.get("exception_message") or message["type"].replace("_", " "))
+                        raise ReverieError(f"ComfyUI at {self.base_url} failed in {data.get('node_type') or 'TextGenerate'}: {why}")
+                elif message is None and time.monotonic() - heard > self.stall_timeout:
+                    raise ReverieError(f"ComfyUI at {self.base_url} gave no answer for {self.stall_timeout:.0f} s")
+                entry = client.history(prompt_id) if message is None or message.get("type") in (
+                    "execution_success", "executing") else None
+                if entry is not None and (entry.get("status") or {}).get("completed", True):
+                    texts = ((entry.get("outputs") or {}).get(node) or {}).get("text") or []
+                    return str(texts[0]) if texts else ""
+        except ServerGone as e:
+            raise ReverieError(f"ComfyUI at {self.base_url} is gone ({e})") from None
+        finally:
+            if ws is not None:
+                try:
+                    ws.close(timeout=0.5)
+                except Exception:
+                    pass
+
+
+def text_generator(engine: "ComfyUIEngine") -> Optional[TextGenerator]:
+    """A TextGenerate language model on the first server of the pool that has the node and the
+    profile's text encoder; None when none has (or the profile's encoder cannot write)."""
+    if engine.profile.family not in TEXTGEN_FAMILIES:
+        return None
+    infos, _ = engine.server_info()
+    for info in infos.values():
+        if not textgen_lacks(info, engine.profile, engine.files):
+            return TextGenerator(info, engine.files, engine.timeout, engine.stall_timeout, engine.poll_interval)
+    return None
