@@ -4,7 +4,7 @@ The templates are UI-format graphs; their widget values are read in each node's 
 Deliberate differences, each asserted as it stands so a change on either side is seen:
 - sampler and steps: reverie keeps the profile's euler / 9 steps (what the diffusers engine runs,
   so both engines make the same picture from the same spec) where the template has
-  res_multistep / 8; `--sampler res_multistep --steps 8` gives the template's settings.
+  res_multistep / 8.
 - the control template runs Canny (and resizes, previews) inside ComfyUI; reverie preprocesses
   the reference itself (it is stored with the run's lineage) and uploads the edge map.
 """

@@ -197,7 +197,7 @@ def test_missing_node_sampler_and_control_file_are_named_together(tmp_path):
         assert s.workflows == [] and not s.uploads
     assert str(e.value) == (
         f"ComfyUI at {s.url} cannot run z-image-turbo: it lacks node ModelSamplingAuraFlow (update ComfyUI); "
-        "sampler uni_pc (update ComfyUI or pass another --sampler); model_patch file "
+        "sampler uni_pc (update ComfyUI); model_patch file "
         "Z-Image-Turbo-Fun-Controlnet-Union.safetensors (put it in models/model_patches or pass --comfy-file model_patch=NAME)")
 
 

@@ -84,7 +84,7 @@ def missing(nodes: dict, workflows: Iterable[dict], files: dict) -> list[str]:
                 if cls in MODEL_FOLDERS and name in FILE_INPUTS:
                     add(missing_file(files, cls, name, value))
                 elif name == "sampler_name":
-                    add(f"sampler {value} (update ComfyUI or pass another --sampler)")
+                    add(f"sampler {value} (update ComfyUI)")
                 elif name == "scheduler":
                     add(f"scheduler {value} (update ComfyUI)")
                 else:
