@@ -151,6 +151,8 @@ class EngineOutput:
     engine_version: str
     seconds: float
     error: str = ""
+    # Which machine made it: "local" for in-process engines, a ComfyUI server's URL and version.
+    worker: str = ""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import uuid
 from email.parser import BytesParser
 from email.policy import default as email_policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -55,12 +55,41 @@ NODES: dict[str, tuple[str, ...]] = {
                                 "end_percent"),
     "ModelPatchLoader": ("name",),
     "QwenImageDiffsynthControlnet": ("model", "model_patch", "vae", "image", "strength"),
+    "TextGenerate": ("clip", "prompt", "max_length", "sampling_mode"),
+    "PreviewAny": ("source",),
 }
 SAMPLER_NAMES = ("euler", "euler_ancestral", "res_multistep", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc")
 SCHEDULERS = ("simple", "normal", "karras", "exponential", "beta")
 # Which loader input names a model file, so a server can be given the files it "has".
 FILE_INPUTS = ("unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "control_net_name", "name")
+# The files a server started without `models` lists in /object_info (it accepts any name in a
+# workflow): what a ComfyUI set up from the model pages of each family holds.
+DEFAULT_FILES: dict[str, list[str]] = {
+    "unet_name": ["z_image_turbo_bf16.safetensors", "flux1-schnell.safetensors", "flux1-dev.safetensors"],
+    "clip_name": ["qwen_3_4b.safetensors", "clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp16.safetensors"],
+    "vae_name": ["ae.safetensors"],
+    "ckpt_name": ["sd_xl_base_1.0.safetensors", "ponyDiffusionV6XL.safetensors", "v1-5-pruned-emaonly.safetensors"],
+    "control_net_name": ["controlnet-canny-sdxl-1.0.safetensors", "controlnet-depth-sdxl-1.0.safetensors",
+                         "control_v11p_sd15_canny.pth", "control_v11f1p_sd15_depth.pth"],
+    "name": ["Z-Image-Turbo-Fun-Controlnet-Union.safetensors"],
+}
+# The other lists of choices a real server offers for the inputs reverie sets.
+CHOICES: dict[tuple[str, str], list[str]] = {
+    ("UNETLoader", "weight_dtype"): ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],
+    ("CLIPLoader", "type"): ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart",
+                             "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image"],
+    ("DualCLIPLoader", "type"): ["sdxl", "sd3", "flux", "hunyuan_video", "hidream"],
+    ("KSamplerAdvanced", "add_noise"): ["enable", "disable"],
+    ("KSamplerAdvanced", "return_with_leftover_noise"): ["disable", "enable"],
+}
+# Link inputs and their ComfyUI types, for /object_info.
+LINK_TYPES = {"model": "MODEL", "clip": "CLIP", "vae": "VAE", "positive": "CONDITIONING", "negative": "CONDITIONING",
+              "conditioning": "CONDITIONING", "latent_image": "LATENT", "samples": "LATENT", "pixels": "IMAGE",
+              "images": "IMAGE", "control_net": "CONTROL_NET", "model_patch": "MODEL_PATCH", "source": "*"}
+FLOATS = ("shift", "guidance", "cfg", "denoise", "strength", "start_percent", "end_percent")
+STRINGS = ("text", "prompt", "filename_prefix")
 
+OUTPUT_NODES = ("SaveImage", "PreviewAny")  # what makes a workflow worth running, as in ComfyUI
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -124,14 +153,27 @@ class ComfyServer:
 
     def __init__(self, models: Optional[dict[str, list[str]]] = None, step_delay: float = 0.0,
                  die_at: Optional[int] = None, hang_at: Optional[int] = None, nodes: Optional[dict] = None,
-                 fail_seeds: tuple[int, ...] = ()):
-        """`models`: loader input name -> the files this server has (None: any name is fine).
-        `die_at` / `hang_at`: die (close every socket) or hang (stop answering) when starting
-        to execute that many-th prompt. `nodes`: the node classes it has (default NODES).
-        `fail_seeds`: seeds whose execution fails with an execution_error."""
+                 fail_seeds: tuple[int, ...] = (), version: str = "0.3.33", samplers: tuple[str, ...] = SAMPLER_NAMES,
+                 text_reply: Optional[Callable[[str, dict], str]] = None):
+        """`models`: loader input name -> the files this server has (None: any name is fine, and
+        /object_info lists DEFAULT_FILES). `die_at` / `hang_at`: die (close every socket) or hang
+        (stop answering) when starting to execute that many-th prompt. `nodes`: the node classes
+        it has (default NODES). `fail_seeds`: seeds whose execution fails with an execution_error.
+        `samplers`: the KSampler sampler names it knows. `text_reply(prompt, inputs)`: what TextGenerate answers (default: a fixed paragraph)."""
         self.models = models
         self.nodes = NODES if nodes is None else nodes
         self.fail_seeds = set(fail_seeds)
+        self.version = version
+        self.samplers = samplers
+        self.text_reply = text_reply or (lambda prompt, inputs: "A scripted paragraph about the idea.")
+        self.gets: list[str] = []  # every GET path, in order (the websocket excepted)
+        self.prompt_ids: list[str] = []  # every prompt accepted, in order
+        self.deleted: list[str] = []  # prompt ids removed by POST /queue {"delete": [...]}
+        self.interrupts: list[Optional[str]] = []  # POST /interrupt calls, with the prompt id they named
+        self.started: list[str] = []  # prompt ids whose execution began
+        self.pending: list[str] = []  # prompt ids queued and not yet begun, as GET /queue lists them
+        self.running: Optional[str] = None
+        self._interrupt = threading.Event()
         self.step_delay = step_delay
         self.die_at = die_at
         self.hang_at = hang_at
@@ -190,6 +232,11 @@ class ComfyServer:
     def _execute_forever(self) -> None:
         count = 0
         while (item := self._queue.get()) is not None:
+            if item[0] in self.deleted:
+                continue
+            self.running = item[0]  # before it leaves the pending list: GET /queue always lists it
+            if item[0] in self.pending:
+                self.pending.remove(item[0])
             count += 1
             if self.die_at == count:
                 self.die()
@@ -200,7 +247,16 @@ class ComfyServer:
             self._execute(*item)
 
     def _execute(self, prompt_id: str, client_id: str, workflow: dict) -> None:
+        self.running = prompt_id
+        try:
+            self._execute_one(prompt_id, client_id, workflow)
+        finally:
+            self.running = None
+
+    def _execute_one(self, prompt_id: str, client_id: str, workflow: dict) -> None:
         send = lambda kind, **data: self._broadcast(client_id, kind, {**data, "prompt_id": prompt_id})  # noqa: E731
+        self._interrupt.clear()
+        self.started.append(prompt_id)
         send("execution_start", timestamp=int(time.time() * 1000))
         send("execution_cached", nodes=[])
         seed, width, height, save_id = 0, 64, 64, None
@@ -213,7 +269,15 @@ class ComfyServer:
                 last = min(inputs.get("end_at_step", inputs["steps"]), inputs["steps"])
                 for step in range(first, last):
                     time.sleep(self.step_delay)
+                    if self._interrupt.is_set():
+                        send("execution_interrupted", node_id=node_id, node_type=cls, executed=[])
+                        self.history[prompt_id] = {"prompt": [0, prompt_id, workflow, {}, []], "outputs": {},
+                                                   "status": {"status_str": "error", "completed": False, "messages": []}}
+                        send("executing", node=None)
+                        return
                     send("progress", value=step + 1, max=inputs["steps"], node=node_id)
+            elif cls == "TextGenerate":
+                return self._generate_text(prompt_id, workflow, send)
             elif cls in ("EmptySD3LatentImage", "EmptyLatentImage"):
                 width, height = inputs["width"], inputs["height"]
             elif cls == "LoadImage":
@@ -243,6 +307,56 @@ class ComfyServer:
         self.executed.append(seed)
         send("executing", node=None)
 
+    def _generate_text(self, prompt_id: str, workflow: dict, send) -> None:
+        """A TextGenerate workflow: the reply goes to the PreviewAny node's "text" output."""
+        gen = next(n["inputs"] for n in workflow.values() if n["class_type"] == "TextGenerate")
+        preview_id = next(i for i, n in workflow.items() if n["class_type"] == "PreviewAny")
+        text = self.text_reply(gen["prompt"], gen)
+        send("executed", node=preview_id, display_node=preview_id, output={"text": [text]})
+        send("execution_success", timestamp=int(time.time() * 1000))
+        self.history[prompt_id] = {"prompt": [0, prompt_id, workflow, {}, [preview_id]],
+                                   "outputs": {preview_id: {"text": [text]}},
+                                   "status": {"status_str": "success", "completed": True, "messages": []}}
+        send("executing", node=None)
+
+    # -- /object_info, shaped like a real server's -------------------------------------------
+    def files(self, input_name: str) -> list[str]:
+        if self.models is None:
+            return list(DEFAULT_FILES.get(input_name, []))
+        return list(self.models.get(input_name, []))
+
+    def object_info(self) -> dict:
+        info = {}
+        for cls, names in self.nodes.items():
+            required = {}
+            for name in names:
+                if name in FILE_INPUTS and cls not in ("LoadImage",):
+                    # DualCLIPLoader's two inputs share the text_encoders folder with CLIPLoader.
+                    folder = "clip_name" if name.startswith("clip_name") else name
+                    required[name] = [self.files(folder), {}]
+                elif (cls, name) in CHOICES:
+                    required[name] = [CHOICES[cls, name], {}]
+                elif name == "sampler_name":
+                    required[name] = [list(self.samplers), {"tooltip": "The algorithm used when sampling."}]
+                elif name == "scheduler":
+                    required[name] = [list(SCHEDULERS), {"tooltip": "The scheduler controls how noise is removed."}]
+                elif name == "image" and cls == "LoadImage":
+                    required[name] = [sorted(self.uploads), {"image_upload": True}]
+                elif name == "sampling_mode":
+                    required[name] = ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "on"}, {"key": "off"}]}]
+                elif name in LINK_TYPES:
+                    required[name] = [LINK_TYPES[name], {}]
+                elif name in FLOATS:
+                    required[name] = ["FLOAT", {"default": 1.0}]
+                elif name in STRINGS:
+                    required[name] = ["STRING", {"multiline": name != "filename_prefix"}]
+                else:
+                    required[name] = ["INT", {"default": 0}]
+            info[cls] = {"input": {"required": required, "optional": {}}, "input_order": {"required": list(names)},
+                         "output": [], "output_is_list": [], "output_name": [], "name": cls, "display_name": cls,
+                         "description": "", "python_module": "nodes", "category": "", "output_node": cls in OUTPUT_NODES}
+        return info
+
     # -- validation, as ComfyUI's validate_prompt does it ------------------------------------
     def validate(self, workflow: dict) -> Optional[dict]:
         for node_id, node in workflow.items():
@@ -251,7 +365,7 @@ class ComfyServer:
                 return {"error": {"type": "invalid_prompt", "message": f"Cannot execute because node {cls} does not exist.",
                                   "details": f"Node ID '#{node_id}'", "extra_info": {}}, "node_errors": {}}
         node_errors = {}
-        save_ids = [i for i, n in workflow.items() if n["class_type"] == "SaveImage"]
+        save_ids = [i for i, n in workflow.items() if n["class_type"] in OUTPUT_NODES]
         for node_id, node in workflow.items():
             errors = []
             inputs = node.get("inputs", {})
@@ -267,7 +381,7 @@ class ComfyServer:
                 if self.models is not None and name in FILE_INPUTS and name in self.models:
                     allowed = self.models[name]
                 elif name == "sampler_name":
-                    allowed = SAMPLER_NAMES
+                    allowed = self.samplers
                 elif name == "scheduler":
                     allowed = SCHEDULERS
                 elif node["class_type"] == "LoadImage" and name == "image":
@@ -333,7 +447,17 @@ class ComfyServer:
                         return self._reply(404, b"not found", "text/plain")
                     return self._reply(200, data, "image/png")
                 if url.path == "/system_stats":
-                    return self._json(200, {"system": {"comfyui_version": "scripted"}, "devices": []})
+                    server.gets.append(url.path)
+                    return self._json(200, {"system": {"os": "posix", "python_version": "3.11", "comfyui_version": server.version,
+                                                       "embedded_python": False, "pytorch_version": "2.5.1+cpu"},
+                                            "devices": [{"name": "cpu", "type": "cpu", "index": None}]})
+                if url.path == "/queue":
+                    running = [[0, server.running, {}, {}, []]] if server.running else []
+                    return self._json(200, {"queue_running": running,
+                                            "queue_pending": [[i + 1, p, {}, {}, []] for i, p in enumerate(server.pending)]})
+                if url.path == "/object_info":
+                    server.gets.append(url.path)
+                    return self._json(200, server.object_info())
                 self._reply(404, b"not found", "text/plain")
 
             def do_POST(self) -> None:
@@ -348,8 +472,25 @@ class ComfyServer:
                     if problem:
                         return self._json(400, problem)
                     prompt_id = uuid.uuid4().hex
+                    server.prompt_ids.append(prompt_id)
+                    server.pending.append(prompt_id)
                     server._queue.put((prompt_id, payload.get("client_id", ""), workflow))
                     return self._json(200, {"prompt_id": prompt_id, "number": len(server.workflows), "node_errors": {}})
+                if self.path == "/queue":
+                    payload = json.loads(body or b"{}")
+                    for prompt_id in payload.get("delete", []):
+                        server.deleted.append(prompt_id)
+                        if prompt_id in server.pending:
+                            server.pending.remove(prompt_id)
+                    return self._reply(200, b"", "text/plain")
+                if self.path == "/interrupt":
+                    payload = json.loads(body or b"{}")
+                    target = payload.get("prompt_id")
+                    server.interrupts.append(target)
+                    # As in ComfyUI: a prompt_id that is not the running prompt interrupts nothing.
+                    if target is None or (server.started and server.started[-1] == target):
+                        server._interrupt.set()
+                    return self._reply(200, b"", "text/plain")
                 if self.path == "/upload/image":
                     head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
                     message = BytesParser(policy=email_policy).parsebytes(head + body)

@@ -170,26 +170,43 @@ def test_control_images_are_uploaded_and_wired(server, tmp_path):
     assert c3["KSampler"][1]["positive"] == [applied_id, 0] and c3["KSampler"][1]["negative"] == [applied_id, 1]
 
 
-def test_missing_model_file_is_one_clear_line():
-    with ComfyServer(models={"unet_name": ["something_else.safetensors"]}) as s:
+def test_missing_files_are_named_all_at_once_before_anything_is_queued():
+    # A FLUX user without clip_l and t5xxl learns about both, and the fix for each, in one line.
+    has = {"unet_name": ["flux1-dev.safetensors"], "vae_name": ["ae.safetensors"], "clip_name": ["qwen_3_4b.safetensors"]}
+    spec = RenderSpec(prompt="a fox", seed=2, width=64, height=64, steps=4, guidance=3.5, profile="flux1-dev")
+    with ComfyServer(models=has) as s:
         with pytest.raises(ReverieError) as e:
-            engine_for(s).render([zspec(seed=i) for i in range(3)])
-    assert str(e.value) == (f"ComfyUI at {s.url} has no unet file z_image_turbo_bf16.safetensors: "
-                            "put it in models/diffusion_models or pass --comfy-file unet=NAME")
+            engine_for(s, profile="flux1-dev").render([spec, spec])
+        assert s.workflows == [] and s.gets == ["/system_stats", "/object_info"]
+    assert str(e.value) == (
+        f"ComfyUI at {s.url} cannot run flux1-dev: it lacks "
+        "clip_l file clip_l.safetensors (put it in models/text_encoders or pass --comfy-file clip_l=NAME); "
+        "t5 file t5xxl_fp8_e4m3fn.safetensors (put it in models/text_encoders or pass --comfy-file t5=NAME)")
 
 
-def test_unknown_node_and_execution_error_are_one_line():
+def test_missing_node_sampler_and_control_file_are_named_together(tmp_path):
+    ref = tmp_path / "edges.png"
+    Image.new("RGB", (32, 32)).save(ref)
     old = {k: v for k, v in NODES.items() if k != "ModelSamplingAuraFlow"}
-    with ComfyServer(nodes=old) as s:
+    canny = Control(kind="canny", image_sha="cd" * 32, image_path=str(ref), strength=0.8)
+    models = {"unet_name": ["z_image_turbo_bf16.safetensors"], "clip_name": ["qwen_3_4b.safetensors"],
+              "vae_name": ["ae.safetensors"]}
+    with ComfyServer(nodes=old, models=models, samplers=("euler", "dpmpp_2m")) as s:
         with pytest.raises(ReverieError) as e:
-            engine_for(s).render([zspec()])
-    assert "Cannot execute because node ModelSamplingAuraFlow does not exist" in str(e.value)
-    assert "update ComfyUI" in str(e.value) and "\n" not in str(e.value)
+            engine_for(s).render([zspec(sampler="unipc"), zspec(control=canny)])
+        assert s.workflows == [] and not s.uploads
+    assert str(e.value) == (
+        f"ComfyUI at {s.url} cannot run z-image-turbo: it lacks node ModelSamplingAuraFlow (update ComfyUI); "
+        "sampler uni_pc (update ComfyUI); model_patch file "
+        "Z-Image-Turbo-Fun-Controlnet-Union.safetensors (put it in models/model_patches or pass --comfy-file model_patch=NAME)")
 
+
+def test_execution_errors_carry_comfyuis_own_reason():
     with ComfyServer(fail_seeds=(2,)) as s:
         outs = engine_for(s).render([zspec(seed=1), zspec(seed=2), zspec(seed=3)])
     assert [o.image is not None for o in outs] == [True, False, True]
-    assert outs[1].error == f"ComfyUI at {s.url} failed in KSampler: Allocation on device would exceed allowed memory"
+    assert outs[1].error == (f"ComfyUI at {s.url} failed in KSampler (node 1): torch.OutOfMemoryError: "
+                             "Allocation on device would exceed allowed memory")
 
 
 def test_pool_spreads_work_and_a_dead_server_work_moves_to_the_survivor():
@@ -271,5 +288,5 @@ def test_cli_missing_comfy_file_prints_one_line(tmp_path):
                        "--comfy-file", "checkpoint=missing_xl.safetensors", "--megapixels", "0.05",
                        home=tmp_path / "home", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (f"error: ComfyUI at {s.url} has no checkpoint file missing_xl.safetensors: "
-                                   "put it in models/checkpoints or pass --comfy-file checkpoint=NAME")
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: ComfyUI at {s.url} cannot run sdxl: it lacks checkpoint file "
+                                   "missing_xl.safetensors (put it in models/checkpoints or pass --comfy-file checkpoint=NAME)")

@@ -266,7 +266,8 @@ def show(
             score = f"{s.get('composite', 0):.3f}" if s else r["status"]
             # A prompt kept for another round gets new seeds; the render's own round says which.
             # The path goes in the list below the tree, where nothing wraps it; an error stays here.
-            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}"
+            on = f" on {r['worker']}" if r.get("worker") not in (None, "", "local") else ""
+            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}{on}"
                            + (f"\n{r['error']}" if r["error"] and not r["path"] else "")))
             if r["path"]:
                 paths.append((f"render {r['id']}", r["path"]))

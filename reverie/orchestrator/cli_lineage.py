@@ -107,7 +107,8 @@ def _print_lineage(info: dict) -> None:
     _step("spec", f"{info['spec_sha'][:16]}, seed {s['seed']}, {s['width']}x{s['height']}, steps {s['steps']}, "
                   f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}")
     state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
-    _step("image", f"render {r['id']}, round {r['round'] + 1}, seed {r['seed']}, {state}")
+    made = f"engine {r['engine']}" + (f" on {r['worker']}" if r.get("worker") else "")
+    _step("image", f"render {r['id']}, round {r['round'] + 1}, seed {r['seed']}, {state}", made)
     if r["path"]:
         # Its own unbroken line, whatever the width, so it can be copied whole.
         out.print(Text(f"{'':{KEY_WIDTH}} {r['path']}"), soft_wrap=True, highlight=False)

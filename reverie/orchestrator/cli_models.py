@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -61,10 +61,14 @@ def models(
     ctx: typer.Context,
     home: Optional[str] = typer.Option(None, "--home"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    comfy_url: Optional[List[str]] = typer.Option(None, "--comfy-url", help="Say which profiles this ComfyUI server can render instead."),
+    comfy_file: Optional[List[str]] = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME."),
 ):
     """List model profiles, control nets and scorers, and whether their weights are on this machine."""
     if ctx.invoked_subcommand is not None:
         return
+    if comfy_url:
+        return _comfy_models(comfy_url, comfy_file or [], as_json)
     rows = model_rows(home)
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))
@@ -115,3 +119,22 @@ def pull(
 
             path = pull_weights(name, tqdm_class=rich_tqdm(progress), models_dir=resolve_home(home) / "models")
     out.print(f"{name}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _comfy_models(urls: List[str], files: List[str], as_json: bool) -> None:
+    """Per profile, whether each ComfyUI server can render it and what it lacks."""
+    from reverie.orchestrator.cli import parse_comfy_files
+    from reverie.render.comfyui import server_support
+
+    rows = server_support(urls, parse_comfy_files(files))
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table(title="profiles on ComfyUI (`--comfy-file KEY=NAME` renames a file)")
+    for col in ("name", "server", "here", "dreamer"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("lacks", overflow="fold")
+    for r in rows:
+        table.add_row(r["profile"], f"{r['server']} ({r['version']})", "yes" if r["ok"] else "no",
+                      "yes" if r["dreamer"] else "no", Text("; ".join(r["lacks"]) or "-"))
+    out.print(table)

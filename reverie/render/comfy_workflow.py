@@ -180,3 +180,22 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
 
 def output_node(workflow: dict) -> str:
     return next(i for i, node in workflow.items() if node["class_type"] == "SaveImage")
+
+
+# ComfyUI's TextGenerate runs a loaded text encoder as a language model. Z-Image's encoder is
+# Qwen3-4B, an instruction-tuned model, so a Z-Image server can write its own prompts.
+TEXTGEN_FAMILIES = ("z-image",)
+
+
+def textgen_workflow(files: dict[str, str], prompt: str, max_length: int, sampling: dict) -> dict:
+    """TextGenerate over the profile's text encoder; the answer comes back from PreviewAny.
+
+    `sampling` holds temperature, top_k, top_p, min_p, repetition_penalty and seed: the inputs
+    of TextGenerate's "on" sampling mode, which the API format writes as "sampling_mode.NAME".
+    """
+    g = _Graph()
+    clip = g.add("CLIPLoader", clip_name=_need(files, "clip", "clip"), type=files.get("clip_type", "lumina2"))
+    text = g.add("TextGenerate", clip=[clip, 0], prompt=prompt, max_length=int(max_length), sampling_mode="on",
+                 **{f"sampling_mode.{k}": v for k, v in sampling.items()}, thinking=False, use_default_template=True)
+    g.add("PreviewAny", source=[text, 0])
+    return g.nodes

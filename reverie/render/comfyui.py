@@ -24,24 +24,14 @@ import uuid
 from collections import deque
 from typing import Optional, Sequence
 
-from reverie.render.comfy_workflow import build_workflow, comfy_files, output_node
+from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
+from reverie.render.comfy_workflow import TEXTGEN_FAMILIES, build_workflow, comfy_files, output_node, textgen_workflow
 from reverie.render.engine import OutputFn
 from reverie.render.profiles import get_profile
 from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 ENGINE_VERSION = "1"
-
-# Where ComfyUI looks for the file each loader names, for the "missing file" error.
-MODEL_FOLDERS = {
-    "UNETLoader": "models/diffusion_models",
-    "CLIPLoader": "models/text_encoders",
-    "DualCLIPLoader": "models/text_encoders",
-    "VAELoader": "models/vae",
-    "CheckpointLoaderSimple": "models/checkpoints",
-    "ControlNetLoader": "models/controlnet",
-    "ModelPatchLoader": "models/model_patches",
-}
 
 
 class ServerGone(Exception):
@@ -101,6 +91,7 @@ class ComfyClient:
         self.timeout = timeout
         self.client_id = uuid.uuid4().hex
         self.uploaded: set[str] = set()
+        self.worker = url  # lineage's name for this server; preflight adds the version
 
     def _call(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None) -> tuple[int, bytes]:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
@@ -131,6 +122,36 @@ class ComfyClient:
         if status >= 500:
             raise ServerGone(f"HTTP {status} from /prompt")
         raise ReverieError(describe_rejection(self.url, body, files))
+
+    def server_info(self) -> ServerInfo:
+        """/system_stats and /object_info: what preflight checks workflows against."""
+        status, stats = self._json("GET", "/system_stats")
+        version = str(((stats.get("system") or {}).get("comfyui_version")) or "unknown") if status == 200 else "unknown"
+        status, nodes = self._json("GET", "/object_info")
+        if status >= 500:
+            raise ServerGone(f"HTTP {status} from /object_info")
+        if status != 200 or not isinstance(nodes, dict) or not nodes:
+            raise ReverieError(f"{self.url}/object_info answered HTTP {status} without node classes: "
+                               f"check that --comfy-url points at ComfyUI")
+        return ServerInfo(self.url, version, nodes)
+
+    def cancel(self, ours: Sequence[str], started: Optional[str]) -> None:
+        """Delete our own queued prompts and interrupt our own running one; nobody else's.
+
+        GET /queue says which of ours is running now (our websocket may not have told us yet).
+        The prompt id in /interrupt makes a recent ComfyUI stop only that prompt; an older one
+        ignores it and stops what runs, which /queue just said is ours."""
+        status, q = self._json("GET", "/queue")
+        if status == 200:
+            running = [item[1] for item in q.get("queue_running") or [] if len(item) > 1 and item[1] in ours]
+            queued = [item[1] for item in q.get("queue_pending") or [] if len(item) > 1 and item[1] in ours]
+        else:
+            running, queued = ([started] if started else []), [p for p in ours if p != started]
+        json_type = {"Content-Type": "application/json"}
+        if queued:
+            self._call("POST", "/queue", json.dumps({"delete": queued}).encode(), json_type)
+        for prompt_id in running:
+            self._call("POST", "/interrupt", json.dumps({"prompt_id": prompt_id}).encode(), json_type)
 
     def upload_image(self, name: str, png: bytes) -> str:
         if name in self.uploaded:
@@ -181,8 +202,10 @@ class ComfyClient:
 class _Batch:
     """The work of one render() call, shared by the server workers."""
 
-    def __init__(self, specs: Sequence[RenderSpec]):
+    def __init__(self, specs: Sequence[RenderSpec], workers: int = 1):
         self.specs = list(specs)
+        self.workers = workers  # servers rendering this call (those that passed preflight)
+        self.workers_gone = 0
         self.pending: deque[int] = deque(range(len(self.specs)))
         self.results: dict[int, EngineOutput] = {}
         self.fatal: Optional[BaseException] = None
@@ -251,6 +274,59 @@ class ComfyUIEngine:
         self.stall_timeout = float(stall_timeout)
         self.poll_interval = float(poll_interval)
         self.queue_depth = max(1, int(queue_depth)) if queue_depth else (0 if len(self.servers) == 1 else 4)
+        self._info: dict[str, ServerInfo] = {}  # read once per server, on first need
+        self._told: set[str] = set()  # preflight notices already given
+
+    # -- preflight -------------------------------------------------------------------------
+    def server_info(self) -> tuple[dict[str, ServerInfo], dict[str, str]]:
+        """Each server's /system_stats and /object_info, read once: (url -> info, url -> why it did not answer)."""
+        gone = {}
+        for url in self.servers:
+            if url not in self._info:
+                try:
+                    self._info[url] = ComfyClient(url, self.timeout).server_info()
+                except ServerGone as e:
+                    gone[url] = str(e)  # asked again next call: it may be starting
+        return {u: self._info[u] for u in self.servers if u in self._info}, gone
+
+    def lacks(self, info: ServerInfo, specs: Sequence[RenderSpec]) -> list[str]:
+        """Everything `info`'s server lacks to render these specs (empty: it can)."""
+        workflows = {}
+        for spec in specs:
+            # A control image is uploaded when it is used; any name stands in for it here.
+            wf = build_workflow(spec, self.profile, self.files, "reverie_preflight.png" if spec.control else None)
+            shape = json.dumps([(n["class_type"], {k: v for k, v in n["inputs"].items() if isinstance(v, str)})
+                                for n in wf.values()], sort_keys=True)
+            workflows.setdefault(shape, wf)  # one per distinct set of nodes and names, not per seed
+        return missing(info.nodes, workflows.values(), self.files)
+
+    def preflight(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None) -> tuple[list[ServerInfo], dict[str, str]]:
+        """The servers that can render every spec, and the ones that did not answer.
+
+        Servers that lack something are left out with one notice; with none left, one error
+        line names every missing piece of every server."""
+        progress = progress or no_progress
+        infos, gone = self.server_info()
+        usable, left_out = [], []
+        for info in infos.values():
+            lacks = self.lacks(info, specs)
+            if lacks:
+                left_out.append(verdict(info, self.profile.name, lacks))
+            else:
+                usable.append(info)
+        if not usable:
+            if not left_out:
+                reasons = "; ".join(f"{url}: {why}" for url, why in gone.items())
+                raise ReverieError(f"no ComfyUI server answers ({reasons}); 0 of {len(specs)} images were rendered: "
+                                   f"start ComfyUI or pass --comfy-url")
+            lines = left_out + [f"ComfyUI at {url} does not answer ({why})" for url, why in gone.items()]
+            raise ReverieError(lines[0] if len(lines) == 1 else "no ComfyUI server can render this: " + " | ".join(lines))
+        if left_out:
+            message = (" | ".join(left_out) + f"; rendering on {len(usable)} of {len(self.servers)} servers")
+            if message not in self._told:
+                self._told.add(message)
+                progress(Event("notice", {"message": f"left out of the ComfyUI pool: {message}"}))
+        return usable, gone
 
     # -- one call --------------------------------------------------------------------------
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
@@ -258,28 +334,39 @@ class ComfyUIEngine:
         progress = progress or no_progress
         if not specs:
             return []
-        for spec in specs:  # build once here so that a bad spec fails before anything is queued
-            if spec.control is None:
-                build_workflow(spec, self.profile, self.files)
-        batch = _Batch(specs)
+        # Every workflow is built and checked against each server before anything is queued.
+        usable, gone = self.preflight(specs, progress)
+        batch = _Batch(specs, workers=len(usable))
+        batch.gone.update(gone)
         depth = self.queue_depth or len(specs)
-        workers = [threading.Thread(target=self._work, args=(ComfyClient(url, self.timeout), batch, depth),
-                                    name=f"reverie-comfyui-{i}", daemon=True) for i, url in enumerate(self.servers)]
+        clients = []
+        for info in usable:
+            client = ComfyClient(info.url, self.timeout)
+            client.worker = info.worker
+            clients.append(client)
+        workers = [threading.Thread(target=self._work, args=(client, batch, depth), name=f"reverie-comfyui-{i}",
+                                    daemon=True) for i, client in enumerate(clients)]
         for w in workers:
             w.start()
-        # Outputs and events are handed on on this thread, so callers need no locks.
-        while any(w.is_alive() for w in workers) or not batch.events.empty():
-            try:
-                item = batch.events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if not isinstance(item, EngineOutput):
-                progress(item)
-            elif on_output is not None:
+        try:
+            # Outputs and events are handed on on this thread, so callers need no locks.
+            while any(w.is_alive() for w in workers) or not batch.events.empty():
                 try:
-                    on_output(item)
-                except BaseException as e:  # the caller cannot take more: stop queueing, then raise
-                    batch.fail(e)
+                    item = batch.events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if not isinstance(item, EngineOutput):
+                    progress(item)
+                elif on_output is not None:
+                    try:
+                        on_output(item)
+                    except BaseException as e:  # the caller cannot take more: stop queueing, then raise
+                        batch.fail(e)
+        except BaseException as e:  # Ctrl-C lands here: the workers take our prompts off the servers first
+            batch.fail(e)
+            for w in workers:
+                w.join(self.timeout + self.poll_interval)
+            raise
         if batch.fatal is not None:
             raise batch.fatal
         if len(batch.results) < len(specs):
@@ -299,6 +386,10 @@ class ComfyUIEngine:
     def close(self) -> None:
         return None
 
+    def text_generator(self) -> Optional["TextGenerator"]:
+        """The servers' own language model for the dreamer, when one has it (see text_generator)."""
+        return text_generator(self)
+
     # -- one server ------------------------------------------------------------------------
     def _work(self, client: ComfyClient, batch: _Batch, depth: int) -> None:
         inflight: dict[str, dict] = {}
@@ -313,7 +404,7 @@ class ComfyUIEngine:
                     except ServerGone:
                         batch.give_back([index])
                         raise
-                    inflight[prompt_id] = {"index": index, "node": node, "t0": time.perf_counter()}
+                    inflight[prompt_id] = {"index": index, "node": node, "t0": time.perf_counter(), "started": False}
                 if not inflight:
                     if batch.wait_for_work():
                         continue
@@ -335,19 +426,33 @@ class ComfyUIEngine:
                 self._handle(client, batch, inflight, message)
         except ServerGone as e:
             batch.gone[client.url] = str(e)
+            batch.workers_gone += 1
             batch.give_back([job["index"] for job in inflight.values()])
+            inflight.clear()  # handed back: not ours to cancel on this server any more
             # With no server left the call's one error line says it all; "move to the others" would mislead.
-            if (inflight or batch.pending) and len(batch.gone) < len(self.servers):
+            if batch.pending and batch.workers_gone < batch.workers:
                 batch.events.put(Event("notice", {"message": f"ComfyUI at {client.url} is gone ({e}); "
                                                   f"its renders move to the other servers"}))
         except BaseException as e:  # a user-facing error (or a bug) ends the whole call
             batch.fail(e)
         finally:
+            if batch.fatal is not None and inflight:
+                self._cancel(client, inflight)
             if ws is not None:
                 try:
                     ws.close(timeout=0.5)
                 except Exception:
                     pass
+
+    @staticmethod
+    def _cancel(client: ComfyClient, inflight: dict) -> None:
+        """After a fatal error: our prompts still queued there are deleted, our running one interrupted."""
+        started = next((pid for pid, job in inflight.items() if job["started"]), None)
+        try:
+            client.cancel(list(inflight), started)
+        except (ServerGone, ReverieError):
+            pass  # the server is gone too, or refuses: nothing more we can do for it
+        inflight.clear()
 
     def _submit(self, client: ComfyClient, spec: RenderSpec) -> tuple[str, str]:
         image_name = None
@@ -400,6 +505,7 @@ class ComfyUIEngine:
         spec = batch.specs[job["index"]]
         if kind == "execution_start":
             job["t0"] = time.perf_counter()  # queue wait is not render time
+            job["started"] = True
         elif kind == "progress":
             batch.events.put(Event("engine_progress", {"seed": spec.seed, "step": data.get("value"),
                                                        "steps": data.get("max"), "server": client.url}))
@@ -410,9 +516,13 @@ class ComfyUIEngine:
                 inflight.pop(data["prompt_id"])
         elif kind in ("execution_error", "execution_interrupted"):
             inflight.pop(data["prompt_id"])
-            where = data.get("node_type") or "the workflow"
+            # ComfyUI's own reason: the node that failed and its exception, so a run where every
+            # render failed can say why.
+            where = f"{data['node_type']} (node {data.get('node_id')})" if data.get("node_type") else "the workflow"
             why = one_line(data.get("exception_message") or kind.replace("_", " "))
-            self._finish(batch, job, None, f"ComfyUI at {client.url} failed in {where}: {why}", client.url)
+            if data.get("exception_type"):
+                why = f"{data['exception_type']}: {why}"
+            self._finish(batch, job, None, f"ComfyUI at {client.url} failed in {where}: {why}", client)
 
     def _collect(self, client: ComfyClient, batch: _Batch, job: dict, entry: dict) -> None:
         from PIL import Image
@@ -421,7 +531,7 @@ class ComfyUIEngine:
         if not images:
             status = entry.get("status") or {}
             self._finish(batch, job, None, f"ComfyUI at {client.url} returned no image "
-                         f"(status {status.get('status_str', 'unknown')})", client.url)
+                         f"(status {status.get('status_str', 'unknown')})", client)
             return
         data = client.view(images[0])
         try:
@@ -429,14 +539,105 @@ class ComfyUIEngine:
             image.load()
         except OSError:
             raise ServerGone("/view did not return an image") from None
-        self._finish(batch, job, image.convert("RGB"), "", client.url)
+        self._finish(batch, job, image.convert("RGB"), "", client)
 
-    def _finish(self, batch: _Batch, job: dict, image, error: str, url: str) -> None:
+    def _finish(self, batch: _Batch, job: dict, image, error: str, client: ComfyClient) -> None:
         spec = batch.specs[job["index"]]
         seconds = time.perf_counter() - job["t0"]
         output = EngineOutput(spec=spec, image=image, engine=self.name, engine_version=self.version,
-                              seconds=seconds, error=error)
+                              seconds=seconds, error=error, worker=client.worker)
         if batch.finish(job["index"], output):
             batch.events.put(output)
-            batch.events.put(Event("engine_image", {"seed": spec.seed, "seconds": seconds, "server": url,
+            batch.events.put(Event("engine_image", {"seed": spec.seed, "seconds": seconds, "server": client.url,
                                                     "error": error}))
+
+
+def profile_spec(profile, seed: int = 0, prompt: str = "preflight") -> RenderSpec:
+    """A plain text-to-image spec with the profile's own settings: what `models --comfy-url` checks."""
+    side = profile.multiple * 8
+    return RenderSpec(prompt=prompt, negative=profile.default_negative, seed=seed, width=side, height=side,
+                      steps=profile.steps, guidance=profile.guidance, profile=profile.name, sampler=profile.sampler,
+                      shift=profile.shift)
+
+
+def textgen_lacks(info: ServerInfo, profile, files: dict) -> list[str]:
+    """What a server lacks to run the TextGenerate dreamer for a profile (empty: it can)."""
+    if profile.family not in TEXTGEN_FAMILIES:
+        return [f"a text encoder that writes ({profile.name} has none)"]
+    workflow = textgen_workflow(files, "x", 16, {"seed": 0})
+    return missing(info.nodes, [workflow], files)
+
+
+def server_support(servers: str | Sequence[str], files: Optional[dict] = None, timeout: float = 30.0) -> list[dict]:
+    """For each server and profile: can it render the profile, what it lacks, and whether the
+    TextGenerate dreamer can write prompts there. One line of error for a server that does not answer."""
+    from reverie.render.profiles import PROFILES
+
+    rows = []
+    for url in parse_servers(servers):
+        try:
+            info = ComfyClient(url, timeout).server_info()
+        except ServerGone as e:
+            raise ReverieError(f"ComfyUI at {url} does not answer ({e}): start ComfyUI or pass another --comfy-url") from None
+        for profile in PROFILES.values():
+            names = comfy_files(profile, files)
+            lacks = missing(info.nodes, [build_workflow(profile_spec(profile), profile, names)], names)
+            rows.append({"profile": profile.name, "server": url, "version": info.version, "ok": not lacks, "lacks": lacks,
+                         "dreamer": not textgen_lacks(info, profile, names)})
+    return rows
+
+
+class TextGenerator:
+    """ComfyUI's TextGenerate on one server, over the profile's text encoder: a language model
+    that needs no other server and no download. Raises ReverieError when it gives no answer."""
+
+    def __init__(self, info: ServerInfo, files: dict, timeout: float, stall_timeout: float, poll_interval: float):
+        self.base_url = info.url
+        self.model = f"ComfyUI TextGenerate {files.get('clip', '')}"
+        self.files = files
+        self.timeout, self.stall_timeout, self.poll_interval = timeout, stall_timeout, poll_interval
+
+    def __call__(self, prompt: str, max_length: int, sampling: dict) -> str:
+        client = ComfyClient(self.base_url, self.timeout)
+        ws = None
+        try:
+            ws = client.connect(self.poll_interval)
+            workflow = textgen_workflow(self.files, prompt, max_length, sampling)
+            node = next(i for i, n in workflow.items() if n["class_type"] == "PreviewAny")
+            prompt_id = client.queue_prompt(workflow, self.files)
+            heard = time.monotonic()
+            while True:
+                message = ComfyUIEngine._receive(ws)
+                data = (message or {}).get("data") or {}
+                if message and data.get("prompt_id") == prompt_id:
+                    heard = time.monotonic()
+                    if message.get("type") in ("execution_error", "execution_interrupted"):
+                        why = one_line(data.get("exception_message") or message["type"].replace("_", " "))
+                        raise ReverieError(f"ComfyUI at {self.base_url} failed in {data.get('node_type') or 'TextGenerate'}: {why}")
+                elif message is None and time.monotonic() - heard > self.stall_timeout:
+                    raise ReverieError(f"ComfyUI at {self.base_url} gave no answer for {self.stall_timeout:.0f} s")
+                entry = client.history(prompt_id) if message is None or message.get("type") in (
+                    "execution_success", "executing") else None
+                if entry is not None and (entry.get("status") or {}).get("completed", True):
+                    texts = ((entry.get("outputs") or {}).get(node) or {}).get("text") or []
+                    return str(texts[0]) if texts else ""
+        except ServerGone as e:
+            raise ReverieError(f"ComfyUI at {self.base_url} is gone ({e})") from None
+        finally:
+            if ws is not None:
+                try:
+                    ws.close(timeout=0.5)
+                except Exception:
+                    pass
+
+
+def text_generator(engine: "ComfyUIEngine") -> Optional[TextGenerator]:
+    """A TextGenerate language model on the first server of the pool that has the node and the
+    profile's text encoder; None when none has (or the profile's encoder cannot write)."""
+    if engine.profile.family not in TEXTGEN_FAMILIES:
+        return None
+    infos, _ = engine.server_info()
+    for info in infos.values():
+        if not textgen_lacks(info, engine.profile, engine.files):
+            return TextGenerator(info, engine.files, engine.timeout, engine.stall_timeout, engine.poll_interval)
+    return None

@@ -243,6 +243,7 @@ class Store:
                     "height": spec.height,
                     "engine": output.engine,
                     "engine_version": output.engine_version,
+                    "worker": output.worker or "local",
                     "seconds": output.seconds,
                     "status": status,
                     "error": error,

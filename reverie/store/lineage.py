@@ -106,6 +106,7 @@ def lineage(store, row: dict) -> dict[str, Any]:
             "round": row["round"],
             "engine": row["engine"],
             "engine_version": row["engine_version"],
+            "worker": row.get("worker") or "",
             "seconds": row["seconds"],
             "path": str(path) if path else None,
             "sha256": row["sha256"],

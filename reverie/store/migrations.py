@@ -249,3 +249,10 @@ def _pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_util
     done = {row["name"] for row in db["_migrations"].rows} if "_migrations" in db.table_names() else set()
     # Numbered names sort into order wherever in the file (or package) they are defined.
     return [(name, fn) for name, fn in sorted(MIGRATIONS) if name not in done]
+
+
+@migration
+def m006_render_worker(db: sqlite_utils.Database) -> None:
+    # Which machine made each render: a ComfyUI server's URL and version (a pool spreads one run
+    # over several), or "local" for the in-process engines. Older rows stay empty: unknown.
+    db["renders"].add_column("worker", str)
