@@ -76,3 +76,28 @@ def test_a_server_that_fails_stops_being_asked():
     out = expander.expand("a fox", get_profile("z-image-turbo"), k=3, seed=0)
     assert [e.source for e in out] == ["formula"] * 3 and expander.dead
     assert len(notices) == 1 and s.url in notices[0]
+
+
+def test_make_on_comfyui_without_an_llm_uses_the_textgen_dreamer(tmp_path):
+    """Wired in the studio: no LLM configured, a ComfyUI engine whose server has the encoder."""
+    from reverie import Studio
+
+    with ComfyServer(models=ZIMAGE_FILES, text_reply=reply) as s:
+        with Studio(home=tmp_path / "h", engine="comfyui", scorer="heuristic",
+                    engine_options={"servers": [s.url]}) as studio:
+            result = studio.make("a fox in the rain", n=1, rounds=1, seed=5, megapixels=0.05)
+            prompts = studio.store.prompts(result.run_id)
+            calls = studio.store.llm_calls(result.run_id)
+    assert [p["source"] for p in prompts] == ["textgen"] and prompts[0]["text"].startswith(PARAGRAPH)
+    assert [c["purpose"] for c in calls] == ["expand"]  # filed under the run
+
+
+def test_make_on_comfyui_without_the_encoder_keeps_the_formula(tmp_path):
+    from reverie import Studio
+
+    files = {k: v for k, v in ZIMAGE_FILES.items()}
+    with ComfyServer(models=files, text_reply=reply, nodes={n: v for n, v in NODES.items() if n != "TextGenerate"}) as s:
+        with Studio(home=tmp_path / "h", engine="comfyui", scorer="heuristic",
+                    engine_options={"servers": [s.url]}) as studio:
+            result = studio.make("a fox in the rain", n=1, rounds=1, seed=5, megapixels=0.05)
+            assert [p["source"] for p in studio.store.prompts(result.run_id)] == ["formula"]

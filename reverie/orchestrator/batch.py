@@ -381,7 +381,9 @@ class BatchRunner:
             "items": [{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
                       for i in items]}))
         # Built once, before the runs start, so their notices come once and first.
-        self.studio.expander_and_critic(self.progress)
+        if items:
+            engine = self.studio.engine_for(get_profile(items[0].request.profile), self.progress)
+            self.studio.expander_and_critic(self.progress, engine)
         self.studio.scorer(self.progress)
 
         inbox: "queue.Queue[tuple[str, _Item, Any]]" = queue.Queue()

@@ -215,17 +215,19 @@ class Studio:
                     self.notice(self._scorer.honest_note, progress)
             return self._scorer
 
-    def expander_and_critic(self, progress: ProgressFn):
+    def expander_and_critic(self, progress: ProgressFn, engine=None):
         """The expander and critic of this studio: built once, one LLM client for the session
-        (a chat, a batch), its calls filed under the run that made them."""
+        (a chat, a batch), its calls filed under the run that made them. With no LLM and a
+        ComfyUI engine whose server can run TextGenerate, the dreamer runs on that server."""
         with self._parts_lock:
             if self._expander is None or self._critic is None:
-                expander, critic = self._build_expander_and_critic(progress)
+                expander, critic = self._build_expander_and_critic(progress, engine)
                 self._expander = self._expander or expander
                 self._critic = self._critic or critic
             return self._expander, self._critic
 
-    def _build_expander_and_critic(self, progress: ProgressFn):
+    def _build_expander_and_critic(self, progress: ProgressFn, engine=None):
+        from reverie.agents.comfy_dreamer import comfy_expander
         from reverie.agents.critic import LLMCritic
         from reverie.agents.dreamer import DreamerExpander
         from reverie.agents.expander import FormulaExpander, RuleCritic
@@ -234,6 +236,10 @@ class Studio:
         formula = FormulaExpander()
         settings = self._llm_settings()
         if not settings.configured:
+            textgen = comfy_expander(engine, formula, notice=lambda m: self.notice(m, progress),
+                                     record=lambda call: self.store.add_llm_call(call, run_id=current_run.get()))
+            if textgen is not None:  # the critic's rewrites come from the same encoder
+                return textgen, RuleCritic(textgen)
             if not self._embedded_said:  # that line already says "offline formula expander"
                 self.notice("prompts: offline formula expander and rule critic (no LLM configured: pass --llm-url "
                             "or set llm.base_url in reverie.toml)", progress)
@@ -312,7 +318,7 @@ class Studio:
         token = current_run.set(run_id)
         try:
             # After the run exists: the LLM's /models call is recorded against it.
-            expander, critic = self.expander_and_critic(progress)
+            expander, critic = self.expander_and_critic(progress, engine)
             progress(Event("run_started", {"run_id": run_id, "idea": req.idea, "profile": profile.name,
                                            "engine": engine.name, "width": width, "height": height, "n": req.n,
                                            "rounds": req.rounds, "budget": req.max_renders or req.n * req.rounds}))
