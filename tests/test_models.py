@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reverie.render.profiles import PROFILES, get_profile
+from reverie.profiles import PROFILES, get_profile
 from reverie.types import ReverieError
 from tests.conftest import run_cli
 

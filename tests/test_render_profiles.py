@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reverie.render.profiles import PROFILES, SAMPLERS, get_profile
+from reverie.profiles import PROFILES, SAMPLERS, get_profile
 from reverie.types import Control, RenderSpec, ReverieError
 
 

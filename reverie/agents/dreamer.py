@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from pydantic import BaseModel, Field
 
 from reverie.agents.llm import LLMClient, LLMUnavailable
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.types import Expansion, sha256_text
 
 NoticeFn = Callable[[str], None]

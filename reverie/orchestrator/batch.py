@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from reverie.orchestrator.curation import keep_diverse
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from reverie.orchestrator.studio import render_size
 from reverie.types import (
     Control,

@@ -25,7 +25,7 @@ def expand(
 ):
     """Print prompt expansions of an idea without rendering anything."""
     from reverie.orchestrator.studio import Studio, clean_idea
-    from reverie.render.profiles import get_profile
+    from reverie.profiles import get_profile
     from reverie.types import ReverieError
 
     if not 1 <= k <= 8:

@@ -35,7 +35,7 @@ def _scorer_models(home: Optional[str]) -> list:
 
 def model_rows(home: Optional[str] = None) -> list[dict]:
     from reverie.config import resolve_home
-    from reverie.render.profiles import PROFILES
+    from reverie.profiles import PROFILES
     from reverie.render.weights import downloadables, where
 
     models_dir = resolve_home(home) / "models"

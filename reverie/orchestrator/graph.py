@@ -24,7 +24,7 @@ from langgraph.runtime import Runtime
 from reverie.agents.expander import Critic, Expander
 from reverie.orchestrator.curation import image_signature
 from reverie.render.engine import Engine
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
 from reverie.scoring.scorer import Scorer
 from reverie.store.db import Store

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from reverie.render.comfy_workflow import build_workflow, comfy_files, output_node
 from reverie.render.engine import OutputFn
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
 DEFAULT_URL = "http://127.0.0.1:8188"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from reverie.render.profiles import PROFILES, Profile
+from reverie.profiles import PROFILES, Profile
 from reverie.types import ReverieError
 
 # A diffusers repo often carries the same weights several times (fp16 copies, .bin, ONNX, a
