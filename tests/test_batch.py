@@ -275,7 +275,7 @@ def test_batch_takes_makes_engine_options(home, tmp_path):
 DIES_ON_SECOND_CALL = """
 import sys
 import typer
-from reverie.orchestrator.cli import friendly
+from reverie.cli.common import friendly
 from reverie.orchestrator.studio import Studio
 from reverie.render.tiny import TinyEngine
 
