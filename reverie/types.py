@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence
 
 ControlKind = Literal["auto", "canny", "depth", "pose", "img2img"]
 CONTROL_KINDS: tuple[str, ...] = ("auto", "canny", "depth", "pose", "img2img")
@@ -196,3 +196,28 @@ ProgressFn = Callable[[Event], None]
 
 def no_progress(event: Event) -> None:
     return None
+
+
+OutputFn = Callable[[EngineOutput], None]
+
+
+class Engine(Protocol):
+    """The one small engine interface; engines are built by name in reverie.render.registry."""
+
+    name: str
+    version: str
+    # What decides the pixels beyond the spec (weights, dtype, model files). A resumed run keeps
+    # it, so one run never mixes images from two models.
+    identity: str
+
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
+               on_output: OutputFn | None = None) -> list[EngineOutput]:
+        """Render a batch of specs; return one output per spec, in order.
+
+        `on_output` is called on the calling thread with each output as soon as it is ready
+        (in order of completion, once per spec), so the caller can store and score it while the
+        engine renders the next; whatever was handed on survives an exception later in the call.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -129,7 +129,7 @@ def reproduce(
     from PIL import Image
 
     from reverie.config import resolve_home
-    from reverie.render.engine import make_engine
+    from reverie.render.registry import make_engine
 
     info = _describe_file(image)
     spec = RenderSpec.from_dict(info["spec"])

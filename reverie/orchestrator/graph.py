@@ -23,12 +23,11 @@ from langgraph.runtime import Runtime
 
 from reverie.agents.expander import Critic, Expander
 from reverie.orchestrator.curation import image_signature
-from reverie.render.engine import Engine
 from reverie.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
 from reverie.scoring.scorer import Scorer
 from reverie.store.db import Store
-from reverie.types import Control, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, ReverieError, Scores
+from reverie.types import Control, Engine, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, ReverieError, Scores
 
 
 class LoopState(TypedDict, total=False):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from reverie.config import load_config, resolve_home
-from reverie.render.engine import ENGINES, make_engine
+from reverie.render.registry import ENGINES, make_engine
 from reverie.profiles import Profile, get_profile
 from reverie.render.resolution import check_megapixels, parse_aspect, size_for
 from reverie.store.db import Store

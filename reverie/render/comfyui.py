@@ -25,9 +25,8 @@ from collections import deque
 from typing import Optional, Sequence
 
 from reverie.render.comfy_workflow import build_workflow, comfy_files, output_node
-from reverie.render.engine import OutputFn
 from reverie.profiles import get_profile
-from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 ENGINE_VERSION = "1"

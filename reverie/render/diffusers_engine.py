@@ -15,10 +15,9 @@ import time
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
-from reverie.render.engine import OutputFn
 from reverie.profiles import COMFY_ONLY_SAMPLERS, FLOW_FAMILIES, SAMPLERS, get_profile
 from reverie.render.weights import resolve_controlnet, resolve_weights
-from reverie.types import Control, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import Control, EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 def quiet_libraries() -> None:
