@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from reverie.types import ReverieError
+from reverie.errors import ReverieError
 
 
 @dataclass(frozen=True)

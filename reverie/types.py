@@ -1,7 +1,8 @@
 """The small shared types that cross package boundaries.
 
 agents, render, scoring and store import only this module from each other's world, so these
-types stay frozen, plain and JSON-serialisable.
+types stay frozen, plain and JSON-serialisable. ReverieError is defined in reverie.errors (below
+reverie.profiles, which raises it) and imported from here everywhere else.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Literal, Optional, Protocol, Sequence
 
+from reverie.errors import ReverieError  # noqa: F401  (the spelling everyone imports)
+from reverie.profiles import DEFAULT_PROFILE
+
 ControlKind = Literal["auto", "canny", "depth", "pose", "img2img"]
 CONTROL_KINDS: tuple[str, ...] = ("auto", "canny", "depth", "pose", "img2img")
 ExpansionSource = Literal["user", "dreamer", "formula", "critic"]
-
-
-class ReverieError(Exception):
-    """A user-facing error: its message is one line that names the fix.
-
-    The CLI prints it without a traceback; the Python API lets it propagate.
-    """
 
 
 def canonical_json(obj: Any) -> str:
@@ -48,7 +45,7 @@ class Request:
     target: Optional[float] = None
     aspect: str = "1:1"
     megapixels: float = 1.0
-    profile: str = "z-image-turbo"
+    profile: str = DEFAULT_PROFILE
     references: tuple[Reference, ...] = ()
     seed: Optional[int] = None
     # Variety knobs; None means "the profile's default".

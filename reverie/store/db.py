@@ -390,6 +390,6 @@ def blank_image_error(image) -> str:
 
 
 def _version() -> str:
-    from reverie import __version__
+    from reverie.version import __version__
 
     return __version__
