@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Literal, Optional, Protocol, Sequence
 
-from reverie.errors import ReverieError  # noqa: F401  (the spelling everyone imports)
+from reverie.errors import ReverieError as ReverieError  # the spelling everyone imports
 from reverie.profiles import DEFAULT_PROFILE
 
 ControlKind = Literal["auto", "canny", "depth", "pose", "img2img"]

@@ -25,7 +25,7 @@ from collections import deque
 from typing import Optional, Sequence
 
 from reverie.render.comfy_workflow import build_workflow, comfy_files, output_node
-from reverie.profiles import get_profile
+from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 DEFAULT_URL = "http://127.0.0.1:8188"
@@ -231,7 +231,7 @@ class ComfyUIEngine:
     def __init__(
         self,
         servers: str | Sequence[str] | None = None,
-        profile: str = "z-image-turbo",
+        profile: str = DEFAULT_PROFILE,
         files: Optional[dict] = None,
         timeout: float = 30.0,
         stall_timeout: float = 900.0,
