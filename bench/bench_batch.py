@@ -19,7 +19,7 @@ from pathlib import Path
 from reverie.agents.expander import FormulaExpander, RuleCritic
 from reverie.orchestrator.studio import Studio
 from reverie.render.fixed import FixedLatencyEngine
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from reverie.scoring.heuristic import HeuristicScorer
 from reverie.types import RenderSpec
 

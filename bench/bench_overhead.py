@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from reverie.orchestrator.studio import Studio
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 
 GOAL = 0.02
 

@@ -1,6 +1,6 @@
 """reverie: a terse idea in, a small set of excellent images out, each one explained."""
 
-__version__ = "0.1.0"
+from reverie.version import __version__
 
 
 def __getattr__(name: str):

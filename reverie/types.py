@@ -1,7 +1,8 @@
 """The small shared types that cross package boundaries.
 
 agents, render, scoring and store import only this module from each other's world, so these
-types stay frozen, plain and JSON-serialisable.
+types stay frozen, plain and JSON-serialisable. ReverieError is defined in reverie.errors (below
+reverie.profiles, which raises it) and imported from here everywhere else.
 """
 
 from __future__ import annotations
@@ -9,18 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Protocol, Sequence
+
+from reverie.errors import ReverieError as ReverieError  # the spelling everyone imports
+from reverie.profiles import DEFAULT_PROFILE
 
 ControlKind = Literal["auto", "canny", "depth", "pose", "img2img"]
 CONTROL_KINDS: tuple[str, ...] = ("auto", "canny", "depth", "pose", "img2img")
 ExpansionSource = Literal["user", "dreamer", "formula", "critic"]
-
-
-class ReverieError(Exception):
-    """A user-facing error: its message is one line that names the fix.
-
-    The CLI prints it without a traceback; the Python API lets it propagate.
-    """
 
 
 def canonical_json(obj: Any) -> str:
@@ -48,7 +45,7 @@ class Request:
     target: Optional[float] = None
     aspect: str = "1:1"
     megapixels: float = 1.0
-    profile: str = "z-image-turbo"
+    profile: str = DEFAULT_PROFILE
     references: tuple[Reference, ...] = ()
     seed: Optional[int] = None
     # Variety knobs; None means "the profile's default".
@@ -203,3 +200,28 @@ ProgressFn = Callable[[Event], None]
 
 def no_progress(event: Event) -> None:
     return None
+
+
+OutputFn = Callable[[EngineOutput], None]
+
+
+class Engine(Protocol):
+    """The one small engine interface; engines are built by name in reverie.render.registry."""
+
+    name: str
+    version: str
+    # What decides the pixels beyond the spec (weights, dtype, model files). A resumed run keeps
+    # it, so one run never mixes images from two models.
+    identity: str
+
+    def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
+               on_output: OutputFn | None = None) -> list[EngineOutput]:
+        """Render a batch of specs; return one output per spec, in order.
+
+        `on_output` is called on the calling thread with each output as soon as it is ready
+        (in order of completion, once per spec), so the caller can store and score it while the
+        engine renders the next; whatever was handed on survives an exception later in the call.
+        """
+        ...
+
+    def close(self) -> None: ...

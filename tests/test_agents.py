@@ -11,7 +11,7 @@ from reverie.agents.dreamer import DREAMER_NATURAL, system_prompt
 from reverie.agents.expander import FormulaExpander
 from reverie.agents.formula import expand_formula
 from reverie.orchestrator.studio import Studio
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from tests.conftest import run_cli
 from tests.openai_server import Reply, ScriptedLLM, json_content
 from tests.test_llm import FOX, dreams
@@ -149,7 +149,7 @@ def test_cli_expand_prints_expansions(home):
 
 def test_formula_lighting_never_contradicts_the_idea():
     from reverie.agents.formula import expand_formula
-    from reverie.render.profiles import get_profile
+    from reverie.profiles import get_profile
 
     profile = get_profile("z-image-turbo")
     for seed in range(40):

@@ -233,7 +233,7 @@ def test_bench_prints_engine_busy_fraction():
 
 
 def test_a_second_copy_of_a_running_batch_is_refused(tmp_path):
-    from reverie.store.recovery import RunLock
+    from reverie.store.locks import RunLock
 
     file = tmp_path / "ideas.txt"
     file.write_text("a fox in the rain\n")
@@ -272,7 +272,7 @@ def test_batch_takes_makes_engine_options(home, tmp_path):
 DIES_ON_SECOND_CALL = """
 import sys
 import typer
-from reverie.orchestrator.cli import friendly
+from reverie.cli.common import friendly
 from reverie.orchestrator.studio import Studio
 from reverie.render.tiny import TinyEngine
 

@@ -6,7 +6,7 @@ import json
 
 from reverie.agents.comfy_dreamer import INSTRUCTION, TextGenerateExpander, comfy_expander
 from reverie.agents.expander import FormulaExpander
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from reverie.types import sha256_text
 from tests.comfy_server import NODES, ComfyServer
 from tests.test_comfy_preflight import ZIMAGE_FILES

@@ -17,7 +17,7 @@ import pytest
 
 from reverie.render.comfy_workflow import build_workflow, comfy_files
 from reverie.render.comfyui import profile_spec
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from reverie.types import Control
 
 templates = pytest.importorskip("comfyui_workflow_templates_json", reason="pip install comfyui-workflow-templates-json")

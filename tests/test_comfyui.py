@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from reverie.render.comfyui import ComfyUIEngine
-from reverie.render.engine import make_engine
+from reverie.render.registry import make_engine
 from reverie.types import Control, RenderSpec, ReverieError
 from tests.comfy_server import NODES, ComfyServer, fake_render
 from tests.conftest import run_cli

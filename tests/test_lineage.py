@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
-from reverie.orchestrator.cli import app
+from reverie.cli import app
 from reverie.orchestrator.worker import render_with_retry
 from reverie.orchestrator.studio import Studio
 from reverie.render.tiny import TinyEngine

@@ -10,7 +10,7 @@ import pytest
 from reverie.agents.dreamer import system_prompt
 from reverie.agents.llm import extract_json, llm_settings
 from reverie.orchestrator.studio import Studio
-from reverie.render.profiles import get_profile
+from reverie.profiles import get_profile
 from reverie.types import ReverieError, sha256_text
 from tests.conftest import run_cli
 from tests.openai_server import Reply, ScriptedLLM, json_content

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reverie.render.profiles import PROFILES, get_profile
+from reverie.profiles import PROFILES, get_profile
 from reverie.types import ReverieError
 from tests.conftest import run_cli
 
@@ -42,7 +42,7 @@ def invoke(*args: str):
     """The same typer app in this process (the console script is tested with run_cli above)."""
     from typer.testing import CliRunner
 
-    from reverie.orchestrator.cli import app
+    from reverie.cli import app
 
     return CliRunner().invoke(app, list(args))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reverie.render.profiles import PROFILES, SAMPLERS, get_profile
+from reverie.profiles import DEFAULT_PROFILE, FAMILIES, PROFILES, family_of, get_profile
+from reverie.render.families import ADAPTERS, SAMPLERS
 from reverie.types import Control, RenderSpec, ReverieError
 
 
@@ -23,6 +24,34 @@ def test_profiles_carry_the_defaults_experts_use():
         assert p.sampler == "euler" or p.sampler in SAMPLERS
     for cls_name, _extra in SAMPLERS.values():
         assert hasattr(diffusers, cls_name)
+
+
+def test_every_family_is_data_plus_one_adapter():
+    import diffusers
+
+    assert DEFAULT_PROFILE in PROFILES
+    assert {p.family for p in PROFILES.values()} <= set(FAMILIES) == set(ADAPTERS)
+    for name, adapter in ADAPTERS.items():
+        assert adapter.traits is FAMILIES[name]
+        for cls_name in (adapter.img2img_pipeline, adapter.controlnet_model, adapter.controlnet_pipeline):
+            assert cls_name is None or hasattr(diffusers, cls_name), cls_name
+
+
+def test_the_cfg_convention_lives_with_the_family():
+    from reverie.store.importers import parse_a1111
+    from reverie.store.pngmeta import a1111_parameters
+
+    z, sd = FAMILIES["z-image"], FAMILIES["sd15"]
+    # Z-Image's diffusers guidance 0 is CFG 1: no classifier-free guidance, so no negative prompt.
+    assert (z.runs_cfg(0.0), z.runs_cfg(0.5), z.cfg_scale(0.0), z.cfg_scale(2.5), z.guidance(1.0)) == (False, True, 1.0, 3.5, 0.0)
+    assert (sd.runs_cfg(1.0), sd.runs_cfg(1.5), sd.cfg_scale(7.0), sd.guidance(7.0)) == (False, True, 7.0, 7.0)
+    assert family_of("flux1-dev") is FAMILIES["flux"] and family_of("no-such-model") is None
+    # PNG parameters and their import agree, both ways, for every profile.
+    for p in PROFILES.values():
+        spec = RenderSpec(prompt="a fox", seed=1, width=64, height=64, steps=p.steps, guidance=p.guidance, profile=p.name)
+        text = a1111_parameters(spec)
+        assert f"CFG scale: {p.traits.cfg_scale(p.guidance)}" in text
+        assert parse_a1111(text.replace(f"Model: {p.name}", f"Model: {p.name}.safetensors")).spec.guidance == p.guidance
 
 
 def test_unknown_profile_is_one_line():

@@ -134,7 +134,7 @@ def test_sigkill_during_first_schema_creation_leaves_a_usable_home(tmp_path):
 
 
 def test_a_run_whose_process_is_gone_is_listed_as_interrupted(tmp_path):
-    from reverie.store.recovery import RunLock
+    from reverie.store.locks import RunLock
     from reverie.types import Request
 
     store = Store(tmp_path / "h")

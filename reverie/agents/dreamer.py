@@ -13,7 +13,7 @@ from typing import Callable, Optional
 from pydantic import BaseModel, Field
 
 from reverie.agents.llm import LLMClient, LLMUnavailable
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.types import Expansion, sha256_text
 
 NoticeFn = Callable[[str], None]
@@ -69,7 +69,7 @@ Answer with a JSON object only:
 """
 
 LANGUAGE_ENGLISH = "Write in English whatever language the idea is in; quoted text stays verbatim in its own language."
-LANGUAGE_ZIMAGE = ("Write in English, or in Chinese when the idea is written in Chinese (this model reads both); "
+LANGUAGE_BILINGUAL = ("Write in English, or in Chinese when the idea is written in Chinese (this model reads both); "
                    "quoted text stays verbatim in its own language.")
 
 _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|«([^»]+)»|「([^」]+)」|『([^』]+)』')
@@ -78,7 +78,7 @@ _QUOTED = re.compile(r'"([^"]+)"|“([^”]+)”|«([^»]+)»|「([^」]+)」|�
 def system_prompt(profile: Profile) -> str:
     if profile.prompt_style == "tags":
         return DREAMER_TAGS.format(family=profile.family.upper(), quality=profile.quality_tags or "(none)")
-    language = LANGUAGE_ZIMAGE if profile.family == "z-image" else LANGUAGE_ENGLISH
+    language = LANGUAGE_BILINGUAL if profile.traits.reads_chinese else LANGUAGE_ENGLISH
     return DREAMER_NATURAL.format(language=language)
 
 

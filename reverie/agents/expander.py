@@ -6,7 +6,7 @@ from typing import Protocol
 
 from reverie.agents.critic import Critique, rule_critic
 from reverie.agents.formula import expand_formula
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.types import Expansion, sha256_text
 
 

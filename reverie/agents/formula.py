@@ -10,7 +10,7 @@ import hashlib
 import random
 import re
 
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.types import Expansion
 
 MEDIUMS = [

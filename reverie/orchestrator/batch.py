@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 from reverie.orchestrator.curation import keep_diverse
 from reverie.orchestrator.requests import validate_request
-from reverie.render.profiles import get_profile
+from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import (
     Event,
     ProgressFn,
@@ -73,7 +73,7 @@ class BatchOptions:
     per_prompt: Optional[int] = None  # None: 8, or unlimited when a time budget is given
     keep: int = DEFAULT_KEEP
     hours: Optional[float] = None
-    profile: str = "z-image-turbo"
+    profile: str = DEFAULT_PROFILE
     engine: str = "auto"
     aspect: str = "1:1"
     megapixels: float = 1.0
@@ -355,7 +355,7 @@ class BatchRunner:
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> BatchResult:
-        from reverie.store.recovery import RunLock
+        from reverie.store.locks import RunLock
 
         # One process per batch: a second copy of the same command would render the same seeds.
         lock = RunLock(self.store.home, f"batch-{self.batch_id}")

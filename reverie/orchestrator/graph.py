@@ -25,12 +25,11 @@ from reverie.agents.expander import Critic, Expander
 from reverie.orchestrator import policy
 from reverie.orchestrator.curation import image_signature
 from reverie.orchestrator.worker import EngineWorker, RenderStopped
-from reverie.render.engine import Engine
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
 from reverie.scoring.scorer import Scorer
 from reverie.store.db import Store
-from reverie.types import Control, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, ReverieError, Scores
+from reverie.types import Control, Engine, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, ReverieError, Scores
 
 
 class LoopState(TypedDict, total=False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from reverie.render.profiles import Profile, get_profile
+from reverie.profiles import Profile, get_profile
 from reverie.render.resolution import check_megapixels, parse_aspect, size_for
 from reverie.types import CONTROL_KINDS, Request, ReverieError
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from reverie.config import load_config, resolve_home
-from reverie.render.engine import ENGINES, make_engine
-from reverie.render.profiles import Profile, get_profile
 from reverie.orchestrator.requests import render_size, validate_request
 from reverie.orchestrator.worker import EngineWorker
+from reverie.profiles import DEFAULT_PROFILE, Profile, get_profile
+from reverie.render.registry import ENGINES, make_engine
 from reverie.store.db import Store
 from reverie.types import Control, Event, ProgressFn, Reference, Render, Request, ReverieError
 
+TINY_PROFILE = "z-image-turbo"  # the tiny engine is a random-weight Z-Image Turbo, whatever the default profile
 EMBEDDED_TAIL = "a working pipeline with meaningless pictures until real weights are configured (see README)"
 
 
@@ -100,7 +101,7 @@ class Studio:
         home: Optional[str | Path] = None,
         *,
         engine: Any = "auto",
-        profile: str = "z-image-turbo",
+        profile: str = DEFAULT_PROFILE,
         scorer: Any = "auto",
         expander: Any = None,
         critic: Any = None,
@@ -161,7 +162,7 @@ class Studio:
         # A model path the user gave is never silently replaced by the tiny engine: a wrong path
         # must fail with the diffusers engine's one line, not render meaningless pictures. The tiny
         # engine is a Z-Image model, so another profile without weights gets the line naming `pull`.
-        if self.model_path or profile.name != "z-image-turbo" or weights_present(profile, None):
+        if self.model_path or profile.name != TINY_PROFILE or weights_present(profile, None):
             return "diffusers"
         return "tiny"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from reverie.render.profiles import Profile
+from reverie.profiles import Profile
 from reverie.types import RenderSpec, ReverieError
 
 # Files each family needs beyond what the profile names; `--comfy-file KEY=NAME` overrides any.

@@ -26,9 +26,8 @@ from typing import Optional, Sequence
 
 from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
 from reverie.render.comfy_workflow import TEXTGEN_FAMILIES, build_workflow, comfy_files, output_node, textgen_workflow
-from reverie.render.engine import OutputFn
-from reverie.render.profiles import get_profile
-from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.profiles import DEFAULT_PROFILE, get_profile
+from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 ENGINE_VERSION = "1"
@@ -255,7 +254,7 @@ class ComfyUIEngine:
     def __init__(
         self,
         servers: str | Sequence[str] | None = None,
-        profile: str = "z-image-turbo",
+        profile: str = DEFAULT_PROFILE,
         files: Optional[dict] = None,
         timeout: float = 30.0,
         stall_timeout: float = 900.0,
@@ -571,7 +570,7 @@ def textgen_lacks(info: ServerInfo, profile, files: dict) -> list[str]:
 def server_support(servers: str | Sequence[str], files: Optional[dict] = None, timeout: float = 30.0) -> list[dict]:
     """For each server and profile: can it render the profile, what it lacks, and whether the
     TextGenerate dreamer can write prompts there. One line of error for a server that does not answer."""
-    from reverie.render.profiles import PROFILES
+    from reverie.profiles import PROFILES
 
     rows = []
     for url in parse_servers(servers):

@@ -5,7 +5,8 @@ reuses the embeddings for every seed; renders seeds in batches with one torch.Ge
 seed, so a seed gives the same image alone or in a batch; implements blind steps (the first k
 steps see a zeroed conditioning, the rest the real prompt) through the step-end callback.
 Control images (canny/depth/pose) and img2img references run through pipeline variants built
-from the loaded pipeline's own components, so the weights are in memory once.
+from the loaded pipeline's own components, so the weights are in memory once. What differs
+between model families is in reverie.render.families, one adapter each.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import time
 from collections import OrderedDict
 from typing import Any, Optional, Sequence
 
-from reverie.render.engine import OutputFn
-from reverie.render.profiles import COMFY_ONLY_SAMPLERS, FLOW_FAMILIES, SAMPLERS, get_profile
+from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, get_profile
+from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS, adapter_for
 from reverie.render.weights import resolve_controlnet, resolve_weights
-from reverie.types import Control, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import Control, EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 def quiet_libraries() -> None:
@@ -97,19 +98,13 @@ def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: ([v[0]] * n if isinstance(v, list) else torch.cat([v] * n)) for k, v in embeds.items()}
 
 
-def _zeroed(embeds: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    return {k: ([torch.zeros_like(t) for t in v] if isinstance(v, list) else torch.zeros_like(v)) for k, v in embeds.items()}
-
-
 class DiffusersEngine:
     name = "diffusers"
 
     def __init__(
         self,
         model_path: Optional[str] = None,
-        profile: str = "z-image-turbo",
+        profile: str = DEFAULT_PROFILE,
         device: Optional[str] = None,
         dtype: Optional[str] = None,
         batch_size: Optional[int] = None,
@@ -122,7 +117,7 @@ class DiffusersEngine:
         import diffusers
 
         self.profile = get_profile(profile)
-        self.family = self.profile.family
+        self.adapter = adapter_for(self.profile.family)
         self.model_path = model_path
         self.controlnet_path = controlnet_path
         self.device = pick_device(device)
@@ -188,25 +183,23 @@ class DiffusersEngine:
         import diffusers
 
         if kind == "img2img":
-            if self.family == "z-image":
-                variant = diffusers.ZImageImg2ImgPipeline(**pipe.components)
-            else:
-                variant = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+            variant = self.adapter.img2img(pipe)
         else:
-            if self.family != "z-image":
-                raise ReverieError(f"{control.kind} control needs the z-image-turbo profile here: use an img2img reference with {self.profile.name}")
+            if self.adapter.controlnet_model is None:
+                raise ReverieError(f"{control.kind} control needs the {' or '.join(CONTROL_PROFILES)} profile here: "
+                                   f"use an img2img reference with {self.profile.name}")
             where = resolve_controlnet(self.profile, self.controlnet_path)
+            model_cls = getattr(diffusers, self.adapter.controlnet_model)
             try:
                 if os.path.isfile(where):
-                    controlnet = diffusers.ZImageControlNetModel.from_single_file(where, torch_dtype=self.dtype)
+                    controlnet = model_cls.from_single_file(where, torch_dtype=self.dtype)
                 else:
-                    controlnet = diffusers.ZImageControlNetModel.from_pretrained(where, torch_dtype=self.dtype)
+                    controlnet = model_cls.from_pretrained(where, torch_dtype=self.dtype)
             except (OSError, ValueError) as e:
                 raise ReverieError(f"could not load the control net from {where}: {_first_line(e)}") from None
             if not (self.cpu_offload and self.device.startswith("cuda")):
                 controlnet.to(self.device)
-            # The control net borrows the transformer's embedders and refiners; nothing is copied.
-            variant = diffusers.ZImageControlNetPipeline(**pipe.components, controlnet=controlnet)
+            variant = self.adapter.controlnet(pipe, controlnet)
             if self.cpu_offload and self.device.startswith("cuda"):
                 variant.enable_model_cpu_offload()
         variant.set_progress_bar_config(disable=True)
@@ -216,7 +209,7 @@ class DiffusersEngine:
     def _scheduler(self, sampler: str):
         if sampler in COMFY_ONLY_SAMPLERS:
             raise ReverieError(f"sampler {sampler} exists only in ComfyUI: use --engine comfyui, or sampler euler with diffusers")
-        if self.family in FLOW_FAMILIES:
+        if self.adapter.traits.flow:
             if sampler != "euler":
                 raise ReverieError(f"sampler {sampler} does not apply to {self.profile.name} (a flow-matching model): use euler")
             return self._base_scheduler
@@ -230,10 +223,6 @@ class DiffusersEngine:
         return self._schedulers[sampler]
 
     # -- prompt embeddings -----------------------------------------------------------------
-    def _cfg(self, guidance: float) -> bool:
-        # Z-Image runs CFG for any guidance above 0 (0 is "CFG 1"); the others above 1.
-        return guidance > (0.0 if self.family == "z-image" else 1.0)
-
     def _embeddings(self, prompt: str, negative: str = "", cfg: bool = False) -> dict[str, Any]:
         """Batch-of-one embeddings for (prompt, negative), named as the pipeline's call takes them."""
         negative = negative if cfg else ""
@@ -245,55 +234,12 @@ class DiffusersEngine:
         device = pipe._execution_device
         # diffusers counts clip skip from the last layer (1 = penultimate); A1111 and the profile from 1 = none.
         clip_skip = (self.profile.clip_skip - 1) or None
-        if self.family == "z-image":
-            pos, neg = pipe.encode_prompt(prompt=prompt, device=device, do_classifier_free_guidance=cfg,
-                                          negative_prompt=negative or None)
-            embeds = {"prompt_embeds": [pos[0]]}
-            if cfg:
-                embeds["negative_prompt_embeds"] = [neg[0]]
-        elif self.family == "flux":
-            pos, pooled, _text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1)
-            embeds = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
-        elif self.family == "sdxl":
-            pos, neg, pooled, neg_pooled = pipe.encode_prompt(
-                prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                negative_prompt=negative or None, clip_skip=clip_skip)
-            embeds = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
-            if cfg:
-                embeds.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
-        else:  # sd15 and other StableDiffusionPipeline families
-            pos, neg = pipe.encode_prompt(prompt, device, 1, cfg, negative_prompt=negative or None, clip_skip=clip_skip)
-            embeds = {"prompt_embeds": pos}
-            if cfg:
-                embeds["negative_prompt_embeds"] = neg
+        embeds = self.adapter.encode(pipe, prompt, negative, cfg, clip_skip, device)
         self.encoder_calls += 1
         self._embeds[key] = embeds
         while len(self._embeds) > self._embed_cache_size:
             self._embeds.popitem(last=False)
         return embeds
-
-    def _blind(self, real: dict[str, Any], cfg: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Call kwargs for the blind first steps, and what the step-end callback swaps in after them.
-
-        The callback hands back tensors in the form the denoising loop holds them: UNet
-        pipelines keep [negative, positive] concatenated once CFG is on.
-        """
-        import torch
-
-        positive = {k: v for k, v in real.items() if not k.startswith("negative")}
-        if self.family == "flux":
-            # Flux's loop only lets the callback replace the T5 sequence; the pooled CLIP vector stays.
-            positive = {"prompt_embeds": real["prompt_embeds"]}
-        start = {**real, **_zeroed(positive)}
-        if self.family in ("sd15", "sdxl") and cfg:
-            swap = {"prompt_embeds": torch.cat([real["negative_prompt_embeds"], real["prompt_embeds"]])}
-            if self.family == "sdxl":
-                swap["add_text_embeds"] = torch.cat([real["negative_pooled_prompt_embeds"], real["pooled_prompt_embeds"]])
-        elif self.family == "sdxl":
-            swap = {"prompt_embeds": real["prompt_embeds"], "add_text_embeds": real["pooled_prompt_embeds"]}
-        else:
-            swap = {"prompt_embeds": real["prompt_embeds"]}
-        return start, swap
 
     # -- rendering -------------------------------------------------------------------------
     @staticmethod
@@ -338,7 +284,7 @@ class DiffusersEngine:
         spec = batch[0]
         t0 = time.perf_counter()
         runner = self._variant(spec.control)
-        cfg = self._cfg(spec.guidance)
+        cfg = self.adapter.traits.runs_cfg(spec.guidance)
         seeds = [int(s.seed) for s in batch]
         if self.pad_batches and len(seeds) < self.batch_size:
             seeds += [0] * (self.batch_size - len(seeds))
@@ -347,7 +293,7 @@ class DiffusersEngine:
         callback = None
         embeds = real
         if blind:
-            embeds, swap = self._blind(real, cfg)
+            embeds, swap = self.adapter.blind(real, cfg)
 
             def callback(pipeline, step, timestep, kwargs):
                 # After step `blind - 1` the rest of the schedule sees the real prompt.

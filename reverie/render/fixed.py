@@ -9,8 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from reverie.render.engine import OutputFn
-from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 class FixedLatencyEngine:

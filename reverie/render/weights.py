@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from reverie.render.profiles import PROFILES, Profile
+from reverie.profiles import CONTROL_PROFILES, PROFILES, Profile
 from reverie.types import ReverieError
 
 # A diffusers repo often carries the same weights several times (fp16 copies, .bin, ONNX, a
@@ -116,7 +116,7 @@ def resolve_controlnet(profile: Profile, controlnet_path: Optional[str]) -> str:
             raise ReverieError(f"control net path {controlnet_path} does not exist: point controlnet_path at a folder or .safetensors file")
         return str(p)
     if not profile.control_repo:
-        raise ReverieError(f"profile {profile.name} has no control net in reverie: use img2img references, or the z-image-turbo profile")
+        raise ReverieError(f"profile {profile.name} has no control net in reverie: use img2img references, or the {' or '.join(CONTROL_PROFILES)} profile")
     found = where(Downloadable(control_name(profile), "control", profile.control_repo, (profile.control_file,)))
     if found is None:
         raise ReverieError(f"the control net for {profile.name} is not on this machine: run `reverie models pull {control_name(profile)}`")

@@ -161,7 +161,7 @@ class Store:
 
     def _honest_status(self, run: dict) -> dict:
         """A run marked running whose process is gone (killed, crashed) is shown as interrupted."""
-        from reverie.store.recovery import RunLock
+        from reverie.store.locks import RunLock
 
         try:
             gone = run.get("status") == "running" and not RunLock(self.home, run["id"]).held_elsewhere()
@@ -435,6 +435,6 @@ def blank_image_error(image) -> str:
 
 
 def _version() -> str:
-    from reverie import __version__
+    from reverie.version import __version__
 
     return __version__

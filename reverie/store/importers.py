@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from reverie.profiles import family_of
 from reverie.store.pngmeta import SAMPLER_NAMES
 from reverie.types import RenderSpec, ReverieError
 
@@ -43,8 +44,8 @@ def guess_profile(model_name: str) -> str:
 
 
 def _guidance(profile: str, cfg: float) -> float:
-    # Z-Image's CFG 1 (ComfyUI, A1111) is guidance_scale 0 in diffusers; see pngmeta.cfg_scale.
-    return round(cfg - 1.0, 3) if profile.startswith("z-image") else cfg
+    family = family_of(profile)
+    return family.guidance(cfg) if family else cfg
 
 
 def _sampler(name: str) -> str:

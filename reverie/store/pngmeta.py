@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from PIL import Image, PngImagePlugin
 
+from reverie.profiles import family_of
 from reverie.types import RenderSpec
 
 SAMPLER_NAMES = {
@@ -28,10 +29,9 @@ SAMPLER_NAMES = {
 
 
 def cfg_scale(spec: RenderSpec) -> float:
-    """CFG as A1111 and ComfyUI users read it. Z-Image's diffusers guidance 0.0 is CFG 1."""
-    if spec.profile.startswith("z-image"):
-        return round(spec.guidance + 1.0, 3)
-    return spec.guidance
+    """CFG as A1111 and ComfyUI users read it (Z-Image's diffusers guidance 0.0 is CFG 1)."""
+    family = family_of(spec.profile)
+    return family.cfg_scale(spec.guidance) if family else spec.guidance
 
 
 def a1111_parameters(spec: RenderSpec, version: str = "") -> str:

@@ -1,8 +1,6 @@
-"""Crash recovery: who owns a run, files a crash left behind, rows whose file went missing.
+"""Crash recovery: claiming a run to continue, files a crash left behind, rows whose file went missing.
 
-A run is owned by the process holding an advisory lock (flock) on `locks/run-<id>.lock`. The
-kernel drops the lock when the process dies, however it dies, so a SIGKILLed run is free to be
-resumed at once and a live one is never resumed twice (no pid-reuse guesswork).
+Who owns a run is store/locks.py's RunLock.
 """
 
 from __future__ import annotations
@@ -13,54 +11,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from reverie.store.pngmeta import file_sha256, read_reverie_meta
+from reverie.store.locks import RunLock
 from reverie.types import EngineOutput, RenderSpec
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; runs are still resumable, just unguarded
-    fcntl = None  # type: ignore[assignment]
-
 UNFINISHED = ("running", "interrupted")
-
-
-class RunLock:
-    """An exclusive, non-blocking advisory lock on one run id, released when the process ends."""
-
-    def __init__(self, home: Path, run_id: str):
-        self.path = Path(home) / "locks" / f"run-{run_id}.lock"
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return True
-
-    def held_elsewhere(self) -> bool:
-        """True when another live process holds this run."""
-        if fcntl is None or not self.path.exists():
-            return False
-        fd = os.open(self.path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)  # closing drops the probe lock
-        return False
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def claim_run(store, request, engine: str, base_seed: int, identity: str = "") -> tuple[str, int, RunLock, bool]:

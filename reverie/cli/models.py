@@ -1,4 +1,4 @@
-"""CLI commands for models (registered on the main app by reverie.orchestrator.cli).
+"""CLI commands for models (registered on the app in reverie.cli).
 
 `reverie models` lists what can render and score and whether its weights are here;
 `reverie models pull NAME` is the only command that downloads anything.
@@ -14,11 +14,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from reverie.orchestrator.cli import app, err, friendly, out
+from reverie.cli.common import err, friendly, out
 from reverie.types import Event, ReverieError
 
 models_app = typer.Typer(help="List model profiles and their weights; `pull` downloads one.", invoke_without_command=True)
-app.add_typer(models_app, name="models")
 
 
 def _scorer_models(home: Optional[str]) -> list:
@@ -35,7 +34,7 @@ def _scorer_models(home: Optional[str]) -> list:
 
 def model_rows(home: Optional[str] = None) -> list[dict]:
     from reverie.config import resolve_home
-    from reverie.render.profiles import PROFILES
+    from reverie.profiles import PROFILES
     from reverie.render.weights import downloadables, where
 
     models_dir = resolve_home(home) / "models"
@@ -123,7 +122,7 @@ def pull(
 
 def _comfy_models(urls: List[str], files: List[str], as_json: bool) -> None:
     """Per profile, whether each ComfyUI server can render it and what it lacks."""
-    from reverie.orchestrator.cli import parse_comfy_files
+    from reverie.cli.common import parse_comfy_files
     from reverie.render.comfyui import server_support
 
     rows = server_support(urls, parse_comfy_files(files))

@@ -1,4 +1,4 @@
-"""CLI commands for scoring (registered on the main app by reverie.orchestrator.cli)."""
+"""CLI commands for scoring (registered on the app in reverie.cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from reverie.orchestrator.cli import app, err, friendly, out, say  # noqa: F401
+from reverie.cli.common import err, friendly, out, say
 from reverie.types import ReverieError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -68,7 +68,6 @@ def load_chunks(files: list[Path]) -> Iterator[tuple[list[Path], list, int]]:
         yield paths, images, bad
 
 
-@app.command()
 @friendly
 def score(
     paths: List[str] = typer.Argument(..., help="Image files or folders (searched recursively for png/jpg/webp)."),

@@ -1,4 +1,4 @@
-"""CLI commands for agents (registered on the main app by reverie.orchestrator.cli)."""
+"""CLI commands for agents (registered on the app in reverie.cli)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from reverie.orchestrator.cli import CONFIG, LLM_MODEL, LLM_URL, CliProgress, app, err, friendly, out  # noqa: F401
+from reverie.cli.common import CONFIG, LLM_MODEL, LLM_URL, CliProgress, friendly, out
+from reverie.profiles import DEFAULT_PROFILE
 
 
-@app.command()
 @friendly
 def expand(
     idea: str = typer.Argument(..., help="What to make, in a few words."),
-    profile: str = typer.Option("z-image-turbo", "--profile", help="Model profile whose prompt style to write."),
+    profile: str = typer.Option(DEFAULT_PROFILE, "--profile", help="Model profile whose prompt style to write."),
     k: int = typer.Option(1, "--k", help="How many different interpretations (1-8)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the offline formula expander."),
     llm_url: Optional[str] = LLM_URL,
@@ -26,7 +26,7 @@ def expand(
     """Print prompt expansions of an idea without rendering anything."""
     from reverie.orchestrator.requests import clean_idea
     from reverie.orchestrator.studio import Studio
-    from reverie.render.profiles import get_profile
+    from reverie.profiles import get_profile
     from reverie.types import ReverieError
 
     if not 1 <= k <= 8:

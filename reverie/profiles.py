@@ -1,17 +1,58 @@
-"""Model profiles: the defaults that users of each model family rely on. Data, not code."""
+"""Model profiles and model families: the defaults that users of each model rely on. Data, not code.
+
+A family is what every engine and file format must agree on about a kind of model (its CFG
+convention, whether it is flow-matching); a profile is one model of a family with its defaults.
+Adding a family is one `Family` entry and its profiles here, plus one diffusers adapter in
+reverie/render/families.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
-from reverie.types import ReverieError
+from reverie.errors import ReverieError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    # Flow-matching: the model keeps the scheduler it ships with, and `shift` is its variety knob.
+    flow: bool
+    # CFG as ComfyUI and A1111 users write it = diffusers guidance + cfg_offset. Z-Image's
+    # diffusers guidance 0.0 is CFG 1 (no classifier-free guidance); the others run CFG above 1.
+    cfg_offset: float = 0.0
+    # The text encoder reads Chinese as well as English, so a prompt may stay in Chinese.
+    reads_chinese: bool = False
+
+    def runs_cfg(self, guidance: float) -> bool:
+        """Whether a diffusers pipeline of this family runs classifier-free guidance (and so a negative prompt)."""
+        return guidance > 1.0 - self.cfg_offset
+
+    def cfg_scale(self, guidance: float) -> float:
+        """Diffusers guidance -> the CFG scale ComfyUI and A1111 show."""
+        return round(guidance + self.cfg_offset, 3) if self.cfg_offset else guidance
+
+    def guidance(self, cfg_scale: float) -> float:
+        """The CFG scale ComfyUI and A1111 write -> diffusers guidance."""
+        return round(cfg_scale - self.cfg_offset, 3) if self.cfg_offset else cfg_scale
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family(name="z-image", flow=True, cfg_offset=1.0, reads_chinese=True),
+        Family(name="flux", flow=True),
+        Family(name="sdxl", flow=False),
+        Family(name="sd15", flow=False),
+    ]
+}
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    family: str
+    family: str  # a key of FAMILIES
     pipeline: str  # diffusers pipeline class name
     repo_id: str  # Hugging Face repo with diffusers-format weights
     steps: int
@@ -31,6 +72,10 @@ class Profile:
     control_repo: str = ""
     control_file: str = ""
     notes: str = ""
+
+    @property
+    def traits(self) -> Family:
+        return FAMILIES[self.family]
 
 
 PROFILES: dict[str, Profile] = {
@@ -150,19 +195,8 @@ PROFILES: dict[str, Profile] = {
 
 DEFAULT_PROFILE = "z-image-turbo"
 
-# Sampler names as ComfyUI and A1111 users write them -> (diffusers scheduler class, extra config).
-# Flow-matching models (Z-Image, Flux) keep the scheduler they ship with for "euler";
-# res_multistep exists only in ComfyUI, so the diffusers engine refuses it by name.
-SAMPLERS: dict[str, tuple[str, dict]] = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "dpmpp_2m_sde_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
-FLOW_FAMILIES = ("z-image", "flux")
-COMFY_ONLY_SAMPLERS = ("res_multistep",)
+# The profiles whose control net (canny, depth, pose) reverie knows where to find.
+CONTROL_PROFILES: tuple[str, ...] = tuple(name for name, p in PROFILES.items() if p.control_repo)
 
 
 def get_profile(name: str) -> Profile:
@@ -172,3 +206,9 @@ def get_profile(name: str) -> Profile:
         raise ReverieError(
             f"unknown profile {name!r}: use one of {', '.join(PROFILES)} (see `reverie models`)"
         ) from None
+
+
+def family_of(profile_name: str) -> Family | None:
+    """The family of a profile named in a spec or a PNG; None for a name reverie does not know."""
+    profile = PROFILES.get(profile_name)
+    return FAMILIES[profile.family] if profile else None

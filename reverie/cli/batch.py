@@ -1,4 +1,4 @@
-"""CLI commands for batch and chat (registered on the main app by reverie.orchestrator.cli)."""
+"""CLI commands for batch and chat (registered on the app in reverie.cli)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME,  # noqa: F401
-                                      LLM_MODEL, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, app, engine_choice,
-                                      err, friendly, out, say)
+from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
+                                LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, err, friendly, out, say)
 from reverie.types import Event, ReverieError
 
 
@@ -65,7 +64,6 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-@app.command()
 @friendly
 def batch(
     file: str = typer.Argument(..., help="Text file, one idea per line (# comments), or JSONL with per-idea overrides."),
@@ -133,7 +131,6 @@ def batch(
         raise typer.Exit(2)
 
 
-@app.command()
 @friendly
 def chat(
     session: Optional[str] = typer.Option(None, "--session", help="Session name; an existing one is resumed."),

@@ -1,4 +1,4 @@
-"""CLI commands for lineage (registered on the main app by reverie.orchestrator.cli):
+"""CLI commands for lineage (registered on the app in reverie.cli):
 `lineage`, `reproduce` and `export`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from reverie.orchestrator.cli import MODEL_PATH, app, err, friendly, out  # noqa: F401
+from reverie.cli.common import MODEL_PATH, err, friendly, out
 from reverie.types import RenderSpec, ReverieError
 
 
@@ -40,7 +40,6 @@ def _describe_file(path: str) -> dict:
             "spec": recipe.spec.to_dict(), "model": recipe.model, "extra": recipe.extra}
 
 
-@app.command()
 @friendly
 def lineage(
     image_or_id: str = typer.Argument(..., help="A render id, an image file, or a sha256/spec-hash prefix."),
@@ -118,7 +117,6 @@ def _print_lineage(info: dict) -> None:
         _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer", parts)
 
 
-@app.command()
 @friendly
 def reproduce(
     image: str = typer.Argument(..., help="A PNG made by reverie (or A1111 / ComfyUI)."),
@@ -132,7 +130,7 @@ def reproduce(
     from PIL import Image
 
     from reverie.config import resolve_home
-    from reverie.render.engine import make_engine
+    from reverie.render.registry import make_engine
 
     info = _describe_file(image)
     spec = RenderSpec.from_dict(info["spec"])
@@ -171,7 +169,6 @@ def reproduce(
     raise typer.Exit(1)
 
 
-@app.command()
 @friendly
 def export(
     run_id: str = typer.Argument(..., help="A run id (a unique prefix is enough)."),

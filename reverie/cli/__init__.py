@@ -1,0 +1,48 @@
+"""The `reverie` command line: a thin layer over Studio.
+
+Every command is registered here, in the order `reverie --help` lists them; the command modules
+import only reverie.cli.common, never this package, so the CLI has no import circle.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from reverie.cli import agents, batch, lineage, models, runs, scoring
+from reverie.cli.common import err, say
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: terse idea in, excellent images out, every one explained.")
+
+for command in (runs.make, runs.runs, runs.show, agents.expand, batch.batch, batch.chat, lineage.lineage, lineage.reproduce,
+                lineage.export, scoring.score):
+    app.command()(command)
+app.add_typer(models.models_app, name="models")
+
+
+def main() -> None:
+    """Run the CLI; a mistyped command or option is one `error:` line too, not a usage box."""
+    try:  # recent typer vendors its own click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as cx
+
+    try:
+        code = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as e:
+        # `reverie` alone (or a group alone): the help is what the user wants to see.
+        print(e.ctx.get_help() if e.ctx else "")
+        sys.exit(0)
+    except cx.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "reverie"
+        say(err, "error:", f"{e.format_message()} (see `{where} --help`)", style="bold red")
+        sys.exit(2)
+    except typer.Abort:
+        say(err, "interrupted:", "everything rendered so far is saved; run the same command to continue")
+        sys.exit(130)
+    except cx.ClickException as e:
+        say(err, "error:", e.format_message(), style="bold red")
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+

@@ -1,0 +1,149 @@
+"""What every `reverie` command shares: the consoles, one-line errors, the progress bar and the options."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from reverie.profiles import DEFAULT_PROFILE
+from reverie.types import Event, ReverieError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def say(console: Console, label: str, message: Any, style: str = "yellow") -> None:
+    """`label` in colour, then `message` verbatim: text from users, LLMs and engines may hold [brackets]."""
+    console.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
+
+
+def print_paths(rows: List[tuple[str, str]]) -> None:
+    """Image paths each on one unbroken line, whatever the terminal width: a path cut by a table
+    cell or a tree rail cannot be copied in one go."""
+    width = max((len(key) for key, _ in rows), default=0)
+    for key, path in rows:
+        out.print(Text(f"{key:>{width}}  {path}"), soft_wrap=True, highlight=False)
+
+
+def friendly(fn: Callable) -> Callable:
+    """One clear line for every error a user can cause; a traceback only with REVERIE_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return fn(*args, **kwargs)
+        except ReverieError as e:
+            say(err, "error:", e, style="bold red")
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("interrupted: everything rendered so far is saved; run the same command to continue")
+            raise typer.Exit(130)
+        except typer.Exit:
+            raise
+        except Exception as e:  # unexpected: still one line, and the way to see more
+            if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+                # Another program held the database past the busy timeout; nothing was written.
+                err.print("[bold red]error:[/] the database is locked by another program: let it finish, or set "
+                          "REVERIE_BUSY_TIMEOUT (seconds) to wait longer", highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
+            if os.environ.get("REVERIE_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            say(err, "error:", f"{type(e).__name__}: {first} (set REVERIE_DEBUG=1 for the traceback)", style="bold red")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+class CliProgress:
+    """Draws a rich progress bar from Studio events; notices go to stderr once each."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress: Optional[Progress] = None
+        self.task = None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "notice":
+            say(err, "reverie:", event.data["message"])
+            return
+        if self.quiet:
+            return
+        if event.kind == "run_started":
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=err, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task(f"run {event.data['run_id']}", total=event.data["budget"], status="")
+        elif self.progress is None:
+            return
+        elif event.kind == "rendered":
+            self.progress.advance(self.task)
+        elif event.kind == "expanded":
+            self.progress.update(self.task, status=escape(f"round {event.data['round'] + 1}: {event.data['source']} prompt"))
+        elif event.kind == "scored":
+            self.progress.update(self.task, status=escape(f"best {event.data['best']:.3f} ({event.data['scorer']})"))
+        elif event.kind == "judged" and event.data["decision"] == "finish":
+            done = self.progress.tasks[0].completed
+            self.progress.update(self.task, total=done, status=escape(event.data["reason"]))
+        elif event.kind == "finished":
+            self.stop()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# Options several commands share, declared once.
+HOME = typer.Option(None, "--home", help="Data folder (default $REVERIE_HOME or the user data dir).")
+PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", help="Model profile (`reverie models` lists them).")
+ENGINE = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui, or fixed (a fixed-latency stand-in for benchmarks).")
+SCORER = typer.Option("auto", "--scorer", help="auto, clip or heuristic.")
+LLM_URL = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1.")
+LLM_MODEL = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first).")
+CONFIG = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml).")
+MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
+
+
+def parse_comfy_files(items: List[str]) -> dict:
+    files = {}
+    for item in items:
+        key, sep, name = item.partition("=")
+        if not sep or not key.strip() or not name.strip():
+            raise ReverieError(f"--comfy-file {item!r} is not KEY=NAME: write e.g. --comfy-file unet=z_image_turbo_bf16.safetensors")
+        files[key.strip()] = name.strip()
+    return files
+
+
+# The engine options `make` and `batch` share, read by engine_choice().
+COMFY_URL = typer.Option(None, "--comfy-url", help="ComfyUI server (repeat for a pool); implies --engine comfyui.")
+COMFY_FILE = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME (e.g. unet=my_zimage.safetensors).")
+DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu (default: the best there is).")
+DTYPE = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default: bf16 on GPUs, fp32 on CPU).")
+BATCH_SIZE = typer.Option(None, "--batch-size", help="Seeds per forward pass (default: from GPU memory).")
+CPU_OFFLOAD = typer.Option(False, "--cpu-offload", help="Keep idle model parts in RAM (small GPUs).")
+
+
+def engine_choice(engine: str, comfy_url: Optional[List[str]], comfy_file: Optional[List[str]], device: Optional[str],
+                  dtype: Optional[str], batch_size: Optional[int], cpu_offload: bool) -> tuple[str, dict]:
+    """The engine name and its options from the shared engine flags: ComfyUI flags imply ComfyUI;
+    device, dtype, batch size and offload are for the in-process engines."""
+    options: dict[str, Any] = {}
+    if comfy_url or comfy_file:
+        if engine not in ("auto", "comfyui"):
+            raise ReverieError(f"--comfy-url and --comfy-file are for the ComfyUI engine: drop them or pass --engine comfyui, not {engine}")
+        engine = "comfyui"
+        options = {"servers": comfy_url or None, "files": parse_comfy_files(comfy_file or [])}
+    if engine != "comfyui":  # in-process engines only
+        options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
+                                          "cpu_offload": cpu_offload or None}.items() if v is not None})
+    return engine, options

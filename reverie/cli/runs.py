@@ -1,0 +1,143 @@
+"""`make`, and the commands that look at runs: `runs` and `show`."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
+                                LLM_URL, MODEL_PATH, PROFILE, CliProgress, engine_choice, friendly, out, print_paths)
+from reverie.types import ReverieError
+
+
+@friendly
+def make(
+    idea: str = typer.Argument(..., help="What to make, in a few words."),
+    n: int = typer.Option(4, "--n", help="Images per round."),
+    rounds: int = typer.Option(2, "--rounds", help="Most rounds to run."),
+    target: Optional[float] = typer.Option(None, "--target", help="Stop when the best composite score reaches this."),
+    aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H, e.g. 2:3 or 16:9."),
+    megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (0.01-4)."),
+    profile: str = PROFILE,
+    engine: str = ENGINE,
+    seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
+    home: Optional[str] = HOME,
+    model_path: Optional[str] = MODEL_PATH,
+    llm_url: Optional[str] = LLM_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    config: Optional[str] = CONFIG,
+    ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
+    control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
+    comfy_url: Optional[List[str]] = COMFY_URL,
+    comfy_file: Optional[List[str]] = COMFY_FILE,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    batch_size: Optional[int] = BATCH_SIZE,
+    cpu_offload: bool = CPU_OFFLOAD,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+):
+    """Expand an idea, render, score and loop; print the best images."""
+    from reverie.orchestrator.studio import Studio
+
+    progress = CliProgress(quiet=as_json)
+    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
+    if control != "auto" and not ref:
+        raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
+    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
+                    llm_model=llm_model, config=config, engine_options=engine_options)
+    references = [{"path": ref, "control": control}] if ref else []
+    try:
+        result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
+                             seed=seed, progress=progress, references=references)
+    finally:
+        progress.stop()
+        studio.close()
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    # A title line, not the table's title: the narrow table would wrap it into a column.
+    out.print(Text(f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})", style="bold"),
+              highlight=False)
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("seed", justify="right")
+    table.add_column("render", justify="right")
+    for i, r in enumerate(result.best, 1):
+        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), str(r.id))
+    out.print(table)
+    print_paths([(str(i), r.path) for i, r in enumerate(result.best, 1)])
+    out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
+
+
+@friendly
+def runs(
+    home: Optional[str] = typer.Option(None, "--home"),
+    limit: int = typer.Option(30, "--limit"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """List runs, newest first."""
+    from reverie.config import resolve_home
+    from reverie.store.db import Store
+
+    store = Store(resolve_home(home))
+    rows = store.list_runs(limit)
+    if as_json:
+        print(json.dumps([{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")} for r in rows]))
+        return
+    table = Table()
+    for col in ("run", "status", "renders", "best", "profile", "idea"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
+                      r["profile"], Text(r["idea"][:60]))
+    out.print(table)
+
+
+@friendly
+def show(
+    run_id: str = typer.Argument(..., help="A run id (a unique prefix is enough)."),
+    home: Optional[str] = typer.Option(None, "--home"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Show the tree of one run: idea, prompts, renders, scores."""
+    from reverie.config import resolve_home
+    from reverie.store.db import Store
+
+    tree = Store(resolve_home(home)).run_tree(run_id)
+    if as_json:
+        print(json.dumps(tree, ensure_ascii=False, default=str))
+        return
+    run = tree["run"]
+    root = Tree(f"[bold]{run['id']}[/]  {run['status']}  [dim]{escape(run['stop_reason'] or '')}[/]\nidea: {escape(run['idea'])}")
+
+    def add(node: Tree, p: dict) -> None:
+        label = escape(f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else ""))
+        # The whole prompt: it is what made the images, and a cut one cannot be copied or compared.
+        child = node.add(f"{label}\n[dim]{escape(p['text'])}[/]")
+        for r in p["renders"]:
+            s = r["scores"] or {}
+            score = f"{s.get('composite', 0):.3f}" if s else r["status"]
+            # A prompt kept for another round gets new seeds; the render's own round says which.
+            # The path goes in the list below the tree, where nothing wraps it; an error stays here.
+            on = f" on {r['worker']}" if r.get("worker") not in (None, "", "local") else ""
+            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}{on}"
+                           + (f"\n{r['error']}" if r["error"] and not r["path"] else "")))
+            if r["path"]:
+                paths.append((f"render {r['id']}", r["path"]))
+        for c in p["children"]:
+            add(child, c)
+
+    paths: List[tuple[str, str]] = []
+    for p in tree["prompts"]:
+        add(root, p)
+    out.print(root, highlight=False)
+    if paths:
+        out.print("[bold]images[/]")
+        print_paths(paths)
