@@ -233,3 +233,24 @@ def test_ctrl_c_cancels_the_turn_and_keeps_it(tmp_path):
         assert [t["turn"] for t in studio.store.chats.turns("s")] == [1]
         nxt = studio.chat("s", "make it night", n=2, rounds=1, megapixels=0.02)
         assert nxt.turn == 2 and nxt.parent_run_id == turn.run_id and not nxt.cancelled
+
+
+def test_cli_chat_help_renders_nothing(tmp_path):
+    home = tmp_path / "home"
+    r = run_cli("chat", "--session", "s", "--engine", "fixed", "--scorer", "heuristic", home=home,
+                input="/help\n/frobnicate\n/show 1\n/quit\n")
+    assert r.returncode == 0, r.stderr
+    assert "/undo" in r.stdout and "unknown command /frobnicate: /help lists the commands" in r.stderr
+    assert "no images yet" in r.stdout and "Traceback" not in r.stderr
+    import sqlite3
+
+    with sqlite3.connect(home / "reverie.db") as conn:
+        assert conn.execute("select count(*) from renders").fetchone()[0] == 0
+        assert conn.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_cli_chat_turn_shows_its_prompt(tmp_path):
+    r = run_cli("chat", "--session", "s", "--n", "2", "--megapixels", "0.02", "--engine", "fixed", "--scorer",
+                "heuristic", home=tmp_path / "home", input="a fox in the rain\nkeep the pose but make it a knight\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("  prompt: ") == 2 and "subject: a knight" in r.stdout and "(read by offline rules)" in r.stdout

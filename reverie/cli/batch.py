@@ -148,7 +148,7 @@ def chat(
     config: Optional[str] = CONFIG,
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
-    from reverie.orchestrator.chat import new_session_name, session_turns
+    from reverie.orchestrator.chat import chat_command, is_command, new_session_name, session_turns
     from reverie.orchestrator.studio import Studio
 
     interactive = sys.stdin.isatty()
@@ -161,7 +161,8 @@ def chat(
             last = previous[-1]
             out.print(f"session {name}: resumed after turn {last['turn']} ({last['idea']})", markup=False, highlight=False)
         else:
-            out.print(f"session {name} (continue it later with --session {name}); /quit to leave", markup=False, highlight=False)
+            out.print(f"session {name} (continue it later with --session {name}); /help for commands, /quit to leave",
+                      markup=False, highlight=False)
         while True:
             if interactive:
                 out.print("[bold]you>[/] ", end="")
@@ -171,8 +172,16 @@ def chat(
             message = line.strip()
             if not message:
                 continue
-            if message in ("/quit", "/exit", "/q"):
-                break
+            if is_command(message):  # slash commands answer here and never become a prompt
+                try:
+                    reply = chat_command(studio, name, message)
+                except ReverieError as e:
+                    err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+                    continue
+                if reply.quit:
+                    break
+                out.print(reply.text, markup=False, highlight=False, soft_wrap=True)
+                continue
             progress = CliProgress(quiet=not interactive)
             try:
                 turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels)
@@ -180,12 +189,19 @@ def chat(
                 # One bad turn does not end the conversation; the session keeps its earlier turns.
                 err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                 continue
+            except KeyboardInterrupt:  # Ctrl-C before the turn's run began: nothing to keep
+                err.print("turn cancelled; the session goes on (/quit to leave)", markup=False, highlight=False)
+                continue
             finally:
                 progress.stop()
-            out.print(f"turn {turn.turn} (run {turn.run_id}): {turn.interpretation.summary}",
+            state = " (cancelled with Ctrl-C: what it rendered is kept)" if turn.cancelled else ""
+            out.print(f"turn {turn.turn} (run {turn.run_id}){state}: {turn.interpretation.summary}",
                       markup=False, highlight=False, soft_wrap=True)
+            if turn.prompt:
+                out.print(f"  prompt: {turn.prompt}", markup=False, highlight=False, soft_wrap=True)
             for i, r in enumerate(turn.best, 1):
-                score = f"{r.scores.composite:.3f}" if r.scores else "-"
-                out.print(f"  {i}. score {score}  seed {r.seed}  {r.path}", markup=False, highlight=False, soft_wrap=True)
+                score = f"{r.scores.composite:.3f} ({r.scores.scorer})" if r.scores else "-"
+                out.print(f"  {i}. score {score}  seed {r.seed}", markup=False, highlight=False)
+                out.print(f"     {r.path}", markup=False, highlight=False, soft_wrap=True)
     finally:
         studio.close()
