@@ -236,7 +236,7 @@ def test_heuristic_scorer_is_named_and_in_range():
     s = make_scorer("heuristic", table={})
     out = s.score(distinct_pictures(), ["x"] * 3, ["x"] * 3)
     assert all(o.scorer == "heuristic" and 0 <= o.composite <= 1 for o in out)
-    assert set(out[0].values) == {"sharpness", "exposure", "colourfulness", "noise"}
+    assert set(out[0].values) == {"sharpness", "noise", "exposure", "contrast", "colourfulness"}
 
 
 @pytest.mark.slow  # imports transformers and builds a second tiny model
