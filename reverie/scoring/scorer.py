@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
-from reverie.scoring.composite import DEFAULT_WEIGHTS, check_weights, composite
+from reverie.scoring.composite import DEFAULT_WEIGHTS, REFERENCE_VERSION, check_weights, composite
 from reverie.types import ReverieError, Scores
 
 SCORERS = ("auto", "heuristic", "clip")
@@ -134,7 +134,7 @@ class ClipScorer:
                 total, normalised = composite(values, self.weights)
                 out.append(Scores(values=values, composite=round(total, 5), scorer=self.name,
                                   details={"normalised": {k: round(v, 5) for k, v in normalised.items()},
-                                           "clip_model": self.clip.model_name},
+                                           "reference": REFERENCE_VERSION, "clip_model": self.clip.model_name},
                                   embedding=tuple(embeddings[i])))
         return out
 
