@@ -248,7 +248,7 @@ def test_pickscore_joins_when_its_folder_is_present(tiny_scoring, tmp_path):
     from reverie.scoring.tiny import write_tiny_pickscore
 
     folder = write_tiny_pickscore(tmp_path / "pickscore")
-    s = make_scorer("clip", table={**tiny_scoring, "pickscore": folder}, device="cpu", batch_size=2)
+    s = make_scorer("clip", table={**tiny_scoring, "pickscore": folder, "held_out": "off"}, device="cpu", batch_size=2)
     assert s.name == "clip+aesthetic+pickscore"
     images, prompts = pictures(3), ["a fox", "a red fox, 2 tails", "a lighthouse"]
     scores = s.score(images, prompts, prompts)

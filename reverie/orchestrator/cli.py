@@ -253,6 +253,7 @@ def show(
 ):
     """Show the tree of one run: idea, prompts, renders, scores."""
     from reverie.config import resolve_home
+    from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
 
     store = Store(resolve_home(home))
@@ -283,6 +284,7 @@ def show(
     for p in tree["prompts"]:
         add(root, p)
     out.print(root, highlight=False)
+    out.print(Text(held_out_line(store, run["id"])), highlight=False)
     if paths:
         out.print("[bold]images[/]")
         print_paths(paths)
