@@ -130,18 +130,21 @@ def test_mismatched_lengths_are_one_line(scorer):
         scorer.score(pictures(2), ["a"], ["a", "b"])
 
 
-def test_composite_normalises_each_scale():
-    assert normalise("faithfulness", 0.35) == 1.0 and normalise("faithfulness", 0.15) == 0.0
-    assert normalise("prompt_match", 0.25) == pytest.approx(0.5)
-    assert normalise("aesthetic", 1.0) == 0.0 and normalise("aesthetic", 10.0) == 1.0
-    assert normalise("aesthetic", 5.5) == pytest.approx(0.5)
-    assert normalise("pickscore", 21.0) == pytest.approx(0.5)
-    assert normalise("sharpness", 1.7) == 1.0
-    value, parts = composite({"faithfulness": 0.25, "aesthetic": 10.0}, {"faithfulness": 1.0, "aesthetic": 3.0})
-    assert parts == {"faithfulness": pytest.approx(0.5), "aesthetic": 1.0}
-    assert value == pytest.approx((0.5 * 1 + 1.0 * 3) / 4)
-    # A component without weight is stored but does not count.
-    assert composite({"faithfulness": 0.25, "pickscore": 25.0}, {"faithfulness": 1.0})[0] == pytest.approx(0.5)
+def test_composite_normalises_each_scale_to_reference_percentiles():
+    from reverie.scoring.composite import REFERENCES
+
+    for name, ref in REFERENCES.items():
+        assert normalise(name, ref[3]) == pytest.approx(0.5)  # the reference median is the 50th percentile
+        assert normalise(name, ref[0] - 1) == 0.0 and normalise(name, ref[-1] + 1) == 1.0
+        assert normalise(name, ref[2]) == pytest.approx(0.25) and normalise(name, ref[4]) == pytest.approx(0.75)
+    assert normalise("sharpness", 1.7) == 1.0  # no reference: a 0..1 quality, clamped
+    value, parts = composite({"faithfulness": 0.255, "aesthetic": 6.3}, {"faithfulness": 1.0, "aesthetic": 1.0})
+    assert parts == {"faithfulness": pytest.approx(0.5), "aesthetic": pytest.approx(0.75)}
+    assert value == pytest.approx(0.75 * 0.625 + 0.25 * 0.5)  # mean, pulled towards the weaker verifier
+    # A component without weight is stored but does not count; nor does a held-out judge.
+    assert composite({"faithfulness": 0.255, "pickscore": 26.0}, {"faithfulness": 1.0})[0] == pytest.approx(0.5)
+    assert composite({"faithfulness": 0.255, "held_out:pickscore": 26.0},
+                     {"faithfulness": 1.0, "held_out:pickscore": 5.0})[0] == pytest.approx(0.5)
 
 
 def test_composite_weights_come_from_the_scoring_table(tiny_scoring):
@@ -236,7 +239,7 @@ def test_heuristic_scorer_is_named_and_in_range():
     s = make_scorer("heuristic", table={})
     out = s.score(distinct_pictures(), ["x"] * 3, ["x"] * 3)
     assert all(o.scorer == "heuristic" and 0 <= o.composite <= 1 for o in out)
-    assert set(out[0].values) == {"sharpness", "exposure", "colourfulness", "noise"}
+    assert set(out[0].values) == {"sharpness", "noise", "exposure", "contrast", "colourfulness"}
 
 
 @pytest.mark.slow  # imports transformers and builds a second tiny model
@@ -245,7 +248,7 @@ def test_pickscore_joins_when_its_folder_is_present(tiny_scoring, tmp_path):
     from reverie.scoring.tiny import write_tiny_pickscore
 
     folder = write_tiny_pickscore(tmp_path / "pickscore")
-    s = make_scorer("clip", table={**tiny_scoring, "pickscore": folder}, device="cpu", batch_size=2)
+    s = make_scorer("clip", table={**tiny_scoring, "pickscore": folder, "held_out": "off"}, device="cpu", batch_size=2)
     assert s.name == "clip+aesthetic+pickscore"
     images, prompts = pictures(3), ["a fox", "a red fox, 2 tails", "a lighthouse"]
     scores = s.score(images, prompts, prompts)

@@ -100,7 +100,7 @@ def test_scorer_models_list_and_offline_pull(tiny_scoring, tmp_path, monkeypatch
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HOME", str(tmp_path))
     entries = {m.name: m for m in scorer_models()}
-    assert list(entries) == ["clip-vit-l-14", "laion-aesthetic-v2", "pickscore"]
+    assert list(entries) == ["clip-vit-l-14", "laion-aesthetic-v2", "pickscore", "hps"]
     assert not any(m.present for m in entries.values())
     configured = {m.name: m for m in scorer_models(tiny_scoring)}
     assert configured["clip-vit-l-14"].present and configured["clip-vit-l-14"].where == tiny_scoring["clip_weights"]

@@ -113,7 +113,8 @@ def batch(
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:
         for item in result.items:
-            scores = ", ".join(f"{r.scores.composite:.3f}" for r in item.kept if r.scores)
+            scored = [r.scores for r in item.kept if r.scores]
+            scores = ", ".join(f"{s.composite:.3f}" for s in scored) + (f" by {scored[0].scorer}" if scored else "")
             failed = f"  failed: {item.error}" if item.status == "failed" else ""
             out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]{failed}",
                       markup=False, highlight=False, soft_wrap=True)

@@ -70,7 +70,7 @@ def make(
     table.add_column("seed", justify="right")
     table.add_column("render", justify="right")
     for i, r in enumerate(result.best, 1):
-        table.add_row(str(i), f"{r.scores.composite:.3f}" if r.scores else "-", str(r.seed), str(r.id))
+        table.add_row(str(i), f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-", str(r.seed), str(r.id))
     out.print(table)
     print_paths([(str(i), r.path) for i, r in enumerate(result.best, 1)])
     out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
@@ -88,14 +88,17 @@ def runs(
 
     store = Store(resolve_home(home))
     rows = store.list_runs(limit)
+    scorers = store.best_scorers([r["id"] for r in rows])
     if as_json:
-        print(json.dumps([{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")} for r in rows]))
+        print(json.dumps([{**{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")},
+                           "scorer": scorers.get(r["id"])} for r in rows]))
         return
     table = Table()
     for col in ("run", "status", "renders", "best", "profile", "idea"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
+        table.add_row(r["id"], r["status"], str(r["renders"]),
+                      f"{r['best']:.3f} {scorers.get(r['id'], '')}".strip() if r["best"] is not None else "-",
                       r["profile"], Text(r["idea"][:60]))
     out.print(table)
 
@@ -108,9 +111,11 @@ def show(
 ):
     """Show the tree of one run: idea, prompts, renders, scores."""
     from reverie.config import resolve_home
+    from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
 
-    tree = Store(resolve_home(home)).run_tree(run_id)
+    store = Store(resolve_home(home))
+    tree = store.run_tree(run_id)
     if as_json:
         print(json.dumps(tree, ensure_ascii=False, default=str))
         return
@@ -123,7 +128,7 @@ def show(
         child = node.add(f"{label}\n[dim]{escape(p['text'])}[/]")
         for r in p["renders"]:
             s = r["scores"] or {}
-            score = f"{s.get('composite', 0):.3f}" if s else r["status"]
+            score = f"{s.get('composite', 0):.3f} ({store.scores_for(r['id']).scorer})" if s else r["status"]
             # A prompt kept for another round gets new seeds; the render's own round says which.
             # The path goes in the list below the tree, where nothing wraps it; an error stays here.
             on = f" on {r['worker']}" if r.get("worker") not in (None, "", "local") else ""
@@ -138,6 +143,7 @@ def show(
     for p in tree["prompts"]:
         add(root, p)
     out.print(root, highlight=False)
+    out.print(Text(held_out_line(store, run["id"])), highlight=False)
     if paths:
         out.print("[bold]images[/]")
         print_paths(paths)

@@ -57,6 +57,7 @@ def report_path(home: Path, batch_id: str) -> Path:
 
 def write_report(store, batch_id: str) -> Path:
     """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
+    from reverie.scoring.display import held_out_line
     from reverie.store.pngmeta import atomic_write
 
     batch = store.batches.get(batch_id)
@@ -86,6 +87,8 @@ def write_report(store, batch_id: str) -> Path:
             parts.append(f"<div class=failed>failed: {esc(item['error'] or 'unknown error')}</div>")
         parts.append("<div class=grid>")
         keeps = store.batches.keeps(item["id"])
+        if item["run_id"] and keeps:
+            parts.append(f"<div class=sub>{esc(held_out_line(store, item['run_id'], [k['render_id'] for k in keeps]))}</div>")
         if not keeps:
             parts.append("<p class=empty>nothing kept yet</p>")
         for keep in keeps:

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
 
-from reverie.scoring.composite import DEFAULT_WEIGHTS, check_weights, composite
+from reverie.scoring.composite import DEFAULT_WEIGHTS, REFERENCE_VERSION, check_weights, composite
+from reverie.scoring.held_out import HeldOutJudge, build_held_out, check_choice
 from reverie.types import ReverieError, Scores
 
 SCORERS = ("auto", "heuristic", "clip")
@@ -25,6 +26,8 @@ ENV = {
     "clip_weights": "REVERIE_CLIP_WEIGHTS",
     "aesthetic_weights": "REVERIE_AESTHETIC_WEIGHTS",
     "pickscore": "REVERIE_PICKSCORE",
+    "hps_weights": "REVERIE_HPS_WEIGHTS",
+    "held_out": "REVERIE_HELD_OUT",
 }
 
 
@@ -32,6 +35,7 @@ class Scorer(Protocol):
     name: str
     honest_note: str
     dedupe_threshold: float
+    held_out: Optional[HeldOutJudge]  # stored and shown, never part of the composite
 
     def score(self, images: Sequence, ideas: Sequence[str], prompts: Sequence[str]) -> list[Scores]: ...
 
@@ -45,6 +49,9 @@ class ScoringSettings:
     clip_weights: str = ""
     aesthetic_weights: str = ""
     pickscore: str = ""  # a folder, "" to use the cache when present, "off" to never use it
+    hps_weights: str = ""  # HPS v2.1 checkpoint, "" to use the cache when present, "off" to never use it
+    hps_config: str = ""  # an open_clip config JSON for HPS other than ViT-H-14 (tests)
+    held_out: str = "pickscore"  # the judge never used to select: pickscore, hps or off
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = ""
@@ -72,6 +79,7 @@ def scoring_settings(table: Optional[dict] = None, **options: Any) -> ScoringSet
         raise ReverieError(f"[scoring] dedupe_threshold = {threshold}: use a cosine between -1 and 1, e.g. 0.95")
     # `pickscore = false` in TOML means "off"; every other setting is a string.
     strings = {k: "off" if v is False else str(v) for k, v in merged.items()}
+    check_choice(strings.get("held_out", "pickscore"))
     return ScoringSettings(**strings, weights=weights, batch_size=batch_size,
                            dedupe_threshold=threshold)
 
@@ -80,16 +88,20 @@ class ClipScorer:
     """CLIP + aesthetics (+ PickScore): one CLIP image forward pass per batch serves both."""
 
     def __init__(self, clip, aesthetic=None, pickscore=None, weights: Optional[dict[str, float]] = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, honest_note: str = ""):
+                 batch_size: int = DEFAULT_BATCH_SIZE, honest_note: str = "", hps=None,
+                 held_out: Optional[HeldOutJudge] = None):
         if aesthetic is not None and aesthetic.input_size != clip.embed_dim:
             raise ReverieError(f"the aesthetic predictor takes {aesthetic.input_size}-wide embeddings but CLIP "
                                f"{clip.model_name} gives {clip.embed_dim}: use ViT-L-14-quickgelu with it")
         self.clip = clip
         self.aesthetic = aesthetic.to(clip.device) if aesthetic is not None else None
         self.pickscore = pickscore
+        self.hps = hps
+        self.held_out = held_out
         self.weights = dict(weights or DEFAULT_WEIGHTS)
         self.batch_size = batch_size
-        self.name = "clip" + ("+aesthetic" if aesthetic is not None else "") + ("+pickscore" if pickscore is not None else "")
+        self.name = ("clip" + ("+aesthetic" if aesthetic is not None else "") + ("+pickscore" if pickscore is not None else "")
+                     + ("+hps" if hps is not None else ""))
         self.honest_note = honest_note
         self.dedupe_threshold = DEFAULT_DEDUPE_THRESHOLD
         self._text_cache: dict[str, Any] = {}
@@ -124,6 +136,8 @@ class ClipScorer:
                     columns["aesthetic"] = self.aesthetic(image_emb)
             if self.pickscore is not None:
                 columns["pickscore"] = torch.tensor(self.pickscore.score(chunk, prompts[batch]))
+            if self.hps is not None:
+                columns["hps"] = torch.tensor(self.hps.score(chunk, prompts[batch]))
             columns = {k: v.float().cpu().tolist() for k, v in columns.items()}
             embeddings = image_emb.cpu().tolist()
             # Nothing to compare with (an image without a prompt): leave that similarity out.
@@ -134,18 +148,20 @@ class ClipScorer:
                 total, normalised = composite(values, self.weights)
                 out.append(Scores(values=values, composite=round(total, 5), scorer=self.name,
                                   details={"normalised": {k: round(v, 5) for k, v in normalised.items()},
-                                           "clip_model": self.clip.model_name},
+                                           "reference": REFERENCE_VERSION, "clip_model": self.clip.model_name},
                                   embedding=tuple(embeddings[i])))
-        return out
+        return self.held_out.add_to(out, images, prompts) if self.held_out is not None else out
 
     def close(self) -> None:
         self.clip.close()
-        if self.pickscore is not None:
-            self.pickscore.close()
+        for part in (self.pickscore, self.hps, self.held_out):
+            if part is not None:
+                part.close()
 
 
-def build_clip_scorer(settings: ScoringSettings) -> ClipScorer:
-    """Load CLIP (required), the aesthetic predictor and PickScore (each when present)."""
+def build_clip_scorer(settings: ScoringSettings, held_out: Optional[HeldOutJudge] = None) -> ClipScorer:
+    """Load CLIP (required), the aesthetic predictor, PickScore and HPS (each when present and not
+    the held-out judge)."""
     from reverie.scoring.aesthetic import cached_aesthetic_weights, load_aesthetic
     from reverie.scoring.clip import DEFAULT_MODEL, ClipModel, default_device, register_config, resolve_clip_weights
 
@@ -157,15 +173,23 @@ def build_clip_scorer(settings: ScoringSettings) -> ClipScorer:
     aesthetic_path = settings.aesthetic_weights or cached_aesthetic_weights()
     aesthetic = load_aesthetic(aesthetic_path) if aesthetic_path else None
     pickscore = None
-    if settings.pickscore.lower() != "off":
+    if settings.pickscore.lower() != "off" and check_choice(settings.held_out) != "pickscore":
         from reverie.scoring.pickscore import PickScorer, resolve_pickscore
 
         pick_path = resolve_pickscore(settings.pickscore or None)
         pickscore = PickScorer(pick_path, device=device) if pick_path else None
+    hps = None
+    if settings.hps_weights.lower() != "off" and check_choice(settings.held_out) != "hps":
+        from reverie.scoring.held_out import _hps_model
+        from reverie.scoring.hps import HPS_MODEL, HpsScorer, resolve_hps_weights
+
+        hps_path = resolve_hps_weights(settings.hps_weights or None)
+        hps = HpsScorer(hps_path, model_name=_hps_model(settings) or HPS_MODEL, device=device) if hps_path else None
     clip = ClipModel(model_name, weights=weights, device=device)
     note = "" if aesthetic is not None else (f"CLIP {model_name} scorer without aesthetics: no aesthetic weights "
                                              f"(run `reverie models pull laion-aesthetic-v2`)")
-    return ClipScorer(clip, aesthetic, pickscore, settings.weights, settings.batch_size, honest_note=note)
+    return ClipScorer(clip, aesthetic, pickscore, settings.weights, settings.batch_size, honest_note=note, hps=hps,
+                      held_out=held_out)
 
 
 def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, table: Optional[dict] = None,
@@ -186,15 +210,15 @@ def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, ta
     heuristic_weights = {**HEURISTIC_WEIGHTS, **{k: v for k, v in settings.weights.items() if k in HEURISTIC_WEIGHTS}}
     chosen: Scorer
     if name == "heuristic":
-        chosen = HeuristicScorer(heuristic_weights)
-        chosen.honest_note = "heuristic scorer (as asked): ranks sharpness, exposure, colour and noise, not faithfulness"
+        chosen = HeuristicScorer(heuristic_weights, held_out=build_held_out(settings))
+        chosen.honest_note = "heuristic scorer (as asked): ranks sharpness, noise, exposure, contrast and colour, not faithfulness"
     elif name == "auto" and not (settings.clip_weights or settings.clip_config) and not clip_weights_cached(settings):
-        chosen = HeuristicScorer(heuristic_weights)
+        chosen = HeuristicScorer(heuristic_weights, held_out=build_held_out(settings))
         chosen.honest_note = ("heuristic scorer (no CLIP weights on this machine; `reverie models pull clip-vit-l-14` "
                               "and `reverie models pull laion-aesthetic-v2` enable CLIP + aesthetic scoring): "
-                              "ranks sharpness, exposure, colour and noise, not faithfulness")
+                              "ranks sharpness, noise, exposure, contrast and colour, not faithfulness")
     else:
-        chosen = build_clip_scorer(settings)
+        chosen = build_clip_scorer(settings, build_held_out(settings))
     # Callers that keep a diverse set (reverie score, batch keep) read the configured threshold here.
     chosen.dedupe_threshold = settings.dedupe_threshold
     return chosen

@@ -70,3 +70,19 @@ def write_tiny_pickscore(folder: str | os.PathLike, seed: int = 0) -> str:
         projection_dim=16)
     CLIPModel(config).save_pretrained(folder)
     return str(folder)
+
+
+def write_tiny_hps(folder: str | os.PathLike, seed: int = 1) -> dict[str, str]:
+    """A tiny random open_clip model saved as an HPS-style checkpoint ({"state_dict": ...}) with its
+    config; returns the [scoring] settings that point at them."""
+    import open_clip
+    import torch
+
+    config = write_tiny_scoring_weights(folder)["clip_config"]
+    open_clip.add_model_config(config)
+    path = Path(folder) / "tiny_hps.pt"
+    if not path.is_file():
+        torch.manual_seed(seed)
+        model = open_clip.create_model(Path(config).stem, pretrained=None)
+        torch.save({"state_dict": model.state_dict()}, path)
+    return {"hps_weights": str(path), "hps_config": config}

@@ -58,11 +58,18 @@ def pull_pickscore(progress: ProgressFn = no_progress) -> str:
     return _download("pickscore", PICKSCORE_REPO, progress)
 
 
+def pull_hps(progress: ProgressFn = no_progress) -> str:
+    from reverie.scoring.hps import HPS_FILE, HPS_REPO
+
+    return _download("hps", HPS_REPO, progress, filename=HPS_FILE)
+
+
 def scorer_models(table: Optional[dict] = None) -> list[ScorerModel]:
-    """The CLIP, aesthetic and PickScore entries; `table` is reverie.toml's [scoring] table,
+    """The CLIP, aesthetic, PickScore and HPS entries; `table` is reverie.toml's [scoring] table,
     whose paths take the place of the cache."""
     from reverie.scoring.aesthetic import cached_aesthetic_weights
     from reverie.scoring.clip import DEFAULT_MODEL, cached_clip_weights
+    from reverie.scoring.hps import cached_hps_weights
     from reverie.scoring.pickscore import cached_snapshot, PICKSCORE_REPO
 
     table = table or {}
@@ -75,11 +82,14 @@ def scorer_models(table: Optional[dict] = None) -> list[ScorerModel]:
     clip = place(table.get("clip_weights", ""), cached_clip_weights(DEFAULT_MODEL))
     aesthetic = place(table.get("aesthetic_weights", ""), cached_aesthetic_weights())
     pick = place(table.get("pickscore", "") if table.get("pickscore") != "off" else "", cached_snapshot(PICKSCORE_REPO))
+    hps = place(table.get("hps_weights", "") if table.get("hps_weights") != "off" else "", cached_hps_weights())
     return [
         ScorerModel("clip-vit-l-14", "CLIP ViT-L/14 (OpenAI weights, QuickGELU): faithfulness to the idea and prompt",
                     *clip, pull_clip),
         ScorerModel("laion-aesthetic-v2", "LAION aesthetic predictor v2 (MLP on ViT-L/14 embeddings, 1-10)",
                     *aesthetic, pull_aesthetic),
-        ScorerModel("pickscore", "PickScore v1 (CLIP-H human-preference scorer), optional",
+        ScorerModel("pickscore", "PickScore v1 (CLIP-H human-preference scorer), optional; the held-out judge by default",
                     *pick, pull_pickscore),
+        ScorerModel("hps", "HPS v2.1 (open_clip ViT-H-14 human-preference scorer), optional",
+                    *hps, pull_hps),
     ]

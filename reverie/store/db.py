@@ -159,6 +159,18 @@ class Store:
         )
         return [self._honest_status(r) for r in rows]
 
+    @locked
+    def best_scorers(self, run_ids) -> dict[str, str]:
+        """run id -> the scorer whose composite is that run's best (the name `runs` prints beside it)."""
+        out: dict[str, str] = {}
+        for run_id in run_ids:
+            row = next(iter(self.db.query(
+                """select s.scorer from scores s join renders r on r.id = s.render_id
+                   where r.run_id = ? and s.name = 'composite' order by s.value desc limit 1""", [run_id])), None)
+            if row:
+                out[run_id] = row["scorer"]
+        return out
+
     def _honest_status(self, run: dict) -> dict:
         """A run marked running whose process is gone (killed, crashed) is shown as interrupted."""
         from reverie.store.locks import RunLock

@@ -1,0 +1,164 @@
+"""Curation with known truth: does reverie's ensemble keep images closer to the best than
+best-of-N on one verifier, at the same number of renders?
+
+    python bench/bench_curation.py                      # 400 trials of 32 renders, keep 4
+    python bench/bench_curation.py --trials 50 --n 16   # quicker
+
+A fixed engine draws each seed's picture with its true quality written into its pixels. The
+verifiers read that quality back and add noise at known correlations; "aesthetic" is gameable:
+part of it rewards a per-seed artefact that has nothing to do with quality, with a heavy tail,
+the way a verifier pushed by search rewards what it over-values. Each verifier reports on its
+real scale (through the inverse of its reference quantiles), so the ensemble is reverie's own
+`composite()` with its default weights, normalisation and caps, unchanged.
+
+Printed: the mean true quality (0..1) of the kept top K for the oracle (keep by truth), best-of-N
+on each single verifier, and the ensemble; and how many renders best-of-N on the gameable verifier
+(and on the best honest one) needs to reach the ensemble's quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+SIDE = 16
+
+
+def true_quality(seed: int) -> float:
+    """The seed's true quality in 0..1, fixed by the seed alone."""
+    return float(np.random.default_rng([seed, 2025]).random())
+
+
+class TruthEngine:
+    """Renders a seed as a small picture whose top-left pixel's red and green channels carry its
+    true quality (16 bits), the rest seeded noise; images are what the verifiers are given."""
+
+    def render(self, seeds):
+        out = []
+        for seed in seeds:
+            a = np.random.default_rng(seed).integers(0, 256, size=(SIDE, SIDE, 3), dtype=np.uint8)
+            code = int(round(true_quality(seed) * 65535))
+            a[0, 0, 0], a[0, 0, 1] = code >> 8, code & 0xFF
+            out.append((seed, Image.fromarray(a)))
+        return out
+
+
+def read_quality(image: Image.Image) -> float:
+    r, g = image.getpixel((0, 0))[:2]
+    return ((r << 8) | g) / 65535
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """z = corr * truth_z + sqrt(1 - corr^2 - game^2) * noise + game * artefact (all unit-variance)."""
+
+    name: str
+    corr: float
+    game: float = 0.0
+
+    def raw(self, image: Image.Image, seed: int) -> float:
+        from reverie.scoring.composite import PERCENTS, REFERENCES
+
+        truth_z = _probit(read_quality(image))
+        rng = np.random.default_rng([seed, sum(map(ord, self.name))])
+        noise = rng.standard_normal()
+        # A heavy-tailed artefact (a standardised lognormal): rare seeds the verifier over-values a lot.
+        artefact = (math.exp(rng.standard_normal()) - math.exp(0.5)) / math.sqrt((math.e - 1) * math.e)
+        z = self.corr * truth_z + math.sqrt(max(0.0, 1 - self.corr ** 2 - self.game ** 2)) * noise + self.game * artefact
+        # Onto the verifier's own scale: a percentile under N(0, 1), through its reference quantiles.
+        return float(np.interp(_phi(z), PERCENTS, REFERENCES[self.name]))
+
+
+VERIFIERS = (
+    Verifier("faithfulness", corr=0.55),
+    Verifier("prompt_match", corr=0.45),
+    Verifier("aesthetic", corr=0.35, game=0.75),
+    Verifier("pickscore", corr=0.5),
+    Verifier("hps", corr=0.5),
+)
+
+
+def _phi(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def _probit(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(min(max(p, 1e-6), 1 - 1e-6))
+
+
+def trial(engine: TruthEngine, seeds: list[int], k: int) -> dict[str, float]:
+    from reverie.scoring.composite import DEFAULT_WEIGHTS, composite, normalise
+
+    rendered = engine.render(seeds)
+    truth = np.array([read_quality(im) for _, im in rendered])
+    raws = [{v.name: v.raw(im, seed) for v in VERIFIERS} for seed, im in rendered]
+
+    def kept(keys) -> float:
+        return float(truth[np.argsort(-np.asarray(keys), kind="stable")[:k]].mean())
+
+    out = {"oracle": kept(truth)}
+    for v in VERIFIERS:
+        out[f"best-of-N on {v.name}"] = kept([r[v.name] for r in raws])
+    out["reverie ensemble"] = kept([composite(r, DEFAULT_WEIGHTS)[0] for r in raws])
+    # The same percentiles and weights without the cap or the weakest-verifier share: what they add.
+    out["plain weighted mean"] = kept([sum(normalise(n, x) * DEFAULT_WEIGHTS[n] for n, x in r.items()) for r in raws])
+    # A user who turns the gameable verifier up: the cap and the weakest-verifier share hold it.
+    heavy = {**DEFAULT_WEIGHTS, "aesthetic": 2.0}
+    total = sum(heavy.values())
+    out["reverie ensemble, aesthetic x7"] = kept([composite(r, heavy)[0] for r in raws])
+    out["plain mean, aesthetic x7"] = kept([sum(normalise(n, x) * heavy[n] / total for n, x in r.items()) for r in raws])
+    out["random"] = float(truth[:k].mean())
+    return out
+
+
+def run(trials: int = 400, n: int = 32, k: int = 4, seed: int = 0) -> dict[str, float]:
+    engine = TruthEngine()
+    totals: dict[str, float] = {}
+    for t in range(trials):
+        seeds = [seed * 1_000_003 + t * n + i for i in range(n)]
+        for name, value in trial(engine, seeds, k).items():
+            totals[name] = totals.get(name, 0.0) + value / trials
+    return totals
+
+
+def renders_to_match(quality: float, verifier: str, n_max: int, trials: int, k: int, seed: int) -> int | None:
+    """The fewest renders best-of-N on one verifier needs for a kept set as good as `quality`."""
+    n = k
+    while n <= n_max:
+        if run(trials, n, k, seed)[f"best-of-N on {verifier}"] >= quality:
+            return n
+        n = int(n * 1.5) + 1
+    return None
+
+
+def main(argv=None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=400)
+    parser.add_argument("--n", type=int, default=32, help="renders per run (the same for every method)")
+    parser.add_argument("--keep", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--match-up-to", type=int, default=256,
+                        help="largest N tried for best-of-N on the gameable verifier to match the ensemble")
+    args = parser.parse_args(argv)
+    result = run(args.trials, args.n, args.keep, args.seed)
+    print(f"{args.trials} trials, {args.n} renders each, keep {args.keep}; mean true quality (0..1) of the kept set")
+    print("verifiers: " + ", ".join(f"{v.name} corr {v.corr}" + (f" gameable {v.game}" if v.game else "") for v in VERIFIERS))
+    for name, value in sorted(result.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:32s} {value:.3f}   ({value / result['oracle']:.1%} of oracle)")
+    for verifier in ("aesthetic", "faithfulness"):
+        needed = renders_to_match(result["reverie ensemble"], verifier, args.match_up_to, max(20, args.trials // 4),
+                                  args.keep, args.seed + 1)
+        result[f"renders {verifier} needs"] = float(needed) if needed else float("nan")
+        print(f"renders: ensemble {args.n}; best-of-N on {verifier} needs "
+              + (f"{needed} for the same quality" if needed else f"more than {args.match_up_to} for the same quality"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The curation benchmark runs end to end on a CPU in seconds (no timed assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_curation.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("bench_curation", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_truth_survives_the_image():
+    bench = load()
+    for seed, image in bench.TruthEngine().render([1, 2, 3]):
+        assert abs(bench.read_quality(image) - bench.true_quality(seed)) < 1e-4
+
+
+def test_the_ensemble_keeps_images_closer_to_the_oracle_than_the_gameable_verifier(capsys):
+    bench = load()
+    result = bench.main(["--trials", "60", "--n", "16", "--keep", "2", "--match-up-to", "24"])
+    printed = capsys.readouterr().out
+    assert "oracle" in printed and "renders: ensemble 16" in printed
+    assert result["oracle"] >= result["reverie ensemble"] > result["best-of-N on aesthetic"] > result["random"] - 0.05
+    assert result["reverie ensemble, aesthetic x7"] > result["plain mean, aesthetic x7"]
