@@ -10,8 +10,6 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from reverie.types import ReverieError
 
 PICKSCORE_REPO = "yuvalkirstain/PickScore_v1"
@@ -45,6 +43,8 @@ class PickScorer:
         from transformers import AutoProcessor, CLIPModel
 
         self.device = device
+        import torch
+
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         self.model = CLIPModel.from_pretrained(path, local_files_only=True, torch_dtype=dtype).to(device).eval()
         for candidate in (processor_path, path, cached_snapshot(PROCESSOR_REPO)):
@@ -58,9 +58,14 @@ class PickScorer:
             raise ReverieError(f"PickScore at {path} has no image/text processor on disk: "
                                f"run `reverie models pull pickscore` or remove the pickscore setting")
 
-    @torch.no_grad()
     def score(self, images: Sequence, prompts: Sequence[str]) -> list[float]:
         """logit_scale * cosine(image, prompt), about 17..25 for generated images."""
+        import torch
+
+        with torch.no_grad():
+            return self._score(torch, images, prompts)
+
+    def _score(self, torch, images: Sequence, prompts: Sequence[str]) -> list[float]:
         pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
         text = self.processor(text=list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
@@ -78,4 +83,4 @@ class PickScorer:
 
 def _tensor(features):
     # Newer transformers may return a model output object instead of a tensor.
-    return features if isinstance(features, torch.Tensor) else features.pooler_output
+    return features.pooler_output if hasattr(features, "pooler_output") else features
