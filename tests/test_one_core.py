@@ -257,3 +257,10 @@ def test_an_idea_that_crashes_the_process_twice_is_set_aside(tmp_path):
     again = run()  # the same command leaves it aside and exits cleanly
     assert again.returncode == 0 and eval(again.stdout.strip().splitlines()[-1])[1][0] == "failed"
     assert run("--retry-failed").returncode == -signal.SIGKILL  # --retry-failed really tries it again
+
+
+def test_the_first_line_says_the_engine_is_loading(tmp_path):
+    r = run_cli("make", FOX, "--engine", "fixed", "--n", "1", "--rounds", "1", "--megapixels", "0.02",
+                home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines()[0] == "reverie: loading the engine for z-image-turbo…"

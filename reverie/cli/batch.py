@@ -25,8 +25,8 @@ class BatchProgressView(CliProgress):
 
     def __call__(self, event: Event) -> None:
         d = event.data
-        if event.kind == "notice":
-            say(err, "reverie:", d["message"])
+        if event.kind in ("notice", "loading"):  # the same lines as make's
+            super().__call__(event)
             return
         if self.quiet:
             return

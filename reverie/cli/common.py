@@ -75,6 +75,9 @@ class CliProgress:
         if event.kind == "notice":
             say(err, "reverie:", event.data["message"])
             return
+        if event.kind == "loading":  # the first line, within a second, before the heavy imports
+            say(err, "reverie:", f"loading the engine for {event.data['profile']}…")
+            return
         if self.quiet:
             return
         if event.kind == "run_started":

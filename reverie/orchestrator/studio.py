@@ -171,6 +171,8 @@ class Studio:
         engine worker unloads one model before another renders."""
         if self._injected_engine is not None:
             return self._injected_engine
+        if not self._engines:  # finding weights imports torch and diffusers: seconds with nothing else to show
+            progress(Event("loading", {"what": "engine", "profile": profile.name}))
         name = self._resolve_engine_name(profile)
         key = (name, profile.name)
         with self._parts_lock:
