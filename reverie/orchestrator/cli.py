@@ -114,6 +114,8 @@ ENGINE = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui, 
 SCORER = typer.Option("auto", "--scorer", help="auto, clip or heuristic.")
 LLM_URL = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first).")
+LLM_TIMEOUT = typer.Option(None, "--llm-timeout", min=0.1, metavar="SECONDS",
+                           help="Seconds to wait for each LLM answer (default 60, or llm.timeout in reverie.toml).")
 CONFIG = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml).")
 MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
 
@@ -169,6 +171,7 @@ def make(
     model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
+    llm_timeout: Optional[float] = LLM_TIMEOUT,
     config: Optional[str] = CONFIG,
     ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
     control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
@@ -188,7 +191,7 @@ def make(
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
-                    llm_model=llm_model, config=config, engine_options=engine_options)
+                    llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options)
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reverie.orchestrator.cli import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME,  # noqa: F401
-                                      LLM_MODEL, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, app, engine_choice,
+                                      LLM_MODEL, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, app, engine_choice,
                                       err, friendly, out, say)
 from reverie.types import Event, ReverieError
 
@@ -81,6 +81,7 @@ def batch(
     scorer: str = SCORER,
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
+    llm_timeout: Optional[float] = LLM_TIMEOUT,
     config: Optional[str] = CONFIG,
     comfy_url: Optional[List[str]] = COMFY_URL,
     comfy_file: Optional[List[str]] = COMFY_FILE,
@@ -96,7 +97,7 @@ def batch(
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     view = BatchProgressView(quiet=as_json)
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, config=config, engine_options=engine_options)
+                    llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               progress=view)
@@ -142,6 +143,7 @@ def chat(
     scorer: str = SCORER,
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
+    llm_timeout: Optional[float] = LLM_TIMEOUT,
     config: Optional[str] = CONFIG,
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
@@ -150,7 +152,7 @@ def chat(
 
     interactive = sys.stdin.isatty()
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, config=config)
+                    llm_model=llm_model, llm_timeout=llm_timeout, config=config)
     name = session or new_session_name()
     try:
         previous = session_turns(studio.store, name)
