@@ -23,6 +23,8 @@ from reverie.types import CONTROL_KINDS, Control, Event, ProgressFn, Reference, 
 MAX_N = 1024
 MAX_ROUNDS = 100
 MAX_IDEA_CHARS = 4000
+# Seeds are stored as SQLite integers (signed 64-bit) and a run adds one per image; 2^62 leaves room.
+MAX_SEED = 2**62
 
 EMBEDDED_TAIL = "a working pipeline with meaningless pictures until real weights are configured (see README)"
 
@@ -82,8 +84,11 @@ def validate_request(req: Request) -> Request:
         raise ReverieError(f"rounds must be between 1 and {MAX_ROUNDS} (got {req.rounds})")
     parse_aspect(req.aspect)
     check_megapixels(req.megapixels)
-    if req.target is not None and not (0.0 <= req.target <= 10.0):
-        raise ReverieError(f"target {req.target} is out of range: use a composite score such as 0.7")
+    if req.target is not None and not (0.0 <= req.target <= 1.0):
+        raise ReverieError(f"target {req.target} is out of range: the composite score is between 0 and 1, e.g. --target 0.7")
+    if req.seed is not None and (not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED):
+        raise ReverieError(f"seed {req.seed} is out of range: use a whole number from 0 to {MAX_SEED} (2^62), "
+                           "or leave --seed out for a random one")
     if req.steps is not None and not (1 <= req.steps <= 200):
         raise ReverieError(f"steps must be between 1 and 200 (got {req.steps})")
     if not (0 <= req.blind_steps <= 10):
