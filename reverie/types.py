@@ -146,6 +146,11 @@ class EngineOutput:
     engine_version: str
     seconds: float
     error: str = ""
+    # The weights that made it, as PNG Info and civitai should credit them, and the libraries
+    # whose versions change the pixels; engines that do not know leave them empty.
+    model: str = ""
+    model_hash: str = ""
+    runtime: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

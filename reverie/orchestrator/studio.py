@@ -45,7 +45,7 @@ class MakeResult:
                 "path": r.path,
                 "seed": r.seed,
                 "sha256": r.sha256,
-                "round": r.round,
+                "round": r.round + 1,  # 1-based for people, as `reverie show` prints; the store counts from 0
                 "prompt": r.prompt,
                 "width": r.spec.width,
                 "height": r.spec.height,
