@@ -166,6 +166,7 @@ def make(
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (0.01-4)."),
     profile: str = PROFILE,
     engine: str = ENGINE,
+    scorer: str = SCORER,
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
@@ -190,7 +191,7 @@ def make(
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
+    studio = Studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
                     llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options)
     references = [{"path": ref, "control": control}] if ref else []
     try:
@@ -289,6 +290,33 @@ def show(
 from reverie.orchestrator import cli_agents, cli_batch, cli_lineage, cli_models, cli_scoring  # noqa: E402,F401
 
 
+def readable(command):
+    """Metavars a person reads (`--n N`, `IDEA`, bare flags) instead of typer's `<int>` and `{idea}`."""
+    for param in getattr(command, "params", []):
+        # Duck-typed: recent typer vendors its own click, whose classes are not click's.
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+        elif param.metavar is None:
+            param.metavar = (param.name or "value").upper()
+    for sub_command in getattr(command, "commands", {}).values():
+        readable(sub_command)
+    return command
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"reverie {version('reverie')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """reverie: terse idea in, excellent images out, every one explained."""
+
+
 def main() -> None:
     """Run the CLI; a mistyped command or option is one `error:` line too, not a usage box."""
     try:  # recent typer vendors its own click
@@ -297,7 +325,7 @@ def main() -> None:
         from click import exceptions as cx
 
     try:
-        code = app(standalone_mode=False)
+        code = readable(typer.main.get_command(app))(standalone_mode=False)
     except cx.NoArgsIsHelpError as e:
         # `reverie` alone (or a group alone): the help is what the user wants to see.
         print(e.ctx.get_help() if e.ctx else "")
