@@ -150,6 +150,11 @@ class EngineOutput:
     error: str = ""
     # Which machine made it: "local" for in-process engines, a ComfyUI server's URL and version.
     worker: str = ""
+    # The weights that made it, as PNG Info and civitai should credit them, and the libraries
+    # whose versions change the pixels; engines that do not know leave them empty.
+    model: str = ""
+    model_hash: str = ""
+    runtime: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

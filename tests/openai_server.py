@@ -7,7 +7,9 @@
 Replies are consumed in order; when the script runs out, `responder(body) -> Reply` answers, and
 without one the server answers 500. A reply can delay, fail with a status, or send raw bytes.
 `reject_response_format=True` answers 400 to any request carrying response_format, as servers
-without structured output do.
+without structured output do. `unknown_model_status=404` (or 400) refuses any chat request for a
+model the server does not list, as Ollama and vLLM do. `html=True` answers every route with a 200
+HTML page, as a web UI at a mistyped URL does. `models_status` makes /models fail with that status.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Reply:
     status: int = 200
     delay: float = 0.0
     raw: Optional[bytes] = None  # sent as the body as is (garbage, truncated JSON, ...)
+    content_type: str = "application/json"
 
 
 def json_content(obj) -> str:
@@ -44,13 +47,20 @@ def completion(content: str, model: str) -> dict:
     }
 
 
+HTML = b"<!doctype html><html><head><title>Open WebUI</title></head><body><div id=app></div></body></html>"
+
+
 class ScriptedLLM:
     def __init__(self, replies: Optional[list[Reply]] = None, responder: Optional[Callable[[dict], Reply]] = None,
-                 models: tuple[str, ...] = ("scripted-model",), reject_response_format: bool = False):
+                 models: tuple[str, ...] = ("scripted-model",), reject_response_format: bool = False,
+                 unknown_model_status: int = 0, html: bool = False, models_status: int = 200):
         self.replies = list(replies or [])
         self.responder = responder
         self.models = models
         self.reject_response_format = reject_response_format
+        self.unknown_model_status = unknown_model_status
+        self.html = html
+        self.models_status = models_status
         self.requests: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -96,10 +106,10 @@ class ScriptedLLM:
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
-            def _send(self, status: int, body: bytes) -> None:
+            def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
@@ -111,7 +121,11 @@ class ScriptedLLM:
 
             def do_GET(self) -> None:
                 scripted.requests.append((self.path, {}))
-                if self.path.rstrip("/").endswith("/models"):
+                if scripted.html:
+                    return self._send(200, HTML, "text/html; charset=utf-8")
+                if self.path.rstrip("/").endswith("/models") and scripted.models_status != 200:
+                    self._error(scripted.models_status, "listing models is not allowed here")
+                elif self.path.rstrip("/").endswith("/models"):
                     data = [{"id": m, "object": "model", "created": 0, "owned_by": "tests"} for m in scripted.models]
                     self._send(200, json.dumps({"object": "list", "data": data}).encode())
                 else:
@@ -121,15 +135,20 @@ class ScriptedLLM:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 scripted.requests.append((self.path, body))
+                if scripted.html:
+                    return self._send(200, HTML, "text/html; charset=utf-8")
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     return self._error(404, f"no route {self.path}")
                 if scripted.reject_response_format and "response_format" in body:
                     return self._error(400, "response_format is not supported by this server")
+                if scripted.unknown_model_status and body.get("model") not in scripted.models:
+                    return self._error(scripted.unknown_model_status,
+                                       f"The model `{body.get('model')}` does not exist or you do not have access to it.")
                 reply = scripted._next_reply(body)
                 if reply.delay and scripted._stopping.wait(reply.delay):
                     return
                 if reply.raw is not None:
-                    return self._send(reply.status, reply.raw)
+                    return self._send(reply.status, reply.raw, reply.content_type)
                 if reply.status != 200:
                     return self._error(reply.status, reply.content or "scripted failure")
                 self._send(200, json.dumps(completion(reply.content, body.get("model", ""))).encode())

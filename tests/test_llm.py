@@ -127,7 +127,7 @@ def test_connection_refused_falls_back(tmp_path):
         calls = studio.store.llm_calls()
     assert e.source == "formula"
     assert [c["purpose"] for c in calls] == ["models"] and calls[0]["ok"] == 0
-    assert any("cannot list models" in m for m in notices(events))
+    assert any("no answer from" in m and "--llm-url" in m for m in notices(events))
 
 
 def test_settings_precedence():

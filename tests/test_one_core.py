@@ -196,7 +196,7 @@ def test_cli_batch_takes_makes_loop_options(tmp_path):
     item = json.loads(r.stdout)["items"][0]
     assert item["rendered"] == 6  # two rounds of three: --rounds bounds it before the budget of 9
     bad = run_cli("batch", str(file), "--target", "5", "--engine", "fixed", home=tmp_path / "home")
-    assert bad.returncode == 2 and "0..1" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # -- the layers ------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from reverie.types import Expansion, canonical_json, sha256_text
 
@@ -60,6 +60,32 @@ class CriticAnswer(BaseModel):
     prompt: str = ""
     negative: str = ""
 
+    @model_validator(mode="after")
+    def _revise_has_a_prompt(self) -> "CriticAnswer":
+        if self.action == "revise" and not self.prompt.strip():
+            raise ValueError("a revise answer needs the revised prompt")
+        return self
+
+
+def critic_schema() -> dict:
+    """CriticAnswer's schema plus what its validator requires: `prompt` when the action is revise.
+    A oneOf, which grammar-constrained servers (llama.cpp, vLLM, Ollama) turn into a grammar;
+    if/then is ignored by most of them."""
+    base = CriticAnswer.model_json_schema()
+    props = base["properties"]
+    keep = {k: props[k] for k in ("reason", "negative")}
+    return {
+        "title": base.get("title", "CriticAnswer"),
+        "oneOf": [
+            {"type": "object", "required": ["action", "reason"],
+             "properties": {"action": {"type": "string", "enum": ["more_seeds", "variety"]}, **keep,
+                            "prompt": {"type": "string"}}},
+            {"type": "object", "required": ["action", "reason", "prompt"],
+             "properties": {"action": {"type": "string", "const": "revise"}, **keep,
+                            "prompt": {"type": "string", "minLength": 1}}},
+        ],
+    }
+
 
 class LLMCritic:
     """The critic over an LLM; when the LLM gives no usable answer, the fallback critic decides."""
@@ -72,7 +98,7 @@ class LLMCritic:
         self.notice = notice or (lambda message: None)
 
     def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details) -> Critique:
-        from reverie.agents.dreamer import finish_prompt, missing_quotes
+        from reverie.agents.dreamer import finish_prompt, missing_quotes, prompt_problem
         from reverie.agents.llm import LLMUnavailable
 
         system = CRITIC_SYSTEM.format(style=STYLE_TAGS if profile.prompt_style == "tags" else STYLE_NATURAL)
@@ -91,14 +117,16 @@ class LLMCritic:
         def check(answer: CriticAnswer) -> str:
             if answer.action != "revise":
                 return ""
-            if not answer.prompt.strip():
-                return "a revise answer needs the revised prompt"
+            problem = prompt_problem(idea, answer.prompt)
+            if problem:
+                return problem
             lost = missing_quotes(idea, answer.prompt)
             return f"the quoted text {lost[0]!r} must appear verbatim" if lost else ""
 
         try:
             answer = self.llm.structured(system, canonical_json(report), CriticAnswer, purpose="critique",
-                                         system_hash=system_hash, temperature=0.4, check=check)
+                                         system_hash=system_hash, temperature=0.4, check=check,
+                                         json_schema=critic_schema())
         except LLMUnavailable as e:
             self.notice(str(e))
             return self.fallback.critique(idea, expansion, profile, round_best, previous_best, similarity, details)

@@ -7,12 +7,13 @@ why once.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Callable, Optional
 
 from pydantic import BaseModel, Field
 
-from reverie.agents.llm import LLMClient, LLMUnavailable
+from reverie.agents.llm import LLMClient, LLMUnavailable, max_tokens_for
 from reverie.profiles import Profile
 from reverie.types import Expansion, sha256_text
 
@@ -91,6 +92,55 @@ def missing_quotes(idea: str, prompt: str) -> list[str]:
     return [q for q in quoted_text(idea) if q not in prompt]
 
 
+# Words that say nothing about what is in the picture: an idea's other words are its content.
+STOP_WORDS = frozenset("""
+a an the and or but of in on at to by for from with without into onto over under near as is are was were be
+been being it its this that these those his her their our my your some any one two very at about after before
+behind between through while during against among up down out off than then there here where when which who
+""".split())
+# Function words of other languages: an idea in one of them is legitimately rendered by an English
+# prompt that shares none of its words, so only the punctuation check applies to it.
+FOREIGN_WORDS = frozenset("""
+de la le les des du un une et dans sur sous avec pour der die das ein eine einer im und mit auf unter el los
+las y con por para il lo gli di della nel sotto em na no os uma
+""".split())
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _same_word(a: str, b: str) -> bool:
+    """fox ~ foxes, city ~ cities, rain ~ rainy: a shared stem, not a dictionary."""
+    if a == b:
+        return True
+    shared = len(os.path.commonprefix([a, b]))
+    return shared >= 3 and shared >= min(len(a), len(b)) - 1
+
+
+def prompt_problem(idea: str, prompt: str) -> str:
+    """Why an LLM's prompt cannot be what the idea asked for ("" when it may be): mostly
+    punctuation (a reply of `}]}{`), or, for an English idea, not one of the idea's words."""
+    visible = [ch for ch in prompt if not ch.isspace()]
+    letters = sum(ch.isalpha() for ch in visible)
+    if not visible or letters < len(visible) / 2:
+        return f"the prompt {_short(prompt)!r} is mostly punctuation, not a description"
+    idea_words = _words(idea)
+    if not idea_words or not all(w.isascii() for w in idea_words) or FOREIGN_WORDS.intersection(idea_words):
+        return ""
+    content = [w for w in idea_words if w not in STOP_WORDS] or idea_words
+    said = _words(prompt)
+    if any(_same_word(w, t) for w in content for t in said):
+        return ""
+    return f"the prompt shares no word with the idea ({', '.join(content[:5])}): it must describe the idea"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
 def _tags(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -117,6 +167,14 @@ class Dreams(BaseModel):
     expansions: list[Interpretation] = Field(min_length=1)
 
 
+def dreams_schema(k: int) -> dict:
+    """The Dreams schema asking for exactly k readings: a shorter answer is padded, but a server
+    that constrains its output to the schema should never give one."""
+    schema = Dreams.model_json_schema()
+    schema["properties"]["expansions"].update(minItems=k, maxItems=k)
+    return schema
+
+
 def user_message(idea: str, profile: Profile, k: int) -> str:
     count = "one prompt" if k == 1 else f"{k} prompts, each a different interpretation"
     return f"Model: {profile.name}.\nIdea: {idea}\nWrite {count}."
@@ -139,6 +197,9 @@ class DreamerExpander:
 
         def check(dreams: Dreams) -> str:
             for d in dreams.expansions[:k]:
+                problem = prompt_problem(idea, d.prompt)
+                if problem:
+                    return problem
                 lost = missing_quotes(idea, d.prompt)
                 if lost:
                     return f"the quoted text {lost[0]!r} must appear verbatim in every prompt"
@@ -146,7 +207,9 @@ class DreamerExpander:
 
         try:
             dreams = self.llm.structured(system, user_message(idea, profile, k), Dreams, purpose="expand",
-                                         system_hash=system_hash, temperature=0.9, check=check)
+                                         system_hash=system_hash, temperature=0.9, check=check,
+                                         json_schema=dreams_schema(k),
+                                         max_tokens=max_tokens_for(self.llm.settings, "expand", k))
         except LLMUnavailable as e:
             self.fall_back(str(e))
             return self.fallback.expand(idea, profile, k=k, seed=seed)
@@ -156,6 +219,8 @@ class DreamerExpander:
             out.append(Expansion(prompt=prompt, negative=negative, source="dreamer", model=self.llm.model,
                                  system_hash=system_hash, reason=d.interpretation.strip()))
         if len(out) < k:  # a short answer: the rest come from the offline expander, labelled as such
+            self.notice(f"the LLM wrote {len(out)} of the {k} prompts asked for; "
+                        f"the other {k - len(out)} come from the offline formula expander")
             out += self.fallback.expand(idea, profile, k=k - len(out), seed=seed + len(out))
         return out
 

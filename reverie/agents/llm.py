@@ -1,8 +1,11 @@
 """LLM access: the `openai` client against any OpenAI-compatible server, answers checked by pydantic.
 
-A JSON-schema `response_format` is tried first; a server that rejects it (4xx) is asked again for
-plain JSON in the text, which is dug out of the reply (```json fences and chatter allowed).
-Malformed answers are retried a bounded number of times. A connection failure or timeout marks
+A JSON-schema `response_format` is tried first; a server that rejects it (a 4xx whose message is
+about the schema or structured output) is asked again for plain JSON in the text, which is dug out of
+the reply (```json fences and chatter allowed). Other 4xx answers end the LLM for the run with the
+server's own message (an unknown model names the models the server lists). Malformed answers,
+including a 200 whose body is not an OpenAI JSON reply at all (an HTML page), are retried a bounded
+number of times. A connection failure or timeout marks
 the client dead for the rest of the run, so a dead server costs one timeout, never a hung batch.
 Every call is handed to `record` (Studio writes it to the store; agents never import the store).
 """
@@ -38,6 +41,7 @@ class LLMSettings:
     api_key: str = ""
     timeout: float = 60.0
     retries: int = 2  # extra tries after a malformed answer
+    max_tokens: int = 0  # 0: a bound per purpose (see max_tokens_for)
 
     @property
     def configured(self) -> bool:
@@ -49,7 +53,7 @@ class LLMSettings:
 
 
 def llm_settings(section: Optional[Mapping[str, Any]] = None, url: Optional[str] = None, model: Optional[str] = None,
-                 env: Optional[Mapping[str, str]] = None) -> LLMSettings:
+                 env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None) -> LLMSettings:
     """CLI options win over the [llm] table of reverie.toml, which wins over OPENAI_* variables.
 
     The config file beats the environment because OPENAI_BASE_URL is often set for other tools,
@@ -66,9 +70,25 @@ def llm_settings(section: Optional[Mapping[str, Any]] = None, url: Optional[str]
         base_url=str(base_url).rstrip("/"),
         model=str(chosen_model),
         api_key=str(api_key),
-        timeout=float(section.get("timeout", 60.0)),
+        timeout=float(timeout if timeout is not None else section.get("timeout", 60.0)),
         retries=max(0, int(section.get("retries", 2))),
+        max_tokens=max(0, int(section.get("max_tokens", 0))),
     )
+
+
+# Bounds on the reply length, per purpose: a constrained reply from a local model once ran to 1,200
+# tokens of repetition. An expansion paragraph is 80-150 words (about 200 tokens) plus its reading;
+# reasoning models that think aloud need `[llm] max_tokens` raised.
+EXPAND_TOKENS_EACH = 400
+MIN_TOKENS = {"expand": 600, "critique": 600, "chat": 400}
+
+
+def max_tokens_for(settings: LLMSettings, purpose: str, k: int = 1) -> int:
+    if settings.max_tokens:
+        return settings.max_tokens
+    if purpose == "expand":
+        return max(MIN_TOKENS["expand"], 200 + EXPAND_TOKENS_EACH * k)
+    return MIN_TOKENS.get(purpose, 600)
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
@@ -115,12 +135,20 @@ class LLMClient:
         self.dead = ""  # why the server is not called any more, once it failed to answer
         self.schema_ok = True
         self._model = settings.model
+        self._listed: Optional[list[str]] = None  # the server's /models, once asked
 
     @property
     def model(self) -> str:
         if not self._model:
             self._model = self._discover_model()
         return self._model
+
+    def _list_models(self) -> list[str]:
+        """The model ids the server lists; raises what the SDK raises, or MalformedReply."""
+        try:
+            return [str(m.id) for m in self.client.models.list()]
+        except MALFORMED as e:  # a body that is not an OpenAI model list (an HTML page, a bare string)
+            raise MalformedReply("its /models answer is not an OpenAI model list") from None
 
     def _discover_model(self) -> str:
         """No model configured: take the first one the server lists (Ollama, llama.cpp, LM Studio)."""
@@ -132,31 +160,50 @@ class LLMClient:
         call = {"purpose": "models", "model": "", "base_url": self.settings.url, "system_hash": "",
                 "request_json": canonical_json({"path": "/models"}), "response_text": "", "error": ""}
         try:
-            ids = [m.id for m in self.client.models.list()]
-        except openai.APIError as e:
-            self.dead = f"cannot list models at {self.settings.url} ({_short(e)})"
-            self.record({**call, "seconds": time.monotonic() - started, "ok": False, "error": self.dead})
-            raise LLMUnavailable(self.dead) from None
-        self.record({**call, "seconds": time.monotonic() - started, "ok": bool(ids), "response_text": json.dumps(ids)})
-        if not ids:
-            self.dead = f"the server at {self.settings.url} lists no models: pass --llm-model"
-            raise LLMUnavailable(self.dead)
-        return ids[0]
+            ids = self._list_models()
+        except openai.APIConnectionError as e:
+            self.dead = f"no answer from {self.settings.url} ({_short(e)}): is the server running? check --llm-url"
+        except (openai.APIError, MalformedReply) as e:
+            self.dead = (f"cannot list models at {self.settings.url} ({server_message(e)}): "
+                         "pass --llm-model NAME, or check --llm-url")
+        else:
+            self._listed = ids
+            self.record({**call, "seconds": time.monotonic() - started, "ok": bool(ids), "response_text": json.dumps(ids)})
+            if not ids:
+                self.dead = f"the server at {self.settings.url} lists no models: pass --llm-model NAME"
+                raise LLMUnavailable(self.dead)
+            return ids[0]
+        self.record({**call, "seconds": time.monotonic() - started, "ok": False, "error": self.dead})
+        raise LLMUnavailable(self.dead) from None
+
+    def _known_models(self) -> list[str]:
+        """The models the server lists, for a hint; [] when it will not say."""
+        if self._listed is None:
+            try:
+                self._listed = self._list_models()
+            except Exception:  # only a hint: the error that brought us here is the one to report
+                self._listed = []
+        return self._listed
 
     def structured(self, system: str, user: str, schema: type[T], purpose: str, system_hash: str = "",
-                   temperature: float = 0.8, check: Optional[Callable[[T], str]] = None) -> T:
+                   temperature: float = 0.8, check: Optional[Callable[[T], str]] = None,
+                   json_schema: Optional[dict] = None, max_tokens: Optional[int] = None) -> T:
         """Ask, parse and validate; retry malformed answers; raise LLMUnavailable when out of tries.
 
         `check` returns a complaint ("" when fine) for answers that parse but break a rule.
+        `json_schema` is sent instead of the pydantic one when the checks need more than pydantic
+        writes (an exact count, a field required for one action).
         """
         if self.dead:
             raise LLMUnavailable(self.dead)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        wire_schema = json_schema or schema.model_json_schema()
+        limit = max_tokens or max_tokens_for(self.settings, purpose)
         problem = ""
         for _ in range(1 + self.settings.retries):
-            text, call = self._complete(messages, schema, purpose, system_hash, temperature)
+            text, call = self._complete(messages, schema.__name__, wire_schema, purpose, system_hash, temperature, limit)
             if call is None:  # the server failed this try; already recorded
-                problem = "the server returned an error"
+                problem = self._last_error or "the server returned an error"
                 continue
             try:
                 answer = parse_reply(text, schema)
@@ -173,48 +220,150 @@ class LLMClient:
             ]
         raise LLMUnavailable(f"{self.model} gave no usable answer in {1 + self.settings.retries} tries ({problem})")
 
-    def _complete(self, messages: list[dict], schema: type[BaseModel], purpose: str, system_hash: str,
-                  temperature: float) -> tuple[str, Optional[dict]]:
+    _last_error = ""
+
+    def _complete(self, messages: list[dict], name: str, wire_schema: dict, purpose: str, system_hash: str,
+                  temperature: float, max_tokens: int) -> tuple[str, Optional[dict]]:
         """One chat completion: (text, the call to record) or ("", None) after a recorded server error."""
         import openai
 
         while True:
             model = self.model
-            kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature}
+            kwargs: dict[str, Any] = {"model": model, "messages": messages, "temperature": temperature,
+                                      "max_tokens": max_tokens}
             if self.schema_ok:
-                kwargs["response_format"] = {"type": "json_schema",
-                                             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": wire_schema}}
             call = {"purpose": purpose, "model": model, "base_url": self.settings.url, "system_hash": system_hash,
                     "request_json": canonical_json(kwargs), "response_text": "", "error": ""}
             started = time.monotonic()
             try:
                 response = self.client.chat.completions.create(**kwargs)
+                text = _reply_text(response)
             except openai.APIConnectionError as e:  # includes timeouts
                 self.dead = f"no answer from {self.settings.url} ({_short(e)})"
                 self.record({**call, "seconds": time.monotonic() - started, "ok": False, "error": self.dead})
                 raise LLMUnavailable(self.dead) from None
             except openai.APIStatusError as e:
-                self.record({**call, "seconds": time.monotonic() - started, "ok": False, "error": _short(e),
-                             "response_text": _body(e)})
-                if e.status_code in (401, 403):
-                    self.dead = f"the server at {self.settings.url} refused the key ({e.status_code}): set api_key in reverie.toml or OPENAI_API_KEY"
+                said = server_message(e)
+                self.record({**call, "seconds": time.monotonic() - started, "ok": False,
+                             "error": f"{e.status_code}: {said}", "response_text": _body(e)})
+                status = e.status_code
+                if status in (401, 403):
+                    self.dead = (f"the server at {self.settings.url} refused the key ({status}: {said}): "
+                                 "set api_key in reverie.toml or OPENAI_API_KEY")
                     raise LLMUnavailable(self.dead) from None
-                if self.schema_ok and 400 <= e.status_code < 500 and e.status_code != 429:
+                if status in (400, 404, 422) and about_model(said):
+                    self.dead = self._unknown_model(model, status, said)
+                    raise LLMUnavailable(self.dead) from None
+                if self.schema_ok and status in (400, 422) and about_schema(said):
                     self.schema_ok = False  # ask again for JSON in plain text
                     continue
-                if e.status_code == 404:
-                    self.dead = f"model {model!r} or the API path is unknown at {self.settings.url} (404): check --llm-url and --llm-model"
+                if status == 404:
+                    self.dead = (f"the server at {self.settings.url} has no chat completions there (404: {said}): "
+                                 "check --llm-url (it usually ends in /v1)")
                     raise LLMUnavailable(self.dead) from None
+                if 400 <= status < 500 and status not in (408, 409, 429):
+                    # The request itself is refused: asking again the same way cannot help.
+                    self.dead = f"the server at {self.settings.url} refused the request ({status}: {said})"
+                    raise LLMUnavailable(self.dead) from None
+                self._last_error = f"the server returned {status}: {said}"
                 return "", None  # a 5xx or a rate limit: counts as one failed try
-            except (ValueError, openai.APIResponseValidationError) as e:  # a body that is not JSON at all
-                self.record({**call, "seconds": time.monotonic() - started, "ok": False,
-                             "error": f"unreadable response: {_short(e)}"})
+            except NotJSON as e:  # a web page, not an API: no retry can change that
+                self.dead = (f"the server at {self.settings.url} answered with {e}, not the OpenAI API: "
+                             "check --llm-url (it usually ends in /v1)")
+                self.record({**call, "seconds": time.monotonic() - started, "ok": False, "error": self.dead,
+                             "response_text": e.body})
+                raise LLMUnavailable(self.dead) from None
+            except (openai.APIError, MalformedReply, *MALFORMED) as e:  # a body that is not a chat completion
+                self._last_error = f"the reply is not an OpenAI chat completion ({_short(e)})"
+                self.record({**call, "seconds": time.monotonic() - started, "ok": False, "error": self._last_error})
                 return "", None
             usage = getattr(response, "usage", None)
-            text = (response.choices[0].message.content if response.choices else "") or ""
             return text, {**call, "seconds": time.monotonic() - started, "response_text": text,
-                          "prompt_tokens": getattr(usage, "prompt_tokens", None),
-                          "completion_tokens": getattr(usage, "completion_tokens", None)}
+                          "prompt_tokens": _int_or_none(getattr(usage, "prompt_tokens", None)),
+                          "completion_tokens": _int_or_none(getattr(usage, "completion_tokens", None))}
+
+    def _unknown_model(self, model: str, status: int, said: str) -> str:
+        known = [m for m in self._known_models() if m != model][:5]
+        hint = ("pass --llm-model with one the server lists: " + ", ".join(known)) if known else \
+            "pass --llm-model with a model the server has"
+        return f"the server at {self.settings.url} does not know model {model!r} ({status}: {said}): {hint}"
+
+
+class MalformedReply(ValueError):
+    """A 200 whose body is not what an OpenAI-compatible server sends."""
+
+
+class NotJSON(MalformedReply):
+    """A 200 whose body is not JSON at all: an HTML page at a mistyped URL."""
+
+    def __init__(self, body: str):
+        self.body = body[:4000]
+        html = body.lstrip()[:200].lower().startswith(("<!doctype", "<html", "<"))
+        super().__init__("an HTML page" if html else f"text that is not JSON ({_snippet(body, 60)})")
+
+
+# What a body that is not an OpenAI reply raises once the SDK hands it over: the SDK returns a bare
+# str for a non-JSON 200 (an HTML page), and a JSON of the wrong shape has missing or odd fields.
+MALFORMED: tuple[type[Exception], ...] = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _reply_text(response: Any) -> str:
+    if isinstance(response, (str, bytes)):  # the SDK hands over a non-JSON body as is
+        raise NotJSON(response.decode("utf-8", "replace") if isinstance(response, bytes) else response)
+    choices = response.choices
+    if not choices:
+        raise MalformedReply("the reply has no choices")
+    content = choices[0].message.content
+    if content is not None and not isinstance(content, str):
+        raise MalformedReply(f"the message content is a {type(content).__name__}, not text")
+    return content or ""
+
+
+def _int_or_none(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) else None
+
+
+_SCHEMA_WORDS = re.compile(r"response_format|json_schema|json schema|structured|grammar|schema|guided", re.I)
+_MODEL_WORDS = re.compile(r"\bmodel\b.*(not found|unknown|does not exist|doesn't exist|not exist|no such|invalid|"
+                          r"not available|unavailable|not loaded|is not)|(unknown|invalid|no such) model|"
+                          r"model_not_found", re.I | re.S)
+
+
+def about_schema(message: str) -> bool:
+    return bool(_SCHEMA_WORDS.search(message))
+
+
+def about_model(message: str) -> bool:
+    return bool(_MODEL_WORDS.search(message)) and not about_schema(message)
+
+
+def server_message(e: Exception) -> str:
+    """The server's own words, one line: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, or the text."""
+    body = getattr(e, "body", None)
+    said: Any = None
+    if isinstance(body, dict):
+        said = body.get("error", body.get("detail", body.get("message")))
+        if isinstance(said, dict):
+            said = said.get("message") or said.get("msg") or json.dumps(said)
+        elif isinstance(said, list) and said and isinstance(said[0], dict):  # FastAPI's validation list
+            said = said[0].get("msg")
+    elif isinstance(body, str):
+        said = body
+    if not said:
+        response = getattr(e, "response", None)
+        try:
+            said = response.text if response is not None else ""
+        except Exception:  # a closed body: the exception's own words will do
+            said = ""
+    return _snippet(said or (getattr(e, "message", "") or str(e)))
+
+
+def _snippet(text: Any, limit: int = 160) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
 def _short(e: Exception) -> str:

@@ -39,6 +39,10 @@ class PreparedControl:
 def load_reference(path: str | Path) -> tuple[Image.Image, str]:
     """Open and fully decode a reference image; anything wrong is one line naming the fix."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise ReverieError(f"reference {file} is a folder: pass --ref with the path of one image file")
+    if file.exists() and not file.is_file():
+        raise ReverieError(f"reference {file} is not a regular file (a device or a pipe): pass --ref with an image file")
     if not file.is_file():
         raise ReverieError(f"reference {file} does not exist: pass --ref with the path of an image file")
     data = file.read_bytes()

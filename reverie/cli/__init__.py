@@ -13,12 +13,41 @@ import typer
 from reverie.cli import agents, batch, lineage, models, runs, scoring
 from reverie.cli.common import err, say
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="reverie: terse idea in, excellent images out, every one explained.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="reverie: terse idea in, excellent images out, every one explained.")
 
 for command in (runs.make, runs.runs, runs.show, agents.expand, batch.batch, batch.chat, lineage.lineage, lineage.reproduce,
                 lineage.export, scoring.score):
     app.command()(command)
 app.add_typer(models.models_app, name="models")
+
+
+def readable(command):
+    """Metavars a person reads (`--n N`, `IDEA`, bare flags) instead of typer's `<int>` and `{idea}`."""
+    for param in getattr(command, "params", []):
+        # Duck-typed: recent typer vendors its own click, whose classes are not click's.
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+        elif param.metavar is None:
+            param.metavar = (param.name or "value").upper()
+        if getattr(param, "param_type_name", "") == "argument":
+            param.display_type = lambda ctx: None  # the metavar says it; typer would add `<str>`
+    for sub_command in getattr(command, "commands", {}).values():
+        readable(sub_command)
+    return command
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from reverie.version import __version__
+
+        print(f"reverie {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """reverie: terse idea in, excellent images out, every one explained."""
 
 
 def main() -> None:
@@ -29,7 +58,7 @@ def main() -> None:
         from click import exceptions as cx
 
     try:
-        code = app(standalone_mode=False)
+        code = readable(typer.main.get_command(app))(standalone_mode=False)
     except cx.NoArgsIsHelpError as e:
         # `reverie` alone (or a group alone): the help is what the user wants to see.
         print(e.ctx.get_help() if e.ctx else "")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from reverie.cli.common import CONFIG, LLM_MODEL, LLM_URL, CliProgress, friendly, out
+from reverie.cli.common import CONFIG, LLM_MODEL, LLM_TIMEOUT, LLM_URL, CliProgress, friendly, out
 from reverie.profiles import DEFAULT_PROFILE
 
 
@@ -19,6 +19,7 @@ def expand(
     seed: int = typer.Option(0, "--seed", help="Seed for the offline formula expander."),
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
+    llm_timeout: Optional[float] = LLM_TIMEOUT,
     config: Optional[str] = CONFIG,
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (LLM calls are recorded there)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of text."),
@@ -33,7 +34,7 @@ def expand(
         raise ReverieError(f"k must be between 1 and 8 (got {k}): pass --k 3 for three interpretations")
     text = clean_idea(idea)
     chosen = get_profile(profile)
-    with Studio(home=home, profile=profile, llm_url=llm_url, llm_model=llm_model, config=config) as studio:
+    with Studio(home=home, profile=profile, llm_url=llm_url, llm_model=llm_model, llm_timeout=llm_timeout, config=config) as studio:
         expander, _ = studio.expander_and_critic(CliProgress(quiet=True))
         expansions = expander.expand(text, chosen, k=k, seed=seed)
     if as_json:

@@ -113,6 +113,8 @@ ENGINE = typer.Option("auto", "--engine", help="auto, tiny, diffusers, comfyui, 
 SCORER = typer.Option("auto", "--scorer", help="auto, clip or heuristic.")
 LLM_URL = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. http://localhost:11434/v1.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first).")
+LLM_TIMEOUT = typer.Option(None, "--llm-timeout", min=0.1, metavar="SECONDS",
+                           help="Seconds to wait for each LLM answer (default 60, or llm.timeout in reverie.toml).")
 CONFIG = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml).")
 MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
 

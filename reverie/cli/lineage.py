@@ -200,20 +200,27 @@ def export(
     except OSError as e:
         raise ReverieError(f"cannot create {target} ({e.strerror or e}): pass a writable folder") from None
     rows = {r["id"]: r for r in store.render_rows(run["id"])}
-    written = []
+    written, missing = [], []
     for rank, r in enumerate(picked, 1):
         # Names come from rank and content hash, never from prompt text.
         stem = f"{rank:02d}-{r.sha256[:16]}"
-        shutil.copyfile(r.path, target / f"{stem}.png")
+        try:
+            shutil.copyfile(r.path, target / f"{stem}.png")
+        except FileNotFoundError:  # deleted by hand: the others are still worth exporting
+            missing.append(r.path)
+            continue
         sidecar = {"rank": rank, **build(store, rows[r.id])}
         (target / f"{stem}.json").write_text(json.dumps(sidecar, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         written.append({"rank": rank, "path": str(target / f"{stem}.png"), "render_id": r.id,
                         "composite": r.scores.composite if r.scores else None})
     if as_json:
-        print(json.dumps({"run_id": run["id"], "dir": str(target), "images": written}))
-        return
-    for w in written:
-        out.print(f"{w['rank']:>2}  {w['composite']:.3f}  {w['path']}", markup=False, highlight=False)
+        print(json.dumps({"run_id": run["id"], "dir": str(target), "images": written, "missing": missing}))
+    else:
+        for w in written:
+            out.print(f"{w['rank']:>2}  {w['composite']:.3f}  {w['path']}", markup=False, highlight=False)
+    if missing:
+        raise ReverieError(f"{len(missing)} image file(s) are missing, e.g. {missing[0]}; exported the other {len(written)} to {target}: "
+                           "restore the missing file from a backup, or lower --top")
 
 
 def _diverse(store, run_id: str, k: int) -> list:

@@ -12,7 +12,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_URL, MODEL_PATH, PROFILE, CliProgress, engine_choice, friendly, out, print_paths)
+                                LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, friendly, out,
+                                print_paths)
 from reverie.types import ReverieError
 
 
@@ -26,11 +27,13 @@ def make(
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (0.01-4)."),
     profile: str = PROFILE,
     engine: str = ENGINE,
+    scorer: str = SCORER,
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
+    llm_timeout: Optional[float] = LLM_TIMEOUT,
     config: Optional[str] = CONFIG,
     ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
     control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
@@ -49,8 +52,8 @@ def make(
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, llm_url=llm_url,
-                    llm_model=llm_model, config=config, engine_options=engine_options)
+    studio = Studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
+                    llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options)
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,

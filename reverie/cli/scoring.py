@@ -31,9 +31,22 @@ def collect_images(paths: List[str]) -> tuple[list[Path], int]:
                     skipped += 1
         elif p.is_file():
             files.append(p)
+        elif p.exists():  # a device or a pipe: reading one may never end
+            raise ReverieError(f"{raw} is not a regular file (a device or a pipe): pass image files or folders")
         else:
             raise ReverieError(f"{raw} does not exist: pass image files or folders that hold them")
     return files, skipped
+
+
+def is_image(path: Path) -> bool:
+    """Whether Pillow recognises the file's header; the pixels are not decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # any unreadable file is simply not an image here
+        return False
 
 
 def png_prompt(path: Path) -> str:
@@ -86,6 +99,9 @@ def score(
     files, skipped = collect_images(paths)
     if not files:
         raise ReverieError(f"no images (png, jpg, webp) found in {', '.join(paths)}: pass image files or a folder of them")
+    if not any(is_image(f) for f in files):  # before the scorer loads: nothing to score is one line
+        raise ReverieError(f"none of the {len(files)} file(s) in {', '.join(paths)} is a readable image: "
+                           "pass PNG, JPEG or WebP files or a folder of them")
     engine = make_scorer(scorer, table=table_cfg)
     if engine.honest_note:
         say(err, "reverie:", engine.honest_note)

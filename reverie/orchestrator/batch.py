@@ -192,15 +192,25 @@ def _parse_json_item(line: str, lineno: int, source: str, index: int) -> BatchIt
     unknown = set(obj) - ITEM_KEYS
     if unknown:
         raise ReverieError(f"{source} line {lineno} has unknown field(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(ITEM_KEYS))}")
+    def wrong(field: str, expected: str, example: str) -> ReverieError:
+        return ReverieError(f"{source} line {lineno}: \"{field}\" must be {expected} (got {obj[field]!r}), e.g. {example}")
+
     n = obj.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ReverieError(f"{source} line {lineno}: \"n\" must be a positive whole number of images (got {n!r})")
+        raise ReverieError(f"{source} line {lineno}: \"n\" must be a positive whole number of images (got {n!r}), e.g. \"n\": 8")
+    for key, example in (("profile", '"profile": "sdxl"'), ("aspect", '"aspect": "2:3"'),
+                         ("reference", '"reference": "sketch.png"'), ("control", '"control": "canny"')):
+        if obj.get(key) is not None and not isinstance(obj[key], str):
+            raise wrong(key, "a string", example)
+    for key, example in (("megapixels", '"megapixels": 1.0'), ("strength", '"strength": 0.8')):
+        if obj.get(key) is not None and (not isinstance(obj[key], (int, float)) or isinstance(obj[key], bool)):
+            raise wrong(key, "a number", example)
     refs: tuple[Reference, ...] = ()
     if obj.get("reference"):
-        path = Path(str(obj["reference"])).expanduser()
+        path = Path(obj["reference"]).expanduser()
         if not path.is_file():
             raise ReverieError(f"{source} line {lineno}: reference image {path} does not exist: fix the path or drop \"reference\"")
-        refs = (Reference(str(path.resolve()), str(obj.get("control") or "auto"), float(obj.get("strength", 0.8))),)
+        refs = (Reference(str(path.resolve()), obj.get("control") or "auto", float(obj.get("strength", 0.8))),)
     elif obj.get("control"):
         raise ReverieError(f"{source} line {lineno}: \"control\" needs a \"reference\" image to take the structure from")
     mp = obj.get("megapixels")

@@ -278,7 +278,8 @@ def make_interpreter(studio, progress: ProgressFn) -> Interpreter:
     from reverie.agents.llm import LLMClient, llm_settings
 
     rules = RuleInterpreter(available_controls(studio.home / "models"))
-    settings = llm_settings(studio.config.get("llm"), url=studio.llm_url, model=studio.llm_model)
+    settings = llm_settings(studio.config.get("llm"), url=studio.llm_url, model=studio.llm_model,
+                            timeout=studio.llm_timeout)
     if not settings.configured:
         return rules
     llm = LLMClient(settings, record=lambda call: studio.store.add_llm_call(call, run_id=None))

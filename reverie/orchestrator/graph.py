@@ -383,9 +383,17 @@ def open_checkpointer(home: Path) -> Iterator[Any]:
     """LangGraph checkpoints in home/checkpoints.db, one thread per run id."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    conn = sqlite3.connect(str(Path(home) / "checkpoints.db"), timeout=30, check_same_thread=False)
+    path = Path(home) / "checkpoints.db"
+    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        except sqlite3.DatabaseError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            raise ReverieError(f"the checkpoint file {path} is unusable ({e}): move it aside (mv {path} {path}.aside) "
+                               "and run again; the images and reverie.db are not touched") from None
         yield SqliteSaver(conn)
     finally:
         conn.close()

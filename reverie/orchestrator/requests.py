@@ -11,6 +11,8 @@ from reverie.types import CONTROL_KINDS, Request, ReverieError
 MAX_N = 1024
 MAX_ROUNDS = 100
 MAX_IDEA_CHARS = 4000
+# Seeds are stored as SQLite integers (signed 64-bit) and a run adds one per image; 2^62 leaves room.
+MAX_SEED = 2**62
 
 
 def clean_idea(idea: str) -> str:
@@ -36,7 +38,10 @@ def validate_request(req: Request) -> Request:
     parse_aspect(req.aspect)
     check_megapixels(req.megapixels)
     if req.target is not None and not (0.0 <= req.target <= 1.0):
-        raise ReverieError(f"target {req.target} is out of range: the composite score is 0..1, e.g. --target 0.7")
+        raise ReverieError(f"target {req.target} is out of range: the composite score is between 0 and 1, e.g. --target 0.7")
+    if req.seed is not None and (not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED):
+        raise ReverieError(f"seed {req.seed} is out of range: use a whole number from 0 to {MAX_SEED} (2^62), "
+                           "or leave --seed out for a random one")
     if req.max_renders is not None and req.max_renders < 1:
         raise ReverieError(f"the render budget must be at least 1 (got {req.max_renders})")
     if req.steps is not None and not (1 <= req.steps <= 200):

@@ -42,7 +42,7 @@ class MakeResult:
                 "path": r.path,
                 "seed": r.seed,
                 "sha256": r.sha256,
-                "round": r.round,
+                "round": r.round + 1,  # 1-based for people, as `reverie show` prints; the store counts from 0
                 "prompt": r.prompt,
                 "width": r.spec.width,
                 "height": r.spec.height,
@@ -111,6 +111,7 @@ class Studio:
         llm_url: Optional[str] = None,
         llm_model: Optional[str] = None,
         config: Optional[str | Path] = None,
+        llm_timeout: Optional[float] = None,
     ):
         if isinstance(engine, str) and engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
@@ -136,7 +137,7 @@ class Studio:
         # Pixel signatures of renders stored by this studio, taken from the images in memory as
         # they arrive, so best() need not decode every PNG again after the run.
         self.signatures: dict[int, tuple] = {}
-        self.llm_url, self.llm_model = llm_url, llm_model
+        self.llm_url, self.llm_model, self.llm_timeout = llm_url, llm_model, llm_timeout
         self.config = load_config(self.home, config)
 
     # -- parts -----------------------------------------------------------------------------
@@ -192,7 +193,7 @@ class Studio:
     def _llm_settings(self):
         from reverie.agents.llm import llm_settings
 
-        return llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model)
+        return llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model, timeout=self.llm_timeout)
 
     def _say_embedded(self, progress: ProgressFn) -> None:
         """One line naming the embedded parts actually in use: the tiny engine, and the formula

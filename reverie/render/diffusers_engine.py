@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, get_profile
@@ -98,6 +99,30 @@ def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: ([v[0]] * n if isinstance(v, list) else torch.cat([v] * n)) for k, v in embeds.items()}
 
 
+def file_hash(path: str | os.PathLike) -> str:
+    """A1111's short model hash (civitai's AutoV1): sha256 of 64 KiB at 1 MiB, 8 hex digits.
+    Cheap on a 12 GB checkpoint, where hashing the whole file takes a minute."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
+def weights_hash(where: str | os.PathLike) -> str:
+    """file_hash for a single file; for a diffusers folder, one hash over its weight files'
+    names, sizes and short hashes (A1111 has no convention for folders)."""
+    import hashlib
+
+    where = Path(where)
+    if where.is_file():
+        return file_hash(where)
+    h = hashlib.sha256()
+    for f in sorted(p for p in where.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")):
+        h.update(f"{f.relative_to(where).as_posix()}\0{f.stat().st_size}\0{file_hash(f)}\n".encode())
+    return h.hexdigest()[:10]
+
+
 class DiffusersEngine:
     name = "diffusers"
 
@@ -131,6 +156,7 @@ class DiffusersEngine:
         self.pad_batches = pad_batches
         self.version = f"diffusers {diffusers.__version__}"
         self.pipe = None
+        self.model_label, self.model_hash, self.runtime = "", "", {}
         self._variants: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._embeds: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
@@ -162,8 +188,15 @@ class DiffusersEngine:
         self._base_scheduler = pipe.scheduler
         self._base_shift = getattr(pipe.scheduler.config, "shift", None)
         self.pipe = pipe
+        self.model_label, self.model_hash = self._model_label(where), weights_hash(where)
+        self.runtime = {"torch": torch.__version__, "diffusers": diffusers.__version__, "device": str(self.device),
+                        "cuda": torch.version.cuda if str(self.device).startswith("cuda") else None}
         torch.set_grad_enabled(False)
         return pipe
+
+    def _model_label(self, where: str) -> str:
+        """The weights' folder or file name, as A1111's `Model:` field names a checkpoint."""
+        return Path(where).name or str(where)
 
     def _place(self, pipe) -> None:
         if self.cpu_offload and self.device.startswith("cuda"):
@@ -329,7 +362,8 @@ class DiffusersEngine:
                 runner.scheduler.set_shift(self._base_shift)
         seconds = (time.perf_counter() - t0) / len(batch)
         self.forward_seconds += seconds * len(batch)
-        return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds)
+        return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds,
+                             model=self.model_label, model_hash=self.model_hash, runtime=dict(self.runtime))
                 for s, img in zip(batch, images)]
 
     @property

@@ -259,6 +259,10 @@ class TinyEngine(DiffusersEngine):
         self._models_dir = Path(models_dir)
         super().__init__(model_path=str(ensure_tiny_weights(Path(models_dir))), profile="z-image-turbo", **options)
 
+    def _model_label(self, where: str) -> str:
+        # Never the profile's name: PNG Info and civitai would credit Z-Image-Turbo for noise.
+        return f"tiny-z-image-v{TINY_VERSION} (random weights)"
+
     def _variant(self, control):
         if control is not None and control.kind != "img2img" and self.controlnet_path is None:
             self.controlnet_path = str(ensure_tiny_controlnet(self._models_dir))

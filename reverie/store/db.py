@@ -277,8 +277,13 @@ class Store:
             "engine": output.engine,
             "engine_version": output.engine_version,
             "batch_size": batch_size,
+            "model": output.model or spec.profile,
+            "model_hash": output.model_hash,
+            "versions": {"reverie": _version(), **output.runtime},
         }
-        data = encode_png(output.image, a1111_parameters(spec, f"reverie {_version()}"), meta)
+        parameters = a1111_parameters(spec, f"reverie {_version()}", model=output.model, model_hash=output.model_hash,
+                                      engine=f"{output.engine} ({output.engine_version})", round=round + 1)
+        data = encode_png(output.image, parameters, meta)
         sha, file_path = write_image(self.images_dir, data)
         return str(file_path.relative_to(self.home)), sha
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,6 +15,18 @@ from reverie.store.pngmeta import file_sha256, read_metadata
 from reverie.types import ReverieError
 
 
+def check_regular_file(path: str | os.PathLike) -> None:
+    """A folder, a device (/dev/zero) or a pipe is refused at once: hashing one never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise ReverieError(f"cannot read {path} ({e.strerror}): give an image path, a render id or a sha prefix") from None
+    if stat.S_ISDIR(mode):
+        raise ReverieError(f"{path} is a folder: give an image file, a render id or a sha prefix")
+    if not stat.S_ISREG(mode):
+        raise ReverieError(f"{path} is not a regular file (a device, pipe or socket): give an image file")
+
+
 def image_chunks(path: str | os.PathLike) -> dict[str, Optional[str]]:
     """The text chunks of an image file, with one clear line for anything that is not a sound image.
 
@@ -21,8 +34,7 @@ def image_chunks(path: str | os.PathLike) -> dict[str, Optional[str]]:
     pixels are allocated.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ReverieError(f"{path} is not a file: give an image path, a render id or a sha prefix")
+    check_regular_file(p)
     try:
         return read_metadata(p)
     except Image.DecompressionBombError:
@@ -37,7 +49,8 @@ def find_renders(store, key: str) -> list[dict]:
     """Render rows for a render id, an image path (by the file's sha256, then by its `reverie`
     chunk), or a prefix of an image sha256 or spec hash."""
     key = str(key).strip()
-    if os.path.exists(key):
+    if os.path.lexists(key):
+        check_regular_file(key)
         rows = list(store.db.query("select * from renders where sha256 = ?", [file_sha256(Path(key))]))
         if rows:
             return rows

@@ -34,7 +34,9 @@ def cfg_scale(spec: RenderSpec) -> float:
     return family.cfg_scale(spec.guidance) if family else spec.guidance
 
 
-def a1111_parameters(spec: RenderSpec, version: str = "") -> str:
+def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model_hash: str = "", engine: str = "",
+                     round: Optional[int] = None) -> str:
+    """The text A1111, Forge, civitai and PNG Info read. `round` is 1-based, as `reverie show` prints."""
     lines = [spec.prompt]
     if spec.negative:
         lines.append(f"Negative prompt: {spec.negative}")
@@ -44,14 +46,20 @@ def a1111_parameters(spec: RenderSpec, version: str = "") -> str:
         ("CFG scale", cfg_scale(spec)),
         ("Seed", spec.seed),
         ("Size", f"{spec.width}x{spec.height}"),
-        ("Model", spec.profile),
     ]
+    if model_hash:
+        fields.append(("Model hash", model_hash))
+    fields.append(("Model", model or spec.profile))
     if spec.shift is not None:
         fields.append(("Shift", spec.shift))
     if spec.blind_steps:
         fields.append(("Blind steps", spec.blind_steps))
     if spec.control is not None:
         fields.append(("Control", f"{spec.control.kind} {spec.control.strength} {spec.control.image_sha[:12]}"))
+    if round is not None:
+        fields.append(("Round", round))
+    if engine:
+        fields.append(("Engine", engine))
     if version:
         fields.append(("Version", version))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))

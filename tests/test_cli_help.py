@@ -1,0 +1,28 @@
+"""Help a person reads, and --version, through the real CLI."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from tests.conftest import run_cli
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"reverie {version('reverie')}"
+
+
+def test_make_help_shows_readable_metavars_and_scorer():
+    proc = run_cli("make", "--help", env={"COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  --")}
+    assert "--n" in rows and "--n N " in rows["--n"]
+    assert not any(t in proc.stdout for t in ("<int>", "<str>", "<bool>", "<float>", "AS_JSON")), proc.stdout
+    assert "<bool>" not in rows["--json"] and "AS_JSON" not in rows["--json"]
+    assert "SECONDS" in rows["--llm-timeout"] and "--scorer" in rows
+
+
+def test_make_takes_scorer(home):
+    proc = run_cli("make", "a fox", "--n", "1", "--rounds", "1", "--megapixels", "0.01", "--seed", "1",
+                   "--scorer", "heuristic", "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
