@@ -4,6 +4,7 @@ it, such as "[bold]x[/]" or "[1]", must not be eaten."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.conftest import run_cli
 
@@ -45,3 +46,22 @@ def test_make_table_prints_every_best_path_unbroken(home):
     assert all(len(p) > 100 for p in paths)
     printed = [line.split()[-1] for line in done.stdout.splitlines() if "/images/" in line]
     assert len(printed) == 2 and set(printed) <= paths  # whole paths, one per line
+
+
+def test_everything_fits_80_columns(tmp_path):
+    """Full run ids in `runs`, score paths on unbroken lines, `models` without a collapsed column."""
+    home = tmp_path / "home"
+    made = run_cli("make", "a fox in the rain with a very long description that will not fit in a narrow column",
+                   "--engine", "fixed", "--n", "2", "--rounds", "1", "--megapixels", "0.02", "--json", home=home)
+    assert made.returncode == 0, made.stderr
+    run_id = json.loads(made.stdout)["run_id"]
+    narrow = {"COLUMNS": "80"}
+    runs = run_cli("runs", home=home, env=narrow)
+    assert run_id in runs.stdout and all(len(line) <= 80 for line in runs.stdout.splitlines())
+    scored = run_cli("score", str(home / "images"), "--scorer", "heuristic", home=home, env=narrow)
+    assert scored.returncode == 0, scored.stderr
+    paths = [line.split()[-1] for line in scored.stdout.splitlines() if line.startswith("#")]
+    assert len(paths) == 2 and all(Path(p).is_file() for p in paths)  # whole, copyable paths
+    models = run_cli("models", home=home, env=narrow)
+    assert models.returncode == 0 and all(len(line) <= 80 for line in models.stdout.splitlines())
+    assert "z-image-turbo " in models.stdout

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.markup import escape
+from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
@@ -32,26 +33,33 @@ class BatchProgressView(CliProgress):
         if self.quiet:
             return
         if event.kind == "batch_started":
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err)
+            # Fixed widths that add up to 80 columns, so the bars never collapse to a sliver.
+            self.progress = Progress(TextColumn("{task.description}", table_column=Column(width=24, no_wrap=True)),
+                                     BarColumn(bar_width=10), MofNCompleteColumn(table_column=Column(width=9)),
+                                     TextColumn("{task.fields[info]}", table_column=Column(width=26, no_wrap=True)),
+                                     TimeElapsedColumn(), console=err)
             self.progress.start()
             resumed = "resumed, " if d["resumed"] else ""
-            self.overall = self.progress.add_task(f"[bold]batch {d['batch_id']}[/]", total=d["total"], completed=d["done"],
+            self.overall = self.progress.add_task(f"[bold]batch {d['batch_id'][:12]}[/]", total=d["total"], completed=d["done"],
                                                   info=f"{resumed}{len(d['items'])} ideas")
             for it in d["items"]:
-                self.rows[it["index"]] = self.progress.add_task(escape(f"  {it['index'] + 1}. {it['idea'][:40]}"), total=it["budget"],
+                self.rows[it["index"]] = self.progress.add_task(escape(_short(f"  {it['index'] + 1}. {it['idea']}", 24)), total=it["budget"],
                                                                 completed=it["done"], info=_best(it["best"]))
         elif self.progress is None:
             return
         elif event.kind == "batch_progress":
             eta = d["eta_seconds"]
-            eta_text = f"ETA {_duration(eta)}" if eta is not None else "ETA -"
+            eta_text = f"ETA {_duration(eta)}" if eta is not None else ""
             self.progress.update(self.overall, completed=d["done"],
-                                 info=f"{d['images_per_minute']:.1f} img/min  {eta_text}  {_best(d['best'])}")
+                                 info=f"{d['images_per_minute']:.0f}/min {eta_text} {_best(d['best'])}")
             for it in d["items"]:
                 self.progress.update(self.rows[it["index"]], completed=it["done"], info=_best(it["best"]))
         elif event.kind == "batch_finished":
             self.stop()
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _best(value: Optional[float]) -> str:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from reverie.cli.common import err, friendly, out
+from reverie.cli.common import err, friendly, out, print_paths
 from reverie.types import Event, ReverieError
 
 models_app = typer.Typer(help="List model profiles and their weights; `pull` downloads one.", invoke_without_command=True)
@@ -72,18 +72,21 @@ def models(
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))
         return
-    table = Table(title="models (`reverie models pull NAME` downloads one)")
+    out.print(Text("models (`reverie models pull NAME` downloads one)", style="bold"), highlight=False)
+    table = Table()
     table.add_column("name", no_wrap=True)
-    # Short cells that never wrap, so the path column keeps its room at 100 columns.
+    # Short cells that never wrap; where each model lives is listed below, one unbroken path a line.
     for col in ("pipeline", "steps", "cfg", "sampler"):
         table.add_column(col, no_wrap=True)
     table.add_column("here", no_wrap=True)
-    table.add_column("where", overflow="fold")
     for r in rows:
         table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "").replace("StableDiffusion", "SD") or r["kind"], str(r.get("steps", "")),
-                      str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no",
-                      Text("-" if r["where"].startswith("not downloaded") else r["where"]))
+                      str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no")
     out.print(table)
+    found = [(r["name"], r["where"]) for r in rows if r["present"]]
+    if found:
+        out.print("[bold]where[/]")
+        print_paths(found)
 
 
 @models_app.command("pull")

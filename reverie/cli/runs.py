@@ -6,6 +6,7 @@ import json
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -96,14 +97,21 @@ def runs(
         print(json.dumps([{**{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")},
                            "scorer": scorers.get(r["id"])} for r in rows]))
         return
-    table = Table()
-    for col in ("run", "status", "renders", "best", "profile", "idea"):
-        table.add_column(col)
+    # Full run ids at any width (show and export need them); the idea is the column that gives way.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("run", no_wrap=True, min_width=22)
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("images", no_wrap=True, justify="right", min_width=6)
+    table.add_column("best", no_wrap=True, justify="right", min_width=5)
+    table.add_column("profile", no_wrap=True, min_width=7, max_width=13, overflow="ellipsis")
+    table.add_column("idea", ratio=1, overflow="ellipsis", no_wrap=True)
     for r in rows:
-        table.add_row(r["id"], r["status"], str(r["renders"]),
-                      f"{r['best']:.3f} {scorers.get(r['id'], '')}".strip() if r["best"] is not None else "-",
-                      r["profile"], Text(r["idea"][:60]))
+        table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
+                      r["profile"], Text(r["idea"]))
     out.print(table)
+    used = sorted(set(scorers.values()))
+    if used:  # a heuristic score and a CLIP score are not the same scale: say which made each best
+        out.print(Text("best scores by " + ", ".join(used)), highlight=False)
 
 
 @friendly

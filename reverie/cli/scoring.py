@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from reverie.cli.common import err, friendly, out, say
+from reverie.cli.common import err, friendly, out, print_paths, say
 from reverie.types import ReverieError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -131,12 +131,13 @@ def score(
     table.add_column("score", justify="right")
     for name in names:
         table.add_column(name, justify="right")
-    table.add_column("path", overflow="fold")
+    table.add_column("", no_wrap=True)  # near-duplicate marks; the paths are listed below, unbroken
     for i, r in enumerate(shown, 1):
         values = r["scores"].values
-        note = f"  (near-duplicate of #{dupes[i - 1] + 1})" if i - 1 in dupes else ""
+        note = f"dup of #{dupes[i - 1] + 1}" if i - 1 in dupes else ""
         table.add_row(str(i), f"{r['scores'].composite:.3f}", *[f"{values[n]:.3f}" if n in values else "-" for n in names],
-                      Text(r["path"] + note))
+                      note)
     out.print(table)
+    print_paths([(f"#{i}", r["path"]) for i, r in enumerate(shown, 1)])
     if skipped:
         err.print(f"skipped {skipped} file(s) that are not readable images", highlight=False)
