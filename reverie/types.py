@@ -146,6 +146,9 @@ class EngineOutput:
     engine_version: str
     seconds: float
     error: str = ""
+    # How many seeds shared the forward pass that made it (padding included): its pixels depend
+    # on that shape, so the PNG records it and `reproduce` renders in a batch of the same size.
+    batch_size: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -40,3 +40,15 @@ def test_throughput_bench(tiny_models_dir, capsys):
                                             "--models-dir", str(tiny_models_dir)])
     assert result["one_by_one"] > 0 and result["batched"] > 0
     assert "images/s" in capsys.readouterr().out
+
+
+def test_store_bench(tmp_path, capsys):
+    results = load("bench_store").main(["--renders", "2000", "--repeats", "2", "--home", str(tmp_path / "h"), "--explain"])
+    assert set(results) == {"lineage IMAGE.png", "lineage SHA-PREFIX", "best-of (top 4 of a run)", "runs (list 30)",
+                            "show RUN (tree)"}
+    assert all(ms > 0 for ms in results.values())
+    printed = capsys.readouterr().out
+    assert "ms goal" in printed
+    # The lookups walk indexes, never a whole table of renders.
+    plans = printed.split("query plans:")[1]
+    assert "SCAN renders" not in plans and "TEMP B-TREE" not in plans
