@@ -55,7 +55,8 @@ def test_store_bench(tmp_path, capsys):
 
 
 def test_gpu_bench_runs_its_code_path_at_tiny_size_on_cpu(capsys):
-    result = load("bench_gpu").main(["--size", "tiny", "--images", "2", "--batches", "1,2", "--repeats", "1"])
+    result = load("bench_gpu").main(["--size", "tiny", "--images", "2", "--batches", "1,2", "--repeats", "1",
+                                        "--resolution", "32", "--steps", "1"])
     assert [(r["path"], r["batch"]) for r in result["rows"]] == [
         ("plain diffusers loop", 1), ("reverie engine", 1), ("plain diffusers loop", 2), ("reverie engine", 2)]
     assert all(r["s_per_image"] > 0 for r in result["rows"])
