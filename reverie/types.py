@@ -155,6 +155,9 @@ class EngineOutput:
     model: str = ""
     model_hash: str = ""
     runtime: dict = field(default_factory=dict)
+    # How many seeds shared the forward pass that made it (padding included): its pixels depend
+    # on that shape, so the PNG records it and `reproduce` renders in a batch of the same size.
+    batch_size: Optional[int] = None
 
 
 @dataclass(frozen=True)

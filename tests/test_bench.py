@@ -40,3 +40,46 @@ def test_throughput_bench(tiny_models_dir, capsys):
                                             "--models-dir", str(tiny_models_dir)])
     assert result["one_by_one"] > 0 and result["batched"] > 0
     assert "images/s" in capsys.readouterr().out
+
+
+def test_store_bench(tmp_path, capsys):
+    results = load("bench_store").main(["--renders", "2000", "--repeats", "2", "--home", str(tmp_path / "h"), "--explain"])
+    assert set(results) == {"lineage IMAGE.png", "lineage SHA-PREFIX", "best-of (top 4 of a run)", "runs (list 30)",
+                            "show RUN (tree)"}
+    assert all(ms > 0 for ms in results.values())
+    printed = capsys.readouterr().out
+    assert "ms goal" in printed
+    # The lookups walk indexes, never a whole table of renders.
+    plans = printed.split("query plans:")[1]
+    assert "SCAN renders" not in plans and "TEMP B-TREE" not in plans
+
+
+def test_gpu_bench_runs_its_code_path_at_tiny_size_on_cpu(capsys):
+    result = load("bench_gpu").main(["--size", "tiny", "--images", "2", "--batches", "1,2", "--repeats", "1",
+                                        "--resolution", "32", "--steps", "1"])
+    assert [(r["path"], r["batch"]) for r in result["rows"]] == [
+        ("plain diffusers loop", 1), ("reverie engine", 1), ("plain diffusers loop", 2), ("reverie engine", 2)]
+    assert all(r["s_per_image"] > 0 for r in result["rows"])
+    assert set(result["parts"]) == {"text encoder (one prompt)", "VAE decode (one image)",
+                                    "PNG encode with metadata (one image)", "scoring (one image)"}
+    printed = capsys.readouterr().out
+    assert "| path | torch.compile | batch | s/image |" in printed and "| part | s per call |" in printed
+
+
+def test_gpu_bench_at_full_size_needs_cuda_and_says_so_in_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the full-size run is the real benchmark, not a test")
+    with pytest.raises(SystemExit) as exit:
+        load("bench_gpu").main(["--size", "full"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "needs a CUDA GPU" in err
+
+
+def test_vs_diffusers_bench(tmp_path, capsys):
+    result = load("bench_vs_diffusers").main(["--n", "4", "--size", "128", "--steps", "1", "--repeats", "1",
+                                              "--home", str(tmp_path / "h")])
+    assert result["plain"] > 0 and result["engine"] > 0 and result["make"] > 0
+    assert "ratio" in capsys.readouterr().out

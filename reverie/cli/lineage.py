@@ -148,11 +148,13 @@ def reproduce(
         raise ReverieError(f"reproduce runs on the tiny or diffusers engine, not {name!r}: pass --engine tiny or --engine diffusers")
     if spec.control is not None and not Path(spec.control.image_path).is_file():
         raise ReverieError(f"the control image {spec.control.image_path} is not on this machine: copy it there to reproduce")
+    # Pixels depend on how many seeds shared the forward pass: pad to the recorded batch size.
     batch_size = info.get("meta", {}).get("batch_size") or None
+    shape = {"batch_size": batch_size, "pad_batches": batch_size is not None}
     if name == "tiny":
-        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), batch_size=batch_size)
+        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), **shape)
     else:
-        runner = make_engine("diffusers", profile=spec.profile, model_path=model_path, batch_size=batch_size)
+        runner = make_engine("diffusers", profile=spec.profile, model_path=model_path, **shape)
     try:
         output = runner.render([spec])[0]
     finally:

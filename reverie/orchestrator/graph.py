@@ -388,7 +388,7 @@ def open_checkpointer(home: Path) -> Iterator[Any]:
     try:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("select count(*) from sqlite_master").fetchone()
+            conn.execute("PRAGMA schema_version").fetchone()
         except sqlite3.DatabaseError as e:
             if "locked" in str(e) or "busy" in str(e):
                 raise

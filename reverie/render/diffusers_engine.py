@@ -136,7 +136,7 @@ class DiffusersEngine:
         cpu_offload: bool = False,
         controlnet_path: Optional[str] = None,
         embed_cache_size: int = 16,
-        pad_batches: bool = True,
+        pad_batches: bool = False,
         **_ignored: Any,
     ):
         import diffusers
@@ -151,8 +151,10 @@ class DiffusersEngine:
             raise ReverieError(f"batch size must be at least 1 (got {batch_size})")
         self.batch_size = int(batch_size) if batch_size is not None else None
         self.cpu_offload = cpu_offload
-        # Batched matmuls round differently for different batch shapes. Always running full
-        # batches (padding the last one) makes a seed's pixels independent of its batch-mates.
+        # Batched matmuls and convolutions round differently for different batch shapes (a seed's
+        # pixels depend on how many seeds shared its forward pass, never on which). A run renders
+        # its remainder as a smaller batch and records each image's batch size; `reproduce` pads
+        # to that recorded size, which is what this flag is for.
         self.pad_batches = pad_batches
         self.version = f"diffusers {diffusers.__version__}"
         self.pipe = None
@@ -163,6 +165,7 @@ class DiffusersEngine:
         self._embed_cache_size = embed_cache_size
         self.encoder_calls = 0  # how many times the text encoder ran; the bench reads it
         self.forward_seconds = 0.0
+        self.images_rendered = 0  # pipeline images, padding included; the bench reads it
 
     # -- loading ---------------------------------------------------------------------------
     def load(self):
@@ -320,7 +323,9 @@ class DiffusersEngine:
         cfg = self.adapter.traits.runs_cfg(spec.guidance)
         seeds = [int(s.seed) for s in batch]
         if self.pad_batches and len(seeds) < self.batch_size:
+            # Filler seeds re-create a recorded batch shape; their images are thrown away.
             seeds += [0] * (self.batch_size - len(seeds))
+        self.images_rendered += len(seeds)
         real = _repeat(self._embeddings(spec.prompt, spec.negative, cfg), len(seeds))
         blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
         callback = None
@@ -363,7 +368,8 @@ class DiffusersEngine:
         seconds = (time.perf_counter() - t0) / len(batch)
         self.forward_seconds += seconds * len(batch)
         return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds,
-                             model=self.model_label, model_hash=self.model_hash, runtime=dict(self.runtime))
+                             model=self.model_label, model_hash=self.model_hash, runtime=dict(self.runtime),
+                             batch_size=len(seeds))
                 for s, img in zip(batch, images)]
 
     @property

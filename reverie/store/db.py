@@ -260,6 +260,7 @@ class Store:
                     "status": status,
                     "error": error,
                     "created": time.time(),
+                    "batch_size": output.batch_size or batch_size,
                 }
             )
         return int(table.last_pk)
@@ -276,7 +277,8 @@ class Store:
             "spec_sha": spec.sha,
             "engine": output.engine,
             "engine_version": output.engine_version,
-            "batch_size": batch_size,
+            # The shape the engine actually used (a run's last batch may be smaller) wins over its setting.
+            "batch_size": output.batch_size or batch_size,
             "model": output.model or spec.profile,
             "model_hash": output.model_hash,
             "versions": {"reverie": _version(), **output.runtime},
@@ -308,7 +310,7 @@ class Store:
                  "seed": spec.seed, "spec_json": spec.to_json(), "spec_sha": spec.sha, "sha256": sha, "path": path,
                  "width": spec.width, "height": spec.height, "engine": meta.get("engine", ""),
                  "engine_version": meta.get("engine_version", ""), "seconds": 0.0, "status": "ok",
-                 "error": "", "created": time.time()}
+                 "error": "", "created": time.time(), "batch_size": meta.get("batch_size")}
             )
         return int(table.last_pk)
 

@@ -63,8 +63,10 @@ def find_renders(store, key: str) -> list[dict]:
     if key.isdigit():
         return list(store.db.query("select * from renders where id = ?", [int(key)]))
     if len(key) >= 6 and all(c in "0123456789abcdef" for c in key.lower()):
-        like = key.lower() + "%"
-        return list(store.db.query("select * from renders where sha256 like ? or spec_sha like ? order by id", [like, like]))
+        # A prefix as an index range (every hex digit sorts below "g"); LIKE would walk every row.
+        lo, hi = key.lower(), key.lower() + "g"
+        return list(store.db.query("select * from renders where (sha256 >= ? and sha256 < ?) or (spec_sha >= ? and spec_sha < ?) "
+                                   "order by id", [lo, hi, lo, hi]))
     raise ReverieError(f"{key!r} is not a render id, an existing image file or a sha prefix (6+ hex characters)")
 
 
@@ -101,7 +103,9 @@ def caused_by(store, run_id: str) -> Optional[dict[str, Any]]:
 
 
 def lineage(store, row: dict) -> dict[str, Any]:
-    run = store.get_run(row["run_id"])
+    # The row holds the exact run id; get_run's prefix matching would walk every run.
+    with store.lock:
+        run = next(store.db.query("select * from runs where id = ?", [row["run_id"]]))
     scores = store.scores_for(row["id"])
     path = store.home / row["path"] if row["path"] else None
     return {

@@ -211,11 +211,30 @@ def m005_batch_item_errors(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m006_render_worker(db: sqlite_utils.Database) -> None:
+    # Which machine made each render: a ComfyUI server's URL and version (a pool spreads one run
+    # over several), or "local" for the in-process engines. Older rows stay empty: unknown.
+    db["renders"].add_column("worker", str)
+
+
+@migration
 def m008_batch_item_crashes(db: sqlite_utils.Database) -> None:
     # The round of an item that was in the engine when the process died (segfault, OOM kill),
     # and how many such crashes in a row: an item in flight at two is quarantined as failed.
     db["batch_items"].add_column("inflight_round", int)
     db["batch_items"].add_column("crashes", int)
+
+
+@migration
+def m010_lineage_indexes(db: sqlite_utils.Database) -> None:
+    # `reverie runs` sorts by creation time and stops after a page: with this index SQLite walks
+    # the newest runs only, instead of computing every run's counts and best score to sort them.
+    db["runs"].create_index(["created"])
+    # `reverie lineage PREFIX` matches image hashes and spec hashes by prefix (as index ranges).
+    db["renders"].create_index(["spec_sha"])
+    # How many seeds shared the forward pass that made a render: its pixels depend on that, so
+    # re-rendering a lost file re-creates it (null for renders made before it was recorded).
+    db["renders"].add_column("batch_size", int)
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:
@@ -249,10 +268,3 @@ def _pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_util
     done = {row["name"] for row in db["_migrations"].rows} if "_migrations" in db.table_names() else set()
     # Numbered names sort into order wherever in the file (or package) they are defined.
     return [(name, fn) for name, fn in sorted(MIGRATIONS) if name not in done]
-
-
-@migration
-def m006_render_worker(db: sqlite_utils.Database) -> None:
-    # Which machine made each render: a ComfyUI server's URL and version (a pool spreads one run
-    # over several), or "local" for the in-process engines. Older rows stay empty: unknown.
-    db["renders"].add_column("worker", str)
