@@ -127,7 +127,8 @@ def test_an_error_while_storing_or_scoring_reaches_the_caller(home):
 
 def test_comfyui_pool_dying_mid_call_keeps_the_finished_images(tmp_path):
     home = tmp_path / "home"
-    with ComfyServer(die_at=3) as lone:
+    # Its first prompt is the TextGenerate expansion (no LLM configured); it dies starting the third image.
+    with ComfyServer(die_at=4) as lone:
         studio = Studio(home=home, engine="comfyui", scorer="heuristic",
                         engine_options={"servers": [lone.url], "queue_depth": 1, "poll_interval": 0.2, "timeout": 2.0})
         with pytest.raises(ReverieError) as e:

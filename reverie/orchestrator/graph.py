@@ -71,7 +71,7 @@ class LoopContext:
     # Told when the engine starts on a round of this run and when the round is back (a batch
     # pins a process crash on the round that was in the engine).
     on_round_start: Optional[Callable[[int], None]] = None
-    on_round_end: Optional[Callable[[int], None]] = None
+    on_round_end: Optional[Callable[[int, bool], None]] = None
     started: float = field(default_factory=time.monotonic)
     variety_shift_max: float = 7.0
     variety_blind_max: int = 2
@@ -171,9 +171,8 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         try:
             ctx.worker.render(ctx.engine, [s for _, s in todo], progress=ctx.progress, on_output=sink.put,
                               priority=(rnd, ctx.profile.name, ctx.order), stop=ctx.stop,
-                              on_start=(lambda: ctx.on_round_start(rnd)) if ctx.on_round_start else None)
-            if ctx.on_round_end is not None:
-                ctx.on_round_end(rnd)
+                              on_start=(lambda: ctx.on_round_start(rnd)) if ctx.on_round_start else None,
+                              on_end=(lambda ok: ctx.on_round_end(rnd, ok)) if ctx.on_round_end else None)
         except BaseException:
             sink.close(raise_error=False)  # what the engine handed on is stored before its error goes up
             raise

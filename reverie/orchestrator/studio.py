@@ -5,6 +5,7 @@ The CLI is a thin layer over this class, so both ways in behave the same.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import queue
 import secrets
@@ -129,6 +130,7 @@ class Studio:
         self.progress = progress
         self._engines: dict[tuple, Any] = {}
         self._cache: dict[str, Any] = {}
+        self._exit = contextlib.ExitStack()  # what closes with the studio (the checkpoint connection)
         self._parts_lock = threading.RLock()
         self.worker = EngineWorker()
         self._notified: set[str] = set()
@@ -313,7 +315,7 @@ class Studio:
         make, each batch idea and each chat turn come here: the same nodes, the same store and
         checkpoints, only the loop policy and the budget differ.
         """
-        from reverie.orchestrator.graph import LoopContext, build_graph, open_checkpointer, run_graph
+        from reverie.orchestrator.graph import LoopContext, build_graph, run_graph
         from reverie.store.recovery import rerender_missing, sweep_orphans
 
         profile = get_profile(req.profile)
@@ -343,9 +345,8 @@ class Studio:
                     batch_size=lambda: getattr(engine, "batch_size", None))
                 self.notice(f"continuing run {run_id} from its last committed step ({len(self.store.renders(run_id))} "
                             f"renders kept, {len(redone)} missing files rendered again)", progress)
-            with open_checkpointer(self.home) as saver:
-                final = run_graph(build_graph(checkpointer=saver), state, ctx, run_id,
-                                  recursion_limit=10 * req.rounds + 20)
+            final = run_graph(build_graph(checkpointer=self._checkpointer()), state, ctx, run_id,
+                              recursion_limit=10 * req.rounds + 20)
         except ReverieError as e:
             self.store.finish_run(run_id, "failed", str(e))
             raise
@@ -360,6 +361,16 @@ class Studio:
             self.store.finish_run(run_id, "failed", message)
             raise ReverieError(message)
         return final
+
+    def _checkpointer(self):
+        """One checkpoint connection for every run of this studio (a batch runs many at once:
+        connections of their own would contend for the file's locks)."""
+        from reverie.orchestrator.graph import open_checkpointer
+
+        with self._parts_lock:
+            if "checkpointer" not in self._cache:
+                self._cache["checkpointer"] = self._exit.enter_context(open_checkpointer(self.home))
+            return self._cache["checkpointer"]
 
     def result(self, run_id: str, k: int = 4, stop_reason: str = "") -> MakeResult:
         run = self.store.get_run(run_id)
@@ -424,6 +435,7 @@ class Studio:
             engine.close()
         if self._scorer is not None:
             self._scorer.close()
+        self._exit.close()
         self.store.close()
 
     def __enter__(self) -> "Studio":

@@ -25,9 +25,13 @@ class RenderStopped(Exception):
 
 class RenderJob:
     def __init__(self, engine, specs: Sequence[RenderSpec], on_output: Optional[Callable[[EngineOutput], None]],
-                 priority: tuple, stop: Optional[threading.Event], on_start: Optional[Callable[[], None]] = None):
+                 priority: tuple, stop: Optional[threading.Event], on_start: Optional[Callable[[], None]] = None,
+                 on_end: Optional[Callable[[bool], None]] = None):
         self.engine, self.specs, self.on_output, self.priority = engine, list(specs), on_output, priority
-        self.on_start = on_start  # called on the worker thread just before the engine starts on it
+        # Called on the worker thread just before the engine starts on it, and right after it
+        # ends (True when it rendered): before the next job can start, so a crash in the next
+        # job is never pinned on this one.
+        self.on_start, self.on_end = on_start, on_end
         self.stop = stop  # the run's own stop flag (a batch stopping), besides cancel()
         self.events: "queue.Queue[Event]" = queue.Queue()  # engine progress, emitted on the waiting thread
         self.done = threading.Event()
@@ -66,8 +70,9 @@ class EngineWorker:
 
     # -- the callers' side -----------------------------------------------------------------
     def submit(self, engine, specs: Sequence[RenderSpec], *, on_output=None, priority: tuple = (0,),
-               stop: Optional[threading.Event] = None, on_start: Optional[Callable[[], None]] = None) -> RenderJob:
-        job = RenderJob(engine, specs, on_output, priority, stop, on_start)
+               stop: Optional[threading.Event] = None, on_start: Optional[Callable[[], None]] = None,
+               on_end: Optional[Callable[[bool], None]] = None) -> RenderJob:
+        job = RenderJob(engine, specs, on_output, priority, stop, on_start, on_end)
         with self._cv:
             if self._closed:
                 raise ReverieError("the engine worker is closed: open a new Studio")
@@ -80,13 +85,15 @@ class EngineWorker:
 
     def render(self, engine, specs: Sequence[RenderSpec], *, progress: ProgressFn = no_progress, on_output=None,
                priority: tuple = (0,), stop: Optional[threading.Event] = None,
-               on_start: Optional[Callable[[], None]] = None) -> list[EngineOutput]:
+               on_start: Optional[Callable[[], None]] = None,
+               on_end: Optional[Callable[[bool], None]] = None) -> list[EngineOutput]:
         """Render on the worker and wait; engine events reach `progress` on this thread.
 
         Interrupted here (Ctrl-C, a progress callback raising), the job is cancelled and this
         waits until the engine has stopped, so everything it handed to on_output is delivered.
         """
-        job = self.submit(engine, specs, on_output=on_output, priority=priority, stop=stop, on_start=on_start)
+        job = self.submit(engine, specs, on_output=on_output, priority=priority, stop=stop, on_start=on_start,
+                          on_end=on_end)
         try:
             while not job.done.wait(0.05):
                 _drain(job, progress)
@@ -156,6 +163,11 @@ class EngineWorker:
             except BaseException as e:  # handed to the waiting caller
                 job.error = e
             finally:
+                if job.on_end is not None:
+                    try:
+                        job.on_end(job.error is None)
+                    except BaseException as e:  # the caller's bookkeeping failed: its job fails with it
+                        job.error = job.error or e
                 with self._cv:
                     self._running = None
                 job.done.set()
