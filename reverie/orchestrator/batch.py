@@ -525,6 +525,8 @@ class BatchRunner:
         threshold = scoring_settings(self.studio.config.get("scoring")).dedupe_threshold
         results = []
         for item in items:
+            # From the store: a resumed run may have adopted renders a crash left without their rows.
+            item.done = len(self.store.render_rows(item.run_id))
             kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.studio.signatures,
                                       threshold=threshold)
             self.store.batches.set_keeps(item.row_id, [(r.id, r.id in dups) for r in kept])

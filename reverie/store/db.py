@@ -35,7 +35,10 @@ def new_run_id() -> str:
 
 
 def locked(method):
-    """Hold the store's lock for the whole method: one sqlite3 connection serves every thread."""
+    """Hold the store's lock for the whole method: one sqlite3 connection serves every thread.
+
+    Reads too: sqlite-utils runs every query inside a SAVEPOINT, which opens a transaction on
+    the shared connection, so an unlocked read can collide with another thread's write."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -221,6 +224,7 @@ class Store:
     def has_prompt(self, run_id: str, prompt_id: Any) -> bool:
         return bool(list(self.db.query("select 1 from prompts where id = ? and run_id = ?", [prompt_id, run_id])))
 
+    @locked
     def find_render(self, run_id: str, spec: RenderSpec) -> Optional[dict]:
         rows = list(self.db.query("select * from renders where run_id = ? and spec_sha = ?", [run_id, spec.sha]))
         return rows[0] if rows else None
@@ -391,6 +395,7 @@ class Store:
         with self.db.conn:
             return int(self.db["llm_calls"].insert(row).last_pk)
 
+    @locked
     @locked
     def llm_calls(self, run_id: Optional[str] = None) -> list[dict]:
         if run_id is None:

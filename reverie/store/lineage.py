@@ -45,6 +45,19 @@ def image_chunks(path: str | os.PathLike) -> dict[str, Optional[str]]:
         raise ReverieError(f"{path} is a damaged image ({e}): use an intact copy") from None
 
 
+def _locked(fn):
+    """Under the store's lock: its one connection is shared with the run threads (see db.locked)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(store, *args, **kwargs):
+        with store.lock:
+            return fn(store, *args, **kwargs)
+
+    return wrapper
+
+
+@_locked
 def find_renders(store, key: str) -> list[dict]:
     """Render rows for a render id, an image path (by the file's sha256, then by its `reverie`
     chunk), or a prefix of an image sha256 or spec hash."""
@@ -70,6 +83,7 @@ def find_renders(store, key: str) -> list[dict]:
     raise ReverieError(f"{key!r} is not a render id, an existing image file or a sha prefix (6+ hex characters)")
 
 
+@_locked
 def prompt_chain(store, prompt_id: int) -> list[dict]:
     """The prompt a render used and its ancestors, oldest (the first expansion) first."""
     rows = store.db.query(
@@ -84,6 +98,7 @@ def prompt_chain(store, prompt_id: int) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+@_locked
 def caused_by(store, run_id: str) -> Optional[dict[str, Any]]:
     """The chat turn or batch item that started this run, when those tables exist."""
     tables = set(store.db.table_names())
@@ -102,6 +117,7 @@ def caused_by(store, run_id: str) -> Optional[dict[str, Any]]:
     return None
 
 
+@_locked
 def lineage(store, row: dict) -> dict[str, Any]:
     # The row holds the exact run id; get_run's prefix matching would walk every run.
     with store.lock:

@@ -23,6 +23,11 @@ def claim_run(store, request, engine: str, base_seed: int, identity: str = "") -
     Returns (run_id, base_seed, lock, resumed)."""
     from reverie.store.db import new_run_id
 
+    with store.lock:  # the store's one connection is shared with other threads (see db.locked)
+        return _claim_run(store, request, engine, base_seed, identity, new_run_id)
+
+
+def _claim_run(store, request, engine, base_seed, identity, new_run_id):
     request_sha = store.request_sha(request, identity or engine)
     candidates = store.db.query(
         "select id from runs where request_sha = ? and status in (?, ?) order by created", [request_sha, *UNFINISHED]
