@@ -97,7 +97,7 @@ def _open_home(home: str, barrier, results) -> None:
 
 def test_processes_opening_a_fresh_home_together_all_succeed(tmp_path):
     ctx = mp.get_context("spawn")
-    for trial in range(4):
+    for trial in range(6):
         home = str(tmp_path / f"h{trial}")
         barrier, results = ctx.Barrier(3), ctx.Queue()
         procs = [ctx.Process(target=_open_home, args=(home, barrier, results)) for _ in range(3)]

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 
 import sqlite_utils
 
+from reverie.store.locks import opening_lock
 from reverie.store.migrations import migrate
 from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
 from reverie.types import (
@@ -69,10 +70,14 @@ class Store:
         try:
             conn = sqlite3.connect(str(self.db_path), timeout=busy, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self.db = sqlite_utils.Database(conn)
-            migrate(self.db)
+            # Switching a new file to WAL and creating the schema are done by one process at a
+            # time: SQLite answers some of those lock conflicts with "locked" at once, without
+            # waiting for the busy timeout.
+            with opening_lock(self.home):
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                self.db = sqlite_utils.Database(conn)
+                migrate(self.db)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e) or "busy" in str(e):
                 raise ReverieError(

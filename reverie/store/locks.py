@@ -6,6 +6,7 @@ be resumed at once and a live one is never resumed twice (no pid-reuse guesswork
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -54,3 +55,25 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+@contextlib.contextmanager
+def opening_lock(home: Path):
+    """A blocking exclusive lock while a process opens (and, the first time, creates) the
+    database; without flock, or where it cannot be made (a read-only home), nothing is held."""
+    fd = None
+    if fcntl is not None:
+        try:
+            path = Path(home) / "locks" / "store-open.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing drops the lock
