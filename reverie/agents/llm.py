@@ -147,7 +147,7 @@ class LLMClient:
         """The model ids the server lists; raises what the SDK raises, or MalformedReply."""
         try:
             return [str(m.id) for m in self.client.models.list()]
-        except MALFORMED as e:  # a body that is not an OpenAI model list (an HTML page, a bare string)
+        except MALFORMED:  # a body that is not an OpenAI model list (an HTML page, a bare string)
             raise MalformedReply("its /models answer is not an OpenAI model list") from None
 
     def _discover_model(self) -> str:

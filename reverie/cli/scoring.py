@@ -8,7 +8,6 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from reverie.cli.common import err, friendly, out, print_paths, say
 from reverie.types import ReverieError

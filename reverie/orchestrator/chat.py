@@ -401,8 +401,10 @@ def chat_command(studio, session: str, message: str) -> CommandReply:
         gone = studio.store.chats.delete_last_turn(session)
         if gone is None:
             return CommandReply("nothing to undo: this session has no turns")
+        if gone["turn"] == 1:
+            return CommandReply("turn 1 forgotten; the next message starts over")
         return CommandReply(f"turn {gone['turn']} forgotten ({gone['message']}); the next message follows turn "
-                            f"{gone['turn'] - 1}" if gone["turn"] > 1 else f"turn 1 forgotten; the next message starts over")
+                            f"{gone['turn'] - 1}")
     if word == "/show":
         if not turns:
             return CommandReply("no images yet: describe one first")

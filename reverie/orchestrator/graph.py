@@ -169,7 +169,7 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     if todo:
         sink = RenderSink(ctx, run_id, state["prompt_id"], rnd)
         try:
-            ctx.worker.render(ctx.engine, [s for _, s in todo], progress=ctx.progress, on_output=sink.put,
+            ctx.worker.render(ctx.engine, [s for _, s in todo], progress=ctx.progress, on_output=sink.put, events=sink.events,
                               priority=(rnd, ctx.profile.name, ctx.order), stop=ctx.stop,
                               on_start=(lambda: ctx.on_round_start(rnd)) if ctx.on_round_start else None,
                               on_end=(lambda ok: ctx.on_round_end(rnd, ok)) if ctx.on_round_end else None)
@@ -186,9 +186,11 @@ class RenderSink:
     """Stores and scores a round's outputs on one worker thread while the engine renders on.
 
     The engine hands each output to put() as it finishes; the worker writes its PNG and row,
-    then scores everything that has arrived meanwhile in one micro-batch. Progress events are
-    queued back and emitted on the node's thread, so progress callbacks need no locks. The
-    worker's first error stops it and is raised from the next put() or from close().
+    then scores everything that has arrived meanwhile in one micro-batch. put() runs on the
+    engine worker's thread; progress events go to `events`, which the node's thread drains
+    while it waits for the engine (the same queue the engine's own events go to) and once more
+    in close(), so progress callbacks run on the node's thread and need no locks. The sink's
+    first error stops it and is raised from the next put() or from close().
     """
 
     def __init__(self, ctx: LoopContext, run_id: str, prompt_id: int, rnd: int):
@@ -196,7 +198,7 @@ class RenderSink:
         self.ids: dict[str, int] = {}  # spec hash -> render id; read after close()
         self.best: Optional[float] = None
         self._inbox: "queue.Queue[Optional[EngineOutput]]" = queue.Queue()
-        self._events: "queue.Queue[Event]" = queue.Queue()
+        self.events: "queue.Queue[Event]" = queue.Queue()
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._work, name="reverie-render-sink", daemon=True)
         self._thread.start()
@@ -204,7 +206,6 @@ class RenderSink:
     def put(self, output: EngineOutput) -> None:
         self._raise()
         self._inbox.put(output)
-        self._emit()
 
     def close(self, raise_error: bool = True) -> None:
         """Wait until everything put is stored and scored."""
@@ -223,7 +224,7 @@ class RenderSink:
     def _emit(self) -> None:
         while True:
             try:
-                self.ctx.progress(self._events.get_nowait())
+                self.ctx.progress(self.events.get_nowait())
             except queue.Empty:
                 return
 
@@ -246,7 +247,7 @@ class RenderSink:
             rid = store.add_render(self.run_id, self.prompt_id, self.round, output,
                                    batch_size=getattr(ctx.engine, "batch_size", None))
             self.ids[output.spec.sha] = rid
-            self._events.put(Event("rendered", {"round": self.round, "render_id": rid, "seed": output.spec.seed,
+            self.events.put(Event("rendered", {"round": self.round, "render_id": rid, "seed": output.spec.seed,
                                                 "seconds": output.seconds, "error": output.error}))
             if store.render_row(rid)["status"] == "ok":  # failed and blank images are never scored
                 fresh.append((rid, output))
@@ -261,7 +262,7 @@ class RenderSink:
             if s.embedding:
                 ctx.embeddings[rid] = s.embedding
         self.best = max([s.composite for s in scores] + ([self.best] if self.best is not None else []))
-        self._events.put(Event("scored", {"round": self.round, "count": len(fresh), "scorer": ctx.scorer.name,
+        self.events.put(Event("scored", {"round": self.round, "count": len(fresh), "scorer": ctx.scorer.name,
                                           "best": self.best}))
 
 

@@ -10,10 +10,9 @@ import contextvars
 import queue
 import secrets
 import threading
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 from reverie.config import load_config, resolve_home
 from reverie.orchestrator.requests import render_size, validate_request

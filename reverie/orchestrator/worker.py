@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from reverie.types import EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import Engine, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 class RenderStopped(Exception):
@@ -26,14 +26,15 @@ class RenderStopped(Exception):
 class RenderJob:
     def __init__(self, engine, specs: Sequence[RenderSpec], on_output: Optional[Callable[[EngineOutput], None]],
                  priority: tuple, stop: Optional[threading.Event], on_start: Optional[Callable[[], None]] = None,
-                 on_end: Optional[Callable[[bool], None]] = None):
+                 on_end: Optional[Callable[[bool], None]] = None, events: Optional["queue.Queue[Event]"] = None):
         self.engine, self.specs, self.on_output, self.priority = engine, list(specs), on_output, priority
         # Called on the worker thread just before the engine starts on it, and right after it
         # ends (True when it rendered): before the next job can start, so a crash in the next
         # job is never pinned on this one.
         self.on_start, self.on_end = on_start, on_end
         self.stop = stop  # the run's own stop flag (a batch stopping), besides cancel()
-        self.events: "queue.Queue[Event]" = queue.Queue()  # engine progress, emitted on the waiting thread
+        # Engine progress (and the caller's own, when it shares the queue), emitted on the waiting thread.
+        self.events: "queue.Queue[Event]" = events if events is not None else queue.Queue()
         self.done = threading.Event()
         self.outputs: Optional[list[EngineOutput]] = None
         self.error: Optional[BaseException] = None
@@ -71,8 +72,8 @@ class EngineWorker:
     # -- the callers' side -----------------------------------------------------------------
     def submit(self, engine, specs: Sequence[RenderSpec], *, on_output=None, priority: tuple = (0,),
                stop: Optional[threading.Event] = None, on_start: Optional[Callable[[], None]] = None,
-               on_end: Optional[Callable[[bool], None]] = None) -> RenderJob:
-        job = RenderJob(engine, specs, on_output, priority, stop, on_start, on_end)
+               on_end: Optional[Callable[[bool], None]] = None, events=None) -> RenderJob:
+        job = RenderJob(engine, specs, on_output, priority, stop, on_start, on_end, events)
         with self._cv:
             if self._closed:
                 raise ReverieError("the engine worker is closed: open a new Studio")
@@ -86,14 +87,15 @@ class EngineWorker:
     def render(self, engine, specs: Sequence[RenderSpec], *, progress: ProgressFn = no_progress, on_output=None,
                priority: tuple = (0,), stop: Optional[threading.Event] = None,
                on_start: Optional[Callable[[], None]] = None,
-               on_end: Optional[Callable[[bool], None]] = None) -> list[EngineOutput]:
-        """Render on the worker and wait; engine events reach `progress` on this thread.
+               on_end: Optional[Callable[[bool], None]] = None, events=None) -> list[EngineOutput]:
+        """Render on the worker and wait; engine events reach `progress` on this thread, and so do
+        the caller's own when it passes the queue it posts them to as `events`.
 
         Interrupted here (Ctrl-C, a progress callback raising), the job is cancelled and this
         waits until the engine has stopped, so everything it handed to on_output is delivered.
         """
         job = self.submit(engine, specs, on_output=on_output, priority=priority, stop=stop, on_start=on_start,
-                          on_end=on_end)
+                          on_end=on_end, events=events)
         try:
             while not job.done.wait(0.05):
                 _drain(job, progress)

@@ -8,7 +8,6 @@ Weights come from a local file (`[scoring] hps_weights`) or the Hugging Face cac
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
