@@ -277,7 +277,6 @@ class BatchRunner:
         self.retry_failed = retry_failed
         self.batch_id = make_batch_id(text, options)
         self.items_in = list(items)
-        self._validate = validate_request
         self.renders_now = 0
         self.stop = threading.Event()
         self.failures: dict[int, str] = {}  # item index -> why it failed, this session
@@ -314,7 +313,7 @@ class BatchRunner:
         n = self.options.n or ROUND_SIZE
         n = min(n, budget) if budget else n
         rounds = self.options.rounds or (max(1, math.ceil(budget / n)) if budget else MAX_ROUNDS)
-        return self._validate(Request(
+        return validate_request(Request(
             idea=it.idea, n=n, rounds=rounds, target=self.options.target, max_renders=budget,
             aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
             profile=it.profile or self.options.profile, references=it.references, seed=seed))
@@ -444,8 +443,6 @@ class BatchRunner:
         from reverie.orchestrator.worker import RenderStopped
 
         def progress(event: Event) -> None:
-            if self.stop.is_set():
-                raise RenderStopped()  # between two steps of this idea's run: it ends here
             inbox.put(("event", item, event))
 
         batches = self.store.batches
@@ -469,8 +466,7 @@ class BatchRunner:
 
     def _stop_runs(self, threads: list[threading.Thread]) -> None:
         """Stop every run between images and wait for them: what they rendered is stored first."""
-        self.stop.set()
-        self.studio.worker.cancel_all()
+        self.stop.set()  # every job of these runs carries it: queued ones never start, the running one stops
         deadline = time.monotonic() + JOIN_SECONDS
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -91,6 +91,7 @@ def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     if existing:  # resumed: this round's prompt was already committed
         p = existing[-1]
         return {"prompt_id": p["id"], "pending_revision": None}
+    _check_stop(ctx)
     revision = state.get("pending_revision")
     if revision:
         expansion = Expansion(**revision)
@@ -114,6 +115,7 @@ def _gate(ctx: LoopContext):
 
 
 def _check_stop(ctx: LoopContext) -> None:
+    """A stopping caller (a batch on Ctrl-C or an engine error) ends this run between steps."""
     if ctx.stop is not None and ctx.stop.is_set():
         raise RenderStopped()
 
@@ -293,6 +295,7 @@ def score(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
 
 def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
+    _check_stop(ctx)
     req = ctx.request
     rnd = state.get("round", 0)
     round_ids = set(state.get("round_render_ids", []))

@@ -108,15 +108,6 @@ class EngineWorker:
             raise job.error
         return job.outputs or []
 
-    def cancel_all(self) -> None:
-        """Cancel every queued job and stop the running one between images."""
-        with self._cv:
-            for _, _, job in self._heap:
-                job.cancel()
-            if self._running is not None:
-                self._running.cancel()
-            self._cv.notify()
-
     def close(self) -> None:
         """Stop the thread and wait for it: a process that exits while a thread is inside torch
         aborts instead of printing its one error line."""
