@@ -58,7 +58,12 @@ def test_a_png_copied_in_from_another_home_is_kept(tmp_path):
     target.parent.mkdir(exist_ok=True)
     shutil.copy2(foreign, target)
     os.utime(target)  # fresh mtime: newer than any run of this home
-    _make(home, "a fox in the rain", n=4)  # resumes nothing (new n): a new run sweeps
+    result = _make(home, "a fox in the rain", n=4)
+    from reverie.store.recovery import sweep_orphans
+
+    store = Store(home)  # the sweep a resumed run makes: it adopts its own strays, nothing else
+    assert sweep_orphans(store, result.run_id)["adopted"] == []
+    store.close()
     assert target.exists() and target.read_bytes() == foreign.read_bytes()
 
 

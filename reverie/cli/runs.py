@@ -92,10 +92,9 @@ def runs(
 
     store = Store(resolve_home(home))
     rows = store.list_runs(limit)
-    scorers = store.best_scorers([r["id"] for r in rows])
     if as_json:
         print(json.dumps([{**{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")},
-                           "scorer": scorers.get(r["id"])} for r in rows]))
+                           "scorer": r["best_scorer"]} for r in rows]))
         return
     # Full run ids at any width (show and export need them); the idea is the column that gives way.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -109,7 +108,7 @@ def runs(
         table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
                       r["profile"], Text(r["idea"]))
     out.print(table)
-    used = sorted(set(scorers.values()))
+    used = sorted({r["best_scorer"] for r in rows if r["best_scorer"]})
     if used:  # a heuristic score and a CLIP score are not the same scale: say which made each best
         out.print(Text("best scores by " + ", ".join(used)), highlight=False)
 

@@ -336,8 +336,8 @@ class Studio:
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
                      "blind_steps": req.blind_steps, "history": []}
-            sweep_orphans(self.store, run_id)
-            if resumed:
+            if resumed:  # a run just made has written no file yet: only a resumed one has strays to adopt
+                sweep_orphans(self.store, run_id)
                 redone = rerender_missing(
                     self.store, run_id,
                     lambda specs: self.worker.render(engine, specs, progress=progress, priority=(-1, profile.name, order)),

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import sqlite_utils
 
-from reverie.store.locks import opening_lock
+from reverie.store.locks import RunLock, opening_lock
 from reverie.store.migrations import migrate
 from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
 from reverie.types import (
@@ -161,28 +161,16 @@ class Store:
             """select runs.*,
                  (select count(*) from renders where renders.run_id = runs.id and status = 'ok') as renders,
                  (select max(s.value) from scores s join renders r on r.id = s.render_id
-                   where r.run_id = runs.id and s.name = 'composite') as best
+                   where r.run_id = runs.id and s.name = 'composite') as best,
+                 (select s.scorer from scores s join renders r on r.id = s.render_id
+                   where r.run_id = runs.id and s.name = 'composite' order by s.value desc limit 1) as best_scorer
                from runs order by created desc limit ?""",
             [limit],
         )
         return [self._honest_status(r) for r in rows]
 
-    @locked
-    def best_scorers(self, run_ids) -> dict[str, str]:
-        """run id -> the scorer whose composite is that run's best (the name `runs` prints beside it)."""
-        out: dict[str, str] = {}
-        for run_id in run_ids:
-            row = next(iter(self.db.query(
-                """select s.scorer from scores s join renders r on r.id = s.render_id
-                   where r.run_id = ? and s.name = 'composite' order by s.value desc limit 1""", [run_id])), None)
-            if row:
-                out[run_id] = row["scorer"]
-        return out
-
     def _honest_status(self, run: dict) -> dict:
         """A run marked running whose process is gone (killed, crashed) is shown as interrupted."""
-        from reverie.store.locks import RunLock
-
         try:
             gone = run.get("status") == "running" and not RunLock(self.home, run["id"]).held_elsewhere()
         except OSError:  # a read-only home: the lock cannot be probed, the row is all we know

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from reverie.store.pngmeta import file_sha256, read_reverie_meta
+from reverie.store.db import new_run_id
 from reverie.store.locks import RunLock
 from reverie.types import EngineOutput, RenderSpec
 
@@ -21,13 +22,11 @@ def claim_run(store, request, engine: str, base_seed: int, identity: str = "") -
     """Continue the oldest unfinished run of the same request on the same engine identity (same
     weights and model files) that no live process holds, or start a new one.
     Returns (run_id, base_seed, lock, resumed)."""
-    from reverie.store.db import new_run_id
-
     with store.lock:  # the store's one connection is shared with other threads (see db.locked)
-        return _claim_run(store, request, engine, base_seed, identity, new_run_id)
+        return _claim_run(store, request, engine, base_seed, identity)
 
 
-def _claim_run(store, request, engine, base_seed, identity, new_run_id):
+def _claim_run(store, request, engine: str, base_seed: int, identity: str) -> tuple[str, int, RunLock, bool]:
     request_sha = store.request_sha(request, identity or engine)
     candidates = store.db.query(
         "select id from runs where request_sha = ? and status in (?, ?) order by created", [request_sha, *UNFINISHED]
