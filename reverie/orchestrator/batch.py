@@ -502,16 +502,16 @@ class BatchRunner:
     def _stop_reason(self, items: list[_Item], timed_out: bool, label: str) -> str:
         failed = len(self.failures)
         ok = len(self.items_in) - failed
+        if not ok:
+            return f"every idea failed ({failed})"
+        ended = [i.stop_reason for i in items if i.error is None and i.stop_reason]
         if timed_out:
             reason = f"time budget reached ({label})"
-        elif items and all(i.stop_reason.startswith("target") for i in items if i.error is None and i.stop_reason):
-            reason = "every idea reached its target" if ok else ""
+        elif ended and all(r.startswith("target") for r in ended):
+            reason = "every idea reached its target"
         else:
-            reason = "every idea reached its budget or target" if ok else ""
-        if failed:
-            reason = (f"{ok} of {len(self.items_in)} ideas finished, {failed} failed" if ok
-                      else f"every idea failed ({failed})") + (f"; {reason}" if reason and ok else "")
-        return reason
+            reason = "every idea reached its budget or target"
+        return f"{ok} of {len(self.items_in)} ideas finished, {failed} failed; {reason}" if failed else reason
 
     # -- curation --------------------------------------------------------------------------
     def _finish(self, items: list[_Item], stop_reason: str, busy: float, wall: float) -> BatchResult:
