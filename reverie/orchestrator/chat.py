@@ -302,6 +302,12 @@ def session_turns(store, name: str) -> list[dict]:
     return store.chats.turns(name)
 
 
+def shown_images(studio, turn: dict) -> list[Render]:
+    """The images a turn showed (its best, at most 4): what "the second one" and /show 2 point at."""
+    k = max(1, min(4, json.loads(turn["request_json"]).get("n", 4)))
+    return studio.best(turn["run_id"], k=k)
+
+
 def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
               interpreter: Optional[Interpreter] = None, **defaults: Any) -> ChatTurn:
     """Read the message against the session's last turn, make the new round, record the turn."""
@@ -316,9 +322,8 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     previous = None
     if turns:
         last = turns[-1]
-        k = max(1, min(4, json.loads(last["request_json"]).get("n", 4)))
         previous = PreviousTurn(turn=last["turn"], request=Request.from_dict(json.loads(last["request_json"])),
-                                run_id=last["run_id"], best=studio.best(last["run_id"], k=k), turn_id=last["id"])
+                                run_id=last["run_id"], best=shown_images(studio, last), turn_id=last["id"])
     number = len(turns) + 1
     defaults = {k: v for k, v in defaults.items() if v is not None}
     first = studio.request(message, **defaults)
@@ -408,9 +413,7 @@ def chat_command(studio, session: str, message: str) -> CommandReply:
     if word == "/show":
         if not turns:
             return CommandReply("no images yet: describe one first")
-        last = turns[-1]
-        k = max(1, min(4, json.loads(last["request_json"]).get("n", 4)))
-        best = studio.best(last["run_id"], k=k)
+        best = shown_images(studio, turns[-1])
         if not arg.isdigit():
             raise ReverieError(f"/show needs a number from 1 to {len(best)}, e.g. /show 2")
         r = _pick(best, int(arg))
