@@ -264,3 +264,17 @@ def test_the_first_line_says_the_engine_is_loading(tmp_path):
                 home=tmp_path / "home")
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines()[0] == "reverie: loading the engine for z-image-turbo…"
+
+
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--target", "5", "between 0 and 1"),
+    ("--n", "0", "n must be between 1"),
+    ("--rounds", "0", "rounds must be between 1"),
+])
+def test_bad_batch_loop_options_are_one_line_before_any_idea_runs(tmp_path, option, value, fragment):
+    file = _ideas(tmp_path, FOX)
+    r = run_cli("batch", str(file), option, value, "--engine", "fixed", home=tmp_path / "home")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [next(ln for ln in r.stderr.splitlines() if ln.startswith("error:"))]
+    assert fragment in r.stderr and r.stdout == ""  # no summary, no report: nothing was started
+    assert not (tmp_path / "home" / "reports").exists()

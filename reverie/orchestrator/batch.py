@@ -271,6 +271,11 @@ class BatchRunner:
             raise ReverieError(f"--hours must be between 0 and 336 (got {options.hours}); e.g. --hours 8 for one night")
         if options.policy not in POLICIES:
             raise ReverieError(f"unknown loop policy {options.policy!r}: use one of {', '.join(POLICIES)}")
+        # The batch-wide options go through make's checks once, before anything is opened: a bad
+        # --target or --n is one line, not a failure of every idea.
+        validate_request(Request(idea="options check", n=_given(options.n, ROUND_SIZE), rounds=_given(options.rounds, 1),
+                                 target=options.target, aspect=options.aspect, megapixels=options.megapixels,
+                                 profile=options.profile))
         self.studio, self.store = studio, studio.store
         self.options, self.source, self.text = options, source, text
         self.progress = progress
@@ -310,9 +315,9 @@ class BatchRunner:
 
     def _request(self, it: BatchItem, seed: int) -> Request:
         budget = self._budget(it)
-        n = self.options.n or ROUND_SIZE
+        n = _given(self.options.n, ROUND_SIZE)
         n = min(n, budget) if budget else n
-        rounds = self.options.rounds or (max(1, math.ceil(budget / n)) if budget else MAX_ROUNDS)
+        rounds = _given(self.options.rounds, max(1, math.ceil(budget / n)) if budget else MAX_ROUNDS)
         return validate_request(Request(
             idea=it.idea, n=n, rounds=rounds, target=self.options.target, max_renders=budget,
             aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
@@ -548,6 +553,11 @@ class BatchRunner:
         return BatchResult(batch_id=self.batch_id, items=results, report_path=report, stop_reason=stop_reason,
                            home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=busy,
                            engine_wall_seconds=wall, notices=list(self.studio.notices))
+
+
+def _given(value: Optional[int], default: int) -> int:
+    """An option's value when given (0 included, so that checks can refuse it), else the default."""
+    return default if value is None else value
 
 
 def _step_error(item: _Item, error: BaseException) -> BaseException:
