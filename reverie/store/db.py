@@ -99,6 +99,12 @@ class Store:
 
         return Chats(self)
 
+    @functools.cached_property
+    def picks(self):
+        from reverie.store.picks import Picks
+
+        return Picks(self)
+
     @property
     def db_path(self) -> Path:
         return self.home / "reverie.db"

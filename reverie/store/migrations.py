@@ -218,6 +218,18 @@ def m006_render_worker(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m007_picks(db: sqlite_utils.Database) -> None:
+    # A person's choices: pick (keep, like) or reject, from the CLI, chat or the web studio.
+    # Every choice is kept (history); the newest per render is what it stands at. Taste is
+    # learned from these against the scores each render had.
+    db["picks"].create(
+        {"id": int, "render_id": int, "choice": str, "source": str, "note": str, "created": float},
+        pk="id", foreign_keys=[("render_id", "renders", "id")],
+    )
+    db["picks"].create_index(["render_id", "created"])
+
+
+@migration
 def m008_batch_item_crashes(db: sqlite_utils.Database) -> None:
     # The round of an item that was in the engine when the process died (segfault, OOM kill),
     # and how many such crashes in a row: an item in flight at two is quarantined as failed.
