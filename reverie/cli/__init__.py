@@ -31,6 +31,10 @@ def readable(command):
             param.metavar = (param.name or "value").upper()
         if getattr(param, "param_type_name", "") == "argument":
             param.display_type = lambda ctx: None  # the metavar says it; typer would add `<str>`
+            # Usage reads `reverie make [OPTIONS] IDEA`, not typer's `{IDEA}`; optional ones in [ ].
+            usage = param.metavar if param.required else f"[{param.metavar}]"
+            usage += "..." if param.nargs != 1 else ""
+            param.get_usage_pieces = lambda ctx, usage=usage: [usage]
     for sub_command in getattr(command, "commands", {}).values():
         readable(sub_command)
     return command
