@@ -19,7 +19,7 @@ def _store(home: Optional[str]):
     from reverie.config import resolve_home
     from reverie.store.db import Store
 
-    return Store(resolve_home(home))
+    return Store(resolve_home(home), read_only_ok=True)  # lineage and export only read
 
 
 def _describe_file(path: str) -> dict:

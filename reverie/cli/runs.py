@@ -90,7 +90,7 @@ def runs(
     from reverie.config import resolve_home
     from reverie.store.db import Store
 
-    store = Store(resolve_home(home))
+    store = Store(resolve_home(home), read_only_ok=True)
     rows = store.list_runs(limit)
     if as_json:
         print(json.dumps([{**{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")},
@@ -124,7 +124,7 @@ def show(
     from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
 
-    store = Store(resolve_home(home))
+    store = Store(resolve_home(home), read_only_ok=True)
     tree = store.run_tree(run_id)
     if as_json:
         print(json.dumps(tree, ensure_ascii=False, default=str))

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import sqlite_utils
 
 from reverie.store.locks import RunLock, opening_lock
-from reverie.store.migrations import migrate
+from reverie.store.migrations import pending, migrate
 from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
 from reverie.types import (
     EngineOutput,
@@ -50,8 +50,15 @@ def locked(method):
 
 
 class Store:
-    def __init__(self, home: str | os.PathLike, busy_timeout: Optional[float] = None):
+    def __init__(self, home: str | os.PathLike, busy_timeout: Optional[float] = None, read_only_ok: bool = False):
+        """Open (or create) the home's database.
+
+        `read_only_ok`: for commands that only read (runs, show, lineage, export): a home on a
+        read-only disk (a mounted backup, another user's folder) opens read-only instead of
+        being refused; `self.read_only` says which.
+        """
         self.home = Path(home).expanduser()
+        self.read_only = False
         # The render node stores and scores on a worker thread while the engine renders; every
         # method that touches the connection holds this (reentrant) lock, reads included.
         self.lock = threading.RLock()
@@ -62,6 +69,9 @@ class Store:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
+            if read_only_ok and self.db_path.is_file():
+                self._open_read_only()
+                return
             raise ReverieError(
                 f"cannot write to home {self.home} ({e.strerror or e}): pass --home DIR or set REVERIE_HOME to a writable folder"
             ) from None
@@ -86,6 +96,22 @@ class Store:
             raise ReverieError(
                 f"the database {self.db_path} is unusable ({e}): move it aside and run again, or use another --home"
             ) from None
+
+    def _open_read_only(self) -> None:
+        """Read a database nobody can write here. A WAL database needs its -shm file, which a
+        read-only folder cannot hold, so it is opened as immutable: no process is writing it."""
+        self.read_only = True
+        uri = f"{self.db_path.resolve().as_uri()}?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            todo = pending(self.db)
+        except sqlite3.DatabaseError as e:
+            raise ReverieError(f"the database {self.db_path} is unusable ({e}): copy the home somewhere writable "
+                               f"and pass --home DIR") from None
+        if todo:
+            raise ReverieError(f"the database {self.db_path} is from an older reverie and this home is read-only: "
+                               f"copy it somewhere writable and pass --home DIR (it is upgraded on first use)")
 
     @functools.cached_property
     def batches(self):

@@ -257,14 +257,14 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     the transaction (sqlite-utils nests its own writes as savepoints) means a process killed
     half-way leaves no half-made schema behind: the next open starts from where it was.
     """
-    if _pending(db) == []:  # the common case: a plain read, no write lock taken
+    if pending(db) == []:  # the common case: a plain read, no write lock taken
         return []
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         if "_migrations" not in db.table_names():
             db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
         applied = []
-        for name, fn in _pending(db):
+        for name, fn in pending(db):
             fn(db)
             db["_migrations"].insert({"name": name, "applied_at": time.time()})
             applied.append(name)
@@ -276,7 +276,7 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-def _pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_utils.Database], None]]]:
+def pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_utils.Database], None]]]:
     done = {row["name"] for row in db["_migrations"].rows} if "_migrations" in db.table_names() else set()
     # Numbered names sort into order wherever in the file (or package) they are defined.
     return [(name, fn) for name, fn in sorted(MIGRATIONS) if name not in done]
