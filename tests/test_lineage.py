@@ -118,6 +118,9 @@ def test_resume_continues_the_same_run_and_repairs_files(resumed):
         assert file_sha256(home / path) == sha
     assert (home / resumed["lost"]["path"]).exists()  # re-rendered: same seed, same pixels, same hash
     assert resumed["orphan"]["path"] in {r[2] for r in rows}  # the orphan file was adopted
+    # ...in the round it was made in: the PNG says 1-based round 1, the store keeps 0-based 0.
+    adopted_round = conn.execute("select round from renders where path = ?", [resumed["orphan"]["path"]]).fetchone()[0]
+    assert adopted_round == resumed["orphan"]["round"] == 0
     assert not list((home / "images").glob("*/.*.tmp"))
     notices = [e.data["message"] for e in resumed["events"] if e.kind == "notice"]
     assert any("continuing run" in n and "1 missing files rendered again" in n for n in notices)

@@ -101,13 +101,13 @@ def _print_lineage(info: dict) -> None:
         made_by = f"model {p['model']}, system prompt {p['system_hash'][:12]}" if p["model"] else ""
         reason = ("critic: " if critic else "reading: ") + p["reason"] if p["reason"] else ""
         _step("revision" if critic else "expansion",
-              f"prompt {p['id']}, round {p['round'] + 1}, source {p['source']}", made_by, reason, p["text"])
+              f"prompt {p['id']}, round {p['round']}, source {p['source']}", made_by, reason, p["text"])
     s = info["spec"]
     _step("spec", f"{info['spec_sha'][:16]}, seed {s['seed']}, {s['width']}x{s['height']}, steps {s['steps']}, "
                   f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}")
     state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
     made = f"engine {r['engine']}" + (f" on {r['worker']}" if r.get("worker") else "")
-    _step("image", f"render {r['id']}, round {r['round'] + 1}, seed {r['seed']}, {state}", made)
+    _step("image", f"render {r['id']}, round {r['round']}, seed {r['seed']}, {state}", made)
     if r["path"]:
         # Its own unbroken line, whatever the width, so it can be copied whole.
         out.print(Text(f"{'':{KEY_WIDTH}} {r['path']}"), soft_wrap=True, highlight=False)

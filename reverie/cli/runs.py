@@ -133,7 +133,7 @@ def show(
     root = Tree(f"[bold]{run['id']}[/]  {run['status']}  [dim]{escape(run['stop_reason'] or '')}[/]\nidea: {escape(run['idea'])}")
 
     def add(node: Tree, p: dict) -> None:
-        label = escape(f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else ""))
+        label = escape(f"prompt {p['id']} [{p['source']}] round {p['round']}" + (f" — {p['reason']}" if p["reason"] else ""))
         # The whole prompt: it is what made the images, and a cut one cannot be copied or compared.
         child = node.add(f"{label}\n[dim]{escape(p['text'])}[/]")
         for r in p["renders"]:
@@ -142,7 +142,7 @@ def show(
             # A prompt kept for another round gets new seeds; the render's own round says which.
             # The path goes in the list below the tree, where nothing wraps it; an error stays here.
             on = f" on {r['worker']}" if r.get("worker") not in (None, "", "local") else ""
-            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}{on}"
+            child.add(Text(f"render {r['id']} round {r['round']} seed {r['seed']} score {score}{on}"
                            + (f"\n{r['error']}" if r["error"] and not r["path"] else "")))
             if r["path"]:
                 paths.append((f"render {r['id']}", r["path"]))

@@ -30,6 +30,12 @@ from reverie.types import (
 )
 
 
+def stored_round(meta: dict) -> int:
+    """The store's 0-based round of a PNG's `reverie` chunk (format 2 writes it 1-based)."""
+    rnd = int(meta.get("round") or 0)
+    return max(rnd - 1, 0) if int(meta.get("format", 1)) >= 2 else rnd
+
+
 def new_run_id() -> str:
     # Sortable by time, unique across processes.
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -298,10 +304,11 @@ class Store:
                           batch_size: Optional[int]) -> tuple[str, str]:
         spec = output.spec
         meta = {
-            "format": 1,
+            # Format 2: rounds count from 1, as people read them everywhere (format 1 counted from 0).
+            "format": 2,
             "run_id": run_id,
             "prompt_id": prompt_id,
-            "round": round,
+            "round": round + 1,
             "spec": spec.to_dict(),
             "spec_sha": spec.sha,
             "engine": output.engine,
@@ -335,7 +342,7 @@ class Store:
         spec = RenderSpec.from_dict(meta["spec"])
         with self.db.conn:
             table = self.db["renders"].insert(
-                {"run_id": meta["run_id"], "prompt_id": meta["prompt_id"], "round": meta.get("round", 0),
+                {"run_id": meta["run_id"], "prompt_id": meta["prompt_id"], "round": stored_round(meta),
                  "seed": spec.seed, "spec_json": spec.to_json(), "spec_sha": spec.sha, "sha256": sha, "path": path,
                  "width": spec.width, "height": spec.height, "engine": meta.get("engine", ""),
                  "engine_version": meta.get("engine_version", ""), "seconds": 0.0, "status": "ok",
@@ -452,7 +459,7 @@ class Store:
             by_prompt.setdefault(r["prompt_id"], []).append(
                 {
                     "id": r["id"],
-                    "round": r["round"],
+                    "round": r["round"] + 1,  # 1-based, as `show` prints it; the store counts from 0
                     "seed": r["seed"],
                     "status": r["status"],
                     "error": r["error"],
@@ -462,7 +469,8 @@ class Store:
                     "scores": ({**s.values, "composite": s.composite} if s else None),
                 }
             )
-        nodes = {p["id"]: {**p, "renders": by_prompt.get(p["id"], []), "children": []} for p in prompts}
+        nodes = {p["id"]: {**p, "round": p["round"] + 1, "renders": by_prompt.get(p["id"], []), "children": []}
+                 for p in prompts}
         roots = []
         for p in prompts:
             node = nodes[p["id"]]
