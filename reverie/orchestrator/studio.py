@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from reverie.config import load_config, resolve_home
+from reverie.interrupts import deferred_interrupt
 from reverie.orchestrator.requests import render_size, validate_request
 from reverie.orchestrator.worker import EngineWorker
 from reverie.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -188,7 +189,8 @@ class Studio:
                 options.update(profile=profile.name, model_path=self.model_path)
             elif name == "comfyui":
                 options.setdefault("profile", profile.name)
-            self._engines[key] = make_engine(name, **options)
+            with deferred_interrupt():  # its imports run native code a Ctrl-C must not cut (see interrupts)
+                self._engines[key] = make_engine(name, **options)
             return self._engines[key]
 
     def _llm_settings(self):
@@ -214,7 +216,8 @@ class Studio:
             if self._scorer is None:
                 from reverie.scoring.scorer import make_scorer
 
-                self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {})))
+                with deferred_interrupt():  # open_clip imports torchvision, torch._dynamo and triton
+                    self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {})))
                 quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
                 if self._scorer.honest_note and not quiet:
                     self.notice(self._scorer.honest_note, progress)
