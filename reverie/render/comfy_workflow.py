@@ -71,8 +71,9 @@ def comfy_cfg(spec: RenderSpec, profile: Profile) -> float:
         return 1.0  # FLUX guidance is distilled; it goes in FluxGuidance, not CFG
     if spec.guidance == profile.guidance:
         return float(profile.comfy_cfg)
-    # diffusers runs classifier-free guidance only above 1; below that it is ComfyUI's CFG 1.
-    return max(1.0, float(spec.guidance))
+    # The family's own diffusers -> CFG mapping (Z-Image: guidance 2.0 is CFG 3.0), as PNG Info
+    # shows it; diffusers runs no classifier-free guidance at or below CFG 1, nor does ComfyUI.
+    return max(1.0, float(profile.traits.cfg_scale(spec.guidance)))
 
 
 class _Graph:
