@@ -131,15 +131,21 @@ def test_resume_continues_the_same_run_and_repairs_files(resumed):
 
 def test_a_held_run_is_not_resumed_twice(tmp_path):
     store = Store(tmp_path / "h")
-    req = Request(idea="two batches", n=1, rounds=1, seed=1)
+    req = Request(idea="two batches", n=1, rounds=1)  # no seed: a second copy explores new seeds
     run_a, _, lock_a, resumed_a = claim_run(store, req, "tiny", 1)
     store.finish_run(run_a, "interrupted", "test")
-    run_b, _, lock_b, resumed_b = claim_run(store, req, "tiny", 1)  # a's owner (us) still holds it
+    run_b, _, lock_b, resumed_b = claim_run(store, req, "tiny", 2)  # a's owner (us) still holds it
     assert not resumed_a and not resumed_b and run_b != run_a
     lock_a.release()
-    run_c, _, lock_c, resumed_c = claim_run(store, req, "tiny", 1)
+    run_c, _, lock_c, resumed_c = claim_run(store, req, "tiny", 3)
     assert resumed_c and run_c == run_a
     lock_b.release(), lock_c.release()
+    # With a seed, a second copy would render the very same images: it is refused, naming the run.
+    seeded = Request(idea="two batches", n=1, rounds=1, seed=1)
+    run_d, _, lock_d, _ = claim_run(store, seeded, "tiny", 1)
+    with pytest.raises(ReverieError, match=f"being made right now as run {run_d}"):
+        claim_run(store, seeded, "tiny", 1)
+    lock_d.release()
 
 
 def test_lineage_reproduce_and_export(resumed, tmp_path):
