@@ -123,6 +123,8 @@ class Studio:
     ):
         if isinstance(engine, str) and engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
+        if workers is not None and ray is None:
+            raise ReverieError("--workers sets how many Ray engine workers: pass --ray local (or auto, or ray://HOST:10001) too")
         if ray is not None:  # refused here, before a Ray instance starts
             from reverie.orchestrator.ray_pool import check_ray_request
 
