@@ -199,3 +199,16 @@ def test_bad_ray_options_are_one_line(tmp_path, args, fragment):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], r.stderr
+
+
+@pytest.mark.slow
+def test_bench_prints_throughput_for_one_and_two_actors_and_their_ratio():
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_ray.py"), "--ideas", "2", "--per-prompt", "4",
+                        "--latency", "0.02", "--megapixels", "0.01"],
+                       capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines[:2]] == ["1 actor(s)", "2 actor(s)"]
+    assert all("images/s" in ln and "head CPU" in ln for ln in lines[:2])
+    ratio = [ln for ln in lines if ln.startswith("throughput ratio 2 actors / 1 actor:")]
+    assert ratio and float(ratio[0].split(":")[1].split("x")[0]) > 0
