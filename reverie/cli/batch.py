@@ -102,8 +102,8 @@ def batch(
     batch_size: Optional[int] = BATCH_SIZE,
     cpu_offload: bool = CPU_OFFLOAD,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Render on Ray actors: local, auto (this machine's cluster) or ray://HOST:10001; needs pip install 'reverie[ray]'."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Ray engine workers (default: one per GPU; 1 on a CPU-only cluster)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Render on Ray actors: local, auto (this machine's cluster) or ray://HOST:10001; needs pip install 'reverie[ray]'."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Ray engine workers (default: one per GPU; 1 on a CPU-only cluster)."),
 ):
     """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
     from reverie.orchestrator.studio import Studio
