@@ -136,7 +136,6 @@ class _Share:
     def __init__(self, job: RenderJob):
         self.pending: list[RenderSpec] = list(job.specs)
         self.inflight = 0
-        self.started = False
         self.results: dict[str, EngineOutput] = {}
         self.kills: dict[str, int] = {}  # spec hash -> actor deaths while it was in flight
 
@@ -153,7 +152,12 @@ class RayWorker(EngineWorker):
         if not ray.is_initialized():  # a caller that connected already (tests, notebooks) keeps its instance
             _connect(ray, check_address(address))
             self._owns_ray = True
-        self._lanes = self._start_actors(workers)
+        try:
+            self._lanes = self._start_actors(workers)
+        except BaseException:
+            if self._owns_ray:
+                ray.shutdown()
+            raise
         self._alive = len(self._lanes)
         self._recipes: dict[int, tuple[Any, EngineRecipe]] = {}
         self._shares: dict[RenderJob, _Share] = {}
@@ -181,11 +185,14 @@ class RayWorker(EngineWorker):
         except ray.exceptions.GetTimeoutError:
             raise ReverieError(f"Ray could not start {count} engine worker(s) in 5 minutes: check `ray status` "
                                "(every node needs reverie installed in the same Python)") from None
+        except ray.exceptions.RayActorError as e:
+            raise ReverieError(f"a Ray engine worker died as it started ({_first_line(e)}): every node needs "
+                               "pip install 'reverie[ray]' in the same Python") from None
         return [_Lane(h, d["name"], d["pid"]) for h, d in zip(handles, described)]
 
     @property
     def workers(self) -> list[dict]:
-        """Each actor's name and process id (the tests kill one)."""
+        """Each actor's name and the process id it started in (the tests kill one)."""
         return [{"name": lane.name, "pid": lane.pid} for lane in self._lanes]
 
     def adopt(self, engine, *, name: str, options: dict) -> None:
@@ -207,7 +214,7 @@ class RayWorker(EngineWorker):
             self._ray.shutdown()
 
     # -- the lanes -------------------------------------------------------------------------
-    def _take(self, lane: _Lane) -> Optional[tuple[RenderJob, list[RenderSpec], EngineRecipe, bool]]:
+    def _take(self, lane: _Lane) -> Optional[tuple[RenderJob, list[RenderSpec], EngineRecipe]]:
         """The next seeds for this lane: a batch of the first job waiting."""
         with self._cv:
             while True:
@@ -235,27 +242,27 @@ class RayWorker(EngineWorker):
                         heapq.heappop(self._heap)
                     share.inflight += 1
                     self._running.add(job)
-                    first, share.started = not share.started, True
-                    return job, chunk, recipe[1], first
+                    return job, chunk, recipe[1]
                 self._cv.wait()
 
     def _serve(self, lane: _Lane) -> None:
         ray = self._ray
+        # job.on_start is not called: it pins a round on the head process in case the engine takes
+        # that process down (a batch sets such rounds aside), and here the engine lives in an actor
+        # whose death is handled below, so the head dying is never a round's fault.
         while (taken := self._take(lane)) is not None:
-            job, chunk, recipe, first = taken
+            job, chunk, recipe = taken
             error: Optional[BaseException] = None
             try:
-                if first and job.on_start is not None:
-                    job.on_start()
                 t0 = time.perf_counter()
                 self.first_start = self.first_start if self.first_start is not None else t0
                 try:
                     reply = ray.get(lane.handle.render.remote(recipe, chunk))
                 finally:
                     self.last_end = time.perf_counter()
-                    with self._cv:
-                        self.busy_seconds += self.last_end - t0
-            except ray.exceptions.RayActorError as e:
+                    with self._cv:  # the actors' mean: busy_fraction stays the share of time an engine works
+                        self.busy_seconds += (self.last_end - t0) / len(self._lanes)
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
                 if self._lost(lane, job, chunk, e):
                     return
                 continue
@@ -296,7 +303,7 @@ class RayWorker(EngineWorker):
         """An actor died with seeds in flight: they go back to the front of their job for any
         lane; True when this lane is gone for good (Ray will not restart it again)."""
         lane.deaths += 1
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = _first_line(error)
         with self._cv:
             share = self._shares[job]
             share.inflight -= 1
@@ -364,7 +371,7 @@ class RayWorker(EngineWorker):
                 job.outputs = [share.results[s.sha] for s in job.specs]
         # on_end runs on a lane's thread with the lock held: it is the caller's bookkeeping
         # (a row update), quick, and never takes this lock.
-        if job.on_end is not None and share.started:
+        if job.on_end is not None:
             try:
                 job.on_end(job.error is None)
             except BaseException as e:
@@ -385,6 +392,10 @@ def _connect(ray, address: str) -> None:
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ReverieError(f"could not reach Ray at {address} ({first}): start the head with `ray start --head` "
-                           "or pass --ray local") from None
+        raise ReverieError(f"could not reach Ray at {address} ({_first_line(e)}): start the head with "
+                           "`ray start --head` or pass --ray local") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
