@@ -13,6 +13,7 @@ Ray is optional (`pip install 'reverie[ray]'`): nothing here imports it until a 
 
 from __future__ import annotations
 
+import collections
 import heapq
 import io
 import os
@@ -26,6 +27,7 @@ from reverie.types import EngineOutput, Event, RenderSpec, ReverieError
 
 INSTALL_LINE = "Ray is not installed: pip install 'reverie[ray]'"
 MAX_RESTARTS = 3  # Ray brings a dead actor back this many times; after that its seeds go to the others only
+PIPELINE = 2  # batches queued on each actor: it starts the next while the head takes in the last
 KILLS_TO_GIVE_UP = 2  # seeds in flight at this many actor deaths are not tried again: the job fails, naming them
 
 
@@ -152,6 +154,7 @@ class RayWorker(EngineWorker):
         if not ray.is_initialized():  # a caller that connected already (tests, notebooks) keeps its instance
             _connect(ray, check_address(address))
             self._owns_ray = True
+        _raylet_notes_to_stderr()
         try:
             self._lanes = self._start_actors(workers)
         except BaseException:
@@ -214,11 +217,12 @@ class RayWorker(EngineWorker):
             self._ray.shutdown()
 
     # -- the lanes -------------------------------------------------------------------------
-    def _take(self, lane: _Lane) -> Optional[tuple[RenderJob, list[RenderSpec], EngineRecipe]]:
-        """The next seeds for this lane: a batch of the first job waiting."""
+    def _take(self, lane: _Lane, block: bool) -> Optional[tuple[RenderJob, list[RenderSpec], EngineRecipe]]:
+        """The next seeds for this lane: a batch of the first job waiting; None once closed, or
+        at once when nothing waits and block is False."""
         with self._cv:
             while True:
-                if self._closed and not self._heap:
+                if (self._closed or not block) and not self._heap:
                     return None
                 if self._heap:
                     job = self._heap[0][2]
@@ -246,32 +250,44 @@ class RayWorker(EngineWorker):
                 self._cv.wait()
 
     def _serve(self, lane: _Lane) -> None:
+        """Keep this lane's actor fed: up to PIPELINE batches queued on it, so it starts the next
+        while the head takes in the last one; replies come back in order (an actor renders one
+        call at a time)."""
         ray = self._ray
         # job.on_start is not called: it pins a round on the head process in case the engine takes
         # that process down (a batch sets such rounds aside), and here the engine lives in an actor
         # whose death is handled below, so the head dying is never a round's fault.
-        while (taken := self._take(lane)) is not None:
-            job, chunk, recipe = taken
+        queued: collections.deque = collections.deque()
+        dying = False  # the actor died: what is still queued on it comes back without counting again
+        while True:
+            while len(queued) < PIPELINE and (taken := self._take(lane, block=not queued)) is not None:
+                job, chunk, recipe = taken
+                self.first_start = self.first_start if self.first_start is not None else time.perf_counter()
+                queued.append((job, chunk, recipe, lane.handle.render.remote(recipe, chunk)))
+            if not queued:
+                return  # closed
+            job, chunk, recipe, ref = queued.popleft()
             error: Optional[BaseException] = None
             try:
-                t0 = time.perf_counter()
-                self.first_start = self.first_start if self.first_start is not None else t0
-                try:
-                    reply = ray.get(lane.handle.render.remote(recipe, chunk))
-                finally:
-                    self.last_end = time.perf_counter()
-                    with self._cv:  # the actors' mean: busy_fraction stays the share of time an engine works
-                        self.busy_seconds += (self.last_end - t0) / len(self._lanes)
+                reply = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
-                if self._lost(lane, job, chunk, e):
+                in_flight = len(chunk) + sum(len(c) for _, c, _, _ in queued)
+                if self._lost(lane, job, chunk, e, counted=dying, in_flight=in_flight):
+                    for job, chunk, _, _ in queued:  # no more calls to this actor: its queue goes back too
+                        self._lost(lane, job, chunk, e, counted=True)
                     return
+                dying = bool(queued)
                 continue
             except ray.exceptions.RayTaskError as e:  # the engine's own error, as the engine raised it
                 error = e.cause if isinstance(e.cause, BaseException) else e
-            except BaseException as e:  # the engine's own error: the job fails with it, as it would locally
+            except BaseException as e:  # the job fails with it, as it would locally
                 error = e
             else:
+                dying = False
                 lane.batch[recipe.key] = reply["batch_size"] or lane.batch.get(recipe.key)
+                self.last_end = time.perf_counter()
+                with self._cv:  # the actors' mean: busy_fraction stays the share of time an engine works
+                    self.busy_seconds += reply["seconds"] / len(self._lanes)
                 error = self._deliver(job, reply)
             with self._cv:
                 share = self._shares[job]
@@ -299,11 +315,13 @@ class RayWorker(EngineWorker):
                     return e
         return None
 
-    def _lost(self, lane: _Lane, job: RenderJob, chunk: list[RenderSpec], error: BaseException) -> bool:
+    def _lost(self, lane: _Lane, job: RenderJob, chunk: list[RenderSpec], error: BaseException,
+              counted: bool = False, in_flight: int = 0) -> bool:
         """An actor died with seeds in flight: they go back to the front of their job for any
-        lane; True when this lane is gone for good (Ray will not restart it again)."""
-        lane.deaths += 1
-        reason = _first_line(error)
+        lane; True when this lane is gone for good (Ray will not restart it again). `counted`:
+        the same death already counted and told (a second batch that was queued on the actor)."""
+        lane.deaths += 0 if counted else 1
+        reason = type(error).__name__  # Ray's own text is a paragraph; its log has it
         with self._cv:
             share = self._shares[job]
             share.inflight -= 1
@@ -311,7 +329,7 @@ class RayWorker(EngineWorker):
                 share.kills[spec.sha] = share.kills.get(spec.sha, 0) + 1
             poison = [s for s in chunk if share.kills[s.sha] >= KILLS_TO_GIVE_UP]
             gone = lane.deaths > MAX_RESTARTS
-            if gone:
+            if gone and not counted:
                 self._alive -= 1
             if poison:
                 seeds = ", ".join(str(s.seed) for s in poison)
@@ -330,9 +348,11 @@ class RayWorker(EngineWorker):
             self._settle(job)
             if not self._alive:  # nothing will serve the queue: every waiting job fails now
                 self._fail_waiting()
-        then = "Ray restarts it" if not gone else "it is not restarted again"
-        job.events.put(Event("notice", {"message": f"Ray worker {lane.name} died ({reason}); its {len(chunk)} "
-                                                   f"image(s) in flight go to the other workers, {then}"}))
+        if not counted:
+            then = "Ray restarts it" if not gone else "it is not restarted again"
+            job.events.put(Event("notice", {"message": f"Ray worker {lane.name} died ({reason}); its "
+                                                       f"{in_flight or len(chunk)} image(s) in flight go to the "
+                                                       f"other workers, {then}"}))
         return gone
 
     def submit(self, engine, specs, **kw) -> RenderJob:
@@ -394,6 +414,26 @@ def _connect(ray, address: str) -> None:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ReverieError(f"could not reach Ray at {address} ({_first_line(e)}): start the head with "
                            "`ray start --head` or pass --ray local") from None
+
+
+def _raylet_notes_to_stderr() -> None:
+    """Ray's driver prints the raylet's notes (a worker process that died) on stdout, where they
+    would break `--json`; they go to stderr, beside the notice that names the dead worker."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # another Ray layout: its notes stay where Ray puts them
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "reverie_stderr", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        if data.get("pid") == "raylet":
+            data = {**data, "is_err": True}
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream.reverie_stderr = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def _first_line(e: BaseException) -> str:
