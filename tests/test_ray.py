@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reverie.orchestrator.studio import Studio
+from reverie.render.fixed import FixedLatencyEngine
 from reverie.types import ReverieError
 from tests.conftest import REPO, run_cli
 
@@ -84,11 +85,26 @@ def test_workers_beyond_the_cluster_are_refused_in_one_line(ray_local, home):
     assert "--workers 3" in str(e.value) and "2 CPU" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_an_engine_object_cannot_go_to_ray(home):
-    from reverie.render.fixed import FixedLatencyEngine
+class DiesOnPoison(FixedLatencyEngine):
+    """The fixed engine, but a prompt with "poison" in it kills the process rendering it (a segfault,
+    an out-of-memory kill): on Ray, the actor's process."""
 
-    with pytest.raises(ReverieError, match="by name"):
-        Studio(home=home, engine=FixedLatencyEngine(), ray="local")
+    batch_size = 4  # a whole round in one call
+
+    def render(self, specs, progress=None, on_output=None):
+        if any("poison" in s.prompt.lower() for s in specs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().render(specs, progress, on_output)
+
+
+def test_an_engine_object_goes_to_the_actors(ray_local, home):
+    with Studio(home=home, engine=FixedLatencyEngine(latency=0.0), scorer="heuristic", ray="local",
+                workers=2) as studio:
+        result = studio.make("a fox in the rain", n=4, rounds=1, megapixels=0.01, seed=1)
+        names = {w["name"] for w in studio.worker.workers}
+    assert len(result.renders) == 4
+    with sqlite3.connect(home / "reverie.db") as conn:
+        assert {w for (w,) in conn.execute("select worker from renders")} <= names
 
 
 @pytest.mark.slow
@@ -129,6 +145,22 @@ def _count_ok(db: Path) -> int:
             return conn.execute("select count(*) from renders where status = 'ok'").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+@pytest.mark.slow
+def test_a_round_that_kills_two_actors_fails_its_idea_alone(ray_local, home, tmp_path):
+    """Seeds that were rendering on two actors that died are not tried a third time: that idea
+    fails naming them, Ray restarts the actors and the other ideas end with exact counts."""
+    file = tmp_path / "ideas.txt"
+    file.write_text("a fox in the rain\na poison apple on a table\na boat on a lake\n")
+    events = []
+    with Studio(home=home, engine=DiesOnPoison(latency=0.0), scorer="heuristic", ray="local", workers=2) as studio:
+        result = studio.batch(file, per_prompt=8, keep=1, megapixels=0.01, progress=events.append)
+    assert [i.status for i in result.items] == ["done", "failed", "done"]
+    assert [i.rendered for i in result.items] == [8, 0, 8]
+    assert "were rendering on 2 Ray workers that died" in result.items[1].error
+    died = [e.data["message"] for e in events if e.kind == "notice" and " died (" in e.data["message"]]
+    assert len(died) == 2 and all("Ray restarts it" in m for m in died)
 
 
 @pytest.mark.slow

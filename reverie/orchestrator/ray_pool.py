@@ -50,10 +50,7 @@ def check_ray_request(*, address: str, engine: Any, workers: Optional[int]) -> N
     check_address(address)
     if workers is not None and workers < 1:
         raise ReverieError(f"--workers must be 1 or more (got {workers})")
-    if not isinstance(engine, str):
-        raise ReverieError("Ray workers build their engines by name: pass engine='tiny', 'diffusers' or 'fixed', "
-                           "not an engine object")
-    if engine == "comfyui":
+    if (engine if isinstance(engine, str) else getattr(engine, "name", "")) == "comfyui":
         raise ReverieError("ComfyUI servers are workers already: pass --comfy-url once per server instead of --ray")
     require_ray()
 
@@ -102,24 +99,32 @@ class EngineActor:
                 "batch_size": getattr(engine, "batch_size", None)}
 
     def _engine_for(self, recipe: "EngineRecipe"):
+        import ray
+
         from reverie.render.registry import make_engine
 
         if recipe.key != self._key:  # one model in memory at a time, as the local worker does
             if self._engine is not None:
                 self._engine.close()
-            self._engine, self._key = make_engine(recipe.name, **recipe.options), recipe.key
+            self._engine = (ray.get(recipe.instance) if recipe.instance is not None
+                            else make_engine(recipe.name, **recipe.options))
+            self._key = recipe.key
         return self._engine
 
 
 @dataclass(frozen=True)
 class EngineRecipe:
-    """How to build an engine anywhere: its registry name and options."""
+    """How to build an engine anywhere: its registry name and options, or for an engine object
+    handed to the studio, a copy of it in Ray's object store (sent to each actor once)."""
 
     name: str
     options: dict = field(default_factory=dict)
+    instance: Any = None  # a Ray ObjectRef of the engine object
 
     @property
     def key(self) -> str:
+        if self.instance is not None:
+            return f"object:{self.instance.hex()}"
         return f"{self.name}:{sorted(self.options.items())!r}"
 
 
@@ -202,6 +207,21 @@ class RayWorker(EngineWorker):
         with self._cv:  # the engine object is kept with its recipe, so its id is never reused
             self._recipes[id(engine)] = (engine, EngineRecipe(name=name, options=dict(options)))
 
+    def _ship(self, job: RenderJob) -> Optional[tuple[Any, EngineRecipe]]:
+        """Called with the lock held for an engine object the studio was handed (not built by
+        name): a copy goes to Ray's object store once, and each actor takes it from there."""
+        try:
+            recipe = EngineRecipe(name=job.engine.name, instance=self._ray.put(job.engine))
+        except Exception as e:  # an engine holding threads or sockets cannot be pickled
+            heapq.heappop(self._heap)
+            self._shares[job].pending.clear()
+            job.error = ReverieError(f"engine {job.engine.name} cannot be sent to Ray workers ({_first_line(e)}): "
+                                     "pass the engine's name (tiny, diffusers, fixed) instead of an object")
+            self._settle(job)
+            return None
+        self._recipes[id(job.engine)] = (job.engine, recipe)
+        return self._recipes[id(job.engine)]
+
     def _start_threads(self) -> list[threading.Thread]:
         threads = [threading.Thread(target=self._serve, args=(lane,), name=f"reverie-ray-{i}", daemon=True)
                    for i, lane in enumerate(self._lanes)]
@@ -232,13 +252,8 @@ class RayWorker(EngineWorker):
                         share.pending.clear()
                         self._settle(job)
                         continue
-                    recipe = self._recipes.get(id(job.engine))
-                    if recipe is None:
-                        heapq.heappop(self._heap)
-                        share.pending.clear()
-                        job.error = ReverieError(f"engine {job.engine.name} was not built by name: Ray workers build "
-                                                 "their engines from the registry (pass the engine's name)")
-                        self._settle(job)
+                    recipe = self._recipes.get(id(job.engine)) or self._ship(job)
+                    if recipe is None:  # the engine object could not go to the actors: its job failed
                         continue
                     size = lane.batch.get(recipe[1].key) or getattr(job.engine, "batch_size", None) or 1
                     chunk, share.pending = share.pending[:size], share.pending[size:]
@@ -325,9 +340,9 @@ class RayWorker(EngineWorker):
         with self._cv:
             share = self._shares[job]
             share.inflight -= 1
-            for spec in chunk:
+            for spec in chunk if not counted else ():  # a batch queued behind the one rendering is not to blame
                 share.kills[spec.sha] = share.kills.get(spec.sha, 0) + 1
-            poison = [s for s in chunk if share.kills[s.sha] >= KILLS_TO_GIVE_UP]
+            poison = [s for s in chunk if share.kills.get(s.sha, 0) >= KILLS_TO_GIVE_UP]
             gone = lane.deaths > MAX_RESTARTS
             if gone and not counted:
                 self._alive -= 1
