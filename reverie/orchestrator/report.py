@@ -98,10 +98,13 @@ def write_report(store, batch_id: str) -> Path:
             score = f"{render.scores.composite:.3f}" if render.scores else "unscored"
             scorer = render.scores.scorer if render.scores else ""
             dup = " <span class=dup>near-duplicate</span>" if keep["near_duplicate"] else ""
+            # Which machine made it, where there are several (a Ray actor, a ComfyUI server).
+            worker = store.render_row(render.id)["worker"] or "local"
+            made_on = f" · on {esc(worker)}" if worker != "local" else ""
             parts.append(
                 f"<figure><a href=\"{esc(link)}\"><img src=\"{thumbnail_data_uri(full)}\" alt=\"seed {render.seed}\"></a>"
                 f"<figcaption><span class=score>#{keep['rank']} · {score}</span> {esc(scorer)}{dup}<br>"
-                f"seed {render.seed} · {render.spec.width}×{render.spec.height}"
+                f"seed {render.seed} · {render.spec.width}×{render.spec.height}{made_on}"
                 f"<div class=prompt title=\"{esc(render.prompt)}\">{esc(render.prompt)}</div>"
                 f"<code>reverie lineage {render.id} --home {esc(home_arg)}</code></figcaption></figure>"
             )

@@ -89,6 +89,12 @@ class _LockedScorer:
         return getattr(self._scorer, name)
 
 
+def _ray_worker(address: str, workers: Optional[int]):
+    from reverie.orchestrator.ray_pool import RayWorker
+
+    return RayWorker(address, workers=workers)
+
+
 class Studio:
     """One home, one engine worker with its warm engine, one scorer, many runs.
 
@@ -113,9 +119,17 @@ class Studio:
         llm_model: Optional[str] = None,
         config: Optional[str | Path] = None,
         llm_timeout: Optional[float] = None,
+        ray: Optional[str] = None,
+        workers: Optional[int] = None,
     ):
         if isinstance(engine, str) and engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
+        if workers is not None and ray is None:
+            raise ReverieError("--workers sets how many Ray engine workers: pass --ray local (or auto, or ray://HOST:10001) too")
+        if ray is not None:  # refused here, before a Ray instance starts
+            from reverie.orchestrator.ray_pool import check_ray_request
+
+            check_ray_request(address=ray, engine=engine, workers=workers)
         get_profile(profile)
         self.home = resolve_home(home)
         self.store = Store(self.home)
@@ -132,7 +146,7 @@ class Studio:
         self._cache: dict[str, Any] = {}
         self._exit = contextlib.ExitStack()  # what closes with the studio (the checkpoint connection)
         self._parts_lock = threading.RLock()
-        self.worker = EngineWorker()
+        self.worker = EngineWorker() if ray is None else _ray_worker(ray, workers)
         self._notified: set[str] = set()
         self._embedded_said = False  # the one line naming the embedded parts in use
         self.notices: list[str] = []
@@ -191,6 +205,7 @@ class Studio:
                 options.setdefault("profile", profile.name)
             with deferred_interrupt():  # its imports run native code a Ctrl-C must not cut (see interrupts)
                 self._engines[key] = make_engine(name, **options)
+            self.worker.adopt(self._engines[key], name=name, options=options)
             return self._engines[key]
 
     def _llm_settings(self):

@@ -466,6 +466,7 @@ class Store:
                     "path": str(self.home / r["path"]) if r["path"] else None,
                     "sha256": r["sha256"],
                     "seconds": r["seconds"],
+                    "worker": r["worker"] or "local",  # `show` names it where it is not this machine
                     "scores": ({**s.values, "composite": s.composite} if s else None),
                 }
             )
