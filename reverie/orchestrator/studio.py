@@ -213,8 +213,11 @@ class Studio:
         with self._parts_lock:
             if self._scorer is None:
                 from reverie.scoring.scorer import make_scorer
+                from reverie.scoring.taste import tastes_from
 
-                self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {})))
+                # A weighting learnt from this home's picks (`reverie taste`) replaces the default.
+                self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {}),
+                                                         tastes=tastes_from(self.store.tastes.active())))
                 quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
                 if self._scorer.honest_note and not quiet:
                     self.notice(self._scorer.honest_note, progress)

@@ -105,6 +105,12 @@ class Store:
 
         return Picks(self)
 
+    @functools.cached_property
+    def tastes(self):
+        from reverie.store.tastes import Tastes
+
+        return Tastes(self)
+
     @property
     def db_path(self) -> Path:
         return self.home / "reverie.db"
@@ -319,20 +325,25 @@ class Store:
 
     @locked
     def add_scores(self, render_id: int, scores: Scores) -> None:
-        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer} for k, v in scores.values.items()]
-        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer})
+        weighting = scores.details.get("weighting")  # "taste N" when a learnt weighting made the composite
+        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer, "weighting": weighting}
+                for k, v in scores.values.items()]
+        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer,
+                     "weighting": weighting})
         with self.db.conn:
             # Re-scoring a render replaces its values (unique index on render_id, name).
             self.db["scores"].insert_all(rows, replace=True)
 
     @locked
     def scores_for(self, render_id: int) -> Optional[Scores]:
-        rows = list(self.db.query("select name, value, scorer from scores where render_id = ?", [render_id]))
+        rows = list(self.db.query("select name, value, scorer, weighting from scores where render_id = ?", [render_id]))
         if not rows:
             return None
         values = {r["name"]: r["value"] for r in rows if r["name"] != "composite"}
         composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
-        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"])
+        weighting = next((r["weighting"] for r in rows if r["name"] == "composite"), None)
+        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"],
+                      details={"weighting": weighting} if weighting else {})
 
     @locked
     def render_rows(self, run_id: str) -> list[dict]:
