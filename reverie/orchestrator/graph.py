@@ -299,7 +299,8 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     req = ctx.request
     rnd = state.get("round", 0)
     round_ids = set(state.get("round_render_ids", []))
-    renders = [r for r in ctx.store.renders(state["run_id"]) if r.id in round_ids and r.scores is not None]
+    scored = [r for r in ctx.store.renders(state["run_id"]) if r.scores is not None]
+    renders = [r for r in scored if r.id in round_ids]
     round_best = max((r.scores.composite for r in renders), default=0.0)
     history = list(state.get("history", []))
     previous_best = max(history) if history else None
@@ -310,9 +311,11 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     budget = policy.Budget(rounds=req.rounds, target=req.target, max_seconds=req.max_seconds,
                            max_renders=req.max_renders,
                            deadline_passed=ctx.deadline is not None and time.monotonic() >= ctx.deadline,
-                           deadline_label=ctx.deadline_label)
+                           deadline_label=ctx.deadline_label, early_stop=policy.early_stop_for(ctx.policy))
+    cursor = state.get("seed_cursor", 0)
+    next_renders = req.n if req.max_renders is None else max(0, min(req.n, req.max_renders - cursor))
     stop = policy.stop_reason(budget, finished_round=rnd, history=history, elapsed=time.monotonic() - ctx.started,
-                              renders=state.get("seed_cursor", 0))
+                              renders=cursor, scores=[r.scores.composite for r in scored], next_renders=next_renders)
     if stop:
         ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": policy.FINISH, "reason": stop}))
         return {**update, "decision": policy.FINISH, "stop_reason": stop}
@@ -333,7 +336,8 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
     ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": decision, "reason": critique.reason,
-                                  "similarity": similarity, "shift": update.get("shift", state.get("shift")),
+                                  "similarity": similarity,
+                                  "shift": update.get("shift", state.get("shift")),
                                   "blind_steps": update.get("blind_steps", state.get("blind_steps", 0))}))
     return update
 
