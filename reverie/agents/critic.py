@@ -28,7 +28,7 @@ def rule_critic(
     """More seeds while the scores climb; variety knobs when candidates look alike; a revised
     prompt when the scores stall."""
     if similarity >= similarity_threshold:
-        return Critique("variety", f"candidates are too alike (mean cosine {similarity:.2f}): more shift and blind steps")
+        return Critique("variety", f"candidates are too alike (mean cosine {similarity:.2f}): more shift, blind steps and embedding noise")
     if previous_best is not None and round_best <= previous_best + stall_margin:
         return Critique("revise", f"scores stalled at {round_best:.3f}: try a different interpretation of the idea")
     return Critique("more_seeds", "scores are still improving: more seeds of the same prompt")

@@ -40,6 +40,7 @@ class LoopState(TypedDict, total=False):
     seed_cursor: int  # seeds used so far: seed = base_seed + cursor
     shift: Optional[float]
     blind_steps: int
+    embed_noise: float  # noise on the text embeddings (RenderSpec.embed_noise), 0 until diversity is low
     round_render_ids: list[int]
     history: list[float]  # best composite of each round
     decision: str  # one of policy's decisions: render | revise | explore | variety | finish
@@ -150,6 +151,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             shift=state.get("shift"),
             blind_steps=state.get("blind_steps", 0),
             control=control,
+            embed_noise=state.get("embed_noise", 0.0),
         )
         for i in range(n)
     ]
@@ -333,10 +335,13 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         update["shift"], update["blind_steps"] = policy.turn_knobs(
             state.get("shift"), state.get("blind_steps", 0), profile_shift=ctx.profile.shift,
             shift_max=ctx.variety_shift_max, blind_max=ctx.variety_blind_max)
+        if getattr(ctx.engine, "embed_noise", False):  # diffusers engines; others cannot honour it
+            update["embed_noise"] = policy.turn_embed_noise(state.get("embed_noise", 0.0))
     elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
     ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": decision, "reason": critique.reason,
-                                  "similarity": similarity,
+                                  "similarity": similarity, "diversity": policy.diversity(similarity),
+                                  "embed_noise": update.get("embed_noise", state.get("embed_noise", 0.0)),
                                   "shift": update.get("shift", state.get("shift")),
                                   "blind_steps": update.get("blind_steps", state.get("blind_steps", 0))}))
     return update

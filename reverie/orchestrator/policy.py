@@ -118,3 +118,14 @@ def turn_knobs(shift: Optional[float], blind_steps: int, *, profile_shift: Optio
     new_shift = min(shift_max, (shift or profile_shift or 3.0) + 2.0) if profile_shift else shift
     return new_shift, min(blind_max, blind_steps + 1)
 
+
+def turn_embed_noise(strength: float, *, step: float = 0.1, maximum: float = 0.3) -> float:
+    """One turn of the third variety knob: more noise on the text embeddings (a share of their
+    standard deviation), up to `maximum`, where a distilled model's seeds look alike."""
+    return round(min(maximum, float(strength or 0.0) + step), 4)
+
+
+def diversity(similarity: Optional[float]) -> Optional[float]:
+    """A round's diversity, 0..1: one minus the mean pairwise cosine similarity of its images'
+    embeddings (None with fewer than two)."""
+    return None if similarity is None else round(max(0.0, 1.0 - similarity), 4)
