@@ -51,6 +51,8 @@ def test_the_loop_turns_it_and_reproduce_matches(home, tmp_path):
     assert all(r.spec.embed_noise == 0.0 for r in result.renders if r.round == 0)
     judged = [e.data for e in events if e.kind == "judged" and e.data.get("decision") == "variety"]
     assert judged and 0.0 <= judged[0]["diversity"] <= 1.0 and judged[0]["embed_noise"] == 0.1
+    shown = run_cli("show", result.run_id, home=home)
+    assert shown.returncode == 0 and "diversity 0." in shown.stdout and "over 4 images" in shown.stdout
     path = second[0].path
     assert "Embedding noise: 0.1" in read_metadata(path)["parameters"]
     alone = tmp_path / "alone.png"
