@@ -79,6 +79,7 @@ class LoopContext:
     references: Callable[[Request, Store], Optional[Control]] | None = None
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
     embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
+    vlm_judge: Any = None  # a VLMJudge: compares the top candidates for the revision and the final pick
 
 
 def _ctx(runtime: Runtime[LoopContext]) -> LoopContext:
@@ -319,6 +320,9 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     stop = policy.stop_reason(budget, finished_round=rnd, history=history, elapsed=time.monotonic() - ctx.started,
                               renders=cursor, scores=[r.scores.composite for r in scored], next_renders=next_renders)
     if stop:
+        verdict = _ask_vlm(ctx, scored, final=True)
+        if verdict is not None:
+            ctx.store.set_judge_pick(state["run_id"], verdict.render_id, verdict.reason)
         ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": policy.FINISH, "reason": stop}))
         return {**update, "decision": policy.FINISH, "stop_reason": stop}
 
@@ -327,8 +331,12 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     prompt = next(p for p in ctx.store.prompts(state["run_id"]) if p["id"] == state["prompt_id"])
     expansion = Expansion(prompt=prompt["text"], negative=prompt["negative"], source=prompt["source"])
     details = [{"seed": r.seed, **r.scores.values, "composite": r.scores.composite} for r in renders]
+    verdict = _ask_vlm(ctx, scored, final=False)
+    # The judge's notes go to the critic only when there are some (critics without the keyword still work).
+    feedback = {"feedback": verdict.problems} if verdict is not None and verdict.problems else {}
     with _gate(ctx):
-        critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details)
+        critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details,
+                                       **feedback)
     decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None)
     update.update({"round": rnd + 1, "decision": decision})
     if decision == policy.VARIETY:
@@ -345,6 +353,32 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
                                   "shift": update.get("shift", state.get("shift")),
                                   "blind_steps": update.get("blind_steps", state.get("blind_steps", 0))}))
     return update
+
+
+def _ask_vlm(ctx: LoopContext, scored: list, final: bool):
+    """The VLM judge's verdict on the run's top candidates (best composite first), or None when
+    none is configured or it gave no usable answer (the loop goes on without it, and says so)."""
+    from PIL import Image
+
+    from reverie.agents.llm import LLMUnavailable
+
+    if ctx.vlm_judge is None or not scored:
+        return None
+    top = sorted(scored, key=lambda r: (-r.scores.composite, r.id))[: ctx.vlm_judge.top]
+    candidates = []
+    for r in top:
+        with Image.open(r.path) as im:
+            candidates.append((r.id, im.convert("RGB")))
+    try:
+        with _gate(ctx):
+            verdict = ctx.vlm_judge.judge(ctx.request.idea, candidates)
+    except LLMUnavailable as e:
+        ctx.progress(Event("notice", {"message": f"VLM judge: no usable answer ({e}); the composite decides"}))
+        return None
+    ctx.progress(Event("vlm_judged", {"final": final, "render_id": verdict.render_id, "rank": verdict.rank,
+                                      "of": len(candidates), "reason": verdict.reason, "problems": verdict.problems,
+                                      "model": verdict.model}))
+    return verdict
 
 
 def _with_embeddings(ctx: LoopContext, renders: list) -> list:

@@ -396,6 +396,19 @@ class Store:
 
     # -- LLM calls and control images ------------------------------------------------------
     @locked
+    def set_judge_pick(self, run_id: str, render_id: int, note: str) -> None:
+        with self.db.conn:
+            self.db.execute("update runs set judge_pick = ?, judge_note = ? where id = ?", [int(render_id), note, run_id])
+
+    @locked
+    def judge_pick(self, run_id: str) -> Optional[dict]:
+        """{"render_id", "note"} when a vision judge chose the run's final pick, else None."""
+        row = next(self.db.query("select judge_pick, judge_note from runs where id = ?", [run_id]), None)
+        if not row or row["judge_pick"] is None:
+            return None
+        return {"render_id": row["judge_pick"], "note": row["judge_note"] or ""}
+
+    @locked
     def add_llm_call(self, call: dict, run_id: Optional[str] = None) -> int:
         """Record one LLM call (the dict the LLM client hands its record callback)."""
         keys = ("purpose", "model", "base_url", "system_hash", "request_json", "response_text", "seconds",

@@ -262,6 +262,14 @@ def m011_taste(db: sqlite_utils.Database) -> None:
     db["scores"].add_column("weighting", str)
 
 
+@migration
+def m012_vlm_judge(db: sqlite_utils.Database) -> None:
+    # The render a vision judge chose among a run's top candidates when it stopped, and why:
+    # it leads the run's final pick.
+    db["runs"].add_column("judge_pick", int)
+    db["runs"].add_column("judge_note", str)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 
