@@ -59,3 +59,16 @@ def test_the_loop_turns_it_and_reproduce_matches(home, tmp_path):
     alone.write_bytes(open(path, "rb").read())
     r = run_cli("reproduce", str(alone), "--engine", "tiny", home=home)
     assert r.returncode == 0 and "match: pixels identical" in r.stdout, r.stdout + r.stderr
+
+
+def test_comfyui_refuses_the_knob_instead_of_dropping_it():
+    import pytest
+
+    from reverie.profiles import get_profile
+    from reverie.render.comfy_workflow import build_workflow, comfy_files
+    from reverie.types import ReverieError
+
+    profile = get_profile("z-image-turbo")
+    build_workflow(SPEC, profile, comfy_files(profile))  # without it, the same spec builds
+    with pytest.raises(ReverieError, match="embedding noise .* --engine diffusers"):
+        build_workflow(SPEC.with_(embed_noise=0.1), profile, comfy_files(profile))

@@ -81,6 +81,9 @@ def test_taste_learnt_from_picks_beats_the_default_on_new_images(home):
     with Studio(home=home, engine=VariedEngine(latency=0.0), scorer="heuristic") as studio:
         fresh = studio.make("a lighthouse", seed=5000, n=24, rounds=1, megapixels=0.01).renders
     assert {r.scores.details.get("weighting") for r in fresh} == {f"taste {fit['taste_id']}"}
+    traced = run_cli("lineage", str(fresh[0].id), "--json", home=home)
+    assert json.loads(traced.stdout)["weighting"] == f"taste {fit['taste_id']}"
+    assert f"taste {fit['taste_id']} weighting" in " ".join(run_cli("lineage", str(fresh[0].id), home=home).stdout.split())
     learnt = pair_agreement(fresh, lambda r: r.scores.composite)
     default = pair_agreement(fresh, lambda r: heuristic.combine(r.scores.values, heuristic.WEIGHTS))
     assert learnt > default + 0.1, (learnt, default)
