@@ -364,7 +364,10 @@ def _ask_vlm(ctx: LoopContext, scored: list, final: bool):
 
     if ctx.vlm_judge is None or not scored:
         return None
-    top = sorted(scored, key=lambda r: (-r.scores.composite, r.id))[: ctx.vlm_judge.top]
+    on_disk = [r for r in scored if r.path and Path(r.path).is_file()]  # a deleted file is left out, not fatal
+    top = sorted(on_disk, key=lambda r: (-r.scores.composite, r.id))[: ctx.vlm_judge.top]
+    if not top:
+        return None
     candidates = []
     for r in top:
         with Image.open(r.path) as im:
