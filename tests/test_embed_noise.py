@@ -72,3 +72,22 @@ def test_comfyui_refuses_the_knob_instead_of_dropping_it():
     build_workflow(SPEC, profile, comfy_files(profile))  # without it, the same spec builds
     with pytest.raises(ReverieError, match="embedding noise .* --engine diffusers"):
         build_workflow(SPEC.with_(embed_noise=0.1), profile, comfy_files(profile))
+
+
+def test_the_noise_belongs_to_the_seed_not_the_batch_position():
+    import torch
+
+    from reverie.render.diffusers_engine import with_embed_noise
+
+    base = torch.randn(1, 7, 16)
+    tensors = with_embed_noise({"prompt_embeds": base.repeat(3, 1, 1), "pooled_prompt_embeds": torch.ones(3, 4)},
+                               [5, 6, 5], 0.2)
+    lists = with_embed_noise({"prompt_embeds": [base[0]] * 2}, [6, 5], 0.2)  # Z-Image takes a list per image
+    assert torch.equal(tensors["prompt_embeds"][0], tensors["prompt_embeds"][2])
+    assert torch.equal(tensors["prompt_embeds"][1], lists["prompt_embeds"][0])
+    assert not torch.equal(tensors["prompt_embeds"][0], tensors["prompt_embeds"][1])
+    assert torch.equal(tensors["pooled_prompt_embeds"], torch.ones(3, 4))  # only the positive sequence is noised
+    noise = tensors["prompt_embeds"][0] - base[0]
+    assert 0.1 < float(noise.std() / base.std()) < 0.3  # the strength is a share of the embeddings' spread
+    row = base[0]
+    assert with_embed_noise({"prompt_embeds": [row]}, [1], 0.0)["prompt_embeds"][0] is row  # off: untouched
