@@ -138,3 +138,21 @@ def test_chat_choices_record_picks_and_render_nothing(tmp_path):
     assert len(store.db.execute("select id from runs").fetchall()) == 1  # the choices rendered nothing
     history = list(store.db.query("select choice, source from picks order by id"))
     assert history == [{"choice": "pick", "source": "chat"}, {"choice": "reject", "source": "chat"}]
+
+
+def test_learn_on_clip_scores_follows_the_percentile_composite():
+    from reverie.scoring.composite import REFERENCES
+
+    rng = np.random.default_rng(7)
+    names = ("faithfulness", "prompt_match", "aesthetic")
+    rows = []
+    for _ in range(60):
+        values = {n: float(np.interp(rng.random(), (0, 1), (REFERENCES[n][1], REFERENCES[n][5]))) for n in names}
+        rows.append(values)
+    # This person judges by aesthetics alone; faithfulness, the default's heaviest, means nothing to them.
+    ranked = sorted(rows, key=lambda v: v["aesthetic"], reverse=True)
+    labelled = [{"choice": "pick", "scores": v} for v in ranked[:20]] + [{"choice": "reject", "scores": v}
+                                                                          for v in ranked[-20:]]
+    fit = learn(labelled)
+    assert fit.family == "clip" and fit.picks == 20 and fit.rejects == 20
+    assert fit.weights["aesthetic"] > 0.8 and fit.agreement > fit.default_agreement
