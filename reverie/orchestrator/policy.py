@@ -38,7 +38,7 @@ class EarlyStop:
 
     threshold: float = 0.05
     margin: float = 0.02
-    min_scores: int = 8
+    min_scores: int = 12  # a tail estimated from fewer is mostly noise
 
 
 def chance_of_better(scores: Sequence[float], *, next_renders: int, margin: float) -> float:
