@@ -81,6 +81,13 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "retries": (_count, "a whole number of extra tries, e.g. 2"),
         "max_tokens": (_count, "a whole number of tokens, e.g. 1024 (0: reverie's bound per purpose)"),
     },
+    "judge": {
+        "vlm_url": (_text, 'a URL in quotes, e.g. "http://localhost:11434/v1"'),
+        "vlm_model": (_text, 'a vision model name in quotes, e.g. "qwen2.5vl:7b"'),
+        "vlm_api_key": TEXT,
+        "vlm_timeout": (_positive, "a number of seconds, e.g. 120"),
+        "top": (lambda v: _count(v) and v >= 2, "a whole number of candidates shown, 2 or more, e.g. 4"),
+    },
     "scoring": {
         "clip_model": TEXT, "clip_config": TEXT, "clip_weights": TEXT, "aesthetic_weights": TEXT, "device": TEXT,
         "pickscore": (lambda v: isinstance(v, str) or v is False, 'a folder in quotes, or "off"'),

@@ -185,14 +185,15 @@ class LLMClient:
                 self._listed = []
         return self._listed
 
-    def structured(self, system: str, user: str, schema: type[T], purpose: str, system_hash: str = "",
+    def structured(self, system: str, user: str | list[dict], schema: type[T], purpose: str, system_hash: str = "",
                    temperature: float = 0.8, check: Optional[Callable[[T], str]] = None,
                    json_schema: Optional[dict] = None, max_tokens: Optional[int] = None) -> T:
         """Ask, parse and validate; retry malformed answers; raise LLMUnavailable when out of tries.
 
         `check` returns a complaint ("" when fine) for answers that parse but break a rule.
         `json_schema` is sent instead of the pydantic one when the checks need more than pydantic
-        writes (an exact count, a field required for one action).
+        writes (an exact count, a field required for one action). `user` may be a list of content
+        parts (text and image_url) for a vision model.
         """
         if self.dead:
             raise LLMUnavailable(self.dead)

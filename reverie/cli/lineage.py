@@ -120,7 +120,9 @@ def _print_lineage(info: dict) -> None:
                           and not k.startswith(HELD_OUT_PREFIX))
         held = [f"held-out judge {k[len(HELD_OUT_PREFIX):]} {v:.3f} (never used to select)"
                 for k, v in sc.items() if k.startswith(HELD_OUT_PREFIX)]
-        _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer", parts,
+        weighting = info.get("weighting") or "default"
+        weighed = f", {weighting} weighting" + (" (learnt from your picks: `reverie taste`)" if weighting != "default" else "")
+        _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer{weighed}", parts,
               *(held or [f"no held-out judge ({HOW_TO_GET})"]))
 
 

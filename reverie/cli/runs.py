@@ -154,6 +154,9 @@ def show(
         add(root, p)
     out.print(root, highlight=False)
     out.print(Text(held_out_line(store, run["id"])), highlight=False)
+    from reverie.orchestrator.curation import diversity_line
+
+    out.print(Text(diversity_line(store, run["id"])), highlight=False)
     if paths:
         out.print("[bold]images[/]")
         print_paths(paths)

@@ -57,6 +57,7 @@ def report_path(home: Path, batch_id: str) -> Path:
 
 def write_report(store, batch_id: str) -> Path:
     """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
+    from reverie.orchestrator.curation import run_diversity
     from reverie.scoring.display import held_out_line
     from reverie.store.pngmeta import atomic_write
 
@@ -80,8 +81,10 @@ def write_report(store, batch_id: str) -> Path:
     for item in items:
         rendered = store.ok_count(item["run_id"])
         budget = item["budget"] if item["budget"] is not None else "time-limited"
+        diversity = run_diversity(store, item["run_id"])[0] if item["run_id"] else None
         parts.append(f"<section><h2>{item['idx'] + 1}. {esc(item['idea'])}</h2>"
                      f"<div class=sub>run {esc(item['run_id'] or '-')} · {rendered} rendered of {esc(str(budget))} · "
+                     + (f"diversity {diversity:.2f} · " if diversity is not None else "") +
                      f"<code>reverie show {esc(item['run_id'] or '')} --home {esc(home_arg)}</code></div>")
         if item["status"] == "failed":
             parts.append(f"<div class=failed>failed: {esc(item['error'] or 'unknown error')}</div>")

@@ -230,9 +230,13 @@ class Studio:
         with self._parts_lock:
             if self._scorer is None:
                 from reverie.scoring.scorer import make_scorer
+                from reverie.scoring.taste import tastes_from
 
-                with deferred_interrupt():  # open_clip imports torchvision, torch._dynamo and triton
-                    self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {})))
+                # A weighting learnt from this home's picks (`reverie taste`) replaces the default;
+                # open_clip imports torchvision, torch._dynamo and triton: see interrupts.
+                with deferred_interrupt():
+                    self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {}),
+                                                             tastes=tastes_from(self.store.tastes.active())))
                 quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
                 if self._scorer.honest_note and not quiet:
                     self.notice(self._scorer.honest_note, progress)
@@ -350,7 +354,8 @@ class Studio:
                               base_seed=base_seed, progress=progress, signatures=self.signatures, worker=self.worker,
                               policy=policy, order=order, deadline=deadline, deadline_label=deadline_label, stop=stop,
                               llm_gate=llm_gate, on_round_start=on_round_start, on_round_end=on_round_end,
-                              references=lambda r, store: self.prepare_reference(r, run_id, progress))
+                              references=lambda r, store: self.prepare_reference(r, run_id, progress),
+                              vlm_judge=self.vlm_judge(progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
                      "blind_steps": req.blind_steps, "history": []}
@@ -379,6 +384,20 @@ class Studio:
             raise ReverieError(message)
         return final
 
+    def vlm_judge(self, progress: ProgressFn):
+        """The [judge] vision model of this studio, or None; built once, its calls filed under their run."""
+        def build():
+            from reverie.agents.vlm_judge import build_vlm_judge
+
+            judge = build_vlm_judge(self.config.get("judge"),
+                                    record=lambda call: self.store.add_llm_call(call, run_id=current_run.get()))
+            if judge is not None:
+                self.notice(f"VLM judge: {judge.llm.settings.url} compares the top {judge.top} candidates "
+                            "for each revision and the final pick", progress)
+            return judge
+
+        return self.cached("vlm_judge", build)
+
     def _checkpointer(self):
         """One checkpoint connection for every run of this studio (a batch runs many at once:
         connections of their own would contend for the file's locks)."""
@@ -400,7 +419,11 @@ class Studio:
         from reverie.scoring.scorer import scoring_settings
 
         threshold = scoring_settings(self.config.get("scoring")).dedupe_threshold
-        return keep_diverse(self.store, run_id, k, self.signatures, threshold=threshold, fill=False)[0]
+        best = keep_diverse(self.store, run_id, k, self.signatures, threshold=threshold, fill=False)[0]
+        chosen = self.store.judge_pick(run_id)  # a VLM judge's final pick leads
+        if chosen is not None and best and best[0].id != chosen["render_id"]:
+            best = [self.store.render_by_id(chosen["render_id"])] + [r for r in best if r.id != chosen["render_id"]][: k - 1]
+        return best
 
     def stream(self, idea: str, **kw: Any) -> Iterator[Event]:
         """Yield progress events while the run goes; the last event is ("result", MakeResult)."""

@@ -158,6 +158,9 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
         latent = [g.add("EmptyLatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
 
     common = dict(cfg=cfg, sampler_name=sampler_name, scheduler=scheduler)
+    if spec.embed_noise:  # ComfyUI's graph has no node for it: refused, never silently dropped
+        raise ReverieError(f"embedding noise ({spec.embed_noise}) is a diffusers-engine knob that ComfyUI cannot apply: "
+                           "render or reproduce this spec with --engine diffusers (or tiny)")
     blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
     if blind:
         if zeroed is None:

@@ -137,6 +137,12 @@ class Store:
 
         return Picks(self)
 
+    @functools.cached_property
+    def tastes(self):
+        from reverie.store.tastes import Tastes
+
+        return Tastes(self)
+
     @property
     def db_path(self) -> Path:
         return self.home / "reverie.db"
@@ -352,20 +358,25 @@ class Store:
 
     @locked
     def add_scores(self, render_id: int, scores: Scores) -> None:
-        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer} for k, v in scores.values.items()]
-        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer})
+        weighting = scores.details.get("weighting")  # "taste N" when a learnt weighting made the composite
+        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer, "weighting": weighting}
+                for k, v in scores.values.items()]
+        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer,
+                     "weighting": weighting})
         with self.db.conn:
             # Re-scoring a render replaces its values (unique index on render_id, name).
             self.db["scores"].insert_all(rows, replace=True)
 
     @locked
     def scores_for(self, render_id: int) -> Optional[Scores]:
-        rows = list(self.db.query("select name, value, scorer from scores where render_id = ?", [render_id]))
+        rows = list(self.db.query("select name, value, scorer, weighting from scores where render_id = ?", [render_id]))
         if not rows:
             return None
         values = {r["name"]: r["value"] for r in rows if r["name"] != "composite"}
         composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
-        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"])
+        weighting = next((r["weighting"] for r in rows if r["name"] == "composite"), None)
+        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"],
+                      details={"weighting": weighting} if weighting else {})
 
     @locked
     def render_rows(self, run_id: str) -> list[dict]:
@@ -417,6 +428,19 @@ class Store:
         return scored[:k]
 
     # -- LLM calls and control images ------------------------------------------------------
+    @locked
+    def set_judge_pick(self, run_id: str, render_id: int, note: str) -> None:
+        with self.db.conn:
+            self.db.execute("update runs set judge_pick = ?, judge_note = ? where id = ?", [int(render_id), note, run_id])
+
+    @locked
+    def judge_pick(self, run_id: str) -> Optional[dict]:
+        """{"render_id", "note"} when a vision judge chose the run's final pick, else None."""
+        row = next(self.db.query("select judge_pick, judge_note from runs where id = ?", [run_id]), None)
+        if not row or row["judge_pick"] is None:
+            return None
+        return {"render_id": row["judge_pick"], "note": row["judge_note"] or ""}
+
     @locked
     def add_llm_call(self, call: dict, run_id: Optional[str] = None) -> int:
         """Record one LLM call (the dict the LLM client hands its record callback)."""

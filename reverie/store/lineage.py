@@ -148,5 +148,7 @@ def lineage(store, row: dict) -> dict[str, Any]:
             "file_ok": bool(path and path.exists() and file_sha256(path) == row["sha256"]),
         },
         "scores": ({**scores.values, "composite": scores.composite, "scorer": scores.scorer} if scores else None),
+        # Which weighting made the composite: "default", or "taste N" learnt from the person's picks.
+        "weighting": (scores.details.get("weighting") or "default") if scores else None,
         "caused_by": caused_by(store, row["run_id"]),
     }

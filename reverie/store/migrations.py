@@ -249,6 +249,27 @@ def m010_lineage_indexes(db: sqlite_utils.Database) -> None:
     db["renders"].add_column("batch_size", int)
 
 
+@migration
+def m011_taste(db: sqlite_utils.Database) -> None:
+    # Weightings learnt from a person's picks (`reverie taste`), one row per fit; the newest
+    # active row of a scorer family is what its composite uses until `reverie taste --reset`.
+    db["tastes"].create(
+        {"id": int, "family": str, "weights_json": str, "picks": int, "rejects": int, "agreement": float,
+         "default_agreement": float, "active": int, "created": float},
+        pk="id",
+    )
+    # Which weighting made each composite ("default" or "taste N"), so a score stays explainable.
+    db["scores"].add_column("weighting", str)
+
+
+@migration
+def m012_vlm_judge(db: sqlite_utils.Database) -> None:
+    # The render a vision judge chose among a run's top candidates when it stopped, and why:
+    # it leads the run's final pick.
+    db["runs"].add_column("judge_pick", int)
+    db["runs"].add_column("judge_note", str)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 
