@@ -251,7 +251,6 @@ class Store:
 
     # -- renders ---------------------------------------------------------------------------
     @locked
-    @locked
     def known_image_paths(self) -> set[str]:
         """Every image path a row points at (renders and control images), relative to home."""
         known = {r["path"] for r in self.db.query("select path from renders where path is not null")}
@@ -451,7 +450,6 @@ class Store:
         with self.db.conn:
             return int(self.db["llm_calls"].insert(row).last_pk)
 
-    @locked
     @locked
     def llm_calls(self, run_id: Optional[str] = None) -> list[dict]:
         if run_id is None:
