@@ -28,28 +28,45 @@ def token_ok(request: Request, token: Optional[str]) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
-    from reverie.serve import openai_api, pages
+class Guard:
+    """The token check and the JSON-only rule, before any route. A plain ASGI middleware: the
+    routes' `request.is_disconnected()` sees the client hang up (a wrapping http middleware hides it)."""
 
-    app = FastAPI(title="reverie", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service, app.state.token = service, token
+    def __init__(self, app, token: Optional[str]):
+        self.app, self.token = app, token
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        refusal = self.refusal(request)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def refusal(self, request: Request) -> Optional[Response]:
         path = request.url.path
-        if not any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC) and not token_ok(request, token):
-            if path.startswith("/v1/") or path.startswith("/api/") or path.startswith("/events/"):
+        public = any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC)
+        if not public and not token_ok(request, self.token):
+            if path.startswith(("/v1/", "/api/", "/events/")):
                 return openai_error(401, "a token is needed: send the header `Authorization: Bearer TOKEN` "
                                     "(the --token or REVERIE_TOKEN the server was started with)",
                                     kind="authentication_error", code="invalid_api_key")
             if path.startswith("/files/"):
                 return Response("a token is needed: log in at /login", status_code=401, media_type="text/plain")
             return RedirectResponse("/login", status_code=303)
-        if request.method == "POST" and path not in ("/login",) and \
+        if request.method == "POST" and path != "/login" and \
                 "application/json" not in request.headers.get("content-type", ""):
             # A form on another site can post to localhost; it cannot send JSON without CORS allowing it.
             return openai_error(415, "send the body as JSON with `Content-Type: application/json`")
-        return await call_next(request)
+        return None
+
+
+def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
+    from reverie.serve import openai_api, pages
+
+    app = FastAPI(title="reverie", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service, app.state.token = service, token
 
     @app.exception_handler(BodyError)
     async def body_error(request: Request, exc: BodyError):
@@ -72,6 +89,7 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
         headers = {"Content-Disposition": f'attachment; filename="reverie-{row["id"]}-{sha[:12]}.png"'} if download else {}
         return FileResponse(path, media_type="image/png", headers=headers)
 
+    app.add_middleware(Guard, token=token)
     app.include_router(openai_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
