@@ -32,6 +32,9 @@ def test_a_person_types_an_idea_sees_images_opens_lineage_and_picks(home, tmp_pa
             turn = page.locator("#turns .turn.live").first
             turn.locator(".card img").nth(1).wait_for(timeout=240_000)  # images arrive as they render
             page.wait_for_selector("#turns .turn.done", timeout=240_000)
+            # The gallery below is refreshed when the turn ends: the run is there, newest first.
+            page.wait_for_selector("#gallery .run .idea", timeout=60_000)
+            assert "lantern" in page.locator("#gallery .run .idea").first.inner_text()
             page.screenshot(path=str(shots / "studio.png"), full_page=True)
             assert turn.locator(".card").count() == 2
             scores = turn.locator(".card .score").all_inner_texts()
@@ -54,8 +57,6 @@ def test_a_person_types_an_idea_sees_images_opens_lineage_and_picks(home, tmp_pa
             assert server.studio.store.picks.standing([render_id]) == {render_id: "pick"}
             assert server.studio.store.picks.history(render_id)[-1]["source"] == "web"
 
-            page.goto(server.url + "/")  # the gallery, newest first, has the run
-            assert "lantern" in page.locator("#gallery .run .idea").first.inner_text()
         finally:
             browser.close()
     for name in ("studio.png", "lineage.png"):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from reverie.profiles import PROFILES
 from reverie.render.resolution import MAX_MEGAPIXELS, MIN_MEGAPIXELS
 from reverie.serve.http import openai_error, read_json
+from reverie.serve.service import Busy
 from reverie.types import ReverieError
 
 router = APIRouter()
@@ -114,6 +115,8 @@ async def generate(request: Request):
     try:
         payload = payload_for(body, service.studio.profile_name)
         job = service.submit("images", payload, keep=keep)
+    except Busy as e:
+        return openai_error(429, str(e), kind="rate_limit_error")
     except ReverieError as e:
         return openai_error(400, str(e))
     # The run goes on its own thread; this waits, and a client that hangs up cancels it at the

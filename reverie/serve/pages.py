@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader
 
 from reverie.serve.http import openai_error, read_json
-from reverie.serve.service import render_card
+from reverie.serve.service import Busy, render_card
 from reverie.types import ReverieError
 
 router = APIRouter()
@@ -117,13 +117,18 @@ async def send(request: Request):
         n = 0
     if not 1 <= n <= MAX_WEB_IMAGES:
         return openai_error(400, f"n is the number of images per round, from 1 to {MAX_WEB_IMAGES}")
+    from reverie.orchestrator.chat import is_command
     from reverie.orchestrator.requests import clean_idea
 
+    if is_command(message.strip()):
+        return openai_error(400, "slash commands are for `reverie chat`: describe an image, or say what to change")
     try:
         clean_idea(message)
         # Web turns are kept: closing the tab leaves the run going, and its images land in the gallery.
         job = service.submit("chat", {"session": session, "message": message, "n": n,
                                       "rounds": WEB_ROUNDS[quality], "megapixels": None}, keep=True)
+    except Busy as e:
+        return openai_error(429, str(e), kind="rate_limit_error")
     except ReverieError as e:
         return openai_error(400, str(e))
     return {"request_id": job.id, "events": f"/events/{job.id}"}

@@ -22,6 +22,11 @@ from reverie.store.serve_requests import ServeRequests
 from reverie.types import Event, Render, ReverieError
 
 MAX_OPEN = 64  # requests running at once; more are refused with "busy" rather than queued without end
+KEEP_FINISHED = 256  # finished jobs whose events stay in memory; older ones are read from the store
+
+
+class Busy(ReverieError):
+    """Too many requests running: the client should try again later (HTTP 429)."""
 EVENT_KINDS = ("run_started", "expanded", "round_started", "rendered", "scored", "judged", "finished", "notice")
 
 
@@ -67,7 +72,10 @@ class ServeService:
     def submit(self, kind: str, payload: dict[str, Any], keep: bool) -> Job:
         with self._lock:
             if sum(1 for j in self.jobs.values() if not j.done.is_set()) >= MAX_OPEN:
-                raise ReverieError(f"the server is busy with {MAX_OPEN} requests: try again when some have finished")
+                raise Busy(f"the server is busy with {MAX_OPEN} requests: try again when some have finished")
+            finished = [i for i, j in self.jobs.items() if j.done.is_set()]
+            for i in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+                del self.jobs[i]
         if kind == "images" and payload.get("seed") is None:
             # Chosen now and stored: a restarted server asks for the same request, which resumes the run.
             payload = {**payload, "seed": secrets.randbelow(2**31)}

@@ -56,6 +56,7 @@ function follow(events, turn) {
       turn.classList.add("done");
       status.textContent = "done";
       (e.best || []).forEach((img) => upsert(grid, img).classList.add("best"));
+      refreshGallery();
     } else if (e.kind === "failed" || e.kind === "cancelled") {
       source.close();
       status.textContent = e.kind + (e.message ? ": " + e.message : "");
@@ -63,6 +64,15 @@ function follow(events, turn) {
     }
   };
   source.onerror = () => { if (turn.classList.contains("done")) source.close(); };
+}
+
+// The gallery as the server renders it now (escaped there); parsed, never executed.
+async function refreshGallery() {
+  const res = await fetch(location.href, {credentials: "same-origin"});
+  if (!res.ok) return;
+  const fresh = new DOMParser().parseFromString(await res.text(), "text/html").getElementById("gallery");
+  const old = document.getElementById("gallery");
+  if (fresh && old) old.replaceWith(document.adoptNode(fresh));
 }
 
 function setupStudio() {
