@@ -154,6 +154,12 @@ def test_web_turns_stream_images_follow_ups_pick_and_escape(server):
     turns = server.studio.store.chats.turns(session)
     assert [t["turn"] for t in turns] == [1, 2] and "at night" in turns[1]["idea"]
 
+    like = _send(server, session, "more like the second one")
+    assert _events(server, like["events"])[-1]["kind"] == "done"
+    turns = server.studio.store.chats.turns(session)
+    second_best = [r.id for r in server.studio.best(turns[1]["run_id"], k=2)][1]
+    assert json.loads(turns[2]["interpretation_json"])["ref_render_id"] == second_best
+
     page = httpx.get(server.url + f"/?session={session}").text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # the gallery lists the newest run (the follow-up) first
@@ -161,7 +167,7 @@ def test_web_turns_stream_images_follow_ups_pick_and_escape(server):
     newest = gallery.split('<span class="idea">')[1].split("</span>")[0]
     assert newest.endswith("at night")
 
-    render_id = events[-1]["best"][0]["id"]
+    render_id = events[-1]["best"][0]["id"]  # of the "make it night" turn
     image = httpx.get(server.url + f"/image/{render_id}").text
     assert "&lt;script&gt;" in image and "<script>alert" not in image and "lineage" in image
     r = httpx.post(server.url + "/api/pick", json={"render_id": render_id, "choice": "pick"})

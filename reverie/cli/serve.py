@@ -70,7 +70,10 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         say(err, "reverie:", f"serving {studio.home} on http://{shown}:{port}/ (OpenAI base URL http://{shown}:{port}/v1"
                              f"{', token required' if token else ''})")
-        uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="warning")
+        # Ctrl-C stops the runs between images after a short wait for open responses; their requests
+        # stay open and the next `reverie serve` on this home finishes them.
+        uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="warning",
+                    timeout_graceful_shutdown=5)
     finally:
         service.close()
         studio.close()
