@@ -76,4 +76,7 @@ def serve(
                     timeout_graceful_shutdown=5)
     finally:
         service.close()
+        left = len(service.queue.open_requests())
+        if left:
+            say(err, "reverie:", f"stopped; {left} accepted request(s) finish when `reverie serve` starts again on this home")
         studio.close()
