@@ -112,6 +112,13 @@ def test_errors_have_openai_s_shape_and_say_the_fix(server):
     assert server.studio.store.list_runs() == []
 
 
+def test_without_a_token_only_loopback_host_names_are_served(server):
+    # A page whose DNS name was rebound to 127.0.0.1 sends its own Host: refused.
+    r = httpx.get(server.url + "/v1/models", headers={"Host": "evil.example:8000"})
+    assert r.status_code == 403 and "127.0.0.1" in r.json()["error"]["message"]
+    assert httpx.get(server.url.replace("127.0.0.1", "localhost") + "/v1/models").status_code == 200
+
+
 def test_files_only_by_content_hash_from_the_home(server, home):
     for name in ("../reverie.db", "..%2Freverie.db", "reverie.db", "0" * 64 + ".png", "%2Fetc%2Fpasswd"):
         r = httpx.get(server.url + "/files/" + name)

@@ -16,6 +16,7 @@ from reverie.serve.service import ServeService
 
 COOKIE = "reverie_token"
 PUBLIC = ("/login", "/static/")  # the login page and its stylesheet; nothing from the home
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SHA = re.compile(r"^[0-9a-f]{64}$")
 HERE = Path(__file__).parent
 
@@ -46,6 +47,11 @@ class Guard:
 
     def refusal(self, request: Request) -> Optional[Response]:
         path = request.url.path
+        if not self.token and request.url.hostname not in LOOPBACK_NAMES:
+            # Without a token the server is bound to loopback: a Host of another name is a web page
+            # that rebound its DNS name to 127.0.0.1 to reach it.
+            return openai_error(403, "without a token this server answers only to 127.0.0.1 or localhost: "
+                                "open http://127.0.0.1:PORT/, or start it with --token", kind="permission_error")
         public = any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC)
         if not public and not token_ok(request, self.token):
             if path.startswith(("/v1/", "/api/", "/events/")):
