@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright import sync_api  # the dev extra; it drives the system chromium, no browser download
 
 from tests.serve_helpers import ThreadServer
 
@@ -17,7 +18,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 def test_a_person_types_an_idea_sees_images_opens_lineage_and_picks(home, tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip("no chromium binary: apt-get install -y chromium to run the browser test")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
     shots = tmp_path / "shots"
     shots.mkdir()
     with ThreadServer(home) as server, sync_api.sync_playwright() as p:

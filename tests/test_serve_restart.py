@@ -18,7 +18,7 @@ from tests.serve_helpers import cli_server, free_port, wait_until
 def _post(port: int, body: dict) -> socket.socket:
     data = json.dumps(body).encode()
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return s
 
@@ -65,5 +65,6 @@ def test_kill_9_with_two_requests_in_flight_then_restart_finishes_both_once(home
         assert len({r["spec_sha"] for r in rows}) == len(rows)
         assert len({r["sha256"] for r in rows if r["status"] == "ok"}) == len([r for r in rows if r["status"] == "ok"])
         assert store.ok_count(rid) > before[rid]
+        assert len({r["round"] for r in rows}) > 1  # quality hd: the critic's loop, past the first round
     assert queue.open_requests() == []
     store.close()

@@ -72,10 +72,10 @@ async def login(request: Request):
 def studio_page(request: Request, session: Optional[str] = None):
     service = request.app.state.service
     session = session if session and session.replace("-", "").isalnum() and len(session) <= 64 else new_session()
+    from reverie.orchestrator.chat import shown_images
+
     turns = []
     for t in service.studio.store.chats.turns(session):
-        from reverie.orchestrator.chat import shown_images
-
         turns.append({"turn": t["turn"], "message": t["message"], "idea": t["idea"], "run_id": t["run_id"],
                       "images": [render_card(r) for r in shown_images(service.studio, t)]})
     return page("studio.html", session=session, turns=turns, runs=gallery(service),

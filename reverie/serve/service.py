@@ -159,6 +159,12 @@ class ServeService:
     def _images(self, job: Job) -> None:
         p = job.payload
         n = p["n"]
+        row = self.queue.get(job.id)
+        if row and row["run_id"] and self.studio.store.get_run(row["run_id"])["status"] == "done":
+            # The run ended before the last server died: its images are the answer, nothing is made again.
+            job.run_id = row["run_id"]
+            job.best = best_of(self.studio, job.run_id, n)
+            return
         result = self.studio.make(p["prompt"], progress=self._progress(job), stop=job.stop, n=n, rounds=p["rounds"],
                                   target=p.get("target"), aspect=p["aspect"], megapixels=p["megapixels"],
                                   profile=p["profile"], seed=p["seed"])
