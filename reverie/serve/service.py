@@ -80,7 +80,11 @@ class ServeService:
             # Chosen now and stored: a restarted server asks for the same request, which resumes the run.
             payload = {**payload, "seed": secrets.randbelow(2**31)}
         request_id = self.queue.accept(kind, payload, keep)
-        return self._start(request_id, kind, payload, keep)
+        job = self._start(request_id, kind, payload, keep)
+        if job is None:  # a second server on this home, starting up, took it over in that instant
+            raise ReverieError(f"request {request_id} was taken over by another server on this home: its result "
+                               f"will be at /api/requests/{request_id} there")
+        return job
 
     def recover(self) -> list[Job]:
         """Finish what an earlier server accepted and did not end (killed, crashed)."""
@@ -92,6 +96,7 @@ class ServeService:
         return jobs
 
     def _start(self, request_id: int, kind: str, payload: dict, keep: bool) -> Optional[Job]:
+        """Run an accepted request on its own thread, holding its lock (None: another server holds it)."""
         lock = RunLock(self.studio.home, f"serve-{request_id}")
         if not lock.acquire():  # another live server on this home has it
             return None
@@ -117,8 +122,10 @@ class ServeService:
             if event.kind not in EVENT_KINDS:
                 return
             data = {k: v for k, v in event.data.items() if isinstance(v, (str, int, float, bool, type(None)))}
-            if event.kind == "rendered" and not event.data.get("error"):
-                data["image"] = render_card(store.render_by_id(event.data["render_id"]))
+            if event.kind == "rendered":
+                row = store.render_row(event.data["render_id"])
+                if row["status"] == "ok":  # a failed or blank render has no image to show
+                    data["image"] = render_card(store.to_render(row))
             if event.kind == "scored" and job.run_id:
                 data["images"] = [render_card(r) for r in store.renders(job.run_id)]
             job.emit(event.kind, data)
