@@ -304,8 +304,10 @@ class Studio:
         kw.setdefault("profile", self.profile_name)
         return validate_request(Request(idea=idea, references=refs, **kw))
 
-    def make(self, idea: str, *, progress: Optional[ProgressFn] = None, **kw: Any) -> MakeResult:
-        """Expand, render, score and loop until the target or the budget; return the best."""
+    def make(self, idea: str, *, progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None,
+             **kw: Any) -> MakeResult:
+        """Expand, render, score and loop until the target or the budget; return the best.
+        Setting `stop` (a server whose client hung up) ends the run between images."""
         from reverie.store.recovery import claim_run
 
         progress = progress or self.progress or (lambda e: None)
@@ -322,7 +324,8 @@ class Studio:
         run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed,
                                                      identity=getattr(engine, "identity", engine.name))
         try:
-            final = self.run_loop(req, run_id=run_id, base_seed=base_seed, resumed=resumed, progress=progress)
+            final = self.run_loop(req, run_id=run_id, base_seed=base_seed, resumed=resumed, progress=progress,
+                                  stop=stop)
         finally:
             lock.release()
         return self.result(run_id, k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))

@@ -270,6 +270,28 @@ def m012_vlm_judge(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("judge_note", str)
 
 
+@migration
+def m013_serve_requests(db: sqlite_utils.Database) -> None:
+    # Requests `reverie serve` accepted: each becomes a run, and one still open when the server
+    # died is finished by the next server on this home. `keep` = finish it even if the client
+    # that asked hangs up.
+    db["serve_requests"].create(
+        {
+            "id": int,
+            "kind": str,  # images (the OpenAI endpoint) | chat (a turn of the web studio)
+            "payload_json": str,  # what to run again after a restart, seed included
+            "keep": int,
+            "status": str,  # accepted | running | done | failed | cancelled
+            "run_id": str,
+            "error": str,
+            "created": float,
+            "finished": float,
+        },
+        pk="id",
+    )
+    db["serve_requests"].create_index(["status"])
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 

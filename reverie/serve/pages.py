@@ -1,0 +1,216 @@
+"""The web studio: server-rendered pages (Jinja2, autoescaped) and the small JSON routes their script calls."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from jinja2 import Environment, FileSystemLoader
+
+from reverie.serve.http import openai_error, read_json
+from reverie.serve.service import Busy, render_card
+from reverie.types import ReverieError
+
+router = APIRouter()
+TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True)
+MAX_WEB_IMAGES = 8
+WEB_ROUNDS = {"standard": 1, "hd": 3}
+GALLERY_RUNS = 30
+COOKIE = "reverie_token"
+
+
+def page(name: str, **context: Any) -> HTMLResponse:
+    return HTMLResponse(TEMPLATES.get_template(name).render(**context))
+
+
+def new_session() -> str:
+    return time.strftime("web-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def gallery(service, limit: int = GALLERY_RUNS) -> list[dict]:
+    """Recent runs, newest first, each with its best images and what started it (a chat turn, a batch)."""
+    from reverie.store.lineage import caused_by
+
+    store = service.studio.store
+    runs = []
+    for run in store.list_runs(limit=limit):
+        runs.append({"id": run["id"], "idea": run["idea"], "status": run["status"], "best": run["best"],
+                     "renders": run["renders"], "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created"])),
+                     "images": [render_card(r) for r in store.best(run["id"], k=4)],
+                     "origin": caused_by(store, run["id"])})
+    return runs
+
+
+# -- pages -----------------------------------------------------------------------------------
+@router.get("/login")
+def login_page(request: Request, failed: int = 0):
+    return page("login.html", failed=bool(failed))
+
+
+@router.post("/login")
+async def login(request: Request):
+    token = request.app.state.token
+    form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
+    given = (form.get("token") or [""])[0]
+    if token and not hmac.compare_digest(given.encode(), token.encode()):
+        return RedirectResponse("/login?failed=1", status_code=303)
+    response = RedirectResponse("/", status_code=303)
+    if token:
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/")
+def studio_page(request: Request, session: Optional[str] = None):
+    service = request.app.state.service
+    session = session if session and session.replace("-", "").isalnum() and len(session) <= 64 else new_session()
+    from reverie.orchestrator.chat import shown_images
+
+    turns = []
+    for t in service.studio.store.chats.turns(session):
+        turns.append({"turn": t["turn"], "message": t["message"], "idea": t["idea"], "run_id": t["run_id"],
+                      "images": [render_card(r) for r in shown_images(service.studio, t)]})
+    return page("studio.html", session=session, turns=turns, runs=gallery(service),
+                profile=service.studio.profile_name)
+
+
+@router.get("/image/{render_id}")
+def image_page(request: Request, render_id: int):
+    from reverie.store.lineage import lineage
+
+    service = request.app.state.service
+    store = service.studio.store
+    row = service.queue.render(render_id)
+    if row is None:
+        return HTMLResponse(TEMPLATES.get_template("missing.html").render(what=f"image {render_id}"), status_code=404)
+    info = lineage(store, row)
+    standing = store.picks.standing([render_id]).get(render_id)
+    siblings = [render_card(r) for r in store.best(row["run_id"], k=8)]
+    return page("image.html", info=info, image=render_card(store.to_render(row)), standing=standing,
+                spec_json=json.dumps(info["spec"], indent=2, ensure_ascii=False),
+                request_json=json.dumps(info["request"], indent=2, ensure_ascii=False), siblings=siblings)
+
+
+# -- what the pages' script calls ---------------------------------------------------------
+@router.post("/api/studio/send")
+async def send(request: Request):
+    """A message of the web studio: the first makes images, later ones follow up on the same session."""
+    service = request.app.state.service
+    data = await read_json(request)
+    session, message = str(data.get("session") or ""), str(data.get("message") or "")
+    if not session.replace("-", "").isalnum() or len(session) > 64:
+        return openai_error(400, "the session name is letters, digits and dashes: reload the page for a new one")
+    quality = str(data.get("quality") or "standard")
+    if quality not in WEB_ROUNDS:
+        return openai_error(400, "quality is standard (one round) or hd (the full loop)")
+    try:
+        n = int(data.get("n") or 4)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= MAX_WEB_IMAGES:
+        return openai_error(400, f"n is the number of images per round, from 1 to {MAX_WEB_IMAGES}")
+    from reverie.orchestrator.chat import is_command
+    from reverie.orchestrator.requests import clean_idea
+
+    if is_command(message.strip()):
+        return openai_error(400, "slash commands are for `reverie chat`: describe an image, or say what to change")
+    try:
+        clean_idea(message)
+        # Web turns are kept: closing the tab leaves the run going, and its images land in the gallery.
+        job = service.submit("chat", {"session": session, "message": message, "n": n,
+                                      "rounds": WEB_ROUNDS[quality], "megapixels": None}, keep=True)
+    except Busy as e:
+        return openai_error(429, str(e), kind="rate_limit_error")
+    except ReverieError as e:
+        return openai_error(400, str(e))
+    return {"request_id": job.id, "events": f"/events/{job.id}"}
+
+
+@router.get("/events/{request_id}")
+async def events(request: Request, request_id: int):
+    """Server-sent events of one request: rendered, scored, judged... then done or failed."""
+    service = request.app.state.service
+    job = service.job(request_id)
+    if job is None:
+        row = service.queue.get(request_id)
+        if row is None:
+            return openai_error(404, f"no request {request_id} on this server")
+        # Finished (or from before a restart): one event with where things stand.
+        return StreamingResponse(iter([sse({"kind": row["status"], "run_id": row["run_id"], "message": row["error"]})]),
+                                 media_type="text/event-stream")
+
+    async def stream():
+        sent = 0
+        while True:
+            finished = job.done.is_set()
+            while sent < len(job.events):
+                yield sse(job.events[sent])
+                sent += 1
+            if finished and sent >= len(job.events):
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.15)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+def sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@router.get("/api/requests/{request_id}")
+def request_status(request: Request, request_id: int):
+    """Where an accepted request stands (a client that went away finds its run here, or in the gallery)."""
+    service = request.app.state.service
+    row = service.queue.get(request_id)
+    if row is None:
+        return openai_error(404, f"no request {request_id} on this server")
+    best = []
+    if row["run_id"] and row["status"] == "done":
+        from reverie.serve.service import best_of
+
+        best = [render_card(r) for r in best_of(service.studio, row["run_id"], json.loads(row["payload_json"])["n"])]
+    return {"id": row["id"], "kind": row["kind"], "status": row["status"], "run_id": row["run_id"],
+            "error": row["error"], "best": best}
+
+
+@router.post("/api/pick")
+async def pick(request: Request):
+    service = request.app.state.service
+    data = await read_json(request)
+    choice = data.get("choice")
+    if choice not in ("pick", "reject"):
+        return openai_error(400, "choice is pick or reject")
+    try:
+        render_id = int(data.get("render_id"))
+    except (TypeError, ValueError):
+        render_id = -1
+    if service.queue.render(render_id) is None:
+        return openai_error(404, "no such image: give the render id of an image of this home")
+    service.studio.store.picks.record(render_id, choice, source="web")
+    return {"render_id": render_id, "standing": service.studio.store.picks.standing([render_id]).get(render_id)}
+
+
+@router.post("/api/reproduce/{render_id}")
+async def reproduce(request: Request, render_id: int):
+    service = request.app.state.service
+    if service.queue.render(render_id) is None:
+        return openai_error(404, "no such image: give the render id of an image of this home")
+    try:
+        return await asyncio.to_thread(service.reproduce, render_id)
+    except ReverieError as e:
+        return openai_error(400, str(e))
+
+
+@router.get("/healthz")
+def health() -> Response:
+    return JSONResponse({"ok": True})

@@ -1,0 +1,246 @@
+"""The server's side of every request: accepted requests become runs on one Studio.
+
+One Studio means one warm engine: every request's run hands its rounds to the Studio's engine
+worker, as the ideas of a batch do, each run on its own thread. A request is a row in the store
+before it runs (`serve_requests`), so a server killed mid-run leaves it open and the next server
+on the home finishes it; the run resumes by request (same seed, same request hash), so nothing
+is rendered twice.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from reverie.orchestrator.studio import Studio
+from reverie.store.locks import RunLock
+from reverie.store.serve_requests import ServeRequests
+from reverie.types import Event, Render, ReverieError
+
+MAX_OPEN = 64  # requests running at once; more are refused with "busy" rather than queued without end
+KEEP_FINISHED = 256  # finished jobs whose events stay in memory; older ones are read from the store
+
+
+class Busy(ReverieError):
+    """Too many requests running: the client should try again later (HTTP 429)."""
+EVENT_KINDS = ("run_started", "expanded", "round_started", "rendered", "scored", "judged", "finished", "notice")
+
+
+@dataclass
+class Job:
+    """One accepted request while this process runs it: its stop flag and its events for SSE."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    keep: bool
+    stop: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    events: list[dict] = field(default_factory=list)
+    run_id: Optional[str] = None
+    status: str = "accepted"
+    error: Optional[str] = None
+    best: list[Render] = field(default_factory=list)
+
+    def emit(self, kind: str, data: dict) -> None:
+        self.events.append({"kind": kind, **data})
+
+
+def render_card(r: Render) -> dict:
+    """What a page or an event shows of one image (URLs by content hash, never by path)."""
+    return {"id": r.id, "sha256": r.sha256, "url": f"/files/{r.sha256}.png", "page": f"/image/{r.id}",
+            "seed": r.seed, "round": r.round + 1, "width": r.spec.width, "height": r.spec.height,
+            "score": r.scores.composite if r.scores else None, "scorer": r.scores.scorer if r.scores else None,
+            "prompt": r.prompt}
+
+
+class ServeService:
+    def __init__(self, studio: Studio):
+        self.studio = studio
+        self.queue = ServeRequests(studio.store)
+        self.jobs: dict[int, Job] = {}
+        self._lock = threading.Lock()
+        self._sessions: dict[str, threading.Lock] = {}  # one turn at a time per chat session
+        self._locks: dict[int, RunLock] = {}
+        self._closing = False  # a shutdown stops runs but leaves their requests open for the next server
+
+    # -- accepting -------------------------------------------------------------------------
+    def submit(self, kind: str, payload: dict[str, Any], keep: bool) -> Job:
+        with self._lock:
+            if sum(1 for j in self.jobs.values() if not j.done.is_set()) >= MAX_OPEN:
+                raise Busy(f"the server is busy with {MAX_OPEN} requests: try again when some have finished")
+            finished = [i for i, j in self.jobs.items() if j.done.is_set()]
+            for i in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+                del self.jobs[i]
+        if kind == "images" and payload.get("seed") is None:
+            # Chosen now and stored: a restarted server asks for the same request, which resumes the run.
+            payload = {**payload, "seed": secrets.randbelow(2**31)}
+        request_id = self.queue.accept(kind, payload, keep)
+        job = self._start(request_id, kind, payload, keep)
+        if job is None:  # a second server on this home, starting up, took it over in that instant
+            raise ReverieError(f"request {request_id} was taken over by another server on this home: its result "
+                               f"will be at /api/requests/{request_id} there")
+        return job
+
+    def recover(self) -> list[Job]:
+        """Finish what an earlier server accepted and did not end (killed, crashed)."""
+        jobs = []
+        for row in self.queue.open_requests():
+            job = self._start(row["id"], row["kind"], json.loads(row["payload_json"]), bool(row["keep"]))
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def _start(self, request_id: int, kind: str, payload: dict, keep: bool) -> Optional[Job]:
+        """Run an accepted request on its own thread, holding its lock (None: another server holds it)."""
+        lock = RunLock(self.studio.home, f"serve-{request_id}")
+        if not lock.acquire():  # another live server on this home has it
+            return None
+        job = Job(id=request_id, kind=kind, payload=payload, keep=keep)
+        with self._lock:
+            self.jobs[request_id] = job
+            self._locks[request_id] = lock
+        threading.Thread(target=self._work, args=(job,), name=f"reverie-serve-{request_id}", daemon=True).start()
+        return job
+
+    def job(self, request_id: int) -> Optional[Job]:
+        with self._lock:
+            return self.jobs.get(request_id)
+
+    # -- running ---------------------------------------------------------------------------
+    def _progress(self, job: Job):
+        store = self.studio.store
+
+        def progress(event: Event) -> None:
+            if event.kind == "run_started":
+                job.run_id = event.data["run_id"]
+                self.queue.started(job.id, job.run_id)
+            if event.kind not in EVENT_KINDS:
+                return
+            data = {k: v for k, v in event.data.items() if isinstance(v, (str, int, float, bool, type(None)))}
+            if event.kind == "rendered":
+                row = store.render_row(event.data["render_id"])
+                if row["status"] == "ok":  # a failed or blank render has no image to show
+                    data["image"] = render_card(store.to_render(row))
+            if event.kind == "scored" and job.run_id:
+                data["images"] = [render_card(r) for r in store.renders(job.run_id)]
+            job.emit(event.kind, data)
+
+        return progress
+
+    def _work(self, job: Job) -> None:
+        from reverie.orchestrator.worker import RenderStopped
+
+        try:
+            job.status = "running"
+            if job.kind == "images":
+                self._images(job)
+            else:
+                self._chat(job)
+            job.status = "done"
+            job.emit("done", {"run_id": job.run_id, "best": [render_card(r) for r in job.best]})
+        except RenderStopped:
+            job.status = "cancelled"
+            job.emit("cancelled", {"run_id": job.run_id})
+        except ReverieError as e:
+            job.status, job.error = "failed", str(e)
+            job.emit("failed", {"message": str(e)})
+        except Exception as e:  # the server stays up; the request says what broke
+            job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+            job.emit("failed", {"message": job.error})
+        finally:
+            try:
+                if not (self._closing and job.status == "cancelled"):
+                    self.queue.finish(job.id, job.status, job.error)
+            finally:
+                with self._lock:
+                    lock = self._locks.pop(job.id, None)
+                if lock is not None:
+                    lock.release()
+                job.done.set()
+
+    def _images(self, job: Job) -> None:
+        p = job.payload
+        n = p["n"]
+        row = self.queue.get(job.id)
+        if row and row["run_id"] and self.studio.store.get_run(row["run_id"])["status"] == "done":
+            # The run ended before the last server died: its images are the answer, nothing is made again.
+            job.run_id = row["run_id"]
+            job.best = best_of(self.studio, job.run_id, n)
+            return
+        result = self.studio.make(p["prompt"], progress=self._progress(job), stop=job.stop, n=n, rounds=p["rounds"],
+                                  target=p.get("target"), aspect=p["aspect"], megapixels=p["megapixels"],
+                                  profile=p["profile"], seed=p["seed"])
+        job.run_id = result.run_id
+        job.best = best_of(self.studio, result.run_id, n)
+
+    def _chat(self, job: Job) -> None:
+        p = job.payload
+        with self._lock:
+            session_lock = self._sessions.setdefault(p["session"], threading.Lock())
+        with session_lock:
+            turns = self.studio.store.chats.turns(p["session"])
+            row = self.queue.get(job.id)
+            if row and row["run_id"] and turns and turns[-1]["run_id"] == row["run_id"]:
+                # The turn was recorded before the last server died: it is done, not to be made again.
+                job.run_id = row["run_id"]
+            else:
+                turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
+                                        rounds=p["rounds"], megapixels=p.get("megapixels"))
+                job.run_id = turn.run_id
+                job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
+                                  "idea": turn.interpretation.request.idea})
+            job.best = best_of(self.studio, job.run_id, p["n"])
+
+    def reproduce(self, render_id: int) -> dict[str, Any]:
+        """Render an image again from its stored spec on the warm engine and compare the pixels."""
+        import numpy as np
+        from PIL import Image
+
+        from reverie.profiles import get_profile
+        from reverie.types import RenderSpec
+
+        store = self.studio.store
+        row = store.render_row(render_id)
+        spec = RenderSpec.from_dict(json.loads(row["spec_json"]))
+        engine = self.studio.engine_for(get_profile(spec.profile), lambda e: None)
+        if engine.name != row["engine"]:
+            raise ReverieError(f"image {render_id} was made by the {row['engine']} engine and this server runs "
+                               f"{engine.name}: reproduce it with `reverie reproduce` on that engine")
+        # Pixels depend on how many seeds shared the forward pass: filler seeds re-create the batch.
+        shape = row.get("batch_size") or getattr(engine, "batch_size", None) or 1
+        specs = [spec] + [spec.with_(seed=spec.seed + 1 + i) for i in range(shape - 1)]
+        output = self.studio.worker.render(engine, specs, priority=(-1, spec.profile, 0))[0]
+        if output.error or output.image is None:
+            raise ReverieError(f"the engine could not render it: {output.error}")
+        with Image.open(store.home / row["path"]) as im:
+            before = np.asarray(im.convert("RGB"), dtype=np.int16)
+        after = np.asarray(output.image.convert("RGB"), dtype=np.int16)
+        if before.shape != after.shape:
+            return {"match": False, "message": "sizes differ"}
+        diff = int(np.abs(before - after).max())
+        return {"match": diff == 0, "max_diff": diff,
+                "message": "pixels identical" if diff == 0 else f"max pixel difference {diff}"}
+
+    def close(self) -> None:
+        """Stop the runs between images; their requests stay open and the next server finishes them."""
+        self._closing = True
+        for job in list(self.jobs.values()):
+            if not job.done.is_set():
+                job.stop.set()
+        deadline = time.monotonic() + 30
+        for job in list(self.jobs.values()):
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+
+
+def best_of(studio: Studio, run_id: str, n: int) -> list[Render]:
+    """The run's best n images, distinct ones first, near-duplicates filling up to n."""
+    from reverie.orchestrator.curation import keep_diverse
+    from reverie.scoring.scorer import scoring_settings
+
+    threshold = scoring_settings(studio.config.get("scoring")).dedupe_threshold
+    return keep_diverse(studio.store, run_id, n, studio.signatures, threshold=threshold, fill=True)[0]
