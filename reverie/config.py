@@ -80,6 +80,9 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "timeout": (_positive, "a number of seconds, e.g. 60"),
         "retries": (_count, "a whole number of extra tries, e.g. 2"),
         "max_tokens": (_count, "a whole number of tokens, e.g. 1024 (0: reverie's bound per purpose)"),
+        "backend": (_text, '"auto", "server", "encoder" or "off"'),
+        "path": (_text, 'a model folder in quotes, e.g. "/models/Qwen3-8B"'),
+        "unload": (lambda v: isinstance(v, bool), "true or false"),
     },
     "scoring": {
         "clip_model": TEXT, "clip_config": TEXT, "clip_weights": TEXT, "aesthetic_weights": TEXT, "device": TEXT,

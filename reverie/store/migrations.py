@@ -249,6 +249,14 @@ def m010_lineage_indexes(db: sqlite_utils.Database) -> None:
     db["renders"].add_column("batch_size", int)
 
 
+@migration
+def m011_llm_call_backend(db: sqlite_utils.Database) -> None:
+    # What wrote an answer (server, encoder, local, textgen) and the seed a local model sampled
+    # with: with the model and the token counts, enough to write the same answer again.
+    db["llm_calls"].add_column("backend", str)
+    db["llm_calls"].add_column("seed", int)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 
