@@ -220,8 +220,12 @@ def folder_loader(path: str) -> Loader:
 
     def load():
         import torch
+        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # Load bars and length warnings would break reverie's own progress lines.
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         cuda = torch.cuda.is_available()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
