@@ -229,3 +229,19 @@ def test_bad_llm_settings_are_one_line(home, args, toml, says):
     proc = run_cli("make", "a fox", "--n", "1", "--rounds", "1", *args, home=home)
     assert proc.returncode == 2
     assert proc.stderr.count("error:") == 1 and says in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_encoder_bench_prints_tokens_per_second_and_share(tiny_models_dir, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_encoder.py"
+    spec = importlib.util.spec_from_file_location("bench_encoder", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--n", "1", "--rounds", "1", "--models-dir", str(tiny_models_dir)])
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "of the run's" in printed and "ratio local-LLM / formula" in printed
+    local = result["local"]
+    assert local["calls"] >= 1 and local["tokens"] > 0 and 0 < local["share"] < 1
+    assert result["formula"]["calls"] == 0

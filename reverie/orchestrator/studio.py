@@ -295,15 +295,16 @@ class Studio:
                             record=record, progress=progress)
         load = getattr(engine, "load", None)
         profile = getattr(engine, "profile", None)
+        name = getattr(engine, "name", "no engine")
         if settings.backend == "encoder":
             if not callable(load):
-                raise ReverieError(f'[llm] backend = "encoder" needs a diffusers or tiny engine, not {engine.name}: '
+                raise ReverieError(f'[llm] backend = "encoder" needs a diffusers or tiny engine, not {name}: '
                                    'pass --llm-path a model folder, or set backend = "auto"')
-        elif not (settings.backend == "auto" and not settings.configured and engine.name == "diffusers"
+        elif not (settings.backend == "auto" and not settings.configured and name == "diffusers"
                   and profile is not None and profile.family in TEXTGEN_FAMILIES
                   and not (self.model_path and (Path(self.model_path) / "reverie-tiny.json").exists())):
             return None  # the tiny engine's random encoder is no language model: formula it is
-        label = f"the {engine.name} {getattr(profile, 'name', '')} text encoder".replace("  ", " ")
+        label = f"the {name} {getattr(profile, 'name', '')} text encoder".replace("  ", " ")
         # The weights are the engine's: after each call only the small wrapper around them goes.
         return LocalLLM(settings, encoder_loader(load), backend="encoder", model=label, record=record,
                         progress=progress, keep_loaded=False)
