@@ -245,3 +245,38 @@ def test_encoder_bench_prints_tokens_per_second_and_share(tiny_models_dir, capsy
     local = result["local"]
     assert local["calls"] >= 1 and local["tokens"] > 0 and 0 < local["share"] < 1
     assert result["formula"]["calls"] == 0
+
+
+def test_the_progress_line_says_writing_the_prompt_with_tokens_per_second(capsys):
+    from reverie.cli.common import CliProgress
+    from reverie.types import Event
+
+    progress = CliProgress()
+    progress(Event("run_started", {"run_id": "r1", "budget": 4}))
+    progress(Event("writing", {"purpose": "expand", "tokens": 120, "tokens_per_second": 41.6}))
+    progress.stop()
+    assert "writing the prompt… 120 tokens, 42/s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("marked_tiny, writes", [(False, "encoder"), (True, "formula")])
+def test_auto_writes_with_a_real_z_image_encoder_only(home, tiny_models_dir, tmp_path, marked_tiny, writes):
+    """No server configured: a Z-Image folder on the diffusers engine gets the encoder dreamer; the
+    same folder marked as reverie's tiny random model keeps the formula expander, quietly."""
+    from reverie.orchestrator.studio import Studio
+    from reverie.render.tiny import TINY_DIR_NAME
+
+    folder = tmp_path / "z-image"
+    folder.mkdir()
+    for part in (tiny_models_dir / TINY_DIR_NAME).iterdir():
+        if part.name != "reverie-tiny.json" or marked_tiny:
+            (folder / part.name).symlink_to(part, target_is_directory=part.is_dir())
+    events = []
+    with Studio(home=home, engine="diffusers", model_path=str(folder)) as studio:
+        engine = studio.engine_for(get_profile("z-image-turbo"), events.append)
+        expander, critic = studio.expander_and_critic(events.append, engine)
+        notices = list(studio.notices)
+    if writes == "encoder":
+        assert expander.name == "dreamer" and expander.llm.backend == "encoder" and critic.llm is expander.llm
+        assert any("text encoder, in this process" in m for m in notices)
+    else:
+        assert expander.name == "formula" and not any("text encoder" in m for m in notices)
