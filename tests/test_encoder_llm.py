@@ -280,3 +280,16 @@ def test_auto_writes_with_a_real_z_image_encoder_only(home, tiny_models_dir, tmp
         assert any("text encoder, in this process" in m for m in notices)
     else:
         assert expander.name == "formula" and not any("text encoder" in m for m in notices)
+
+
+@pytest.mark.parametrize("idea, prompt, says", [
+    ("a red fox in the rain", "fox rain", "too short"),
+    ("a red fox in the rain", "一只红狐狸坐在雨中的石墙上 fox", "not in English"),
+    ("雨中的狐狸", "一只红狐狸坐在雨中的石墙上，毛发湿透", ""),  # a Chinese idea may be answered in Chinese
+    ("a red fox in the rain", 'A red fox in the rain under a sign reading "雨"', ""),  # quoted text is not the language
+])
+def test_unusable_prompts_are_named(idea, prompt, says):
+    from reverie.agents.dreamer import prompt_problem
+
+    problem = prompt_problem(idea, prompt)
+    assert (says in problem) if says else problem == ""

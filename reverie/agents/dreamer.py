@@ -120,6 +120,7 @@ def _same_word(a: str, b: str) -> bool:
 
 
 MIN_PROMPT_WORDS = 3
+MIN_PROMPT_LETTERS = 12
 
 
 def prompt_problem(idea: str, prompt: str) -> str:
@@ -130,7 +131,7 @@ def prompt_problem(idea: str, prompt: str) -> str:
     letters = sum(ch.isalpha() for ch in visible)
     if not visible or letters < len(visible) / 2:
         return f"the prompt {_short(prompt)!r} is mostly punctuation, not a description"
-    if len(_words(prompt)) < MIN_PROMPT_WORDS:
+    if len(_words(prompt)) < MIN_PROMPT_WORDS and letters < MIN_PROMPT_LETTERS:  # CJK writes no spaces
         return f"the prompt {_short(prompt)!r} is too short to describe a picture"
     idea_words = _words(idea)
     if idea_words and all(w.isascii() for w in idea_words):
