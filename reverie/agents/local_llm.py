@@ -346,7 +346,7 @@ class LocalLLM:
                           seconds=time.monotonic() - started, finished=finished)
 
     def _call(self, messages: list[dict], *, schema: Optional[dict], temperature: float, max_new_tokens: int,
-              seed: int, purpose: str, system_hash: str) -> tuple[Generation | None, dict]:
+              seed: int, purpose: str, system_hash: str) -> tuple[Generation, dict]:
         request = {"messages": messages, "schema": schema, "thinking": False,
                    "sampling": {"temperature": temperature, "top_k": TOP_K, "top_p": TOP_P, "seed": seed,
                                 "max_new_tokens": max_new_tokens, "max_seconds": self.settings.timeout}}
@@ -355,10 +355,14 @@ class LocalLLM:
         try:
             made = self.generate(messages, schema=schema, temperature=temperature, max_new_tokens=max_new_tokens,
                                  seed=seed, purpose=purpose)
-        except ReverieError as e:  # the model cannot be loaded or run: no later call can do better
-            self.dead = str(e)
+        except (ReverieError, RuntimeError) as e:  # cannot load or run (out of memory): no later call can do better
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            self.dead = first if isinstance(e, ReverieError) else f"{self.model} failed to generate ({first})"
             self.record({**call, "seconds": 0.0, "ok": False, "error": self.dead})
             raise LLMUnavailable(self.dead) from None
+        except LLMUnavailable as e:  # the grammar could not be compiled or followed: this call only
+            self.record({**call, "seconds": 0.0, "ok": False, "error": str(e)})
+            raise
         return made, {**call, "seconds": made.seconds, "response_text": made.text,
                       "prompt_tokens": made.prompt_tokens, "completion_tokens": made.completion_tokens}
 
