@@ -36,6 +36,7 @@ TOP_K = 20
 # fits in PROMPT_CHARS. A field not named here gets OTHER_CHARS.
 FIELD_CHARS = {"prompt": 1000, "negative": 400, "interpretation": 160, "reason": 300, "idea": 300}
 OTHER_CHARS = 200
+MAX_ITEMS = 8  # for a list the schema leaves open
 FREE_TEXT_TOKENS = 400
 PROGRESS_EVERY = 0.5  # seconds between "writing the prompt…" updates
 
@@ -85,7 +86,7 @@ def causal_lm_over(text_encoder: Any):
 
 def bounded_schema(schema: dict) -> dict:
     """The schema with a maxLength on every free string, named for its property (see FIELD_CHARS),
-    and no keys beyond those named."""
+    a maxItems on every list, and no keys beyond those named."""
 
     def walk(node: Any, name: str = "") -> Any:
         if isinstance(node, list):
@@ -103,6 +104,8 @@ def bounded_schema(schema: dict) -> dict:
                 out[key] = value
         if "properties" in out:  # other keys would be strings without a bound
             out.setdefault("additionalProperties", False)
+        if out.get("type") == "array":
+            out.setdefault("maxItems", MAX_ITEMS)
         if out.get("type") == "string" and "enum" not in out and "const" not in out:
             limit = FIELD_CHARS.get(name, OTHER_CHARS)
             out["maxLength"] = min(int(out.get("maxLength", limit)), limit)
@@ -130,7 +133,7 @@ def longest_answer(schema: dict) -> int:
         if kind == "string":
             return 2 + int(node.get("maxLength", OTHER_CHARS)) * 2  # an escaped character is two
         if kind == "array":
-            count = int(node.get("maxItems", 4))
+            count = int(node.get("maxItems", MAX_ITEMS))
             return 2 + count * (1 + size(node.get("items", {}), defs))
         if kind == "object":
             props = node.get("properties", {})
