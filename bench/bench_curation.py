@@ -13,7 +13,9 @@ real scale (through the inverse of its reference quantiles), so the ensemble is 
 
 Printed: the mean true quality (0..1) of the kept top K for the oracle (keep by truth), best-of-N
 on each single verifier, and the ensemble; and how many renders best-of-N on the gameable verifier
-(and on the best honest one) needs to reach the ensemble's quality.
+(and on the best honest one) needs to reach the ensemble's quality. Then reverie's loop with the
+early-stop rule (policy.stop_reason over rounds of N/4): its kept quality, the renders it spent,
+and best-of-N on one verifier at that many renders.
 """
 
 from __future__ import annotations
@@ -114,7 +116,35 @@ def trial(engine: TruthEngine, seeds: list[int], k: int) -> dict[str, float]:
     out["reverie ensemble, aesthetic x7"] = kept([composite(r, heavy)[0] for r in raws])
     out["plain mean, aesthetic x7"] = kept([sum(normalise(n, x) * heavy[n] / total for n, x in r.items()) for r in raws])
     out["random"] = float(truth[:k].mean())
+    # reverie's loop: rounds of ROUND renders scored by the ensemble, stopped by policy.stop_reason
+    # (target none, the render budget, and the early-stop rule on the run's own composites).
+    quality, spent = early_stop_loop([composite(r, DEFAULT_WEIGHTS)[0] for r in raws], truth, k)
+    out["reverie loop, early stop"] = quality
+    out[SPENT] = spent
     return out
+
+
+SPENT = "renders spent by the early-stopping loop"
+ROUNDS = 4  # the loop renders its budget in this many rounds
+
+
+def early_stop_loop(ensemble: list[float], truth: np.ndarray, k: int) -> tuple[float, int]:
+    """(true quality of the kept top k, renders spent) for reverie's loop over the same seeds in
+    order, `len(ensemble) / ROUNDS` per round, stopping where the judge would."""
+    from reverie.orchestrator.policy import Budget, stop_reason
+
+    n = len(ensemble)
+    per_round = max(1, n // ROUNDS)
+    budget = Budget(rounds=ROUNDS, max_renders=n)
+    spent = 0
+    for rnd in range(ROUNDS):
+        spent = min(n, spent + per_round)
+        seen = ensemble[:spent]
+        if stop_reason(budget, finished_round=rnd, history=[max(seen)], elapsed=0.0, renders=spent, scores=seen,
+                       next_renders=min(per_round, n - spent)):
+            break
+    order = np.argsort(-np.asarray(ensemble[:spent]), kind="stable")[:k]
+    return float(truth[:spent][order].mean()), spent
 
 
 def run(trials: int = 400, n: int = 32, k: int = 4, seed: int = 0) -> dict[str, float]:
@@ -150,7 +180,16 @@ def main(argv=None) -> dict[str, float]:
     print(f"{args.trials} trials, {args.n} renders each, keep {args.keep}; mean true quality (0..1) of the kept set")
     print("verifiers: " + ", ".join(f"{v.name} corr {v.corr}" + (f" gameable {v.game}" if v.game else "") for v in VERIFIERS))
     for name, value in sorted(result.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:32s} {value:.3f}   ({value / result['oracle']:.1%} of oracle)")
+        if name != SPENT:
+            print(f"  {name:32s} {value:.3f}   ({value / result['oracle']:.1%} of oracle)")
+    spent = result[SPENT]
+    print(f"renders: the early-stopping loop spent {spent:.1f} of {args.n} on average ({spent / args.n:.0%}); "
+          f"the loop keeps {result['reverie loop, early stop'] / result['reverie ensemble']:.1%} of the full-budget "
+          f"ensemble's quality")
+    at_spent = run(max(20, args.trials // 4), max(args.keep, round(spent)), args.keep, args.seed + 2)
+    result["best-of-N on faithfulness at the loop's renders"] = at_spent["best-of-N on faithfulness"]
+    print(f"  at {round(spent)} renders, best-of-N on faithfulness keeps {at_spent['best-of-N on faithfulness']:.3f}, "
+          f"on aesthetic {at_spent['best-of-N on aesthetic']:.3f}; the loop {result['reverie loop, early stop']:.3f}")
     for verifier in ("aesthetic", "faithfulness"):
         needed = renders_to_match(result["reverie ensemble"], verifier, args.match_up_to, max(20, args.trials // 4),
                                   args.keep, args.seed + 1)

@@ -84,6 +84,13 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "path": (_text, 'a model folder in quotes, e.g. "/models/Qwen3-8B"'),
         "unload": (lambda v: isinstance(v, bool), "true or false"),
     },
+    "judge": {
+        "vlm_url": (_text, 'a URL in quotes, e.g. "http://localhost:11434/v1"'),
+        "vlm_model": (_text, 'a vision model name in quotes, e.g. "qwen2.5vl:7b"'),
+        "vlm_api_key": TEXT,
+        "vlm_timeout": (_positive, "a number of seconds, e.g. 120"),
+        "top": (lambda v: _count(v) and v >= 2, "a whole number of candidates shown, 2 or more, e.g. 4"),
+    },
     "scoring": {
         "clip_model": TEXT, "clip_config": TEXT, "clip_weights": TEXT, "aesthetic_weights": TEXT, "device": TEXT,
         "pickscore": (lambda v: isinstance(v, str) or v is False, 'a folder in quotes, or "off"'),

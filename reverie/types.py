@@ -111,9 +111,15 @@ class RenderSpec:
     shift: Optional[float] = None
     blind_steps: int = 0
     control: Optional[Control] = None
+    # Seeded Gaussian noise added to the positive text embeddings, as a share of their standard
+    # deviation (the third variety knob, after shift and blind steps): 0 is off.
+    embed_noise: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["embed_noise"]:  # off: left out, so specs (and their hashes) from before the knob stay the same
+            del d["embed_noise"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RenderSpec":

@@ -30,3 +30,7 @@ def test_the_ensemble_keeps_images_closer_to_the_oracle_than_the_gameable_verifi
     assert "oracle" in printed and "renders: ensemble 16" in printed
     assert result["oracle"] >= result["reverie ensemble"] > result["best-of-N on aesthetic"] > result["random"] - 0.05
     assert result["reverie ensemble, aesthetic x7"] > result["plain mean, aesthetic x7"]
+    # The early-stopping loop never spends more than the budget and, at the renders it spent,
+    # keeps better images than best-of-N on the best single verifier.
+    assert 4 <= result[bench.SPENT] <= 16 and "early-stopping loop spent" in printed
+    assert result["reverie loop, early stop"] > result["best-of-N on faithfulness at the loop's renders"]

@@ -20,6 +20,15 @@ def test_make_help_shows_readable_metavars_and_scorer():
     assert not any(t in proc.stdout for t in ("<int>", "<str>", "<bool>", "<float>", "AS_JSON")), proc.stdout
     assert "<bool>" not in rows["--json"] and "AS_JSON" not in rows["--json"]
     assert "SECONDS" in rows["--llm-timeout"] and "--scorer" in rows
+    assert proc.stdout.splitlines()[0] == "Usage: reverie make [OPTIONS] IDEA"
+
+
+def test_every_usage_line_names_arguments_plainly():
+    for command in ("make", "show", "lineage", "export", "score", "pick", "batch"):
+        proc = run_cli(command, "--help")
+        usage = proc.stdout.splitlines()[0]
+        assert proc.returncode == 0 and usage.startswith(f"Usage: reverie {command} [OPTIONS]"), proc.stdout
+        assert "{" not in usage and "}" not in usage, usage
 
 
 def test_make_takes_scorer(home):

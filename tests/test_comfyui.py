@@ -292,3 +292,15 @@ def test_cli_missing_comfy_file_prints_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (f"error: ComfyUI at {s.url} cannot run sdxl: it lacks checkpoint file "
                                    "missing_xl.safetensors (put it in models/checkpoints or pass --comfy-file checkpoint=NAME)")
+
+
+def test_z_image_guidance_maps_to_comfy_cfg_as_png_info_shows_it():
+    """Z-Image's diffusers guidance 2.0 is CFG 3.0 (the family's offset), the number PNG Info prints
+    and a ComfyUI user types; the default 0.0 stays the profile's CFG 1."""
+    from reverie.profiles import get_profile
+    from reverie.render.comfy_workflow import comfy_cfg
+
+    profile = get_profile("z-image-turbo")
+    assert comfy_cfg(zspec(seed=1), profile) == 1.0
+    assert comfy_cfg(zspec(seed=1, guidance=2.0), profile) == 3.0 == profile.traits.cfg_scale(2.0)
+    assert comfy_cfg(zspec(seed=1, guidance=-0.5), profile) == 1.0

@@ -118,6 +118,9 @@ def test_resume_continues_the_same_run_and_repairs_files(resumed):
         assert file_sha256(home / path) == sha
     assert (home / resumed["lost"]["path"]).exists()  # re-rendered: same seed, same pixels, same hash
     assert resumed["orphan"]["path"] in {r[2] for r in rows}  # the orphan file was adopted
+    # ...in the round it was made in: the PNG says 1-based round 1, the store keeps 0-based 0.
+    adopted_round = conn.execute("select round from renders where path = ?", [resumed["orphan"]["path"]]).fetchone()[0]
+    assert adopted_round == resumed["orphan"]["round"] == 0
     assert not list((home / "images").glob("*/.*.tmp"))
     notices = [e.data["message"] for e in resumed["events"] if e.kind == "notice"]
     assert any("continuing run" in n and "1 missing files rendered again" in n for n in notices)
@@ -128,15 +131,21 @@ def test_resume_continues_the_same_run_and_repairs_files(resumed):
 
 def test_a_held_run_is_not_resumed_twice(tmp_path):
     store = Store(tmp_path / "h")
-    req = Request(idea="two batches", n=1, rounds=1, seed=1)
+    req = Request(idea="two batches", n=1, rounds=1)  # no seed: a second copy explores new seeds
     run_a, _, lock_a, resumed_a = claim_run(store, req, "tiny", 1)
     store.finish_run(run_a, "interrupted", "test")
-    run_b, _, lock_b, resumed_b = claim_run(store, req, "tiny", 1)  # a's owner (us) still holds it
+    run_b, _, lock_b, resumed_b = claim_run(store, req, "tiny", 2)  # a's owner (us) still holds it
     assert not resumed_a and not resumed_b and run_b != run_a
     lock_a.release()
-    run_c, _, lock_c, resumed_c = claim_run(store, req, "tiny", 1)
+    run_c, _, lock_c, resumed_c = claim_run(store, req, "tiny", 3)
     assert resumed_c and run_c == run_a
     lock_b.release(), lock_c.release()
+    # With a seed, a second copy would render the very same images: it is refused, naming the run.
+    seeded = Request(idea="two batches", n=1, rounds=1, seed=1)
+    run_d, _, lock_d, _ = claim_run(store, seeded, "tiny", 1)
+    with pytest.raises(ReverieError, match=f"being made right now as run {run_d}"):
+        claim_run(store, seeded, "tiny", 1)
+    lock_d.release()
 
 
 def test_lineage_reproduce_and_export(resumed, tmp_path):

@@ -20,6 +20,7 @@ def test_report_is_self_contained_and_escapes_what_users_wrote(tmp_path):
     html = result.report_path.read_text()
     assert result.report_path.parent == tmp_path / "home" / "reports"
     assert "<script>" not in html and "&lt;script&gt;" in html and "&amp; a hound" in html
+    assert re.search(r"· diversity \d\.\d\d ·", html)  # the run's diversity beside its budget
     # Nothing fetched from anywhere: every picture is inline, every link is a local file.
     assert not re.search(r"(src|href)=\"(https?:)?//", html)
     thumbs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', html)

@@ -112,7 +112,7 @@ def test_runs_and_show(made):
         p = stack.pop()
         assert " ".join(p["text"].split()) in flat
         for r in p["renders"]:
-            assert f"render {r['id']} round {r['round'] + 1} seed {r['seed']}" in flat
+            assert f"render {r['id']} round {r['round']} seed {r['seed']}" in flat
         stack.extend(p["children"])
 
 

@@ -28,7 +28,7 @@ def rule_critic(
     """More seeds while the scores climb; variety knobs when candidates look alike; a revised
     prompt when the scores stall."""
     if similarity >= similarity_threshold:
-        return Critique("variety", f"candidates are too alike (mean cosine {similarity:.2f}): more shift and blind steps")
+        return Critique("variety", f"candidates are too alike (mean cosine {similarity:.2f}): more shift, blind steps and embedding noise")
     if previous_best is not None and round_best <= previous_best + stall_margin:
         return Critique("revise", f"scores stalled at {round_best:.3f}: try a different interpretation of the idea")
     return Critique("more_seeds", "scores are still improving: more seeds of the same prompt")
@@ -42,7 +42,8 @@ Decide the single best next step:
 - "more_seeds": the prompt works and scores are still rising; render more seeds of it.
 - "variety": the images are too alike; keep the prompt and turn the variety knobs.
 - "revise": the prompt holds the images back; write a better prompt.
-Give a one-sentence reason that names the evidence. When you revise, the new prompt stays \
+When a vision judge looked at the best images, its notes ("judge") say what is wrong with them: \
+a revision should fix those faults. Give a one-sentence reason that names the evidence. When you revise, the new prompt stays \
 faithful to the idea, changes what the scores suggest is weak, and follows the same style as \
 the current prompt ({style}). Keep quoted text verbatim. No invented text or logos.
 
@@ -97,7 +98,9 @@ class LLMCritic:
         self.fallback = fallback
         self.notice = notice or (lambda message: None)
 
-    def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details) -> Critique:
+    def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details,
+                 feedback: str = "") -> Critique:
+        """`feedback`: what a VLM judge found wrong with the best images, for the revision."""
         from reverie.agents.dreamer import finish_prompt, missing_quotes, prompt_problem
         from reverie.agents.llm import LLMUnavailable
 
@@ -113,6 +116,8 @@ class LLMCritic:
             "similarity": round(similarity, 4),
             "images": details[:16],
         }
+        if feedback:
+            report["judge"] = feedback
 
         def check(answer: CriticAnswer) -> str:
             if answer.action != "revise":

@@ -20,7 +20,7 @@ class Expander(Protocol):
 
 class Critic(Protocol):
     def critique(self, idea: str, expansion: Expansion, profile: Profile, round_best: float,
-                 previous_best: float | None, similarity: float, details: list[dict]) -> Critique: ...
+                 previous_best: float | None, similarity: float, details: list[dict], feedback: str = "") -> Critique: ...
 
 
 class FormulaExpander:
@@ -39,7 +39,9 @@ class RuleCritic:
         self.expander = expander or FormulaExpander()
         self.similarity_threshold = similarity_threshold
 
-    def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details) -> Critique:
+    def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details,
+                 feedback: str = "") -> Critique:
+        # A VLM judge's notes are free text the rules cannot read; the LLM critic uses them.
         c = rule_critic(expansion, round_best, previous_best, similarity, self.similarity_threshold)
         if c.action != "revise":
             return c

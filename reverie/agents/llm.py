@@ -221,7 +221,7 @@ class LLMClient:
                 self._listed = []
         return self._listed
 
-    def structured(self, system: str, user: str, schema: type[T], purpose: str, system_hash: str = "",
+    def structured(self, system: str, user: str | list[dict], schema: type[T], purpose: str, system_hash: str = "",
                    temperature: float = 0.8, check: Optional[Callable[[T], str]] = None,
                    json_schema: Optional[dict] = None, max_tokens: Optional[int] = None,
                    seed: Optional[int] = None) -> T:
@@ -231,7 +231,8 @@ class LLMClient:
 
         `check` returns a complaint ("" when fine) for answers that parse but break a rule.
         `json_schema` is sent instead of the pydantic one when the checks need more than pydantic
-        writes (an exact count, a field required for one action).
+        writes (an exact count, a field required for one action). `user` may be a list of content
+        parts (text and image_url) for a vision model.
         """
         if self.dead:
             raise LLMUnavailable(self.dead)

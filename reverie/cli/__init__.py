@@ -16,7 +16,7 @@ from reverie.cli.common import err, say
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="reverie: terse idea in, excellent images out, every one explained.")
 
 for command in (runs.make, runs.runs, runs.show, agents.expand, batch.batch, batch.chat, lineage.lineage, lineage.reproduce,
-                lineage.export, scoring.score, taste.pick, taste.reject):
+                lineage.export, scoring.score, taste.pick, taste.reject, taste.taste):
     app.command()(command)
 app.add_typer(models.models_app, name="models")
 
@@ -31,6 +31,10 @@ def readable(command):
             param.metavar = (param.name or "value").upper()
         if getattr(param, "param_type_name", "") == "argument":
             param.display_type = lambda ctx: None  # the metavar says it; typer would add `<str>`
+            # Usage reads `reverie make [OPTIONS] IDEA`, not typer's `{IDEA}`; optional ones in [ ].
+            usage = param.metavar if param.required else f"[{param.metavar}]"
+            usage += "..." if param.nargs != 1 else ""
+            param.get_usage_pieces = lambda ctx, usage=usage: [usage]
     for sub_command in getattr(command, "commands", {}).values():
         readable(sub_command)
     return command

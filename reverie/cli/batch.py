@@ -103,6 +103,8 @@ def batch(
     batch_size: Optional[int] = BATCH_SIZE,
     cpu_offload: bool = CPU_OFFLOAD,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Render on Ray actors: local, auto (this machine's cluster) or ray://HOST:10001; needs pip install 'reverie[ray]'."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Ray engine workers (default: one per GPU; 1 on a CPU-only cluster)."),
 ):
     """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
     from reverie.orchestrator.studio import Studio
@@ -110,7 +112,8 @@ def batch(
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     view = BatchProgressView(quiet=as_json)
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config, engine_options=engine_options)
+                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
+                    engine_options=engine_options, ray=ray, workers=workers)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,

@@ -33,6 +33,22 @@ def print_paths(rows: List[tuple[str, str]]) -> None:
         out.print(Text(f"{key:>{width}}  {path}"), soft_wrap=True, highlight=False)
 
 
+def disk_full(e: BaseException) -> bool:
+    """A write failed for lack of space, however the library reported it (safetensors says it
+    only in its message), anywhere in the exception's chain."""
+    import errno
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "os error 28" in str(e):
+            return True
+        if isinstance(e, sqlite3.OperationalError) and "database or disk is full" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def friendly(fn: Callable) -> Callable:
     """One clear line for every error a user can cause; a traceback only with REVERIE_DEBUG=1."""
 
@@ -49,6 +65,10 @@ def friendly(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except Exception as e:  # unexpected: still one line, and the way to see more
+            if disk_full(e):
+                err.print("[bold red]error:[/] the disk is full: free some space (or pass --home on another disk) and run "
+                          "the same command to continue; everything rendered so far is saved", highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
             if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
                 # Another program held the database past the busy timeout; nothing was written.
                 err.print("[bold red]error:[/] the database is locked by another program: let it finish, or set "

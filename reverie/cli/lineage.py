@@ -19,7 +19,7 @@ def _store(home: Optional[str]):
     from reverie.config import resolve_home
     from reverie.store.db import Store
 
-    return Store(resolve_home(home))
+    return Store(resolve_home(home), read_only_ok=True)  # lineage and export only read
 
 
 def _describe_file(path: str) -> dict:
@@ -101,13 +101,13 @@ def _print_lineage(info: dict) -> None:
         made_by = f"model {p['model']}, system prompt {p['system_hash'][:12]}" if p["model"] else ""
         reason = ("critic: " if critic else "reading: ") + p["reason"] if p["reason"] else ""
         _step("revision" if critic else "expansion",
-              f"prompt {p['id']}, round {p['round'] + 1}, source {p['source']}", made_by, reason, p["text"])
+              f"prompt {p['id']}, round {p['round']}, source {p['source']}", made_by, reason, p["text"])
     s = info["spec"]
     _step("spec", f"{info['spec_sha'][:16]}, seed {s['seed']}, {s['width']}x{s['height']}, steps {s['steps']}, "
                   f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}")
     state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
     made = f"engine {r['engine']}" + (f" on {r['worker']}" if r.get("worker") else "")
-    _step("image", f"render {r['id']}, round {r['round'] + 1}, seed {r['seed']}, {state}", made)
+    _step("image", f"render {r['id']}, round {r['round']}, seed {r['seed']}, {state}", made)
     if r["path"]:
         # Its own unbroken line, whatever the width, so it can be copied whole.
         out.print(Text(f"{'':{KEY_WIDTH}} {r['path']}"), soft_wrap=True, highlight=False)
@@ -120,7 +120,9 @@ def _print_lineage(info: dict) -> None:
                           and not k.startswith(HELD_OUT_PREFIX))
         held = [f"held-out judge {k[len(HELD_OUT_PREFIX):]} {v:.3f} (never used to select)"
                 for k, v in sc.items() if k.startswith(HELD_OUT_PREFIX)]
-        _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer", parts,
+        weighting = info.get("weighting") or "default"
+        weighed = f", {weighting} weighting" + (" (learnt from your picks: `reverie taste`)" if weighting != "default" else "")
+        _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer{weighed}", parts,
               *(held or [f"no held-out judge ({HOW_TO_GET})"]))
 
 

@@ -91,7 +91,7 @@ def runs(
     from reverie.config import resolve_home
     from reverie.store.db import Store
 
-    store = Store(resolve_home(home))
+    store = Store(resolve_home(home), read_only_ok=True)
     rows = store.list_runs(limit)
     if as_json:
         print(json.dumps([{**{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")},
@@ -125,7 +125,7 @@ def show(
     from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
 
-    store = Store(resolve_home(home))
+    store = Store(resolve_home(home), read_only_ok=True)
     tree = store.run_tree(run_id)
     if as_json:
         print(json.dumps(tree, ensure_ascii=False, default=str))
@@ -134,7 +134,7 @@ def show(
     root = Tree(f"[bold]{run['id']}[/]  {run['status']}  [dim]{escape(run['stop_reason'] or '')}[/]\nidea: {escape(run['idea'])}")
 
     def add(node: Tree, p: dict) -> None:
-        label = escape(f"prompt {p['id']} [{p['source']}] round {p['round'] + 1}" + (f" — {p['reason']}" if p["reason"] else ""))
+        label = escape(f"prompt {p['id']} [{p['source']}] round {p['round']}" + (f" — {p['reason']}" if p["reason"] else ""))
         # The whole prompt: it is what made the images, and a cut one cannot be copied or compared.
         child = node.add(f"{label}\n[dim]{escape(p['text'])}[/]")
         for r in p["renders"]:
@@ -143,7 +143,7 @@ def show(
             # A prompt kept for another round gets new seeds; the render's own round says which.
             # The path goes in the list below the tree, where nothing wraps it; an error stays here.
             on = f" on {r['worker']}" if r.get("worker") not in (None, "", "local") else ""
-            child.add(Text(f"render {r['id']} round {r['round'] + 1} seed {r['seed']} score {score}{on}"
+            child.add(Text(f"render {r['id']} round {r['round']} seed {r['seed']} score {score}{on}"
                            + (f"\n{r['error']}" if r["error"] and not r["path"] else "")))
             if r["path"]:
                 paths.append((f"render {r['id']}", r["path"]))
@@ -155,6 +155,9 @@ def show(
         add(root, p)
     out.print(root, highlight=False)
     out.print(Text(held_out_line(store, run["id"])), highlight=False)
+    from reverie.orchestrator.curation import diversity_line
+
+    out.print(Text(diversity_line(store, run["id"])), highlight=False)
     if paths:
         out.print("[bold]images[/]")
         print_paths(paths)

@@ -371,6 +371,7 @@ CHAT_HELP = """commands:
   /undo        forget the last turn (its images stay in the lineage)
   /session     this session's name and its turns
   /new IDEA    start over with a new idea
+"I like the second one" / "not the first" records a pick / reject (for `reverie taste`), renders nothing
   /quit        leave; continue later with --session NAME
 Anything else is a message: the first describes an image, later ones say what to change
 ("make it night", "more like the second one", "keep the pose but make it a knight", "wider")."""
@@ -382,13 +383,39 @@ class CommandReply:
     quit: bool = False
 
 
+_ORDINAL = r"(?:the\s+)?(?:image\s+|number\s+|#)?(\d+|first|second|third|fourth|last)(?:st|nd|rd|th)?(?:\s+(?:one|image))?"
+# A whole message that only states a choice about an image the last turn showed: it is recorded
+# (as `reverie pick` / `reverie reject` would, source "chat"), and nothing is rendered. "more
+# like the second one" is not one: it asks for a new round.
+_PICK = re.compile(rf"^(?:i\s+(?:really\s+)?(?:like|love)|i'?ll\s+take|pick|keep)\s+{_ORDINAL}\s*[.!]*$", re.I)
+_REJECT = re.compile(rf"^(?:not|no\s+to|reject|drop|i\s+(?:don'?t|do\s+not)\s+like|i\s+dislike)\s+{_ORDINAL}\s*[.!]*$",
+                     re.I)
+
+
+def choice_in(message: str) -> Optional[tuple[str, int]]:
+    """("pick" | "reject", 1-based rank, -1 for the last) when the message only states a choice."""
+    text = " ".join(message.split())
+    for choice, pattern in (("pick", _PICK), ("reject", _REJECT)):
+        m = pattern.match(text)
+        if m:
+            word = m.group(1).lower()
+            return choice, int(word) if word.isdigit() else ORDINALS[word]
+    return None
+
+
 def is_command(message: str) -> bool:
-    """A slash command, never a prompt. `/new IDEA` is a message (the interpreter reads it)."""
+    """A slash command or a choice ("I like the second one"), never a prompt. `/new IDEA` is a
+    message (the interpreter reads it)."""
+    if choice_in(message) is not None:
+        return True
     return message.startswith("/") and not re.match(r"/new\s+\S", message)
 
 
 def chat_command(studio, session: str, message: str) -> CommandReply:
     """Answer a slash command; nothing is rendered. An unknown one is a ReverieError naming /help."""
+    choice = choice_in(message)
+    if choice is not None:
+        return record_choice(studio, session, *choice)
     word, _, arg = message.strip().partition(" ")
     word, arg = word.lower(), arg.strip()
     if word in ("/quit", "/exit", "/q"):
@@ -420,3 +447,14 @@ def chat_command(studio, session: str, message: str) -> CommandReply:
         score = f"{r.scores.composite:.3f} ({r.scores.scorer})" if r.scores else "unscored"
         return CommandReply(f"#{arg} seed {r.seed} score {score}\n{r.path}\nprompt: {r.prompt}")
     raise ReverieError(f"unknown command {word}: /help lists the commands")
+
+
+def record_choice(studio, session: str, choice: str, rank: int) -> CommandReply:
+    """Record a pick or reject of an image the last turn showed (source "chat"); taste learns from it."""
+    turns = session_turns(studio.store, session)
+    if not turns:
+        raise ReverieError("no images yet to choose from: describe one first")
+    r = _pick(shown_images(studio, turns[-1]), rank)
+    studio.store.picks.record(r.id, choice, source="chat")
+    which = f"#{rank}" if rank > 0 else "the last one"
+    return CommandReply(f"{choice}ed {which} (render {r.id}, seed {r.seed}); `reverie taste` learns from your choices")

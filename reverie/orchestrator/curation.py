@@ -51,3 +51,32 @@ def image_signature(image) -> tuple:
     from reverie.scoring.heuristic import signature
 
     return signature(np.asarray(image.convert("RGB"), dtype=np.float32))
+
+
+DIVERSITY_SAMPLE = 64  # renders whose PNGs are read to measure a run's diversity: bounded for long runs
+
+
+def run_diversity(store, run_id: str) -> tuple[Optional[float], int]:
+    """(the run's diversity, how many images measured): one minus the mean pairwise cosine of the
+    pixel signatures of its images (0: all alike), or None with fewer than two images. Long runs
+    are measured on DIVERSITY_SAMPLE images spread evenly over them."""
+    from pathlib import Path
+
+    from reverie.orchestrator.policy import diversity
+    from reverie.scoring.dedupe import mean_similarity
+
+    renders = [r for r in store.renders(run_id) if r.path and Path(r.path).is_file()]
+    if len(renders) > DIVERSITY_SAMPLE:
+        step = len(renders) / DIVERSITY_SAMPLE
+        renders = [renders[int(i * step)] for i in range(DIVERSITY_SAMPLE)]
+    if len(renders) < 2:
+        return None, len(renders)
+    return diversity(mean_similarity([pixel_signature(r.path) for r in renders])), len(renders)
+
+
+def diversity_line(store, run_id: str) -> str:
+    value, n = run_diversity(store, run_id)
+    if value is None:
+        return "diversity: fewer than two images"
+    return (f"diversity {value:.2f} (1 - mean pixel-signature cosine over {n} images; near 0 means alike: "
+            f"the loop then turns shift, blind steps and embedding noise)")

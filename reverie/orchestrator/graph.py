@@ -40,6 +40,7 @@ class LoopState(TypedDict, total=False):
     seed_cursor: int  # seeds used so far: seed = base_seed + cursor
     shift: Optional[float]
     blind_steps: int
+    embed_noise: float  # noise on the text embeddings (RenderSpec.embed_noise), 0 until diversity is low
     round_render_ids: list[int]
     history: list[float]  # best composite of each round
     decision: str  # one of policy's decisions: render | revise | explore | variety | finish
@@ -78,6 +79,7 @@ class LoopContext:
     references: Callable[[Request, Store], Optional[Control]] | None = None
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
     embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
+    vlm_judge: Any = None  # a VLMJudge: compares the top candidates for the revision and the final pick
 
 
 def _ctx(runtime: Runtime[LoopContext]) -> LoopContext:
@@ -150,6 +152,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             shift=state.get("shift"),
             blind_steps=state.get("blind_steps", 0),
             control=control,
+            embed_noise=state.get("embed_noise", 0.0),
         )
         for i in range(n)
     ]
@@ -299,7 +302,8 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     req = ctx.request
     rnd = state.get("round", 0)
     round_ids = set(state.get("round_render_ids", []))
-    renders = [r for r in ctx.store.renders(state["run_id"]) if r.id in round_ids and r.scores is not None]
+    scored = [r for r in ctx.store.renders(state["run_id"]) if r.scores is not None]
+    renders = [r for r in scored if r.id in round_ids]
     round_best = max((r.scores.composite for r in renders), default=0.0)
     history = list(state.get("history", []))
     previous_best = max(history) if history else None
@@ -310,10 +314,15 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     budget = policy.Budget(rounds=req.rounds, target=req.target, max_seconds=req.max_seconds,
                            max_renders=req.max_renders,
                            deadline_passed=ctx.deadline is not None and time.monotonic() >= ctx.deadline,
-                           deadline_label=ctx.deadline_label)
+                           deadline_label=ctx.deadline_label, early_stop=policy.early_stop_for(ctx.policy))
+    cursor = state.get("seed_cursor", 0)
+    next_renders = req.n if req.max_renders is None else max(0, min(req.n, req.max_renders - cursor))
     stop = policy.stop_reason(budget, finished_round=rnd, history=history, elapsed=time.monotonic() - ctx.started,
-                              renders=state.get("seed_cursor", 0))
+                              renders=cursor, scores=[r.scores.composite for r in scored], next_renders=next_renders)
     if stop:
+        verdict = _ask_vlm(ctx, scored, final=True)
+        if verdict is not None:
+            ctx.store.set_judge_pick(state["run_id"], verdict.render_id, verdict.reason)
         ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": policy.FINISH, "reason": stop}))
         return {**update, "decision": policy.FINISH, "stop_reason": stop}
 
@@ -322,20 +331,57 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     prompt = next(p for p in ctx.store.prompts(state["run_id"]) if p["id"] == state["prompt_id"])
     expansion = Expansion(prompt=prompt["text"], negative=prompt["negative"], source=prompt["source"])
     details = [{"seed": r.seed, **r.scores.values, "composite": r.scores.composite} for r in renders]
+    verdict = _ask_vlm(ctx, scored, final=False)
+    # The judge's notes go to the critic only when there are some (critics without the keyword still work).
+    feedback = {"feedback": verdict.problems} if verdict is not None and verdict.problems else {}
     with _gate(ctx):
-        critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details)
+        critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details,
+                                       **feedback)
     decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None)
     update.update({"round": rnd + 1, "decision": decision})
     if decision == policy.VARIETY:
         update["shift"], update["blind_steps"] = policy.turn_knobs(
             state.get("shift"), state.get("blind_steps", 0), profile_shift=ctx.profile.shift,
             shift_max=ctx.variety_shift_max, blind_max=ctx.variety_blind_max)
+        if getattr(ctx.engine, "embed_noise", False):  # diffusers engines; others cannot honour it
+            update["embed_noise"] = policy.turn_embed_noise(state.get("embed_noise", 0.0))
     elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
     ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": decision, "reason": critique.reason,
-                                  "similarity": similarity, "shift": update.get("shift", state.get("shift")),
+                                  "similarity": similarity, "diversity": policy.diversity(similarity),
+                                  "embed_noise": update.get("embed_noise", state.get("embed_noise", 0.0)),
+                                  "shift": update.get("shift", state.get("shift")),
                                   "blind_steps": update.get("blind_steps", state.get("blind_steps", 0))}))
     return update
+
+
+def _ask_vlm(ctx: LoopContext, scored: list, final: bool):
+    """The VLM judge's verdict on the run's top candidates (best composite first), or None when
+    none is configured or it gave no usable answer (the loop goes on without it, and says so)."""
+    from PIL import Image
+
+    from reverie.agents.llm import LLMUnavailable
+
+    if ctx.vlm_judge is None or not scored:
+        return None
+    on_disk = [r for r in scored if r.path and Path(r.path).is_file()]  # a deleted file is left out, not fatal
+    top = sorted(on_disk, key=lambda r: (-r.scores.composite, r.id))[: ctx.vlm_judge.top]
+    if not top:
+        return None
+    candidates = []
+    for r in top:
+        with Image.open(r.path) as im:
+            candidates.append((r.id, im.convert("RGB")))
+    try:
+        with _gate(ctx):
+            verdict = ctx.vlm_judge.judge(ctx.request.idea, candidates)
+    except LLMUnavailable as e:
+        ctx.progress(Event("notice", {"message": f"VLM judge: no usable answer ({e}); the composite decides"}))
+        return None
+    ctx.progress(Event("vlm_judged", {"final": final, "render_id": verdict.render_id, "rank": verdict.rank,
+                                      "of": len(candidates), "reason": verdict.reason, "problems": verdict.problems,
+                                      "model": verdict.model}))
+    return verdict
 
 
 def _with_embeddings(ctx: LoopContext, renders: list) -> list:

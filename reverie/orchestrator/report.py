@@ -57,6 +57,7 @@ def report_path(home: Path, batch_id: str) -> Path:
 
 def write_report(store, batch_id: str) -> Path:
     """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
+    from reverie.orchestrator.curation import run_diversity
     from reverie.scoring.display import held_out_line
     from reverie.store.pngmeta import atomic_write
 
@@ -80,8 +81,10 @@ def write_report(store, batch_id: str) -> Path:
     for item in items:
         rendered = store.ok_count(item["run_id"])
         budget = item["budget"] if item["budget"] is not None else "time-limited"
+        diversity = run_diversity(store, item["run_id"])[0] if item["run_id"] else None
         parts.append(f"<section><h2>{item['idx'] + 1}. {esc(item['idea'])}</h2>"
                      f"<div class=sub>run {esc(item['run_id'] or '-')} · {rendered} rendered of {esc(str(budget))} · "
+                     + (f"diversity {diversity:.2f} · " if diversity is not None else "") +
                      f"<code>reverie show {esc(item['run_id'] or '')} --home {esc(home_arg)}</code></div>")
         if item["status"] == "failed":
             parts.append(f"<div class=failed>failed: {esc(item['error'] or 'unknown error')}</div>")
@@ -98,10 +101,13 @@ def write_report(store, batch_id: str) -> Path:
             score = f"{render.scores.composite:.3f}" if render.scores else "unscored"
             scorer = render.scores.scorer if render.scores else ""
             dup = " <span class=dup>near-duplicate</span>" if keep["near_duplicate"] else ""
+            # Which machine made it, where there are several (a Ray actor, a ComfyUI server).
+            worker = store.render_row(render.id)["worker"] or "local"
+            made_on = f" · on {esc(worker)}" if worker != "local" else ""
             parts.append(
                 f"<figure><a href=\"{esc(link)}\"><img src=\"{thumbnail_data_uri(full)}\" alt=\"seed {render.seed}\"></a>"
                 f"<figcaption><span class=score>#{keep['rank']} · {score}</span> {esc(scorer)}{dup}<br>"
-                f"seed {render.seed} · {render.spec.width}×{render.spec.height}"
+                f"seed {render.seed} · {render.spec.width}×{render.spec.height}{made_on}"
                 f"<div class=prompt title=\"{esc(render.prompt)}\">{esc(render.prompt)}</div>"
                 f"<code>reverie lineage {render.id} --home {esc(home_arg)}</code></figcaption></figure>"
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from reverie.config import load_config, resolve_home
+from reverie.interrupts import deferred_interrupt
 from reverie.orchestrator.requests import render_size, validate_request
 from reverie.orchestrator.worker import EngineWorker
 from reverie.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -88,6 +89,12 @@ class _LockedScorer:
         return getattr(self._scorer, name)
 
 
+def _ray_worker(address: str, workers: Optional[int]):
+    from reverie.orchestrator.ray_pool import RayWorker
+
+    return RayWorker(address, workers=workers)
+
+
 class Studio:
     """One home, one engine worker with its warm engine, one scorer, many runs.
 
@@ -112,10 +119,18 @@ class Studio:
         llm_model: Optional[str] = None,
         config: Optional[str | Path] = None,
         llm_timeout: Optional[float] = None,
+        ray: Optional[str] = None,
+        workers: Optional[int] = None,
         llm_path: Optional[str] = None,
     ):
         if isinstance(engine, str) and engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
+        if workers is not None and ray is None:
+            raise ReverieError("--workers sets how many Ray engine workers: pass --ray local (or auto, or ray://HOST:10001) too")
+        if ray is not None:  # refused here, before a Ray instance starts
+            from reverie.orchestrator.ray_pool import check_ray_request
+
+            check_ray_request(address=ray, engine=engine, workers=workers)
         get_profile(profile)
         self.home = resolve_home(home)
         self.store = Store(self.home)
@@ -132,7 +147,7 @@ class Studio:
         self._cache: dict[str, Any] = {}
         self._exit = contextlib.ExitStack()  # what closes with the studio (the checkpoint connection)
         self._parts_lock = threading.RLock()
-        self.worker = EngineWorker()
+        self.worker = EngineWorker() if ray is None else _ray_worker(ray, workers)
         self._notified: set[str] = set()
         self._embedded_said = False  # the one line naming the embedded parts in use
         self.notices: list[str] = []
@@ -191,7 +206,9 @@ class Studio:
                 options.update(profile=profile.name, model_path=self.model_path)
             elif name == "comfyui":
                 options.setdefault("profile", profile.name)
-            self._engines[key] = make_engine(name, **options)
+            with deferred_interrupt():  # its imports run native code a Ctrl-C must not cut (see interrupts)
+                self._engines[key] = make_engine(name, **options)
+            self.worker.adopt(self._engines[key], name=name, options=options)
             return self._engines[key]
 
     def _llm_settings(self):
@@ -223,8 +240,13 @@ class Studio:
         with self._parts_lock:
             if self._scorer is None:
                 from reverie.scoring.scorer import make_scorer
+                from reverie.scoring.taste import tastes_from
 
-                self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {})))
+                # A weighting learnt from this home's picks (`reverie taste`) replaces the default;
+                # open_clip imports torchvision, torch._dynamo and triton: see interrupts.
+                with deferred_interrupt():
+                    self._scorer = _LockedScorer(make_scorer(self.scorer_name, table=self.config.get("scoring", {}),
+                                                             tastes=tastes_from(self.store.tastes.active())))
                 quiet = self._scorer.name == "heuristic" and (quiet_if_heuristic or self._embedded_said)
                 if self._scorer.honest_note and not quiet:
                     self.notice(self._scorer.honest_note, progress)
@@ -300,7 +322,7 @@ class Studio:
             if not callable(load):
                 raise ReverieError(f'[llm] backend = "encoder" needs a diffusers or tiny engine, not {name}: '
                                    'pass --llm-path a model folder, or set backend = "auto"')
-        elif not (settings.backend == "auto" and not settings.configured and name == "diffusers"
+        elif not (settings.backend == "auto" and not settings.configured and name == "diffusers" and callable(load)
                   and profile is not None and profile.family in TEXTGEN_FAMILIES
                   and not (self.model_path and (Path(self.model_path) / "reverie-tiny.json").exists())):
             return None  # the tiny engine's random encoder is no language model: formula it is
@@ -379,7 +401,8 @@ class Studio:
                               base_seed=base_seed, progress=progress, signatures=self.signatures, worker=self.worker,
                               policy=policy, order=order, deadline=deadline, deadline_label=deadline_label, stop=stop,
                               llm_gate=llm_gate, on_round_start=on_round_start, on_round_end=on_round_end,
-                              references=lambda r, store: self.prepare_reference(r, run_id, progress))
+                              references=lambda r, store: self.prepare_reference(r, run_id, progress),
+                              vlm_judge=self.vlm_judge(progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
                      "blind_steps": req.blind_steps, "history": []}
@@ -408,6 +431,20 @@ class Studio:
             raise ReverieError(message)
         return final
 
+    def vlm_judge(self, progress: ProgressFn):
+        """The [judge] vision model of this studio, or None; built once, its calls filed under their run."""
+        def build():
+            from reverie.agents.vlm_judge import build_vlm_judge
+
+            judge = build_vlm_judge(self.config.get("judge"),
+                                    record=lambda call: self.store.add_llm_call(call, run_id=current_run.get()))
+            if judge is not None:
+                self.notice(f"VLM judge: {judge.llm.settings.url} compares the top {judge.top} candidates "
+                            "for each revision and the final pick", progress)
+            return judge
+
+        return self.cached("vlm_judge", build)
+
     def _checkpointer(self):
         """One checkpoint connection for every run of this studio (a batch runs many at once:
         connections of their own would contend for the file's locks)."""
@@ -429,7 +466,11 @@ class Studio:
         from reverie.scoring.scorer import scoring_settings
 
         threshold = scoring_settings(self.config.get("scoring")).dedupe_threshold
-        return keep_diverse(self.store, run_id, k, self.signatures, threshold=threshold, fill=False)[0]
+        best = keep_diverse(self.store, run_id, k, self.signatures, threshold=threshold, fill=False)[0]
+        chosen = self.store.judge_pick(run_id)  # a VLM judge's final pick leads
+        if chosen is not None and best and best[0].id != chosen["render_id"]:
+            best = [self.store.render_by_id(chosen["render_id"])] + [r for r in best if r.id != chosen["render_id"]][: k - 1]
+        return best
 
     def stream(self, idea: str, **kw: Any) -> Iterator[Event]:
         """Yield progress events while the run goes; the last event is ("result", MakeResult)."""

@@ -36,6 +36,7 @@ class RenderJob:
         # Engine progress (and the caller's own, when it shares the queue), emitted on the waiting thread.
         self.events: "queue.Queue[Event]" = events if events is not None else queue.Queue()
         self.done = threading.Event()
+        self.seq = 0  # its place in the queue among jobs of the same priority
         self.outputs: Optional[list[EngineOutput]] = None
         self.error: Optional[BaseException] = None
         self._cancelled = threading.Event()
@@ -55,15 +56,18 @@ class RenderJob:
 
 
 class EngineWorker:
+    """Renders jobs on this process's one engine thread; RayWorker (ray_pool.py) is the same
+    queue served by engine actors elsewhere."""
+
     def __init__(self, name: str = "local"):
         self.name = name
         self._heap: list[tuple[tuple, int, RenderJob]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
         self._current = None  # the engine that rendered last
-        self._running: Optional[RenderJob] = None
+        self._running: set[RenderJob] = set()
         # Busy accounting for the benchmarks: seconds inside engine.render, and the span.
         self.busy_seconds = 0.0
         self.first_start: Optional[float] = None
@@ -77,12 +81,21 @@ class EngineWorker:
         with self._cv:
             if self._closed:
                 raise ReverieError("the engine worker is closed: open a new Studio")
-            heapq.heappush(self._heap, (priority, next(self._seq), job))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name=f"reverie-engine-{self.name}", daemon=True)
-                self._thread.start()
-            self._cv.notify()
+            job.seq = next(self._seq)
+            heapq.heappush(self._heap, (priority, job.seq, job))
+            if not self._threads:
+                self._threads = self._start_threads()
+            self._cv.notify_all()
         return job
+
+    def adopt(self, engine, *, name: str, options: dict) -> None:
+        """Told how the studio built an engine (its registry name and options). This worker
+        renders the object itself; one that renders elsewhere builds the same engine there."""
+
+    def _start_threads(self) -> list[threading.Thread]:
+        thread = threading.Thread(target=self._work, name=f"reverie-engine-{self.name}", daemon=True)
+        thread.start()
+        return [thread]
 
     def render(self, engine, specs: Sequence[RenderSpec], *, progress: ProgressFn = no_progress, on_output=None,
                priority: tuple = (0,), stop: Optional[threading.Event] = None,
@@ -115,11 +128,11 @@ class EngineWorker:
             self._closed = True
             for _, _, job in self._heap:
                 job.cancel()
-            if self._running is not None:
-                self._running.cancel()
-            self._cv.notify()
-        if self._thread is not None:
-            self._thread.join(120)
+            for job in self._running:
+                job.cancel()
+            self._cv.notify_all()
+        for thread in self._threads:
+            thread.join(120)
 
     @property
     def busy_fraction(self) -> float:
@@ -135,7 +148,7 @@ class EngineWorker:
             if not self._heap:
                 return None
             _, _, job = heapq.heappop(self._heap)
-            self._running = job
+            self._running.add(job)
             return job
 
     def _work(self) -> None:
@@ -162,7 +175,7 @@ class EngineWorker:
                     except BaseException as e:  # the caller's bookkeeping failed: its job fails with it
                         job.error = job.error or e
                 with self._cv:
-                    self._running = None
+                    self._running.discard(job)
                 job.done.set()
 
     def _switch_to(self, engine) -> None:

@@ -71,8 +71,9 @@ def comfy_cfg(spec: RenderSpec, profile: Profile) -> float:
         return 1.0  # FLUX guidance is distilled; it goes in FluxGuidance, not CFG
     if spec.guidance == profile.guidance:
         return float(profile.comfy_cfg)
-    # diffusers runs classifier-free guidance only above 1; below that it is ComfyUI's CFG 1.
-    return max(1.0, float(spec.guidance))
+    # The family's own diffusers -> CFG mapping (Z-Image: guidance 2.0 is CFG 3.0), as PNG Info
+    # shows it; diffusers runs no classifier-free guidance at or below CFG 1, nor does ComfyUI.
+    return max(1.0, float(profile.traits.cfg_scale(spec.guidance)))
 
 
 class _Graph:
@@ -157,6 +158,9 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
         latent = [g.add("EmptyLatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
 
     common = dict(cfg=cfg, sampler_name=sampler_name, scheduler=scheduler)
+    if spec.embed_noise:  # ComfyUI's graph has no node for it: refused, never silently dropped
+        raise ReverieError(f"embedding noise ({spec.embed_noise}) is a diffusers-engine knob that ComfyUI cannot apply: "
+                           "render or reproduce this spec with --engine diffusers (or tiny)")
     blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
     if blind:
         if zeroed is None:

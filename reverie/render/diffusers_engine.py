@@ -99,6 +99,28 @@ def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: ([v[0]] * n if isinstance(v, list) else torch.cat([v] * n)) for k, v in embeds.items()}
 
 
+EMBED_NOISE_SALT = 0x5EED  # the noise's generator differs from the latents' for the same seed
+
+
+def with_embed_noise(embeds: dict[str, Any], seeds: Sequence[int], strength: float) -> dict[str, Any]:
+    """Each image's positive text embeddings plus Gaussian noise seeded by its own seed, scaled by
+    `strength` times the embeddings' standard deviation: the same spec always gets the same
+    noise, whatever batch it is rendered in. Drawn on the CPU in float32, so every device agrees."""
+    import torch
+
+    if not strength or "prompt_embeds" not in embeds:
+        return embeds
+    value = embeds["prompt_embeds"]
+    rows = list(value) if isinstance(value, list) else list(value.unbind(0))
+    noised = []
+    for seed, row in zip(seeds, rows):
+        g = torch.Generator(device="cpu").manual_seed((int(seed) ^ EMBED_NOISE_SALT) & 0xFFFFFFFFFFFF)
+        noise = torch.randn(row.shape, generator=g, dtype=torch.float32)
+        scale = float(strength) * float(row.float().std())
+        noised.append(row + (noise * scale).to(device=row.device, dtype=row.dtype))
+    return {**embeds, "prompt_embeds": noised if isinstance(value, list) else torch.stack(noised)}
+
+
 def file_hash(path: str | os.PathLike) -> str:
     """A1111's short model hash (civitai's AutoV1): sha256 of 64 KiB at 1 MiB, 8 hex digits.
     Cheap on a 12 GB checkpoint, where hashing the whole file takes a minute."""
@@ -125,6 +147,8 @@ def weights_hash(where: str | os.PathLike) -> str:
 
 class DiffusersEngine:
     name = "diffusers"
+    # Honours RenderSpec.embed_noise (the loop turns that knob only on engines that say so).
+    embed_noise = True
 
     def __init__(
         self,
@@ -281,7 +305,7 @@ class DiffusersEngine:
     @staticmethod
     def _group_key(spec: RenderSpec) -> tuple:
         return (spec.prompt, spec.negative, spec.width, spec.height, spec.steps, spec.guidance, spec.sampler,
-                spec.shift, spec.blind_steps, spec.control)
+                spec.shift, spec.blind_steps, spec.control, spec.embed_noise)
 
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
                on_output: OutputFn | None = None) -> list[EngineOutput]:
@@ -326,7 +350,8 @@ class DiffusersEngine:
             # Filler seeds re-create a recorded batch shape; their images are thrown away.
             seeds += [0] * (self.batch_size - len(seeds))
         self.images_rendered += len(seeds)
-        real = _repeat(self._embeddings(spec.prompt, spec.negative, cfg), len(seeds))
+        real = with_embed_noise(_repeat(self._embeddings(spec.prompt, spec.negative, cfg), len(seeds)), seeds,
+                                spec.embed_noise)
         blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
         callback = None
         embeds = real

@@ -225,20 +225,42 @@ def _save_once(target: Path, build) -> Path:
     if marker.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    _remove_dead_writers_leftovers(target)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     from reverie.render.diffusers_engine import quiet_libraries
 
     quiet_libraries()
-    build().save_pretrained(tmp)
-    (tmp / "reverie-tiny.json").write_text(json.dumps({"version": TINY_VERSION}))
+    try:
+        build().save_pretrained(tmp)
+        (tmp / "reverie-tiny.json").write_text(json.dumps({"version": TINY_VERSION}))
+    except BaseException:
+        # A full disk or Ctrl-C half-way: no half-written folder stays behind.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, target)
     except OSError:
         # Another process saved it first; theirs is identical.
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remove_dead_writers_leftovers(target: Path) -> None:
+    """`NAME.tmp-PID` folders whose process is gone (killed while saving) are removed."""
+    import shutil
+
+    for leftover in target.parent.glob(f"{target.name}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def ensure_tiny_controlnet(models_dir: Path) -> Path:

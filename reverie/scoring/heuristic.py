@@ -132,8 +132,9 @@ class HeuristicScorer:
     honest_note = "heuristic scorer (no CLIP weights): ranks sharpness, noise, exposure, contrast and colour, not faithfulness"
     dedupe_threshold = 0.95
 
-    def __init__(self, weights: dict[str, float] | None = None, held_out=None):
+    def __init__(self, weights: dict[str, float] | None = None, held_out=None, weighting: str = "default"):
         self.weights = dict(weights or WEIGHTS)
+        self.weighting = weighting  # "default", or "taste N" when the weights were learnt from picks
         self.held_out = held_out  # a HeldOutJudge: stored and shown, never in the composite
 
     def score(self, images: Sequence, ideas: Sequence[str], prompts: Sequence[str]) -> list[Scores]:
@@ -142,7 +143,7 @@ class HeuristicScorer:
             values = measure(image)
             embedding = signature(np.asarray(image.convert("RGB"), dtype=np.float32))
             out.append(Scores(values=values, composite=round(combine(values, self.weights), 5), scorer=self.name,
-                              embedding=embedding))
+                              details={"weighting": self.weighting}, embedding=embedding))
         return self.held_out.add_to(out, images, prompts) if self.held_out is not None else out
 
     def close(self) -> None:

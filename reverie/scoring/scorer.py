@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 from reverie.scoring.composite import DEFAULT_WEIGHTS, REFERENCE_VERSION, check_weights, composite
 from reverie.scoring.held_out import HeldOutJudge, build_held_out, check_choice
+from reverie.scoring.taste import Taste
 from reverie.types import ReverieError, Scores
 
 SCORERS = ("auto", "heuristic", "clip")
@@ -89,7 +90,7 @@ class ClipScorer:
 
     def __init__(self, clip, aesthetic=None, pickscore=None, weights: Optional[dict[str, float]] = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, honest_note: str = "", hps=None,
-                 held_out: Optional[HeldOutJudge] = None):
+                 held_out: Optional[HeldOutJudge] = None, weighting: str = "default"):
         if aesthetic is not None and aesthetic.input_size != clip.embed_dim:
             raise ReverieError(f"the aesthetic predictor takes {aesthetic.input_size}-wide embeddings but CLIP "
                                f"{clip.model_name} gives {clip.embed_dim}: use ViT-L-14-quickgelu with it")
@@ -99,6 +100,7 @@ class ClipScorer:
         self.hps = hps
         self.held_out = held_out
         self.weights = dict(weights or DEFAULT_WEIGHTS)
+        self.weighting = weighting  # "default", or "taste N" when the weights were learnt from picks
         self.batch_size = batch_size
         self.name = ("clip" + ("+aesthetic" if aesthetic is not None else "") + ("+pickscore" if pickscore is not None else "")
                      + ("+hps" if hps is not None else ""))
@@ -148,7 +150,8 @@ class ClipScorer:
                 total, normalised = composite(values, self.weights)
                 out.append(Scores(values=values, composite=round(total, 5), scorer=self.name,
                                   details={"normalised": {k: round(v, 5) for k, v in normalised.items()},
-                                           "reference": REFERENCE_VERSION, "clip_model": self.clip.model_name},
+                                           "reference": REFERENCE_VERSION, "clip_model": self.clip.model_name,
+                                           "weighting": self.weighting},
                                   embedding=tuple(embeddings[i])))
         return self.held_out.add_to(out, images, prompts) if self.held_out is not None else out
 
@@ -159,7 +162,8 @@ class ClipScorer:
                 part.close()
 
 
-def build_clip_scorer(settings: ScoringSettings, held_out: Optional[HeldOutJudge] = None) -> ClipScorer:
+def build_clip_scorer(settings: ScoringSettings, held_out: Optional[HeldOutJudge] = None,
+                      taste: Optional[Taste] = None) -> ClipScorer:
     """Load CLIP (required), the aesthetic predictor, PickScore and HPS (each when present and not
     the held-out judge)."""
     from reverie.scoring.aesthetic import cached_aesthetic_weights, load_aesthetic
@@ -188,14 +192,16 @@ def build_clip_scorer(settings: ScoringSettings, held_out: Optional[HeldOutJudge
     clip = ClipModel(model_name, weights=weights, device=device)
     note = "" if aesthetic is not None else (f"CLIP {model_name} scorer without aesthetics: no aesthetic weights "
                                              f"(run `reverie models pull laion-aesthetic-v2`)")
-    return ClipScorer(clip, aesthetic, pickscore, settings.weights, settings.batch_size, honest_note=note, hps=hps,
-                      held_out=held_out)
+    weights, weighting = (taste.weights, taste.label) if taste is not None else (settings.weights, "default")
+    return ClipScorer(clip, aesthetic, pickscore, weights, settings.batch_size, honest_note=note, hps=hps,
+                      held_out=held_out, weighting=weighting)
 
 
 def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, table: Optional[dict] = None,
-                **options: Any) -> Scorer:
+                tastes: Optional[Mapping[str, Taste]] = None, **options: Any) -> Scorer:
     """A scorer by name. Settings come from `table` (else reverie.toml's [scoring] in `home`),
-    the REVERIE_* environment variables and `options`."""
+    the REVERIE_* environment variables and `options`. `tastes` (family -> learnt weighting,
+    from the store) replace the configured weights of the scorer of their family."""
     if name not in SCORERS:
         raise ReverieError(f"unknown scorer {name!r}: use one of {', '.join(SCORERS)}")
     from reverie.scoring.heuristic import WEIGHTS as HEURISTIC_WEIGHTS, HeuristicScorer
@@ -207,18 +213,23 @@ def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, ta
     if not isinstance(table, dict):
         raise ReverieError("[scoring] in reverie.toml must be a table: write it as a [scoring] section")
     settings = scoring_settings(table, **options)
+    tastes = tastes or {}
     heuristic_weights = {**HEURISTIC_WEIGHTS, **{k: v for k, v in settings.weights.items() if k in HEURISTIC_WEIGHTS}}
+    heuristic_taste = tastes.get("heuristic")
+    if heuristic_taste is not None:
+        heuristic_weights = dict(heuristic_taste.weights)
+    heuristic_weighting = heuristic_taste.label if heuristic_taste is not None else "default"
     chosen: Scorer
     if name == "heuristic":
-        chosen = HeuristicScorer(heuristic_weights, held_out=build_held_out(settings))
+        chosen = HeuristicScorer(heuristic_weights, held_out=build_held_out(settings), weighting=heuristic_weighting)
         chosen.honest_note = "heuristic scorer (as asked): ranks sharpness, noise, exposure, contrast and colour, not faithfulness"
     elif name == "auto" and not (settings.clip_weights or settings.clip_config) and not clip_weights_cached(settings):
-        chosen = HeuristicScorer(heuristic_weights, held_out=build_held_out(settings))
+        chosen = HeuristicScorer(heuristic_weights, held_out=build_held_out(settings), weighting=heuristic_weighting)
         chosen.honest_note = ("heuristic scorer (no CLIP weights on this machine; `reverie models pull clip-vit-l-14` "
                               "and `reverie models pull laion-aesthetic-v2` enable CLIP + aesthetic scoring): "
                               "ranks sharpness, noise, exposure, contrast and colour, not faithfulness")
     else:
-        chosen = build_clip_scorer(settings, build_held_out(settings))
+        chosen = build_clip_scorer(settings, build_held_out(settings), taste=tastes.get("clip"))
     # Callers that keep a diverse set (reverie score, batch keep) read the configured threshold here.
     chosen.dedupe_threshold = settings.dedupe_threshold
     return chosen

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import sqlite_utils
 
 from reverie.store.locks import RunLock, opening_lock
-from reverie.store.migrations import migrate
+from reverie.store.migrations import pending, migrate
 from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
 from reverie.types import (
     EngineOutput,
@@ -28,6 +28,12 @@ from reverie.types import (
     canonical_json,
     sha256_text,
 )
+
+
+def stored_round(meta: dict) -> int:
+    """The store's 0-based round of a PNG's `reverie` chunk (format 2 writes it 1-based)."""
+    rnd = int(meta.get("round") or 0)
+    return max(rnd - 1, 0) if int(meta.get("format", 1)) >= 2 else rnd
 
 
 def new_run_id() -> str:
@@ -50,8 +56,15 @@ def locked(method):
 
 
 class Store:
-    def __init__(self, home: str | os.PathLike, busy_timeout: Optional[float] = None):
+    def __init__(self, home: str | os.PathLike, busy_timeout: Optional[float] = None, read_only_ok: bool = False):
+        """Open (or create) the home's database.
+
+        `read_only_ok`: for commands that only read (runs, show, lineage, export): a home on a
+        read-only disk (a mounted backup, another user's folder) opens read-only instead of
+        being refused; `self.read_only` says which.
+        """
         self.home = Path(home).expanduser()
+        self.read_only = False
         # The render node stores and scores on a worker thread while the engine renders; every
         # method that touches the connection holds this (reentrant) lock, reads included.
         self.lock = threading.RLock()
@@ -62,6 +75,9 @@ class Store:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
+            if read_only_ok and self.db_path.is_file():
+                self._open_read_only()
+                return
             raise ReverieError(
                 f"cannot write to home {self.home} ({e.strerror or e}): pass --home DIR or set REVERIE_HOME to a writable folder"
             ) from None
@@ -87,6 +103,22 @@ class Store:
                 f"the database {self.db_path} is unusable ({e}): move it aside and run again, or use another --home"
             ) from None
 
+    def _open_read_only(self) -> None:
+        """Read a database nobody can write here. A WAL database needs its -shm file, which a
+        read-only folder cannot hold, so it is opened as immutable: no process is writing it."""
+        self.read_only = True
+        uri = f"{self.db_path.resolve().as_uri()}?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            todo = pending(self.db)
+        except sqlite3.DatabaseError as e:
+            raise ReverieError(f"the database {self.db_path} is unusable ({e}): copy the home somewhere writable "
+                               f"and pass --home DIR") from None
+        if todo:
+            raise ReverieError(f"the database {self.db_path} is from an older reverie and this home is read-only: "
+                               f"copy it somewhere writable and pass --home DIR (it is upgraded on first use)")
+
     @functools.cached_property
     def batches(self):
         from reverie.store.batches import Batches
@@ -104,6 +136,12 @@ class Store:
         from reverie.store.picks import Picks
 
         return Picks(self)
+
+    @functools.cached_property
+    def tastes(self):
+        from reverie.store.tastes import Tastes
+
+        return Tastes(self)
 
     @property
     def db_path(self) -> Path:
@@ -213,7 +251,6 @@ class Store:
 
     # -- renders ---------------------------------------------------------------------------
     @locked
-    @locked
     def known_image_paths(self) -> set[str]:
         """Every image path a row points at (renders and control images), relative to home."""
         known = {r["path"] for r in self.db.query("select path from renders where path is not null")}
@@ -272,10 +309,11 @@ class Store:
                           batch_size: Optional[int]) -> tuple[str, str]:
         spec = output.spec
         meta = {
-            "format": 1,
+            # Format 2: rounds count from 1, as people read them everywhere (format 1 counted from 0).
+            "format": 2,
             "run_id": run_id,
             "prompt_id": prompt_id,
-            "round": round,
+            "round": round + 1,
             "spec": spec.to_dict(),
             "spec_sha": spec.sha,
             "engine": output.engine,
@@ -309,7 +347,7 @@ class Store:
         spec = RenderSpec.from_dict(meta["spec"])
         with self.db.conn:
             table = self.db["renders"].insert(
-                {"run_id": meta["run_id"], "prompt_id": meta["prompt_id"], "round": meta.get("round", 0),
+                {"run_id": meta["run_id"], "prompt_id": meta["prompt_id"], "round": stored_round(meta),
                  "seed": spec.seed, "spec_json": spec.to_json(), "spec_sha": spec.sha, "sha256": sha, "path": path,
                  "width": spec.width, "height": spec.height, "engine": meta.get("engine", ""),
                  "engine_version": meta.get("engine_version", ""), "seconds": 0.0, "status": "ok",
@@ -319,20 +357,25 @@ class Store:
 
     @locked
     def add_scores(self, render_id: int, scores: Scores) -> None:
-        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer} for k, v in scores.values.items()]
-        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer})
+        weighting = scores.details.get("weighting")  # "taste N" when a learnt weighting made the composite
+        rows = [{"render_id": render_id, "name": k, "value": float(v), "scorer": scores.scorer, "weighting": weighting}
+                for k, v in scores.values.items()]
+        rows.append({"render_id": render_id, "name": "composite", "value": float(scores.composite), "scorer": scores.scorer,
+                     "weighting": weighting})
         with self.db.conn:
             # Re-scoring a render replaces its values (unique index on render_id, name).
             self.db["scores"].insert_all(rows, replace=True)
 
     @locked
     def scores_for(self, render_id: int) -> Optional[Scores]:
-        rows = list(self.db.query("select name, value, scorer from scores where render_id = ?", [render_id]))
+        rows = list(self.db.query("select name, value, scorer, weighting from scores where render_id = ?", [render_id]))
         if not rows:
             return None
         values = {r["name"]: r["value"] for r in rows if r["name"] != "composite"}
         composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
-        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"])
+        weighting = next((r["weighting"] for r in rows if r["name"] == "composite"), None)
+        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"],
+                      details={"weighting": weighting} if weighting else {})
 
     @locked
     def render_rows(self, run_id: str) -> list[dict]:
@@ -385,6 +428,19 @@ class Store:
 
     # -- LLM calls and control images ------------------------------------------------------
     @locked
+    def set_judge_pick(self, run_id: str, render_id: int, note: str) -> None:
+        with self.db.conn:
+            self.db.execute("update runs set judge_pick = ?, judge_note = ? where id = ?", [int(render_id), note, run_id])
+
+    @locked
+    def judge_pick(self, run_id: str) -> Optional[dict]:
+        """{"render_id", "note"} when a vision judge chose the run's final pick, else None."""
+        row = next(self.db.query("select judge_pick, judge_note from runs where id = ?", [run_id]), None)
+        if not row or row["judge_pick"] is None:
+            return None
+        return {"render_id": row["judge_pick"], "note": row["judge_note"] or ""}
+
+    @locked
     def add_llm_call(self, call: dict, run_id: Optional[str] = None) -> int:
         """Record one LLM call (the dict the LLM client hands its record callback)."""
         keys = ("purpose", "model", "base_url", "system_hash", "request_json", "response_text", "seconds",
@@ -394,7 +450,6 @@ class Store:
         with self.db.conn:
             return int(self.db["llm_calls"].insert(row).last_pk)
 
-    @locked
     @locked
     def llm_calls(self, run_id: Optional[str] = None) -> list[dict]:
         if run_id is None:
@@ -426,17 +481,19 @@ class Store:
             by_prompt.setdefault(r["prompt_id"], []).append(
                 {
                     "id": r["id"],
-                    "round": r["round"],
+                    "round": r["round"] + 1,  # 1-based, as `show` prints it; the store counts from 0
                     "seed": r["seed"],
                     "status": r["status"],
                     "error": r["error"],
                     "path": str(self.home / r["path"]) if r["path"] else None,
                     "sha256": r["sha256"],
                     "seconds": r["seconds"],
+                    "worker": r["worker"] or "local",  # `show` names it where it is not this machine
                     "scores": ({**s.values, "composite": s.composite} if s else None),
                 }
             )
-        nodes = {p["id"]: {**p, "renders": by_prompt.get(p["id"], []), "children": []} for p in prompts}
+        nodes = {p["id"]: {**p, "round": p["round"] + 1, "renders": by_prompt.get(p["id"], []), "children": []}
+                 for p in prompts}
         roots = []
         for p in prompts:
             node = nodes[p["id"]]

@@ -127,8 +127,10 @@ def lineage(store, row: dict) -> dict[str, Any]:
     return {
         "run": {k: run[k] for k in ("id", "idea", "status", "profile", "engine", "base_seed", "created")},
         "request": json.loads(run["request_json"]),
-        "prompts": [{k: p[k] for k in ("id", "parent_id", "round", "source", "text", "negative", "text_sha", "model",
-                                       "system_hash", "reason")} for p in prompt_chain(store, row["prompt_id"])],
+        # Rounds count from 1 here, as everywhere a person reads them; the store counts from 0.
+        "prompts": [{**{k: p[k] for k in ("id", "parent_id", "source", "text", "negative", "text_sha", "model",
+                                          "system_hash", "reason")}, "round": p["round"] + 1}
+                    for p in prompt_chain(store, row["prompt_id"])],
         "spec": json.loads(row["spec_json"]),
         "spec_sha": row["spec_sha"],
         "render": {
@@ -136,7 +138,7 @@ def lineage(store, row: dict) -> dict[str, Any]:
             "status": row["status"],
             "error": row["error"],
             "seed": row["seed"],
-            "round": row["round"],
+            "round": row["round"] + 1,
             "engine": row["engine"],
             "engine_version": row["engine_version"],
             "worker": row.get("worker") or "",
@@ -146,5 +148,7 @@ def lineage(store, row: dict) -> dict[str, Any]:
             "file_ok": bool(path and path.exists() and file_sha256(path) == row["sha256"]),
         },
         "scores": ({**scores.values, "composite": scores.composite, "scorer": scores.scorer} if scores else None),
+        # Which weighting made the composite: "default", or "taste N" learnt from the person's picks.
+        "weighting": (scores.details.get("weighting") or "default") if scores else None,
         "caused_by": caused_by(store, row["run_id"]),
     }

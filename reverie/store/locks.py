@@ -38,6 +38,14 @@ class RunLock:
         self._fd = fd
         return True
 
+    def owner_pid(self) -> Optional[int]:
+        """The pid its holder wrote into the lock file (None if unreadable)."""
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
     def held_elsewhere(self) -> bool:
         """True when another live process holds this run."""
         if fcntl is None or not self.path.exists():
@@ -58,13 +66,15 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def opening_lock(home: Path):
+def opening_lock(home: Path, name: str = "store-open"):
     """A blocking exclusive lock while a process opens (and, the first time, creates) the
-    database; without flock, or where it cannot be made (a read-only home), nothing is held."""
+    database; without flock, or where it cannot be made (a read-only home), nothing is held.
+    `name="claim"`: while a process looks for a run to continue or starts one, so two copies of
+    one command started together see each other."""
     fd = None
     if fcntl is not None:
         try:
-            path = Path(home) / "locks" / "store-open.lock"
+            path = Path(home) / "locks" / f"{name}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -250,7 +250,28 @@ def m010_lineage_indexes(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m011_llm_call_backend(db: sqlite_utils.Database) -> None:
+def m011_taste(db: sqlite_utils.Database) -> None:
+    # Weightings learnt from a person's picks (`reverie taste`), one row per fit; the newest
+    # active row of a scorer family is what its composite uses until `reverie taste --reset`.
+    db["tastes"].create(
+        {"id": int, "family": str, "weights_json": str, "picks": int, "rejects": int, "agreement": float,
+         "default_agreement": float, "active": int, "created": float},
+        pk="id",
+    )
+    # Which weighting made each composite ("default" or "taste N"), so a score stays explainable.
+    db["scores"].add_column("weighting", str)
+
+
+@migration
+def m012_vlm_judge(db: sqlite_utils.Database) -> None:
+    # The render a vision judge chose among a run's top candidates when it stopped, and why:
+    # it leads the run's final pick.
+    db["runs"].add_column("judge_pick", int)
+    db["runs"].add_column("judge_note", str)
+
+
+@migration
+def m013_llm_call_backend(db: sqlite_utils.Database) -> None:
     # What wrote an answer (server, encoder, local, textgen) and the seed a local model sampled
     # with: with the model and the token counts, enough to write the same answer again.
     db["llm_calls"].add_column("backend", str)
@@ -265,14 +286,14 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     the transaction (sqlite-utils nests its own writes as savepoints) means a process killed
     half-way leaves no half-made schema behind: the next open starts from where it was.
     """
-    if _pending(db) == []:  # the common case: a plain read, no write lock taken
+    if pending(db) == []:  # the common case: a plain read, no write lock taken
         return []
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         if "_migrations" not in db.table_names():
             db["_migrations"].create({"name": str, "applied_at": float}, pk="name")
         applied = []
-        for name, fn in _pending(db):
+        for name, fn in pending(db):
             fn(db)
             db["_migrations"].insert({"name": name, "applied_at": time.time()})
             applied.append(name)
@@ -284,7 +305,7 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
     return applied
 
 
-def _pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_utils.Database], None]]]:
+def pending(db: sqlite_utils.Database) -> list[tuple[str, Callable[[sqlite_utils.Database], None]]]:
     done = {row["name"] for row in db["_migrations"].rows} if "_migrations" in db.table_names() else set()
     # Numbered names sort into order wherever in the file (or package) they are defined.
     return [(name, fn) for name, fn in sorted(MIGRATIONS) if name not in done]

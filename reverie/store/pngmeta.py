@@ -54,6 +54,8 @@ def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model
         fields.append(("Shift", spec.shift))
     if spec.blind_steps:
         fields.append(("Blind steps", spec.blind_steps))
+    if spec.embed_noise:
+        fields.append(("Embedding noise", spec.embed_noise))
     if spec.control is not None:
         fields.append(("Control", f"{spec.control.kind} {spec.control.strength} {spec.control.image_sha[:12]}"))
     if round is not None:

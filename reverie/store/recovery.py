@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 from reverie.store.pngmeta import file_sha256, read_reverie_meta
 from reverie.store.db import new_run_id
-from reverie.store.locks import RunLock
-from reverie.types import EngineOutput, RenderSpec
+from reverie.store.locks import RunLock, opening_lock
+from reverie.types import EngineOutput, RenderSpec, ReverieError
 
 UNFINISHED = ("running", "interrupted")
 
@@ -22,7 +22,9 @@ def claim_run(store, request, engine: str, base_seed: int, identity: str = "") -
     """Continue the oldest unfinished run of the same request on the same engine identity (same
     weights and model files) that no live process holds, or start a new one.
     Returns (run_id, base_seed, lock, resumed)."""
-    with store.lock:  # the store's one connection is shared with other threads (see db.locked)
+    # The store's one connection is shared with other threads (see db.locked); the claim lock
+    # makes looking for a run and creating one a single step across processes.
+    with store.lock, opening_lock(store.home, "claim"):
         return _claim_run(store, request, engine, base_seed, identity)
 
 
@@ -34,7 +36,14 @@ def _claim_run(store, request, engine: str, base_seed: int, identity: str) -> tu
     for row in list(candidates):
         lock = RunLock(store.home, row["id"])
         if not lock.acquire():
-            continue  # another process is making it right now
+            if request.seed is not None:
+                # The same seeds would render the same images twice: say whose run it is.
+                owner = lock.owner_pid()
+                raise ReverieError(
+                    f"this exact request (--seed {request.seed}) is being made right now as run {row['id']}"
+                    f"{f' by process {owner}' if owner else ''}: follow it with `reverie show {row['id']}`, "
+                    f"or pass another --seed")
+            continue  # another process is making it right now; without a seed, a new run explores new seeds
         run = store.get_run(row["id"])
         if run["status"] in UNFINISHED:  # re-read under the lock: it may have finished meanwhile
             with store.db.conn:

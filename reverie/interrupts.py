@@ -1,0 +1,39 @@
+"""Ctrl-C held back while libraries import their native code.
+
+A KeyboardInterrupt raised while a C++ extension runs Python code (triton's nanobind enums,
+imported by torch._dynamo when open_clip or diffusers load) cannot unwind through C++: the process
+aborts with SIGABRT and a hundred-line trace instead of saying "interrupted". Such imports take
+seconds, so the interrupt waits for them to end and is raised right after; a second Ctrl-C quits
+at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only ever reach the main thread
+        return
+    received: list[int] = []
+
+    def hold(signum, frame):
+        if received:  # the second Ctrl-C: the person means it
+            sys.stderr.write("\ninterrupted: everything rendered so far is saved; run the same command to continue\n")
+            os._exit(130)
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and previous is signal.default_int_handler:
+        raise KeyboardInterrupt
