@@ -80,6 +80,9 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "timeout": (_positive, "a number of seconds, e.g. 60"),
         "retries": (_count, "a whole number of extra tries, e.g. 2"),
         "max_tokens": (_count, "a whole number of tokens, e.g. 1024 (0: reverie's bound per purpose)"),
+        "backend": (_text, '"auto", "server", "encoder" or "off"'),
+        "path": (_text, 'a model folder in quotes, e.g. "/models/Qwen3-8B"'),
+        "unload": (lambda v: isinstance(v, bool), "true or false"),
     },
     "judge": {
         "vlm_url": (_text, 'a URL in quotes, e.g. "http://localhost:11434/v1"'),

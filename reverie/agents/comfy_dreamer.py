@@ -76,6 +76,7 @@ class TextGenerateExpander:
             ask = INSTRUCTION.format(idea=idea, variation=variation)
             sampling = {**SAMPLING, "seed": seed + i}
             call = {"purpose": "expand", "model": self.model, "base_url": getattr(self.generate, "base_url", ""),
+                    "backend": "textgen", "seed": seed + i,
                     "system_hash": system_hash, "response_text": "",
                     "request_json": canonical_json({"node": "TextGenerate", "prompt": ask, "max_length": MAX_LENGTH,
                                                     "sampling_mode": "on", "sampling": sampling, "thinking": False})}

@@ -119,14 +119,25 @@ def _same_word(a: str, b: str) -> bool:
     return shared >= 3 and shared >= min(len(a), len(b)) - 1
 
 
+MIN_PROMPT_WORDS = 3
+MIN_PROMPT_LETTERS = 12
+
+
 def prompt_problem(idea: str, prompt: str) -> str:
     """Why an LLM's prompt cannot be what the idea asked for ("" when it may be): mostly
-    punctuation (a reply of `}]}{`), or, for an English idea, not one of the idea's words."""
+    punctuation (a reply of `}]}{`), too short, in another script than an English idea's, or, for
+    an English idea, not one of the idea's words."""
     visible = [ch for ch in prompt if not ch.isspace()]
     letters = sum(ch.isalpha() for ch in visible)
     if not visible or letters < len(visible) / 2:
         return f"the prompt {_short(prompt)!r} is mostly punctuation, not a description"
+    if len(_words(prompt)) < MIN_PROMPT_WORDS and letters < MIN_PROMPT_LETTERS:  # CJK writes no spaces
+        return f"the prompt {_short(prompt)!r} is too short to describe a picture"
     idea_words = _words(idea)
+    if idea_words and all(w.isascii() for w in idea_words):
+        foreign = sum(not ch.isascii() for ch in visible if ch.isalpha())
+        if foreign > letters / 2:  # an English idea answered in another script (quoted text aside)
+            return "the prompt is not in English, the idea's language"
     if not idea_words or not all(w.isascii() for w in idea_words) or FOREIGN_WORDS.intersection(idea_words):
         return ""
     content = [w for w in idea_words if w not in STOP_WORDS] or idea_words
@@ -209,7 +220,7 @@ class DreamerExpander:
             dreams = self.llm.structured(system, user_message(idea, profile, k), Dreams, purpose="expand",
                                          system_hash=system_hash, temperature=0.9, check=check,
                                          json_schema=dreams_schema(k),
-                                         max_tokens=max_tokens_for(self.llm.settings, "expand", k))
+                                         max_tokens=max_tokens_for(self.llm.settings, "expand", k), seed=seed)
         except LLMUnavailable as e:
             self.fall_back(str(e))
             return self.fallback.expand(idea, profile, k=k, seed=seed)

@@ -42,24 +42,56 @@ class LLMSettings:
     timeout: float = 60.0
     retries: int = 2  # extra tries after a malformed answer
     max_tokens: int = 0  # 0: a bound per purpose (see max_tokens_for)
+    backend: str = "auto"  # auto | server | encoder | off (see BACKENDS)
+    path: str = ""  # a local Hugging Face causal-LM folder, run in this process
+    unload: bool = False  # free the local model's memory after each call, for renders on little VRAM
 
     @property
     def configured(self) -> bool:
+        """An LLM server is what writes the prompts."""
+        if self.backend in ("encoder", "off") or self.path:
+            return False
         return bool(self.base_url or self.api_key)
+
+    @property
+    def local(self) -> bool:
+        """A causal LM in this process writes the prompts: the engine's text encoder or `path`."""
+        return self.backend != "off" and (self.backend == "encoder" or bool(self.path))
 
     @property
     def url(self) -> str:
         return self.base_url or OPENAI_URL
 
 
+BACKENDS = {
+    "auto": "a server when one is configured, else the image model's own text encoder when it is a language model",
+    "server": "an OpenAI-compatible server only",
+    "encoder": "the image model's own text encoder (or [llm] path), even on the tiny engine",
+    "off": "no LLM: the offline formula expander and rule critic",
+}
+
+
 def llm_settings(section: Optional[Mapping[str, Any]] = None, url: Optional[str] = None, model: Optional[str] = None,
-                 env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None) -> LLMSettings:
+                 env: Optional[Mapping[str, str]] = None, timeout: Optional[float] = None,
+                 path: Optional[str] = None) -> LLMSettings:
     """CLI options win over the [llm] table of reverie.toml, which wins over OPENAI_* variables.
 
     The config file beats the environment because OPENAI_BASE_URL is often set for other tools,
-    while reverie.toml is written for reverie alone.
+    while reverie.toml is written for reverie alone. A bad backend or local model path is refused
+    here, in one line, before anything loads.
     """
+    from pathlib import Path
+
+    from reverie.types import ReverieError
+
     section = dict(section or {})
+    backend = str(section.get("backend", "auto"))
+    if backend not in BACKENDS:
+        raise ReverieError(f"[llm] backend = {backend!r} is unknown: use one of {', '.join(BACKENDS)}")
+    local = str(path or section.get("path") or "")
+    if local and not (Path(local).expanduser() / "config.json").is_file():
+        raise ReverieError(f"the LLM path {local} is not a Hugging Face model folder (no config.json there): "
+                           "pass --llm-path a folder such as /models/Qwen3-8B")
     env = os.environ if env is None else env
     base_url = url or section.get("base_url") or env.get("OPENAI_BASE_URL") or ""
     api_key = section.get("api_key") or env.get("OPENAI_API_KEY") or ""
@@ -73,6 +105,9 @@ def llm_settings(section: Optional[Mapping[str, Any]] = None, url: Optional[str]
         timeout=float(timeout if timeout is not None else section.get("timeout", 60.0)),
         retries=max(0, int(section.get("retries", 2))),
         max_tokens=max(0, int(section.get("max_tokens", 0))),
+        backend=backend,
+        path=str(Path(local).expanduser()) if local else "",
+        unload=bool(section.get("unload", False)),
     )
 
 
@@ -127,7 +162,8 @@ class LLMClient:
         import openai
 
         self.settings = settings
-        self.record = record or (lambda call: None)
+        recorder = record or (lambda call: None)
+        self.record = lambda call: recorder({"backend": "server", **call})
         # Retries are ours (bounded, on malformed answers); the SDK's own retries would multiply
         # the wait on a dead server.
         self.client = openai.OpenAI(base_url=settings.url, api_key=settings.api_key or "not-needed",
@@ -187,8 +223,11 @@ class LLMClient:
 
     def structured(self, system: str, user: str | list[dict], schema: type[T], purpose: str, system_hash: str = "",
                    temperature: float = 0.8, check: Optional[Callable[[T], str]] = None,
-                   json_schema: Optional[dict] = None, max_tokens: Optional[int] = None) -> T:
+                   json_schema: Optional[dict] = None, max_tokens: Optional[int] = None,
+                   seed: Optional[int] = None) -> T:
         """Ask, parse and validate; retry malformed answers; raise LLMUnavailable when out of tries.
+
+        `seed` is for local models (agents/local_llm.py); a server samples as it likes.
 
         `check` returns a complaint ("" when fine) for answers that parse but break a rule.
         `json_schema` is sent instead of the pydantic one when the checks need more than pydantic

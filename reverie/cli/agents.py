@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from reverie.cli.common import CONFIG, LLM_MODEL, LLM_TIMEOUT, LLM_URL, CliProgress, friendly, out
+from reverie.cli.common import CONFIG, LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, CliProgress, friendly, out
 from reverie.profiles import DEFAULT_PROFILE
 
 
@@ -20,6 +20,7 @@ def expand(
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_path: Optional[str] = LLM_PATH,
     config: Optional[str] = CONFIG,
     home: Optional[str] = typer.Option(None, "--home", help="Data folder (LLM calls are recorded there)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of text."),
@@ -34,8 +35,12 @@ def expand(
         raise ReverieError(f"k must be between 1 and 8 (got {k}): pass --k 3 for three interpretations")
     text = clean_idea(idea)
     chosen = get_profile(profile)
-    with Studio(home=home, profile=profile, llm_url=llm_url, llm_model=llm_model, llm_timeout=llm_timeout, config=config) as studio:
-        expander, _ = studio.expander_and_critic(CliProgress(quiet=True))
+    with Studio(home=home, profile=profile, llm_url=llm_url, llm_model=llm_model, llm_timeout=llm_timeout,
+                llm_path=llm_path, config=config) as studio:
+        progress = CliProgress(quiet=True)
+        # The encoder backend writes with the engine's own text encoder: only then is an engine needed.
+        engine = studio.engine_for(chosen, progress) if studio.llm_backend() == "encoder" else None
+        expander, _ = studio.expander_and_critic(progress, engine)
         expansions = expander.expand(text, chosen, k=k, seed=seed)
     if as_json:
         print(json.dumps([e.to_dict() for e in expansions], ensure_ascii=False))

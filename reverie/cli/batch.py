@@ -12,7 +12,7 @@ from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, err, friendly,
+                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, err, friendly,
                                 out, say)
 from reverie.types import Event, ReverieError
 
@@ -94,6 +94,7 @@ def batch(
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_path: Optional[str] = LLM_PATH,
     config: Optional[str] = CONFIG,
     comfy_url: Optional[List[str]] = COMFY_URL,
     comfy_file: Optional[List[str]] = COMFY_FILE,
@@ -111,8 +112,8 @@ def batch(
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     view = BatchProgressView(quiet=as_json)
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options,
-                    ray=ray, workers=workers)
+                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
+                    engine_options=engine_options, ray=ray, workers=workers)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
@@ -160,6 +161,7 @@ def chat(
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_path: Optional[str] = LLM_PATH,
     config: Optional[str] = CONFIG,
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
@@ -168,7 +170,7 @@ def chat(
 
     interactive = sys.stdin.isatty()
     studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, config=config)
+                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config)
     name = session or new_session_name()
     try:
         previous = session_turns(studio.store, name)

@@ -112,6 +112,9 @@ class CliProgress:
             self.progress.advance(self.task)
         elif event.kind == "expanded":
             self.progress.update(self.task, status=escape(f"round {event.data['round'] + 1}: {event.data['source']} prompt"))
+        elif event.kind == "writing":
+            self.progress.update(self.task, status=escape(f"writing the prompt… {event.data['tokens']} tokens, "
+                                                          f"{event.data['tokens_per_second']:.0f}/s"))
         elif event.kind == "scored":
             self.progress.update(self.task, status=escape(f"best {event.data['best']:.3f} ({event.data['scorer']})"))
         elif event.kind == "judged" and event.data["decision"] == "finish":
@@ -135,6 +138,8 @@ LLM_URL = typer.Option(None, "--llm-url", help="OpenAI-compatible server, e.g. h
 LLM_MODEL = typer.Option(None, "--llm-model", help="LLM model name (default: the server's first).")
 LLM_TIMEOUT = typer.Option(None, "--llm-timeout", min=0.1, metavar="SECONDS",
                            help="Seconds to wait for each LLM answer (default 60, or llm.timeout in reverie.toml).")
+LLM_PATH = typer.Option(None, "--llm-path", metavar="FOLDER",
+                        help="A local Hugging Face causal LM (e.g. /models/Qwen3-8B) writes the prompts, in this process.")
 CONFIG = typer.Option(None, "--config", help="Settings file (default <home>/reverie.toml).")
 MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
 

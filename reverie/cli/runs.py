@@ -13,7 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, friendly, out,
+                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, friendly, out,
                                 print_paths)
 from reverie.types import ReverieError
 
@@ -35,6 +35,7 @@ def make(
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_path: Optional[str] = LLM_PATH,
     config: Optional[str] = CONFIG,
     ref: Optional[str] = typer.Option(None, "--ref", help="A reference image whose structure or look to keep."),
     control: str = typer.Option("auto", "--control", help="How to use --ref: auto, canny, depth, pose or img2img."),
@@ -54,7 +55,7 @@ def make(
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
     studio = Studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options)
+                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config, engine_options=engine_options)
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,

@@ -121,6 +121,7 @@ class Studio:
         llm_timeout: Optional[float] = None,
         ray: Optional[str] = None,
         workers: Optional[int] = None,
+        llm_path: Optional[str] = None,
     ):
         if isinstance(engine, str) and engine != "auto" and engine not in ENGINES:
             raise ReverieError(f"unknown engine {engine!r}: use one of auto, {', '.join(ENGINES)}")
@@ -154,7 +155,9 @@ class Studio:
         # they arrive, so best() need not decode every PNG again after the run.
         self.signatures: dict[int, tuple] = {}
         self.llm_url, self.llm_model, self.llm_timeout = llm_url, llm_model, llm_timeout
+        self.llm_path = llm_path
         self.config = load_config(self.home, config)
+        self._llm_settings()  # a bad [llm] backend or --llm-path is one line, before anything loads
 
     # -- parts -----------------------------------------------------------------------------
     def cached(self, name: str, build):
@@ -211,7 +214,13 @@ class Studio:
     def _llm_settings(self):
         from reverie.agents.llm import llm_settings
 
-        return llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model, timeout=self.llm_timeout)
+        return llm_settings(self.config.get("llm"), url=self.llm_url, model=self.llm_model, timeout=self.llm_timeout,
+                            path=self.llm_path)
+
+    def llm_backend(self) -> str:
+        """What writes the prompts, as configured: auto, server, encoder, local (a --llm-path folder) or off."""
+        settings = self._llm_settings()
+        return "local" if settings.path and settings.local else settings.backend
 
     def _say_embedded(self, progress: ProgressFn) -> None:
         """One line naming the embedded parts actually in use: the tiny engine, and the formula
@@ -219,7 +228,8 @@ class Studio:
         if self._embedded_said:
             return
         parts = ["tiny random-weight Z-Image engine"]
-        if self._expander is None and not self._llm_settings().configured:
+        settings = self._llm_settings()
+        if self._expander is None and not (settings.configured or settings.local):
             parts.append("offline formula expander")
         if self.scorer(progress, quiet_if_heuristic=True).name == "heuristic":
             parts.append("heuristic scorer")
@@ -262,6 +272,14 @@ class Studio:
 
         formula = FormulaExpander()
         settings = self._llm_settings()
+        local = self._local_llm(settings, engine, progress)
+        if local is not None:
+            dreamer = DreamerExpander(local, fallback=formula, notice=lambda m: self.notice(m, progress))
+            self.notice(f"prompts: dreamer expander and critic on {local.model}, in this process "
+                        f"(turn it off with [llm] backend = \"off\")", progress)
+            return dreamer, LLMCritic(local, fallback=RuleCritic(formula), notice=dreamer.fall_back)
+        if settings.backend == "off":
+            return formula, RuleCritic(formula)
         if not settings.configured:
             textgen = comfy_expander(engine, formula, notice=lambda m: self.notice(m, progress),
                                      record=lambda call: self.store.add_llm_call(call, run_id=current_run.get()))
@@ -283,6 +301,35 @@ class Studio:
         chosen = "" if settings.model else ", the first the server lists"
         self.notice(f"prompts: dreamer expander and critic over the LLM at {settings.url} (model {model}{chosen})", progress)
         return dreamer, critic
+
+    def _local_llm(self, settings, engine, progress: ProgressFn):
+        """The dreamer's LLM in this process, or None: a model folder (`--llm-path`); the engine's
+        own text encoder when asked (`[llm] backend = "encoder"`), or by default when no server is
+        configured and the engine loads a real Z-Image, whose encoder is a chat model."""
+        from reverie.agents.local_llm import LocalLLM, encoder_loader, folder_loader
+        from reverie.render.comfy_workflow import TEXTGEN_FAMILIES
+
+        def record(call: dict) -> None:
+            self.store.add_llm_call(call, run_id=current_run.get())
+
+        if settings.path:
+            return LocalLLM(settings, folder_loader(settings.path), backend="local", model=settings.path,
+                            record=record, progress=progress)
+        load = getattr(engine, "load", None)
+        profile = getattr(engine, "profile", None)
+        name = getattr(engine, "name", "no engine")
+        if settings.backend == "encoder":
+            if not callable(load):
+                raise ReverieError(f'[llm] backend = "encoder" needs a diffusers or tiny engine, not {name}: '
+                                   'pass --llm-path a model folder, or set backend = "auto"')
+        elif not (settings.backend == "auto" and not settings.configured and name == "diffusers" and callable(load)
+                  and profile is not None and profile.family in TEXTGEN_FAMILIES
+                  and not (self.model_path and (Path(self.model_path) / "reverie-tiny.json").exists())):
+            return None  # the tiny engine's random encoder is no language model: formula it is
+        label = f"the {name} {getattr(profile, 'name', '')} text encoder".replace("  ", " ")
+        # The weights are the engine's: after each call only the small wrapper around them goes.
+        return LocalLLM(settings, encoder_loader(load), backend="encoder", model=label, record=record,
+                        progress=progress, keep_loaded=False)
 
     def prepare_reference(self, req: Request, run_id: str, progress: ProgressFn) -> Control:
         """The graph's reference step: preprocess the first reference, store it, link it to the run."""

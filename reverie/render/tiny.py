@@ -13,13 +13,13 @@ from pathlib import Path
 
 from reverie.render.diffusers_engine import DiffusersEngine
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"  # 2: a byte-level tokenizer (1 was word-level and could not spell JSON)
 TINY_DIR_NAME = f"tiny-z-image-v{TINY_VERSION}"
 TINY_CONTROLNET_DIR_NAME = "tiny-z-image-controlnet-v1"
-TINY_SD15_DIR_NAME = "tiny-sd15-v1"
+TINY_SD15_DIR_NAME = "tiny-sd15-v2"  # 2: the byte-level tokenizer
 
-# Enough prompt vocabulary that different ideas give different conditioning. Unknown words map
-# to [UNK]; the pictures carry no meaning either way.
+# Words the tokenizer keeps whole, so different ideas give different conditioning; other text
+# is spelled in bytes. The pictures carry no meaning either way.
 _WORDS = (
     "a an the of in on at with and or under over near by from to into through behind beside "
     "fox cat dog bird horse woman man girl boy child knight robot dragon tree forest city street "
@@ -47,15 +47,30 @@ _CHAT_TEMPLATE = (
 
 
 def _build_tokenizer(max_length: int = 512):
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A byte-level BPE tokenizer like Qwen3's own, with merges for the words above: any text,
+    JSON punctuation included, round-trips, so the tiny encoder can also be run as a language model
+    under constrained decoding (agents/local_llm.py)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(_SPECIAL + sorted(set(_WORDS) - set(_SPECIAL)))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    vocab = {tok: i for i, tok in enumerate(_SPECIAL + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = []
+    to_bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    for word in sorted(set(_WORDS) - set(_SPECIAL)):
+        for form in (word, " " + word):  # a word starting the text, and a word after a space
+            pieces = to_bytes.pre_tokenize_str(form)[0][0]
+            current = pieces[0]
+            for ch in pieces[1:]:
+                if current + ch not in vocab:
+                    vocab[current + ch] = len(vocab)
+                    merges.append((current, ch))
+                current += ch
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", additional_special_tokens=_SPECIAL[2:]
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="<|im_end|>",
+        additional_special_tokens=_SPECIAL[2:],
     )
     fast.chat_template = _CHAT_TEMPLATE
     fast.model_max_length = max_length
@@ -80,6 +95,7 @@ def build_tiny_pipeline():
             head_dim=16,
             vocab_size=len(tokenizer),
             max_position_embeddings=1024,
+            tie_word_embeddings=True,  # as in Qwen3-4B, Z-Image's encoder: the embeddings are also its output head
         )
     )
     torch.manual_seed(0)

@@ -444,7 +444,7 @@ class Store:
     def add_llm_call(self, call: dict, run_id: Optional[str] = None) -> int:
         """Record one LLM call (the dict the LLM client hands its record callback)."""
         keys = ("purpose", "model", "base_url", "system_hash", "request_json", "response_text", "seconds",
-                "prompt_tokens", "completion_tokens", "ok", "error")
+                "prompt_tokens", "completion_tokens", "ok", "error", "backend", "seed")
         row = {k: call.get(k) for k in keys}
         row.update(run_id=run_id, ok=int(bool(call.get("ok"))), created=time.time())
         with self.db.conn:

@@ -292,6 +292,14 @@ def m013_serve_requests(db: sqlite_utils.Database) -> None:
     db["serve_requests"].create_index(["status"])
 
 
+@migration
+def m014_llm_call_backend(db: sqlite_utils.Database) -> None:
+    # What wrote an answer (server, encoder, local, textgen) and the seed a local model sampled
+    # with: with the model and the token counts, enough to write the same answer again.
+    db["llm_calls"].add_column("backend", str)
+    db["llm_calls"].add_column("seed", int)
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 
