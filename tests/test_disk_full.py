@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reverie.render.tiny import TINY_DIR_NAME
+
 from tests.conftest import run_cli
 
 
@@ -34,7 +36,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_tmp_folder(tiny_disk):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the disk is full: free some space"), proc.stderr
     assert "SafetensorError" not in proc.stderr and "Traceback" not in proc.stderr
-    assert [p.name for p in (home / "models").iterdir()] == []  # no tiny-z-image-v1.tmp-PID left
+    assert [p.name for p in (home / "models").iterdir()] == []  # no tiny-z-image-vN.tmp-PID left
 
 
 def test_a_dead_writers_half_saved_model_folder_is_removed(home, tiny_models_dir, tmp_path):
@@ -45,12 +47,12 @@ def test_a_dead_writers_half_saved_model_folder_is_removed(home, tiny_models_dir
     # A pid that is not running: a writer killed while saving the weights.
     dead = subprocess.Popen(["true"])
     dead.wait()
-    leftover = models / f"tiny-z-image-v1.tmp-{dead.pid}"
+    leftover = models / f"{TINY_DIR_NAME}.tmp-{dead.pid}"
     (leftover / "transformer").mkdir(parents=True)
     (leftover / "transformer" / "half.safetensors").write_bytes(uuid.uuid4().bytes)
     # The weights are there already; the leftover is cleaned when reverie next saves a model.
-    shutil.rmtree(models / "tiny-z-image-v1")
+    shutil.rmtree(models / TINY_DIR_NAME)
     proc = run_cli("make", "a fox", "--n", "1", "--rounds", "1", home=home)
     assert proc.returncode == 0, proc.stderr
     assert not leftover.exists()
-    assert sorted(p.name for p in models.iterdir() if p.name.startswith("tiny-z-image-v1")) == ["tiny-z-image-v1"]
+    assert sorted(p.name for p in models.iterdir() if p.name.startswith(TINY_DIR_NAME)) == [TINY_DIR_NAME]
