@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from reverie.scoring import synthetic
 from reverie.scoring.held_out import describe, selection_check

@@ -4,7 +4,6 @@ lineage/reproduce/export commands and foreign metadata. Real SQLite, real tiny d
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 

@@ -294,7 +294,12 @@ class DiffusersEngine:
         device = pipe._execution_device
         # diffusers counts clip skip from the last layer (1 = penultimate); A1111 and the profile from 1 = none.
         clip_skip = (self.profile.clip_skip - 1) or None
-        embeds = self.adapter.encode(pipe, prompt, negative, cfg, clip_skip, device)
+        import torch
+
+        # The pipelines' __call__ runs under no_grad, their encode_prompt does not: without this the
+        # cached embeddings would keep the text encoder's whole autograd graph (its activations) alive.
+        with torch.no_grad():
+            embeds = self.adapter.encode(pipe, prompt, negative, cfg, clip_skip, device)
         self.encoder_calls += 1
         self._embeds[key] = embeds
         while len(self._embeds) > self._embed_cache_size:
