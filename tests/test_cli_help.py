@@ -35,3 +35,22 @@ def test_make_takes_scorer(home):
     proc = run_cli("make", "a fox", "--n", "1", "--rounds", "1", "--megapixels", "0.01", "--seed", "1",
                    "--scorer", "heuristic", "--json", home=home)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_make_batch_chat_and_serve_take_the_same_engine_and_llm_options():
+    """One Studio builder (cli.common.open_studio) behind all four: an option added for one reaches
+    them all (chat lacked the ComfyUI and device flags, serve --llm-path)."""
+    shared = {"--profile", "--engine", "--scorer", "--home", "--model-path", "--llm-url", "--llm-model", "--llm-timeout",
+              "--llm-path", "--config", "--comfy-url", "--comfy-file", "--device", "--dtype", "--batch-size", "--cpu-offload"}
+    for command in ("make", "batch", "chat", "serve"):
+        proc = run_cli(command, "--help", env={"COLUMNS": "200"})
+        options = {line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  --")}
+        assert shared <= options, (command, sorted(shared - options))
+
+
+def test_engine_flags_reach_chat_and_serve(home):
+    for command in ("chat", "serve"):
+        proc = run_cli(command, "--engine", "tiny", "--comfy-url", "http://127.0.0.1:9", home=home, input="")
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert proc.stderr.strip() == ("error: --comfy-url and --comfy-file are for the ComfyUI engine: drop them or "
+                                       "pass --engine comfyui, not tiny")

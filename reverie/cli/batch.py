@@ -12,8 +12,8 @@ from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, err, friendly,
-                                out, say)
+                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, err, friendly,
+                                open_studio, out, say)
 from reverie.types import Event, ReverieError
 
 
@@ -107,13 +107,11 @@ def batch(
     workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Ray engine workers (default: one per GPU; 1 on a CPU-only cluster)."),
 ):
     """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
-    from reverie.orchestrator.studio import Studio
-
-    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     view = BatchProgressView(quiet=as_json)
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
-                    engine_options=engine_options, ray=ray, workers=workers)
+    studio = open_studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
+                         llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
+                         comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
+                         cpu_offload=cpu_offload, ray=ray, workers=workers)
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
@@ -163,14 +161,21 @@ def chat(
     llm_timeout: Optional[float] = LLM_TIMEOUT,
     llm_path: Optional[str] = LLM_PATH,
     config: Optional[str] = CONFIG,
+    comfy_url: Optional[List[str]] = COMFY_URL,
+    comfy_file: Optional[List[str]] = COMFY_FILE,
+    device: Optional[str] = DEVICE,
+    dtype: Optional[str] = DTYPE,
+    batch_size: Optional[int] = BATCH_SIZE,
+    cpu_offload: bool = CPU_OFFLOAD,
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
     from reverie.orchestrator.chat import chat_command, is_command, new_session_name, session_turns
-    from reverie.orchestrator.studio import Studio
 
     interactive = sys.stdin.isatty()
-    studio = Studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config)
+    studio = open_studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
+                         llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
+                         comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
+                         cpu_offload=cpu_offload)
     name = session or new_session_name()
     try:
         previous = session_turns(studio.store, name)

@@ -177,3 +177,15 @@ def engine_choice(engine: str, comfy_url: Optional[List[str]], comfy_file: Optio
         options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
                                           "cpu_offload": cpu_offload or None}.items() if v is not None})
     return engine, options
+
+
+def open_studio(*, engine: str, comfy_url: Optional[List[str]] = None, comfy_file: Optional[List[str]] = None,
+                device: Optional[str] = None, dtype: Optional[str] = None, batch_size: Optional[int] = None,
+                cpu_offload: bool = False, **studio_options: Any):
+    """The Studio of make, batch, chat and serve, from the options they share: built in one place so
+    that an option added for one command reaches them all. Engine flags are checked before the
+    orchestrator is imported."""
+    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
+    from reverie.orchestrator.studio import Studio
+
+    return Studio(engine=engine, engine_options=engine_options, **studio_options)

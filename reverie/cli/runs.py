@@ -13,7 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, engine_choice, friendly, out,
+                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, friendly, open_studio, out,
                                 print_paths)
 from reverie.types import ReverieError
 
@@ -48,14 +48,13 @@ def make(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Expand an idea, render, score and loop; print the best images."""
-    from reverie.orchestrator.studio import Studio
-
     progress = CliProgress(quiet=as_json)
-    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
-    studio = Studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config, engine_options=engine_options)
+    studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
+                         llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
+                         comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
+                         cpu_offload=cpu_offload)
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,

@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME,
-                                LLM_MODEL, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, engine_choice, err,
-                                friendly, say)
+                                LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, engine_choice, err,
+                                friendly, open_studio, say)
 from reverie.types import ReverieError
 
 
@@ -36,6 +36,7 @@ def serve(
     llm_url: Optional[str] = LLM_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_timeout: Optional[float] = LLM_TIMEOUT,
+    llm_path: Optional[str] = LLM_PATH,
     config: Optional[str] = CONFIG,
     comfy_url: Optional[List[str]] = COMFY_URL,
     comfy_file: Optional[List[str]] = COMFY_FILE,
@@ -51,17 +52,18 @@ def serve(
                            "machine; pass --token SECRET (or set REVERIE_TOKEN), or bind 127.0.0.1")
     if token is not None and len(token) < 8:
         raise ReverieError("the token is shorter than 8 characters: use a longer secret, e.g. `openssl rand -hex 16`")
-    engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
+    engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)  # bad flags: one line, before uvicorn loads
 
     import uvicorn
 
-    from reverie.orchestrator.studio import Studio
     from reverie.serve.app import create_app
     from reverie.serve.service import ServeService
 
-    studio = Studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
-                    llm_model=llm_model, llm_timeout=llm_timeout, config=config, engine_options=engine_options,
-                    progress=lambda e: say(err, "reverie:", e.data["message"]) if e.kind == "notice" else None)
+    studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
+                         llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
+                         comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
+                         cpu_offload=cpu_offload,
+                         progress=lambda e: say(err, "reverie:", e.data["message"]) if e.kind == "notice" else None)
     service = ServeService(studio)
     try:
         resumed = service.recover()
