@@ -261,3 +261,29 @@ def test_loopback_addresses():
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.com"))
+
+
+def test_batches_in_the_gallery_and_a_batch_page_with_each_ideas_kept_images(home, tmp_path):
+    ideas = tmp_path / "night <ideas>.txt"
+    ideas.write_text("a lighthouse <script>alert(1)</script>\na fox in the rain\n")
+    done = run_cli("batch", str(ideas), "--per-prompt", "2", "--keep", "1", "--engine", "tiny", "--scorer", "heuristic",
+                   "--megapixels", "0.01", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    batch_id = json.loads(done.stdout)["batch_id"]
+    with ThreadServer(home) as server:
+        front = httpx.get(server.url + "/").text
+        assert f'href="/batch/{batch_id}"' in front and "night &lt;ideas&gt;.txt" in front
+        assert str(tmp_path) not in front  # the file's name, never the machine's path
+        page = httpx.get(f"{server.url}/batch/{batch_id}")
+        assert page.status_code == 200
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text and "<script>alert" not in page.text
+        assert "2/2 ideas done" in page.text and page.text.count('class="run batch-item"') == 2
+        # Each idea shows the image it kept, served by content hash, with its pick buttons.
+        store = server.studio.store
+        for item in store.batches.items(batch_id):
+            kept = [k["render_id"] for k in store.batches.keeps(item["id"])]
+            assert len(kept) == 1
+            sha = store.render_by_id(kept[0]).sha256
+            assert f'src="/files/{sha}.png"' in page.text
+        assert httpx.get(f"{server.url}/batch/{'0' * 16}").status_code == 404
+        assert httpx.get(f"{server.url}/batch/..%2F..%2Fetc").status_code == 404

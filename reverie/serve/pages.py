@@ -24,6 +24,7 @@ TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templat
 MAX_WEB_IMAGES = 8
 WEB_ROUNDS = {"standard": 1, "hd": 3}
 GALLERY_RUNS = 30
+GALLERY_BATCHES = 10
 COOKIE = "reverie_token"
 
 
@@ -79,7 +80,35 @@ def studio_page(request: Request, session: Optional[str] = None):
         turns.append({"turn": t["turn"], "message": t["message"], "idea": t["idea"], "run_id": t["run_id"],
                       "images": [render_card(r) for r in shown_images(service.studio, t)]})
     return page("studio.html", session=session, turns=turns, runs=gallery(service),
+                batches=[batch_summary(b) for b in service.studio.store.batches.recent(GALLERY_BATCHES)],
                 profile=service.studio.profile_name)
+
+
+def batch_summary(b: dict) -> dict:
+    # The file's name only: the full path says nothing the page needs and is the machine's business.
+    return {"id": b["id"], "source": Path(b["source"] or "").name, "status": b["status"], "ideas": b["ideas"] or 0,
+            "done": b["done"] or 0, "failed": b["failed"] or 0,
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(b["created"]))}
+
+
+@router.get("/batch/{batch_id}")
+def batch_page(request: Request, batch_id: str):
+    """One batch: each idea with its status, budget and the images it kept (best first)."""
+    store = request.app.state.service.studio.store
+    b = store.batches.get(batch_id) if batch_id.isalnum() and len(batch_id) <= 64 else None
+    if b is None:
+        return HTMLResponse(TEMPLATES.get_template("missing.html").render(what=f"batch {batch_id}"), status_code=404)
+    items = []
+    for it in store.batches.items(batch_id):
+        kept = [k["render_id"] for k in store.batches.keeps(it["id"])]
+        images = ([render_card(store.render_by_id(rid)) for rid in kept] if kept
+                  else [render_card(r) for r in store.best(it["run_id"], k=4)] if it["run_id"] else [])
+        items.append({"idx": it["idx"] + 1, "idea": it["idea"], "status": it["status"], "error": it.get("error") or "",
+                      "budget": it["budget"], "renders": store.ok_count(it["run_id"]) if it["run_id"] else 0,
+                      "run_id": it["run_id"], "images": images, "kept": bool(kept)})
+    summary = batch_summary({**b, "ideas": len(items), "done": sum(i["status"] == "done" for i in items),
+                             "failed": sum(i["status"] == "failed" for i in items)})
+    return page("batch.html", batch=summary, items=items)
 
 
 @router.get("/image/{render_id}")

@@ -26,6 +26,17 @@ class Batches:
             else:
                 self.db["batches"].update(batch_id, {"status": "running"})
 
+    def recent(self, limit: int = 10) -> list[dict]:
+        """The newest batches first, each with how many of its ideas are done, failed and in all."""
+        sql = """
+            select b.*, count(i.id) as ideas,
+                   sum(i.status = 'done') as done, sum(i.status = 'failed') as failed
+            from batches b left join batch_items i on i.batch_id = b.id
+            group by b.id order by b.created desc limit ?
+        """
+        with self.store.lock:
+            return list(self.db.query(sql, [int(limit)]))
+
     def get(self, batch_id: str) -> Optional[dict]:
         with self.store.lock:
             rows = list(self.db.query("select * from batches where id = ?", [batch_id]))
