@@ -78,3 +78,21 @@ def test_a_judge_that_fails_leaves_the_composite_in_charge(tmp_path):
     ranked = sorted((r for r in result.renders if r.scores), key=lambda r: (-r.scores.composite, r.id))
     assert result.best[0].id == ranked[0].id
     assert any("VLM judge: no usable answer" in e.data.get("message", "") for e in events if e.kind == "notice")
+
+
+def test_a_dead_judge_server_is_said_once_per_session_not_every_round(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: the judge's server is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "reverie.toml").write_text(f'[judge]\nvlm_url = "http://127.0.0.1:{port}/v1"\nvlm_model = "m"\nvlm_timeout = 2\n')
+    events = []
+    with Studio(home=home, engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic",
+                expander=FormulaExpander(), critic=RuleCritic()) as studio:
+        for idea in ("a fox", "a lighthouse"):
+            studio.make(idea, seed=9, n=2, rounds=3, megapixels=0.02, progress=events.append)
+    said = [e.data["message"] for e in events if e.kind == "notice" and "VLM judge: no usable" in e.data.get("message", "")]
+    assert len(said) == 1, said

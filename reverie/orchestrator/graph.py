@@ -80,6 +80,7 @@ class LoopContext:
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
     embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
     vlm_judge: Any = None  # a VLMJudge: compares the top candidates for the revision and the final pick
+    notice: Any = None  # the studio's once-per-session notice (a dead server is said once, not every round)
 
 
 def _ctx(runtime: Runtime[LoopContext]) -> LoopContext:
@@ -376,7 +377,8 @@ def _ask_vlm(ctx: LoopContext, scored: list, final: bool):
         with _gate(ctx):
             verdict = ctx.vlm_judge.judge(ctx.request.idea, candidates)
     except LLMUnavailable as e:
-        ctx.progress(Event("notice", {"message": f"VLM judge: no usable answer ({e}); the composite decides"}))
+        message = f"VLM judge: no usable answer ({e}); the composite decides"
+        ctx.notice(message) if ctx.notice else ctx.progress(Event("notice", {"message": message}))
         return None
     ctx.progress(Event("vlm_judged", {"final": final, "render_id": verdict.render_id, "rank": verdict.rank,
                                       "of": len(candidates), "reason": verdict.reason, "problems": verdict.problems,

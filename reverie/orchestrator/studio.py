@@ -405,7 +405,7 @@ class Studio:
                               policy=policy, order=order, deadline=deadline, deadline_label=deadline_label, stop=stop,
                               llm_gate=llm_gate, on_round_start=on_round_start, on_round_end=on_round_end,
                               references=lambda r, store: self.prepare_reference(r, run_id, progress),
-                              vlm_judge=self.vlm_judge(progress))
+                              vlm_judge=self.vlm_judge(progress), notice=lambda m: self.notice(m, progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
                      "blind_steps": req.blind_steps, "history": []}
