@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from reverie.orchestrator.studio import Studio
@@ -87,6 +89,16 @@ def test_taste_learnt_from_picks_beats_the_default_on_new_images(home):
     learnt = pair_agreement(fresh, lambda r: r.scores.composite)
     default = pair_agreement(fresh, lambda r: heuristic.combine(r.scores.values, heuristic.WEIGHTS))
     assert learnt > default + 0.1, (learnt, default)
+
+    # `reverie score` on a folder ranks with the learnt weighting too (and says so), unless told not to.
+    folder = [str(home / r.path) for r in fresh[:6]]
+    with_taste = json.loads(run_cli("score", *folder, "--scorer", "heuristic", "--json", home=home).stdout)
+    assert with_taste["weighting"] == f"taste {fit['taste_id']}"
+    composites = {Path(i["path"]).name: i["composite"] for i in with_taste["images"]}
+    assert composites == {Path(p).name: pytest.approx(r.scores.composite, abs=1e-4) for p, r in zip(folder, fresh)}
+    plain = json.loads(run_cli("score", *folder, "--scorer", "heuristic", "--no-taste", "--json", home=home).stdout)
+    assert plain["weighting"] == "default" and plain["images"] != with_taste["images"]
+    assert f"your taste {fit['taste_id']} weighting" in run_cli("score", *folder, "--scorer", "heuristic", home=home).stdout
 
     assert run_cli("taste", "--reset", home=home).returncode == 0
     assert Store(home).tastes.active() == {}

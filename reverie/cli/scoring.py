@@ -80,6 +80,23 @@ def load_chunks(files: list[Path]) -> Iterator[tuple[list[Path], list, int]]:
         yield paths, images, bad
 
 
+def home_tastes(home: Optional[str]):
+    """The weightings `reverie taste` learnt in the home, if it has a database (none is created)."""
+    from reverie.config import resolve_home
+
+    where = resolve_home(home)
+    if not (where / "reverie.db").is_file():
+        return None
+    from reverie.scoring.taste import tastes_from
+    from reverie.store.db import Store
+
+    store = Store(where, read_only_ok=True)
+    try:
+        return tastes_from(store.tastes.active()) or None
+    finally:
+        store.close()
+
+
 @friendly
 def score(
     paths: List[str] = typer.Argument(..., help="Image files or folders (searched recursively for png/jpg/webp)."),
@@ -87,6 +104,7 @@ def score(
     scorer: str = typer.Option("auto", "--scorer", help="auto, heuristic or clip."),
     top: Optional[int] = typer.Option(None, "--top", help="Show only the best N."),
     home: Optional[str] = typer.Option(None, "--home", help="Data folder whose reverie.toml holds the scoring settings."),
+    taste: bool = typer.Option(True, "--taste/--no-taste", help="Rank with the weighting `reverie taste` learnt in this home (default when there is one)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ):
     """Score images and rank them best first, e.g. a ComfyUI output folder."""
@@ -101,7 +119,7 @@ def score(
     if not any(is_image(f) for f in files):  # before the scorer loads: nothing to score is one line
         raise ReverieError(f"none of the {len(files)} file(s) in {', '.join(paths)} is a readable image: "
                            "pass PNG, JPEG or WebP files or a folder of them")
-    engine = make_scorer(scorer, table=table_cfg)
+    engine = make_scorer(scorer, table=table_cfg, tastes=home_tastes(home) if taste else None)
     if engine.honest_note:
         say(err, "reverie:", engine.honest_note)
     rows = []
@@ -118,14 +136,15 @@ def score(
     shown = rows[:top] if top else rows
     if as_json:
         print(json.dumps({
-            "scorer": engine.name, "note": engine.honest_note, "skipped": skipped,
+            "scorer": engine.name, "weighting": engine.weighting, "note": engine.honest_note, "skipped": skipped,
             "images": [{"rank": i, "path": r["path"], "composite": r["scores"].composite, "scores": r["scores"].values,
                         "prompt": r["prompt"], "near_duplicate_of": dupes[i - 1] + 1 if i - 1 in dupes else None}
                        for i, r in enumerate(shown, 1)],
         }, ensure_ascii=False))
         return
     names = list(dict.fromkeys(k for r in shown for k in r["scores"].values))
-    table = Table(title=f"{len(rows)} images ranked by {engine.name}")
+    weighting = "" if engine.weighting == "default" else f", your {engine.weighting} weighting"
+    table = Table(title=f"{len(rows)} images ranked by {engine.name}{weighting}")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     for name in names:
