@@ -54,6 +54,7 @@ class Request:
     steps: Optional[int] = None
     max_seconds: Optional[float] = None
     max_renders: Optional[int] = None  # a render budget that need not be a multiple of n (batch --per-prompt)
+    embed_noise: float = 0.0  # noise on the text embeddings from the first round (RenderSpec.embed_noise)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,6 +63,8 @@ class Request:
         # that resumes an unfinished run) stays the same.
         if d["max_renders"] is None:
             del d["max_renders"]
+        if not d["embed_noise"]:
+            del d["embed_noise"]
         return d
 
     @classmethod

@@ -91,3 +91,31 @@ def test_the_noise_belongs_to_the_seed_not_the_batch_position():
     assert 0.1 < float(noise.std() / base.std()) < 0.3  # the strength is a share of the embeddings' spread
     row = base[0]
     assert with_embed_noise({"prompt_embeds": [row]}, [1], 0.0)["prompt_embeds"][0] is row  # off: untouched
+
+
+def test_make_takes_the_variety_knobs_from_the_first_round(home, tmp_path):
+    """`--shift`, `--blind-steps` and `--embed-noise` on the command line reach every spec, the PNG
+    and reproduce; the loop turning the knob never lowers what the person set."""
+    import json
+
+    made = run_cli("make", "a fox in the rain", "--n", "2", "--rounds", "1", "--megapixels", "0.01", "--seed", "4",
+                   "--shift", "6", "--blind-steps", "1", "--embed-noise", "0.4", "--json", home=home)
+    assert made.returncode == 0, made.stderr
+    best = json.loads(made.stdout)["best"]
+    for image in best:
+        info = json.loads(run_cli("lineage", image["sha256"], "--json", home=home).stdout)
+        assert (info["spec"]["shift"], info["spec"]["blind_steps"], info["spec"]["embed_noise"]) == (6.0, 1, 0.4)
+        assert info["request"]["embed_noise"] == 0.4
+        assert "Embedding noise: 0.4" in read_metadata(image["path"])["parameters"]
+    alone = tmp_path / "alone.png"
+    alone.write_bytes(open(best[0]["path"], "rb").read())
+    r = run_cli("reproduce", str(alone), "--engine", "tiny", home=home)
+    assert r.returncode == 0 and "match: pixels identical" in r.stdout, r.stdout + r.stderr
+    assert policy.turn_embed_noise(0.4) == 0.4 and policy.turn_embed_noise(0.0) == 0.1
+
+
+def test_an_engine_that_cannot_add_embedding_noise_refuses_it(home):
+    r = run_cli("make", "a fox", "--embed-noise", "0.1", "--engine", "fixed", home=home)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == ("error: the fixed engine cannot add noise to the text embeddings: "
+                                                 "leave --embed-noise out, or render in-process (--engine diffusers)")

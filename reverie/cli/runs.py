@@ -30,6 +30,9 @@ def make(
     engine: str = ENGINE,
     scorer: str = SCORER,
     seed: Optional[int] = typer.Option(None, "--seed", help="First seed (random if not given)."),
+    shift: Optional[float] = typer.Option(None, "--shift", metavar="S", help="Flow-matching shift (Z-Image ships 3; 6-7 gives more varied seeds)."),
+    blind_steps: int = typer.Option(0, "--blind-steps", metavar="N", help="First steps on empty conditioning, for more varied compositions (0-2 typical)."),
+    embed_noise: float = typer.Option(0.0, "--embed-noise", metavar="X", help="Seeded noise on the text embeddings, a share of their spread (0.05-0.2): more varied seeds on distilled models."),
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = LLM_URL,
@@ -58,7 +61,8 @@ def make(
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
-                             seed=seed, progress=progress, references=references)
+                             seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, progress=progress,
+                             references=references)
     finally:
         progress.stop()
         studio.close()

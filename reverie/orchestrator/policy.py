@@ -122,7 +122,8 @@ def turn_knobs(shift: Optional[float], blind_steps: int, *, profile_shift: Optio
 def turn_embed_noise(strength: float, *, step: float = 0.1, maximum: float = 0.3) -> float:
     """One turn of the third variety knob: more noise on the text embeddings (a share of their
     standard deviation), up to `maximum`, where a distilled model's seeds look alike."""
-    return round(min(maximum, float(strength or 0.0) + step), 4)
+    strength = float(strength or 0.0)
+    return round(max(strength, min(maximum, strength + step)), 4)  # never lower than the person set it
 
 
 def diversity(similarity: Optional[float]) -> Optional[float]:

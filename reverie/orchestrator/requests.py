@@ -8,6 +8,7 @@ from reverie.profiles import Profile, get_profile
 from reverie.render.resolution import check_megapixels, parse_aspect, size_for
 from reverie.types import CONTROL_KINDS, Request, ReverieError
 
+MAX_EMBED_NOISE = 0.5  # a share of the embeddings' standard deviation; more drowns the prompt
 MAX_N = 1024
 MAX_ROUNDS = 100
 MAX_IDEA_CHARS = 4000
@@ -30,7 +31,7 @@ def clean_idea(idea: str) -> str:
 
 def validate_request(req: Request) -> Request:
     idea = clean_idea(req.idea)
-    get_profile(req.profile)
+    profile = get_profile(req.profile)
     if not isinstance(req.n, int) or req.n < 1 or req.n > MAX_N:
         raise ReverieError(f"n must be between 1 and {MAX_N} (got {req.n}): pass --n 4 for four images per round")
     if not isinstance(req.rounds, int) or req.rounds < 1 or req.rounds > MAX_ROUNDS:
@@ -48,10 +49,25 @@ def validate_request(req: Request) -> Request:
         raise ReverieError(f"steps must be between 1 and 200 (got {req.steps})")
     if not (0 <= req.blind_steps <= 10):
         raise ReverieError(f"blind steps must be between 0 and 10 (got {req.blind_steps})")
+    if req.shift is not None and not (0.5 <= req.shift <= 20.0):
+        raise ReverieError(f"shift must be between 0.5 and 20 (got {req.shift}): Z-Image Turbo ships 3, try 6-7 for variety")
+    if req.shift is not None and profile.shift is None:
+        raise ReverieError(f"--shift is the flow-matching models' knob; {profile.name} has none: "
+                           "leave it out, or use --blind-steps / --embed-noise for variety")
+    if not (0.0 <= req.embed_noise <= MAX_EMBED_NOISE):
+        raise ReverieError(f"embedding noise must be between 0 and {MAX_EMBED_NOISE} (got {req.embed_noise}): "
+                           "it is a share of the embeddings' spread, e.g. --embed-noise 0.1")
     for ref in req.references:
         if ref.control not in CONTROL_KINDS:
             raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
     return Request(**{**req.__dict__, "idea": idea})
+
+
+def check_knobs(req: Request, engine) -> None:
+    """A variety knob the engine cannot honour is refused, never silently dropped."""
+    if req.embed_noise and not getattr(engine, "embed_noise", False):
+        raise ReverieError(f"the {engine.name} engine cannot add noise to the text embeddings: leave --embed-noise "
+                           "out, or render in-process (--engine diffusers)")
 
 
 def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:

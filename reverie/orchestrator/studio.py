@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 from reverie.config import load_config, resolve_home
 from reverie.interrupts import deferred_interrupt
-from reverie.orchestrator.requests import render_size, validate_request
+from reverie.orchestrator.requests import check_knobs, render_size, validate_request
 from reverie.orchestrator.worker import EngineWorker
 from reverie.profiles import DEFAULT_PROFILE, Profile, get_profile
 from reverie.render.registry import ENGINES, make_engine
@@ -365,6 +365,7 @@ class Studio:
             load_reference(ref.path)
         profile = get_profile(req.profile)
         engine = self.engine_for(profile, progress)
+        check_knobs(req, engine)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
         # that no live process holds; otherwise a new run starts. We hold its lock until the end.
@@ -408,7 +409,7 @@ class Studio:
                               vlm_judge=self.vlm_judge(progress), notice=lambda m: self.notice(m, progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
-                     "blind_steps": req.blind_steps, "history": []}
+                     "blind_steps": req.blind_steps, "embed_noise": req.embed_noise, "history": []}
             if resumed:  # a run just made has written no file yet: only a resumed one has strays to adopt
                 sweep_orphans(self.store, run_id)
                 redone = rerender_missing(
