@@ -287,3 +287,28 @@ def test_batches_in_the_gallery_and_a_batch_page_with_each_ideas_kept_images(hom
             assert f'src="/files/{sha}.png"' in page.text
         assert httpx.get(f"{server.url}/batch/{'0' * 16}").status_code == 404
         assert httpx.get(f"{server.url}/batch/..%2F..%2Fetc").status_code == 404
+
+
+def test_the_stop_button_ends_a_web_turn_between_images_and_keeps_it(server):
+    session = "web-stop"
+    sent = _send(server, session, "a harbour at dawn", n=8, quality="hd")
+    job = server.service.job(sent["request_id"])
+    wait_until(lambda: any(e["kind"] == "rendered" for e in job.events), what="a first image")
+    r = httpx.post(f"{server.url}/api/requests/{sent['request_id']}/stop", json={})
+    assert r.status_code == 200 and r.json()["stopping"] is True
+    events = _events(server, sent["events"])
+    assert events[-1]["kind"] == "cancelled"
+    store = server.studio.store
+    [turn] = store.chats.turns(session)  # the turn is kept, with what it rendered
+    run = store.get_run(turn["run_id"])
+    assert run["status"] == "interrupted"
+    assert 1 <= store.ok_count(run["id"]) < 8 * 3
+    assert {i["id"] for i in events[-1]["best"]} <= {r.id for r in store.renders(run["id"])}
+    assert store.chats.turns(session) and ServeRequests(store).get(sent["request_id"])["status"] == "cancelled"
+    # The session goes on: a follow-up reads the stopped turn as its last.
+    follow = _send(server, session, "make it night")
+    assert _events(server, follow["events"])[-1]["kind"] == "done"
+    assert [t["turn"] for t in store.chats.turns(session)] == [1, 2]
+    # Stopping what is not running is a 404 in OpenAI's shape.
+    again = httpx.post(f"{server.url}/api/requests/{sent['request_id']}/stop", json={})
+    assert again.status_code == 404 and "not running" in again.json()["error"]["message"]

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Optional, Protocol
 
 from pydantic import BaseModel, Field
 
+from reverie.orchestrator.worker import RenderStopped
 from reverie.types import ProgressFn, Reference, Render, Request, ReverieError, canonical_json, no_progress, sha256_text
 
 ORDINALS = {"first": 1, "1st": 1, "one": 1, "second": 2, "2nd": 2, "two": 2, "third": 3, "3rd": 3, "three": 3,
@@ -309,8 +311,11 @@ def shown_images(studio, turn: dict) -> list[Render]:
 
 
 def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
-              interpreter: Optional[Interpreter] = None, **defaults: Any) -> ChatTurn:
-    """Read the message against the session's last turn, make the new round, record the turn."""
+              interpreter: Optional[Interpreter] = None, stop: Optional[threading.Event] = None,
+              **defaults: Any) -> ChatTurn:
+    """Read the message against the session's last turn, make the new round, record the turn.
+    Ctrl-C, or setting `stop` (the web studio's stop button), cancels the turn between images and
+    keeps it with what it rendered."""
     if not session or not str(session).strip():
         raise ReverieError("a chat needs a session name: pass --session NAME (any word)")
     message = (message or "").strip()
@@ -346,8 +351,9 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
 
     cancelled = False
     try:
-        result = studio.make(req.idea, progress=watch, **{k: v for k, v in req.to_dict().items() if k != "idea"})
-    except KeyboardInterrupt:
+        result = studio.make(req.idea, progress=watch, stop=stop,
+                             **{k: v for k, v in req.to_dict().items() if k != "idea"})
+    except (KeyboardInterrupt, RenderStopped):
         if "run_id" not in started:
             raise
         # Ctrl-C cancels the turn, not the chat: its run is kept (interrupted) and so is the turn.

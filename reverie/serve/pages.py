@@ -212,6 +212,14 @@ def request_status(request: Request, request_id: int):
             "error": row["error"], "best": best}
 
 
+@router.post("/api/requests/{request_id}/stop")
+def stop_request(request: Request, request_id: int):
+    """Stop a request between images; what it rendered is kept (a chat turn stays in its session)."""
+    if not request.app.state.service.stop(request_id):
+        return openai_error(404, f"request {request_id} is not running on this server")
+    return {"id": request_id, "stopping": True}
+
+
 @router.post("/api/pick")
 async def pick(request: Request):
     service = request.app.state.service

@@ -39,6 +39,9 @@ class Job:
     payload: dict[str, Any]
     keep: bool
     stop: threading.Event = field(default_factory=threading.Event)
+    # Set only by the person's stop button: a chat turn stops on it (a shutdown leaves web turns
+    # running to the end, so their sessions stay whole), and the job ends "cancelled", not "done".
+    person_stop: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     events: list[dict] = field(default_factory=list)
     run_id: Optional[str] = None
@@ -107,6 +110,15 @@ class ServeService:
         threading.Thread(target=self._work, args=(job,), name=f"reverie-serve-{request_id}", daemon=True).start()
         return job
 
+    def stop(self, request_id: int) -> bool:
+        """Stop a running request between images (the web studio's stop button); False if not running here."""
+        job = self.job(request_id)
+        if job is None or job.done.is_set():
+            return False
+        job.person_stop.set()
+        job.stop.set()
+        return True
+
     def job(self, request_id: int) -> Optional[Job]:
         with self._lock:
             return self.jobs.get(request_id)
@@ -141,8 +153,12 @@ class ServeService:
                 self._images(job)
             else:
                 self._chat(job)
-            job.status = "done"
-            job.emit("done", {"run_id": job.run_id, "best": [render_card(r) for r in job.best]})
+            if job.person_stop.is_set():  # stopped by its person: kept with what it rendered
+                job.status = "cancelled"
+                job.emit("cancelled", {"run_id": job.run_id, "best": [render_card(r) for r in job.best]})
+            else:
+                job.status = "done"
+                job.emit("done", {"run_id": job.run_id, "best": [render_card(r) for r in job.best]})
         except RenderStopped:
             job.status = "cancelled"
             job.emit("cancelled", {"run_id": job.run_id})
@@ -190,7 +206,7 @@ class ServeService:
                 job.run_id = row["run_id"]
             else:
                 turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
-                                        rounds=p["rounds"], megapixels=p.get("megapixels"))
+                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop)
                 job.run_id = turn.run_id
                 job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
                                   "idea": turn.interpretation.request.idea})

@@ -57,11 +57,18 @@ function follow(events, turn) {
       status.textContent = "done";
       (e.best || []).forEach((img) => upsert(grid, img).classList.add("best"));
       refreshGallery();
-    } else if (e.kind === "failed" || e.kind === "cancelled") {
+    } else if (e.kind === "cancelled") {
+      source.close();
+      turn.classList.add("done");
+      status.textContent = "stopped: the images so far are kept";
+      (e.best || []).forEach((img) => upsert(grid, img));
+      refreshGallery();
+    } else if (e.kind === "failed") {
       source.close();
       status.textContent = e.kind + (e.message ? ": " + e.message : "");
       status.classList.add("error");
     }
+    if (turn.classList.contains("done")) { const b = turn.querySelector("button.stop"); if (b) b.remove(); }
   };
   source.onerror = () => { if (turn.classList.contains("done")) source.close(); };
 }
@@ -98,6 +105,9 @@ function setupStudio() {
       head.appendChild(el("span", {"class": "message"}, message));
       head.appendChild(el("span", {"class": "idea"}, ""));
       head.appendChild(el("span", {"class": "status"}, "queued"));
+      const stop = el("button", {"class": "stop", "type": "button", "title": "stop between images; what rendered is kept"}, "stop");
+      stop.addEventListener("click", () => postJSON(`/api/requests/${sent.request_id}/stop`, {}).catch(() => {}));
+      head.appendChild(stop);
       turn.appendChild(head);
       turn.appendChild(el("div", {"class": "grid"}));
       document.getElementById("turns").appendChild(turn);
