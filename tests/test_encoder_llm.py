@@ -293,3 +293,29 @@ def test_unusable_prompts_are_named(idea, prompt, says):
 
     problem = prompt_problem(idea, prompt)
     assert (says in problem) if says else problem == ""
+
+
+def test_the_encoder_writes_on_the_engine_thread_taking_turns_with_renders(home):
+    """The engine's own encoder is shared with rendering: each generation runs as a job of the
+    engine worker (between renders, never beside one, never while a model switch unloads it)."""
+    import threading
+
+    from reverie.agents.local_llm import LocalLLM
+    from reverie.orchestrator.studio import Studio
+
+    (home / "reverie.toml").write_text('[llm]\nbackend = "encoder"\nretries = 0\n')
+    threads = []
+    original = LocalLLM.generate
+
+    def observed(self, *args, **kwargs):  # the real generation, with the thread it ran on noted
+        threads.append(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    LocalLLM.generate = observed
+    try:
+        with Studio(home=home, engine="tiny") as studio:
+            result = studio.make("a red fox in the rain", n=2, rounds=2, seed=7)
+    finally:
+        LocalLLM.generate = original
+    assert threads and set(threads) == {"reverie-engine-local"}, threads
+    assert len(result.renders) == 4

@@ -258,8 +258,11 @@ class LocalLLM:
 
     def __init__(self, settings: LLMSettings, load: Loader, *, backend: str, model: str,
                  record: Optional[RecordFn] = None, progress: Optional[ProgressFn] = None,
-                 keep_loaded: Optional[bool] = None):
+                 keep_loaded: Optional[bool] = None, runner: Optional[Callable[[Callable[[], Any]], Any]] = None):
         self.settings = settings
+        # Where generation runs: here, or (the engine's own encoder) on the engine's thread, taking
+        # turns with rendering.
+        self.runner = runner or (lambda fn: fn())
         self.backend = backend
         self.model = model
         self._load = load
@@ -356,8 +359,8 @@ class LocalLLM:
         call = {"purpose": purpose, "model": self.model, "base_url": "", "backend": self.backend, "seed": seed,
                 "system_hash": system_hash, "request_json": canonical_json(request), "response_text": "", "error": ""}
         try:
-            made = self.generate(messages, schema=schema, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 seed=seed, purpose=purpose)
+            made = self.runner(lambda: self.generate(messages, schema=schema, temperature=temperature,
+                                                     max_new_tokens=max_new_tokens, seed=seed, purpose=purpose))
         except (ReverieError, RuntimeError) as e:  # cannot load or run (out of memory): no later call can do better
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             self.dead = first if isinstance(e, ReverieError) else f"{self.model} failed to generate ({first})"

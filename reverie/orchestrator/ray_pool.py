@@ -203,6 +203,10 @@ class RayWorker(EngineWorker):
         """Each actor's name and the process id it started in (the tests kill one)."""
         return [{"name": lane.name, "pid": lane.pid} for lane in self._lanes]
 
+    def call(self, engine, fn, *, priority: tuple = (-1,)):
+        """The engines live in the actors: work on a local engine object runs here, on the caller's thread."""
+        return fn()
+
     def adopt(self, engine, *, name: str, options: dict) -> None:
         with self._cv:  # the engine object is kept with its recipe, so its id is never reused
             self._recipes[id(engine)] = (engine, EngineRecipe(name=name, options=dict(options)))

@@ -329,7 +329,7 @@ class Studio:
         label = f"the {name} {getattr(profile, 'name', '')} text encoder".replace("  ", " ")
         # The weights are the engine's: after each call only the small wrapper around them goes.
         return LocalLLM(settings, encoder_loader(load), backend="encoder", model=label, record=record,
-                        progress=progress, keep_loaded=False)
+                        progress=progress, keep_loaded=False, runner=lambda fn: self.worker.call(engine, fn))
 
     def prepare_reference(self, req: Request, run_id: str, progress: ProgressFn) -> Control:
         """The graph's reference step: preprocess the first reference, store it, link it to the run."""

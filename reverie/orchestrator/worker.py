@@ -14,7 +14,7 @@ import itertools
 import queue
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from reverie.types import Engine, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
 
@@ -40,6 +40,7 @@ class RenderJob:
         self.outputs: Optional[list[EngineOutput]] = None
         self.error: Optional[BaseException] = None
         self._cancelled = threading.Event()
+        self.fn: Optional[Callable[[], Any]] = None  # a call to run on the engine's thread instead of specs
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -87,6 +88,25 @@ class EngineWorker:
                 self._threads = self._start_threads()
             self._cv.notify_all()
         return job
+
+    def call(self, engine, fn: Callable[[], Any], *, priority: tuple = (-1,)) -> Any:
+        """Run `fn` on the engine's thread, between two renders, and return what it returns: work
+        on the engine's own weights (the dreamer on its text encoder) takes turns with rendering
+        instead of racing it (offload hooks move those weights) or a model switch unloading them."""
+        job = RenderJob(engine, [], None, priority, None)
+        job.fn = fn
+        with self._cv:
+            if self._closed:
+                raise ReverieError("the engine worker is closed: open a new Studio")
+            job.seq = next(self._seq)
+            heapq.heappush(self._heap, (priority, job.seq, job))
+            if not self._threads:
+                self._threads = self._start_threads()
+            self._cv.notify_all()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.outputs
 
     def adopt(self, engine, *, name: str, options: dict) -> None:
         """Told how the studio built an engine (its registry name and options). This worker
@@ -162,7 +182,8 @@ class EngineWorker:
                 t0 = time.perf_counter()
                 self.first_start = self.first_start if self.first_start is not None else t0
                 try:
-                    job.outputs = render_with_retry(job.engine, job.specs, job.check, on_output=job.on_output)
+                    job.outputs = (job.fn() if job.fn is not None
+                                   else render_with_retry(job.engine, job.specs, job.check, on_output=job.on_output))
                 finally:
                     self.last_end = time.perf_counter()
                     self.busy_seconds += self.last_end - t0
