@@ -312,3 +312,14 @@ def test_the_stop_button_ends_a_web_turn_between_images_and_keeps_it(server):
     # Stopping what is not running is a 404 in OpenAI's shape.
     again = httpx.post(f"{server.url}/api/requests/{sent['request_id']}/stop", json={})
     assert again.status_code == 404 and "not running" in again.json()["error"]["message"]
+
+
+def test_the_image_page_counts_rounds_from_1_and_says_heuristic_and_the_held_out_judge(server):
+    result = server.studio.make("a quiet harbour", n=2, rounds=2, seed=3, megapixels=0.01)
+    first = min(result.renders, key=lambda r: (r.round, r.id))
+    assert first.round == 0  # the store counts from 0; people read round 1
+    page = httpx.get(f"{server.url}/image/{first.id}").text
+    assert "<td>round</td><td>1</td>" in page and "round 1 · " in page and "round 0" not in page
+    assert '<span class="scorer">heuristic</span>' in page  # the run's best, as cards
+    assert "no held-out judge (`reverie models pull pickscore` adds one)" in page
+    assert "composite by the default weighting" in page

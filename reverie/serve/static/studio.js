@@ -23,7 +23,9 @@ function card(img) {
   a.appendChild(el("img", {"src": img.url, "alt": "render " + img.id}));
   fig.appendChild(a);
   const cap = el("figcaption");
-  cap.appendChild(el("span", {"class": "score"}, img.score === null ? "…" : img.score.toFixed(3)));
+  cap.appendChild(el("span", {"class": "score", "title": "composite score by the " + (img.scorer || "unknown") + " scorer"},
+                     img.score === null ? "…" : img.score.toFixed(3)));
+  if (img.scorer === "heuristic") cap.appendChild(el("span", {"class": "scorer"}, "heuristic"));
   cap.appendChild(el("span", {"class": "seed"}, "seed " + img.seed));
   const choices = el("span", {"class": "choices"});
   choices.appendChild(el("button", {"class": "pick", "data-choice": "pick", "title": "pick"}, "♥"));
@@ -37,6 +39,8 @@ function upsert(grid, img) {
   let fig = grid.querySelector(`.card[data-render="${img.id}"]`);
   if (!fig) { fig = card(img); grid.appendChild(fig); }
   fig.querySelector(".score").textContent = img.score === null ? "…" : img.score.toFixed(3);
+  if (img.scorer === "heuristic" && !fig.querySelector(".scorer"))
+    fig.querySelector(".score").after(el("span", {"class": "scorer"}, "heuristic"));
   return fig;
 }
 
