@@ -46,8 +46,10 @@ def _kill_after(cmd: list[str], db: Path, rows: int, env: dict) -> None:
 @pytest.mark.slow  # four real processes with the tiny engine: about 1 CPU-minute
 def test_sigkill_and_resume_loses_nothing(home):
     exe = str(Path(sys.executable).with_name("reverie"))
+    # One seed per forward pass: the count of stored renders climbs one by one, so each kill lands
+    # where it is meant to (four at once could jump past it, and the run would end un-killed).
     cmd = [exe, "make", "a fox in the rain", "--n", "4", "--rounds", "3", "--seed", "7", "--home", str(home),
-           "--engine", "tiny", "--json"]
+           "--engine", "tiny", "--batch-size", "1", "--json"]
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("OPENAI_BASE_URL", None)
     db = home / "reverie.db"
@@ -55,6 +57,7 @@ def test_sigkill_and_resume_loses_nothing(home):
     _kill_after(cmd, db, 1, env)
     _kill_after(cmd, db, 5, env)
     _kill_after(cmd, db, 9, env)
+    assert _ok_renders(db) < 12, "a killed process finished the run: the kills did not land"
     for _ in range(3):  # each attempt makes progress; normally the first one finishes
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         if done.returncode == 0:
