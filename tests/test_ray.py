@@ -159,7 +159,9 @@ def test_a_round_that_kills_two_actors_fails_its_idea_alone(ray_local, home, tmp
     assert [i.rendered for i in result.items] == [8, 0, 8]
     assert "were rendering on 2 Ray workers that died" in result.items[1].error
     died = [e.data["message"] for e in events if e.kind == "notice" and " died (" in e.data["message"]]
-    assert len(died) == 2 and all("Ray restarts it" in m for m in died)
+    # At least the two deaths that fail it; how the poisoned seeds were chunked between actors can
+    # make a restarted actor die on one more of them before every one has seen two deaths.
+    assert len(died) >= 2 and all("Ray restarts it" in m for m in died), died
 
 
 @pytest.mark.slow
