@@ -78,12 +78,14 @@ class EngineWorker:
     def submit(self, engine, specs: Sequence[RenderSpec], *, on_output=None, priority: tuple = (0,),
                stop: Optional[threading.Event] = None, on_start: Optional[Callable[[], None]] = None,
                on_end: Optional[Callable[[bool], None]] = None, events=None) -> RenderJob:
-        job = RenderJob(engine, specs, on_output, priority, stop, on_start, on_end, events)
+        return self._enqueue(RenderJob(engine, specs, on_output, priority, stop, on_start, on_end, events))
+
+    def _enqueue(self, job: RenderJob) -> RenderJob:
         with self._cv:
             if self._closed:
                 raise ReverieError("the engine worker is closed: open a new Studio")
             job.seq = next(self._seq)
-            heapq.heappush(self._heap, (priority, job.seq, job))
+            heapq.heappush(self._heap, (job.priority, job.seq, job))
             if not self._threads:
                 self._threads = self._start_threads()
             self._cv.notify_all()
@@ -95,14 +97,7 @@ class EngineWorker:
         instead of racing it (offload hooks move those weights) or a model switch unloading them."""
         job = RenderJob(engine, [], None, priority, None)
         job.fn = fn
-        with self._cv:
-            if self._closed:
-                raise ReverieError("the engine worker is closed: open a new Studio")
-            job.seq = next(self._seq)
-            heapq.heappush(self._heap, (priority, job.seq, job))
-            if not self._threads:
-                self._threads = self._start_threads()
-            self._cv.notify_all()
+        self._enqueue(job)
         job.done.wait()
         if job.error is not None:
             raise job.error
