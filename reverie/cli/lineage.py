@@ -113,17 +113,15 @@ def _print_lineage(info: dict) -> None:
         out.print(Text(f"{'':{KEY_WIDTH}} {r['path']}"), soft_wrap=True, highlight=False)
     sc = info["scores"]
     if sc:
-        from reverie.scoring.held_out import HOW_TO_GET
         from reverie.scoring.composite import HELD_OUT_PREFIX
+        from reverie.scoring.display import held_out_judges
 
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sc.items() if k not in ("composite", "scorer")
                           and not k.startswith(HELD_OUT_PREFIX))
-        held = [f"held-out judge {k[len(HELD_OUT_PREFIX):]} {v:.3f} (never used to select)"
-                for k, v in sc.items() if k.startswith(HELD_OUT_PREFIX)]
         weighting = info.get("weighting") or "default"
         weighed = f", {weighting} weighting" + (" (learnt from your picks: `reverie taste`)" if weighting != "default" else "")
         _step("scores", f"composite {sc['composite']:.3f} by the {sc['scorer']} scorer{weighed}", parts,
-              *(held or [f"no held-out judge ({HOW_TO_GET})"]))
+              *held_out_judges(sc))
 
 
 @friendly

@@ -3,7 +3,7 @@ held-out judge thinks of the kept images."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 
 def held_out_line(store, run_id: str, kept_ids: Optional[Sequence[int]] = None, k: int = 4) -> str:
@@ -15,3 +15,14 @@ def held_out_line(store, run_id: str, kept_ids: Optional[Sequence[int]] = None, 
     kept_set = set(kept_ids) if kept_ids is not None else {r.id for r in ranked[:k]}
     return selection_check([r.scores for r in ranked if r.id in kept_set],
                            [r.scores for r in ranked if r.id not in kept_set])
+
+
+def held_out_judges(scores: Mapping[str, object]) -> list[str]:
+    """What the held-out judges said of one image, a line each, or the one line saying there is
+    none and how to get one: `lineage` and the web studio's image page print these."""
+    from reverie.scoring.composite import HELD_OUT_PREFIX
+    from reverie.scoring.held_out import HOW_TO_GET
+
+    said = [f"held-out judge {k[len(HELD_OUT_PREFIX):]} {v:.3f} (never used to select)"
+            for k, v in scores.items() if k.startswith(HELD_OUT_PREFIX)]
+    return said or [f"no held-out judge ({HOW_TO_GET})"]

@@ -123,12 +123,10 @@ def image_page(request: Request, render_id: int):
     info = lineage(store, row)
     standing = store.picks.standing([render_id]).get(render_id)
     siblings = [render_card(r) for r in store.best(row["run_id"], k=8)]
-    from reverie.scoring.composite import HELD_OUT_PREFIX
-    from reverie.scoring.held_out import HOW_TO_GET
+    from reverie.scoring.display import held_out_judges
 
-    held_out = [(k[len(HELD_OUT_PREFIX):], v) for k, v in (info["scores"] or {}).items() if k.startswith(HELD_OUT_PREFIX)]
     return page("image.html", info=info, image=render_card(store.to_render(row)), standing=standing,
-                held_out=held_out, how_to_get=HOW_TO_GET,
+                judges=held_out_judges(info["scores"] or {}),
                 spec_json=json.dumps(info["spec"], indent=2, ensure_ascii=False),
                 request_json=json.dumps(info["request"], indent=2, ensure_ascii=False), siblings=siblings)
 
