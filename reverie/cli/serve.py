@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME,
-                                LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, engine_choice, err,
+                                LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, err,
                                 friendly, open_studio, say)
 from reverie.types import ReverieError
 
@@ -52,18 +52,17 @@ def serve(
                            "machine; pass --token SECRET (or set REVERIE_TOKEN), or bind 127.0.0.1")
     if token is not None and len(token) < 8:
         raise ReverieError("the token is shorter than 8 characters: use a longer secret, e.g. `openssl rand -hex 16`")
-    engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)  # bad flags: one line, before uvicorn loads
-
-    import uvicorn
-
-    from reverie.serve.app import create_app
-    from reverie.serve.service import ServeService
-
+    # Bad engine flags are one line from open_studio, before uvicorn and the app are imported.
     studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
                          llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
                          comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
                          cpu_offload=cpu_offload,
                          progress=lambda e: say(err, "reverie:", e.data["message"]) if e.kind == "notice" else None)
+    import uvicorn
+
+    from reverie.serve.app import create_app
+    from reverie.serve.service import ServeService
+
     service = ServeService(studio)
     try:
         resumed = service.recover()
