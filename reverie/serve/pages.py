@@ -80,7 +80,7 @@ def studio_page(request: Request, session: Optional[str] = None):
         turns.append({"turn": t["turn"], "message": t["message"], "idea": t["idea"], "run_id": t["run_id"],
                       "images": [render_card(r) for r in shown_images(service.studio, t)]})
     return page("studio.html", session=session, turns=turns, runs=gallery(service),
-                batches=[batch_summary(b) for b in service.studio.store.batches.recent(GALLERY_BATCHES)],
+                batches=[batch_summary(b) for b in service.studio.store.batches.summaries(GALLERY_BATCHES)],
                 profile=service.studio.profile_name)
 
 
@@ -95,8 +95,8 @@ def batch_summary(b: dict) -> dict:
 def batch_page(request: Request, batch_id: str):
     """One batch: each idea with its status, budget and the images it kept (best first)."""
     store = request.app.state.service.studio.store
-    b = store.batches.get(batch_id) if batch_id.isalnum() and len(batch_id) <= 64 else None
-    if b is None:
+    found = store.batches.summaries(batch_id=batch_id) if batch_id.isalnum() and len(batch_id) <= 64 else []
+    if not found:
         return HTMLResponse(TEMPLATES.get_template("missing.html").render(what=f"batch {batch_id}"), status_code=404)
     items = []
     for it in store.batches.items(batch_id):
@@ -106,9 +106,7 @@ def batch_page(request: Request, batch_id: str):
         items.append({"idx": it["idx"] + 1, "idea": it["idea"], "status": it["status"], "error": it.get("error") or "",
                       "budget": it["budget"], "renders": store.ok_count(it["run_id"]) if it["run_id"] else 0,
                       "run_id": it["run_id"], "images": images, "kept": bool(kept)})
-    summary = batch_summary({**b, "ideas": len(items), "done": sum(i["status"] == "done" for i in items),
-                             "failed": sum(i["status"] == "failed" for i in items)})
-    return page("batch.html", batch=summary, items=items)
+    return page("batch.html", batch=batch_summary(found[0]), items=items)
 
 
 @router.get("/image/{render_id}")

@@ -26,16 +26,18 @@ class Batches:
             else:
                 self.db["batches"].update(batch_id, {"status": "running"})
 
-    def recent(self, limit: int = 10) -> list[dict]:
-        """The newest batches first, each with how many of its ideas are done, failed and in all."""
-        sql = """
+    def summaries(self, limit: int = 10, batch_id: Optional[str] = None) -> list[dict]:
+        """The newest batches first (or the one `batch_id`), each with how many of its ideas are
+        done, failed and in all."""
+        where, params = ("where b.id = ?", [batch_id]) if batch_id is not None else ("", [])
+        sql = f"""
             select b.*, count(i.id) as ideas,
                    sum(i.status = 'done') as done, sum(i.status = 'failed') as failed
-            from batches b left join batch_items i on i.batch_id = b.id
+            from batches b left join batch_items i on i.batch_id = b.id {where}
             group by b.id order by b.created desc limit ?
         """
         with self.store.lock:
-            return list(self.db.query(sql, [int(limit)]))
+            return list(self.db.query(sql, [*params, int(limit)]))
 
     def get(self, batch_id: str) -> Optional[dict]:
         with self.store.lock:
