@@ -5,16 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from reverie.store.tables import Tables
 
-class Batches:
+
+class Batches(Tables):
     """`store.batches`: a batch is found again by its id (the hash of its file and options)."""
-
-    def __init__(self, store):
-        self.store = store
-
-    @property
-    def db(self):
-        return self.store.db
 
     def open(self, batch_id: str, source: str, options_json: str) -> None:
         """Create the batch, or mark the one found running again."""

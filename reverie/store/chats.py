@@ -6,16 +6,11 @@ import json
 import time
 from typing import Optional
 
+from reverie.store.tables import Tables
 
-class Chats:
+
+class Chats(Tables):
     """`store.chats`: a session is a name; each turn records the message, how it was read and its run."""
-
-    def __init__(self, store):
-        self.store = store
-
-    @property
-    def db(self):
-        return self.store.db
 
     def session_id(self, name: str, create: bool) -> Optional[int]:
         with self.store.lock:

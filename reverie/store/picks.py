@@ -10,19 +10,14 @@ from __future__ import annotations
 import time
 from typing import Optional
 
+from reverie.store.tables import Tables
+
 CHOICES = ("pick", "reject")
 SOURCES = ("cli", "chat", "web", "api")
 
 
-class Picks:
+class Picks(Tables):
     """`store.picks`: record a choice on a render; read where each render stands."""
-
-    def __init__(self, store):
-        self.store = store
-
-    @property
-    def db(self):
-        return self.store.db
 
     def record(self, render_id: int, choice: str, source: str = "cli", note: Optional[str] = None) -> int:
         if choice not in CHOICES:

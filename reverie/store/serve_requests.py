@@ -10,19 +10,14 @@ import json
 import time
 from typing import Any, Optional
 
+from reverie.store.tables import Tables
+
 OPEN = ("accepted", "running")
 STATUSES = (*OPEN, "done", "failed", "cancelled")
 
 
-class ServeRequests:
+class ServeRequests(Tables):
     """The accepted-request queue of the server, over the store's one connection."""
-
-    def __init__(self, store):
-        self.store = store
-
-    @property
-    def db(self):
-        return self.store.db
 
     def accept(self, kind: str, payload: dict[str, Any], keep: bool) -> int:
         with self.store.lock, self.db.conn:

@@ -9,16 +9,11 @@ from __future__ import annotations
 import json
 import time
 
+from reverie.store.tables import Tables
 
-class Tastes:
+
+class Tastes(Tables):
     """`store.tastes`: save a fit, read the active weighting of each scorer family, reset."""
-
-    def __init__(self, store):
-        self.store = store
-
-    @property
-    def db(self):
-        return self.store.db
 
     def save(self, *, family: str, weights: dict[str, float], picks: int, rejects: int, agreement: float,
              default_agreement: float) -> int:
