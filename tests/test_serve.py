@@ -6,7 +6,6 @@ import base64
 import hashlib
 import io
 import json
-import socket
 import threading
 
 import httpx
@@ -16,7 +15,7 @@ from PIL import Image
 
 from reverie.store.serve_requests import ServeRequests
 from tests.conftest import run_cli
-from tests.serve_helpers import ThreadServer, wait_until
+from tests.serve_helpers import ThreadServer, raw_generation, wait_until
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -195,19 +194,11 @@ def test_web_turns_stream_images_follow_ups_pick_and_escape(server):
     assert read_reverie_meta(path)["spec"]["seed"] == events[-1]["best"][0]["seed"]
 
 
-def _raw_request(port: int, body: dict) -> socket.socket:
-    data = json.dumps(body).encode()
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return s
-
-
 def test_a_client_that_hangs_up_cancels_its_run_unless_kept(server):
     queue = ServeRequests(server.studio.store)
     store = server.studio.store
-    gone = _raw_request(server.port, {"prompt": "a slow glacier", "n": 4, "quality": "hd", "size": "128x128"})
-    kept = _raw_request(server.port, {"prompt": "a kept glacier", "n": 2, "size": "128x128", "keep": True})
+    gone = raw_generation(server.port, {"prompt": "a slow glacier", "n": 4, "quality": "hd", "size": "128x128"})
+    kept = raw_generation(server.port, {"prompt": "a kept glacier", "n": 2, "size": "128x128", "keep": True})
     # Hang up once the run has images, mid-loop.
     wait_until(lambda: (row := queue.get(1)) and row["run_id"] and store.ok_count(row["run_id"]) >= 1,
                what="the first request's first image")

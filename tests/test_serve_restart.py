@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 
 import httpx
 import pytest
 
 from reverie.store.db import Store
 from reverie.store.serve_requests import ServeRequests
-from tests.serve_helpers import cli_server, free_port, wait_until
-
-
-def _post(port: int, body: dict) -> socket.socket:
-    data = json.dumps(body).encode()
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    return s
+from tests.serve_helpers import cli_server, free_port, raw_generation, wait_until
 
 
 @pytest.mark.slow
@@ -30,7 +20,7 @@ def test_kill_9_with_two_requests_in_flight_then_restart_finishes_both_once(home
     bodies = [{"prompt": "a heron in fog", "n": 6, "quality": "hd", "size": "256x256"},
               {"prompt": "a copper kettle", "n": 6, "quality": "hd", "size": "256x256"}]
     with cli_server(home, port, log=log) as proc:
-        sockets = [_post(port, b) for b in bodies]
+        sockets = [raw_generation(port, b) for b in bodies]
         store = Store(home)
         queue = ServeRequests(store)
 
