@@ -154,7 +154,7 @@ def parse_comfy_files(items: List[str]) -> dict:
     return files
 
 
-# The engine options `make` and `batch` share, read by engine_choice().
+# The engine options make, batch, chat and serve share, read by engine_choice() in open_studio().
 COMFY_URL = typer.Option(None, "--comfy-url", help="ComfyUI server (repeat for a pool); implies --engine comfyui.")
 COMFY_FILE = typer.Option(None, "--comfy-file", help="ComfyUI model file, KEY=NAME (e.g. unet=my_zimage.safetensors).")
 DEVICE = typer.Option(None, "--device", help="cuda, cuda:1, mps or cpu (default: the best there is).")

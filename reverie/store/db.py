@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import sqlite_utils
 
-from reverie.store.locks import RunLock, opening_lock
+from reverie.store.locks import RunLock, home_lock
 from reverie.store.migrations import pending, migrate
 from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
 from reverie.types import (
@@ -89,7 +89,7 @@ class Store:
             # Switching a new file to WAL and creating the schema are done by one process at a
             # time: SQLite answers some of those lock conflicts with "locked" at once, without
             # waiting for the busy timeout.
-            with opening_lock(self.home):
+            with home_lock(self.home, "store-open"):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 self.db = sqlite_utils.Database(conn)

@@ -66,11 +66,11 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def opening_lock(home: Path, name: str = "store-open"):
-    """A blocking exclusive lock while a process opens (and, the first time, creates) the
-    database; without flock, or where it cannot be made (a read-only home), nothing is held.
-    `name="claim"`: while a process looks for a run to continue or starts one, so two copies of
-    one command started together see each other."""
+def home_lock(home: Path, name: str):
+    """A blocking exclusive lock on `locks/NAME.lock` across processes; without flock, or where it
+    cannot be made (a read-only home), nothing is held. "store-open": while a process opens (and,
+    the first time, creates) the database. "claim": while it looks for a run to continue or starts
+    one, so two copies of one command started together see each other."""
     fd = None
     if fcntl is not None:
         try:

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 from reverie.store.pngmeta import file_sha256, read_reverie_meta
 from reverie.store.db import new_run_id
-from reverie.store.locks import RunLock, opening_lock
+from reverie.store.locks import RunLock, home_lock
 from reverie.types import EngineOutput, RenderSpec, ReverieError
 
 UNFINISHED = ("running", "interrupted")
@@ -24,7 +24,7 @@ def claim_run(store, request, engine: str, base_seed: int, identity: str = "") -
     Returns (run_id, base_seed, lock, resumed)."""
     # The store's one connection is shared with other threads (see db.locked); the claim lock
     # makes looking for a run and creating one a single step across processes.
-    with store.lock, opening_lock(store.home, "claim"):
+    with store.lock, home_lock(store.home, "claim"):
         return _claim_run(store, request, engine, base_seed, identity)
 
 
