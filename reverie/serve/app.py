@@ -18,6 +18,10 @@ COOKIE = "reverie_token"
 PUBLIC = ("/login", "/static/")  # the login page and its stylesheet; nothing from the home
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SHA = re.compile(r"^[0-9a-f]{64}$")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# The routes whose bodies are not JSON; every other state-changing route takes application/json only.
+BODY_TYPES = {"/login": "application/x-www-form-urlencoded", "/v1/images/edits": "multipart/form-data"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 HERE = Path(__file__).parent
 
 
@@ -29,8 +33,40 @@ def token_ok(request: Request, token: Optional[str]) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+def media_type(content_type: str) -> str:
+    """The media type alone, exactly: `text/plain; x=application/json` is text/plain."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def host_key(netloc: str, scheme: str = "http") -> str:
+    """host:port with the scheme's default port dropped, so `http://h` and Host `h:80` compare equal."""
+    host, _, port = netloc.strip().lower().rpartition(":") if not netloc.endswith("]") else (netloc.lower(), "", "")
+    if not host or not port.isdigit():
+        return netloc.strip().lower()
+    return host if int(port) == DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+
+
+def cross_site(request: Request) -> Optional[str]:
+    """Why a state-changing request came from another site, or None. Browsers send Sec-Fetch-Site on
+    every request (and cannot forge it); older ones send Origin on a cross-origin POST. Clients that
+    are not browsers send neither and are left to the token."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {site[:20]}"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    scheme, sep, netloc = origin.partition("://")
+    if not sep or origin == "null":
+        return "Origin: null"
+    # A TLS proxy in front changes the scheme, not the host: compare host and port only.
+    if host_key(netloc, scheme.lower()) != host_key(request.headers.get("host", ""), scheme.lower()):
+        return f"Origin: {origin[:80]}"
+    return None
+
+
 class Guard:
-    """The token check and the JSON-only rule, before any route. A plain ASGI middleware: the
+    """The token check, the same-site rule and the body-type rule, before any route. A plain ASGI middleware: the
     routes' `request.is_disconnected()` sees the client hang up (a wrapping http middleware hides it)."""
 
     def __init__(self, app, token: Optional[str]):
@@ -61,10 +97,16 @@ class Guard:
             if path.startswith("/files/"):
                 return Response("a token is needed: log in at /login", status_code=401, media_type="text/plain")
             return RedirectResponse("/login", status_code=303)
-        if request.method == "POST" and path != "/login" and \
-                "application/json" not in request.headers.get("content-type", ""):
-            # A form on another site can post to localhost; it cannot send JSON without CORS allowing it.
-            return openai_error(415, "send the body as JSON with `Content-Type: application/json`")
+        if request.method not in SAFE_METHODS:
+            why = cross_site(request)
+            if why is not None:
+                return openai_error(403, f"refused a request from another site ({why}): use reverie's own pages, "
+                                    "or a client that is not a browser", kind="permission_error")
+            wanted = BODY_TYPES.get(path, "application/json")
+            if media_type(request.headers.get("content-type", "")) != wanted:
+                # A form on another site can post text/plain or a form to localhost without asking; it
+                # cannot send application/json unless CORS allows it, and this server allows none.
+                return openai_error(415, f"send the body with `Content-Type: {wanted}`")
         return None
 
 
