@@ -193,7 +193,9 @@ def export(
         raise ReverieError(f"--top must be at least 1 (got {top})")
     store = _store(home)
     run = store.get_run(run_id)
-    picked = _diverse(store, run["id"], top)
+    from reverie.orchestrator.curation import home_best
+
+    picked = home_best(store, run["id"], top, fill=True)  # the near-duplicates fill up to --top
     if not picked:
         raise ReverieError(f"run {run['id']} has no scored images yet: run it (the same `reverie make` command continues it)")
     target = Path(directory).expanduser()
@@ -223,29 +225,3 @@ def export(
     if missing:
         raise ReverieError(f"{len(missing)} image file(s) are missing, e.g. {missing[0]}; exported the other {len(written)} to {target}: "
                            "restore the missing file from a backup, or lower --top")
-
-
-def _diverse(store, run_id: str, k: int) -> list:
-    """The top k, skipping near-duplicates when the scorer gives embeddings (they are not stored)."""
-    ranked = store.best(run_id, k=10**6)
-    if len(ranked) <= k:
-        return ranked
-    from PIL import Image
-
-    from reverie.orchestrator.curation import keep_diverse
-    from reverie.scoring.scorer import make_scorer
-
-    scorer = make_scorer("auto")
-    try:
-        images = []
-        for r in ranked:
-            with Image.open(r.path) as im:
-                images.append(im.convert("RGB"))
-        scores = scorer.score(images, [""] * len(ranked), [r.prompt for r in ranked])
-    finally:
-        scorer.close()
-    embeddings = {r.id: s.embedding for r, s in zip(ranked, scores)}
-    if not all(embeddings.values()):
-        return ranked[:k]
-    # Not enough distinct images: the next best fill the set.
-    return keep_diverse(store, run_id, k, embeddings, threshold=scorer.dedupe_threshold)[0]

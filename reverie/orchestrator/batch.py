@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from reverie.orchestrator.curation import keep_diverse
 from reverie.orchestrator.requests import validate_request
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import (
@@ -246,16 +245,21 @@ class _Item:
     row_id: int
     index: int
     idea: str
-    request: Request
-    run_id: str
-    base_seed: int
+    run: Any  # the opened Run (orchestrator/run.py): it holds the run's lock while the batch goes
     budget: Optional[int]  # None: as many as the time budget allows
-    resumed: bool = False
     done: int = 0
     best: Optional[float] = None
     error: Optional[str] = None  # set when the item failed
     finished: bool = False  # its run reached its end (budget, target or time)
     stop_reason: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    @property
+    def request(self) -> Request:
+        return self.run.request
 
 
 class BatchRunner:
@@ -286,6 +290,7 @@ class BatchRunner:
         self.stop = threading.Event()
         self.failures: dict[int, str] = {}  # item index -> why it failed, this session
         self.failed_before: set[int] = set()
+        self.runs: list = []  # every Run opened, closed when the batch ends however it ends
 
     # -- setup -----------------------------------------------------------------------------
     def _budget(self, item: BatchItem) -> Optional[int]:
@@ -337,17 +342,15 @@ class BatchRunner:
                          "process died; trying it once more")
         elif row and self.retry_failed and (row["crashes"] or 0) >= CRASHES_TO_QUARANTINE:
             self.store.batches.round_ended(row["id"])  # --retry-failed: a clean slate
-        resumed = bool(row and row["run_id"])
-        if resumed:
-            run_id = row["run_id"]
-        else:
-            engine = self.studio.engine_for(get_profile(req.profile), self.progress)
-            run_id = self.store.create_run(req, engine.name, seed, identity=getattr(engine, "identity", engine.name))
+        # Opened as every run is, holding its lock until its thread ends: another process sees it running.
+        run = self.studio.open_run(req, run_id=row["run_id"] if row and row["run_id"] else None,
+                                   progress=self.progress)
+        self.runs.append(run)
+        run_id = run.id
         row = self.store.batches.put_item(
             self.batch_id, it.index, idea=req.idea, overrides_json=canonical_json(it.overrides()),
             budget=self._budget(it), base_seed=seed, run_id=run_id, status="running", error=None)
-        item = _Item(row_id=row["id"], index=it.index, idea=req.idea, request=req, run_id=run_id, base_seed=seed,
-                     budget=self._budget(it), resumed=resumed)
+        item = _Item(row_id=row["id"], index=it.index, idea=req.idea, run=run, budget=self._budget(it))
         item.done = len(self.store.render_rows(run_id))
         best = [r.scores.composite for r in self.store.renders(run_id) if r.scores]
         item.best = max(best) if best else None
@@ -379,6 +382,8 @@ class BatchRunner:
         try:
             return self._run()
         finally:
+            for run in self.runs:
+                run.close()
             lock.release()
 
     def _run(self) -> BatchResult:
@@ -452,12 +457,11 @@ class BatchRunner:
 
         batches = self.store.batches
         try:
-            final = self.studio.run_loop(item.request, run_id=item.run_id, base_seed=item.base_seed,
-                                         resumed=item.resumed, progress=progress, policy=self.options.policy,
-                                         order=item.index, deadline=deadline, deadline_label=label, stop=self.stop,
-                                         llm_gate=gate, on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
-                                         on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
-                                                                       else batches.clear_inflight(item.row_id)))
+            final = item.run.execute(progress=progress, policy=self.options.policy, order=item.index,
+                                     deadline=deadline, deadline_label=label, stop=self.stop, llm_gate=gate,
+                                     on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
+                                     on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
+                                                                   else batches.clear_inflight(item.row_id)))
             inbox.put(("done", item, final.get("stop_reason", "")))
         except RenderStopped:
             inbox.put(("stopped", item, ""))
@@ -468,6 +472,7 @@ class BatchRunner:
         finally:
             # Still standing: whatever happened to the round, it did not take the process down.
             batches.clear_inflight(item.row_id)
+            item.run.close()  # ended: another process may continue it
 
     def _stop_runs(self, threads: list[threading.Thread]) -> None:
         """Stop every run between images and wait for them: what they rendered is stored first."""
@@ -521,15 +526,14 @@ class BatchRunner:
     # -- curation --------------------------------------------------------------------------
     def _finish(self, items: list[_Item], stop_reason: str, busy: float, wall: float) -> BatchResult:
         from reverie.orchestrator.report import write_report
-        from reverie.scoring.scorer import scoring_settings
 
-        threshold = scoring_settings(self.studio.config.get("scoring")).dedupe_threshold
         results = []
         for item in items:
             # From the store: a resumed run may have adopted renders a crash left without their rows.
             item.done = len(self.store.render_rows(item.run_id))
-            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.studio.signatures,
-                                      threshold=threshold)
+            # The one curation (the judge's pick first), near-duplicates filling up to --keep.
+            curated = self.studio.curate(item.run_id, self.options.keep, fill=True)
+            kept, dups = curated.renders, curated.near_duplicates
             self.store.batches.set_keeps(item.row_id, [(r.id, r.id in dups) for r in kept])
             finished = item.finished or (item.budget is not None and item.done >= item.budget)
             status = "failed" if item.error else "done" if finished else "stopped"

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import queue
 import secrets
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from reverie.config import load_config, resolve_home
 from reverie.interrupts import deferred_interrupt
 from reverie.orchestrator.requests import check_knobs, render_size, validate_request
+from reverie.orchestrator.run import MakeResult, Run
 from reverie.orchestrator.worker import EngineWorker
 from reverie.profiles import DEFAULT_PROFILE, Profile, get_profile
 from reverie.render.registry import ENGINES, make_engine
@@ -25,39 +24,6 @@ from reverie.types import Control, Event, ProgressFn, Reference, Render, Request
 
 TINY_PROFILE = "z-image-turbo"  # the tiny engine is a random-weight Z-Image Turbo, whatever the default profile
 EMBEDDED_TAIL = "a working pipeline with meaningless pictures until real weights are configured (see README)"
-
-
-@dataclass
-class MakeResult:
-    run_id: str
-    best: list[Render]
-    renders: list[Render]
-    stop_reason: str
-    home: Path
-    notices: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        def one(r: Render) -> dict:
-            return {
-                "id": r.id,
-                "path": r.path,
-                "seed": r.seed,
-                "sha256": r.sha256,
-                "round": r.round + 1,  # 1-based for people, as `reverie show` prints; the store counts from 0
-                "prompt": r.prompt,
-                "width": r.spec.width,
-                "height": r.spec.height,
-                "scores": ({**r.scores.values, "composite": r.scores.composite} if r.scores else None),
-            }
-
-        return {
-            "run_id": self.run_id,
-            "home": str(self.home),
-            "stop_reason": self.stop_reason,
-            "renders": len(self.renders),
-            "best": [one(r) for r in self.best],
-            "notices": self.notices,
-        }
 
 
 def weights_present(profile: Profile, model_path: Optional[str]) -> bool:
@@ -345,38 +311,97 @@ class Studio:
         return Control(kind=prepared.kind, image_sha=sha, image_path=str(path), strength=ref.strength)
 
     # -- runs ------------------------------------------------------------------------------
-    def request(self, idea: str, **kw: Any) -> Request:
-        refs = kw.pop("references", ()) or ()
-        refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r)) for r in refs)
-        kw.setdefault("profile", self.profile_name)
-        return validate_request(Request(idea=idea, references=refs, **kw))
+    def request(self, idea: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None, aspect: str = "1:1",
+                megapixels: float = 1.0, profile: Optional[str] = None,
+                references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
+                shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
+                max_seconds: Optional[float] = None, max_renders: Optional[int] = None,
+                embed_noise: float = 0.0) -> Request:
+        """A checked Request (what `open_run` takes); the options are `make`'s. A bad value is
+        one ReverieError line naming the fix."""
+        refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r))
+                     for r in references or ())
+        return validate_request(Request(idea=idea, n=n, rounds=rounds, target=target, aspect=aspect,
+                                        megapixels=megapixels, profile=profile or self.profile_name, references=refs,
+                                        seed=seed, shift=shift, blind_steps=blind_steps, steps=steps,
+                                        max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise))
 
-    def make(self, idea: str, *, progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None,
-             **kw: Any) -> MakeResult:
-        """Expand, render, score and loop until the target or the budget; return the best.
-        Setting `stop` (a server whose client hung up) ends the run between images."""
-        from reverie.store.recovery import claim_run
+    def open_run(self, request: Request, *, run_id: Optional[str] = None,
+                 progress: Optional[ProgressFn] = None) -> Run:
+        """Open the run a request makes: the one place runs are found or created and locked.
+
+        The Run holds the run's lock until it is closed (use it in a `with` block), so another
+        process sees it running. A bad reference or a knob the engine cannot honour is one line,
+        before anything is created. See reverie/orchestrator/run.py.
+
+        Args:
+            request: what to make (`Studio.request(idea, ...)` builds a checked one).
+            run_id: take this run (a batch item knows its run). None: continue the oldest
+                unfinished run of the same request on the same engine identity that no live
+                process holds (after a crash, a kill, Ctrl-C), or start a new one.
+            progress: called with the events of opening (the engine loading, notices).
+
+        Returns:
+            Run: its id, request, first seed, whether it resumed; `execute`, `loop`, `best`.
+        """
+        from reverie.agents.references import load_reference
+        from reverie.store.recovery import claim_run, hold_run
 
         progress = progress or self.progress or (lambda e: None)
-        req = self.request(idea, **kw)
+        req = validate_request(request)
         for ref in req.references:  # a bad reference is one line, before any engine loads
-            from reverie.agents.references import load_reference
-
             load_reference(ref.path)
-        profile = get_profile(req.profile)
-        engine = self.engine_for(profile, progress)
+        engine = self.engine_for(get_profile(req.profile), progress)
         check_knobs(req, engine)
+        if run_id is not None:
+            row, lock = hold_run(self.store, run_id)
+            return Run(self, id=row["id"], request=req, base_seed=int(row["base_seed"]), resumed=True, lock=lock)
         base_seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        # The same command continues an unfinished run of the same request (crash, kill, Ctrl-C)
-        # that no live process holds; otherwise a new run starts. We hold its lock until the end.
         run_id, base_seed, lock, resumed = claim_run(self.store, req, engine.name, base_seed,
                                                      identity=getattr(engine, "identity", engine.name))
-        try:
-            final = self.run_loop(req, run_id=run_id, base_seed=base_seed, resumed=resumed, progress=progress,
-                                  stop=stop)
-        finally:
-            lock.release()
-        return self.result(run_id, k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
+        return Run(self, id=run_id, request=req, base_seed=base_seed, resumed=resumed, lock=lock)
+
+    def make(self, idea: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None, aspect: str = "1:1",
+             megapixels: float = 1.0, profile: Optional[str] = None,
+             references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
+             shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
+             max_seconds: Optional[float] = None, max_renders: Optional[int] = None, embed_noise: float = 0.0,
+             progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None) -> MakeResult:
+        """Expand, render, score and loop until the target or the budget; return the best.
+
+        The same call after a crash, a kill or Ctrl-C continues the unfinished run.
+
+        Args:
+            idea: what to make, in a few words; the expander writes the long prompt.
+            n: images per round (1-1024).
+            rounds: rounds of expand, render, score and critique at most (1-100).
+            target: stop once the best composite score reaches it (0-1); None: run every round.
+            aspect: "W:H", e.g. "1:1", "2:3", "16:9".
+            megapixels: the image area; snapped to the profile's multiple and size cap.
+            profile: the model profile (`reverie models`); None: the studio's.
+            references: reference images: paths, Reference objects, or dicts of Reference's fields
+                (path, control "auto" | "canny" | "depth" | "pose" | "img2img", strength).
+            seed: the first seed (0 to 2^62); each image takes the next; None: a random one.
+            shift: the flow-matching shift (0.5-20); None: the profile's.
+            blind_steps: denoising steps without the prompt at the start, for variety (0-10).
+            steps: sampling steps (1-200); None: the profile's.
+            max_seconds: stop starting new rounds after this many seconds.
+            max_renders: a render budget that need not be a multiple of n.
+            embed_noise: noise on the text embeddings, a share of their spread (0-0.5).
+            progress: called with every progress Event; None: the studio's.
+            stop: set it (a server whose client hung up) to end the run between images.
+
+        Returns:
+            MakeResult: the run id, its best renders (the VLM judge's pick first), every render,
+            why it stopped, and the notices said along the way.
+        """
+        progress = progress or self.progress or (lambda e: None)
+        req = self.request(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
+                           profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
+                           steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise)
+        with self.open_run(req, progress=progress) as run:
+            final = run.execute(progress=progress, stop=stop)
+        return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
 
     def run_loop(self, req: Request, *, run_id: str, base_seed: int, resumed: bool, progress: ProgressFn,
                  policy: str = "revise", order: int = 0, deadline: Optional[float] = None, deadline_label: str = "",
@@ -464,39 +489,39 @@ class Studio:
         return MakeResult(run_id=run["id"], best=self.best(run["id"], k=k), renders=self.store.renders(run["id"]),
                           stop_reason=stop_reason or run["stop_reason"], home=self.home, notices=list(self.notices))
 
-    def best(self, run_id: str, k: int = 4) -> list[Render]:
-        """Up to k of the run's best renders, near-duplicates (by pixel signature) left out."""
-        from reverie.orchestrator.curation import keep_diverse
-        from reverie.scoring.scorer import scoring_settings
+    def best(self, run_id: str, k: int = 4, fill: bool = False) -> list[Render]:
+        """Up to k of the run's best renders: the VLM judge's pick first, then by composite,
+        near-duplicates left out (with `fill`, they fill up to k). See orchestrator/curation.py."""
+        return self.curate(run_id, k, fill=fill).renders
 
-        threshold = scoring_settings(self.config.get("scoring")).dedupe_threshold
-        best = keep_diverse(self.store, run_id, k, self.signatures, threshold=threshold, fill=False)[0]
-        chosen = self.store.judge_pick(run_id)  # a VLM judge's final pick leads
-        if chosen is not None and best and best[0].id != chosen["render_id"]:
-            best = [self.store.render_by_id(chosen["render_id"])] + [r for r in best if r.id != chosen["render_id"]][: k - 1]
-        return best
+    def curate(self, run_id: str, k: int = 4, fill: bool = False):
+        """`best` with the near-duplicates it filled in named (a batch's kept set). -> Curated"""
+        from reverie.orchestrator.curation import curate, near_duplicate_threshold
 
-    def stream(self, idea: str, **kw: Any) -> Iterator[Event]:
-        """Yield progress events while the run goes; the last event is ("result", MakeResult)."""
-        events: "queue.Queue[Optional[Event]]" = queue.Queue()
-        box: dict[str, Any] = {}
+        return curate(self.store, run_id, k, threshold=near_duplicate_threshold(self.config),
+                      signatures=self.signatures, fill=fill)
 
-        def work():
-            try:
-                box["result"] = self.make(idea, progress=events.put, **kw)
-            except BaseException as e:  # handed to the consumer below
-                box["error"] = e
-            finally:
-                events.put(None)
-
-        t = threading.Thread(target=work, name="reverie-make", daemon=True)
-        t.start()
-        while (event := events.get()) is not None:
-            yield event
-        t.join()
-        if "error" in box:
-            raise box["error"]
-        yield Event("result", {"result": box["result"]})
+    def stream(self, idea: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None, aspect: str = "1:1",
+               megapixels: float = 1.0, profile: Optional[str] = None,
+               references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
+               shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
+               max_seconds: Optional[float] = None, max_renders: Optional[int] = None, embed_noise: float = 0.0,
+               stop: Optional[threading.Event] = None) -> Iterator[Event]:
+        """`make`, as a generator: yield the progress events while the run goes; the last event
+        is ("result", {"result": MakeResult}). The options are `make`'s; leaving the loop early
+        stops the run between images."""
+        opening: list[Event] = []
+        req = self.request(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
+                           profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
+                           steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise)
+        with self.open_run(req, progress=opening.append) as run:
+            yield from opening
+            final: dict[str, Any] = {}
+            for event in run.loop(stop=stop):
+                if event.kind == "finished":
+                    final["stop_reason"] = event.data.get("reason", "")
+                yield event
+        yield Event("result", {"result": run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))})
 
     def batch(self, file: str | Path, *, per_prompt: Optional[int] = None, keep: int = 4, hours: Optional[float] = None,
               aspect: str = "1:1", megapixels: float = 1.0, target: Optional[float] = None,
@@ -504,7 +529,25 @@ class Studio:
               retry_failed: bool = False, progress: Optional[ProgressFn] = None):
         """Run every idea of a file through the agent loop to its budget, keep the best K of
         each, write the contact sheet; the same call after an interruption continues where it
-        stopped. -> BatchResult"""
+        stopped.
+
+        Args:
+            file: one idea a line, or JSONL with an "idea" field and per-idea overrides.
+            per_prompt: renders per idea; None: 8, or unlimited when `hours` is given.
+            keep: images kept per idea (the judge's pick first, near-duplicates filling up).
+            hours: a time budget for the whole batch, shared fairly between ideas.
+            aspect: "W:H" for every idea without its own.
+            megapixels: the image area for every idea without its own.
+            target: an idea stops once its best composite score reaches it (0-1).
+            rounds: rounds per idea; None: as many as the render budget needs.
+            n: seeds per round; None: 4.
+            policy: the loop policy between rounds, "explore" or "revise".
+            retry_failed: try again ideas set aside after crashing the process twice.
+            progress: called with every progress Event.
+
+        Returns:
+            BatchResult: per idea its run, renders and kept images; the contact sheet's path.
+        """
         from reverie.orchestrator.batch import BatchOptions, run_batch
 
         options = BatchOptions(per_prompt=per_prompt, keep=keep, hours=hours, profile=self.profile_name,
@@ -513,12 +556,36 @@ class Studio:
         return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None),
                          retry_failed=retry_failed)
 
-    def chat(self, session: str, message: str, *, progress: Optional[ProgressFn] = None, **kw: Any):
+    def chat(self, session: str, message: str, *, n: Optional[int] = None, rounds: Optional[int] = None,
+             aspect: Optional[str] = None, megapixels: Optional[float] = None, target: Optional[float] = None,
+             profile: Optional[str] = None, progress: Optional[ProgressFn] = None,
+             stop: Optional[threading.Event] = None, interpreter: Any = None,
+             on_open: Optional[Callable[[Run], None]] = None):
         """One turn of a conversation: the first message makes images, follow-ups ("make it
-        night", "more like the second one") start a new round from the last one. -> ChatTurn"""
+        night", "more like the second one") start a new round from the last one.
+
+        Args:
+            session: the conversation's name; the same name continues it, across processes.
+            message: what the person wrote.
+            n, rounds, megapixels: per-turn options (None: 4 images, 2 rounds, 1 megapixel, or what
+                the last turn used).
+            aspect, target, profile: the first turn's options; follow-ups change them by what they say.
+            progress: called with every progress Event.
+            stop: set it to cancel the turn between images (what it rendered is kept, and so is
+                the turn).
+            interpreter: what reads a message (orchestrator/chat.py's Interpreter); None: the
+                offline rules, or the configured LLM in front of them.
+            on_open: called with the turn's Run once it is opened.
+
+        Returns:
+            ChatTurn: the turn's number, run, best images and how the message was read.
+        """
         from reverie.orchestrator.chat import chat_turn
 
-        return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None), **kw)
+        options = {"n": n, "rounds": rounds, "aspect": aspect, "megapixels": megapixels, "target": target,
+                   "profile": profile}
+        return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None),
+                         interpreter=interpreter, stop=stop, on_open=on_open, **options)
 
     def close(self) -> None:
         self.worker.close()

@@ -128,9 +128,6 @@ class ServeService:
         store = self.studio.store
 
         def progress(event: Event) -> None:
-            if event.kind == "run_started":
-                job.run_id = event.data["run_id"]
-                self.queue.started(job.id, job.run_id)
             if event.kind not in EVENT_KINDS:
                 return
             data = {k: v for k, v in event.data.items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -186,13 +183,19 @@ class ServeService:
         if row and row["run_id"] and self.studio.store.get_run(row["run_id"])["status"] == "done":
             # The run ended before the last server died: its images are the answer, nothing is made again.
             job.run_id = row["run_id"]
-            job.best = best_of(self.studio, job.run_id, n)
+            job.best = self.studio.best(job.run_id, k=n, fill=True)
             return
-        result = self.studio.make(p["prompt"], progress=self._progress(job), stop=job.stop, n=n, rounds=p["rounds"],
-                                  target=p.get("target"), aspect=p["aspect"], megapixels=p["megapixels"],
-                                  profile=p["profile"], seed=p["seed"])
-        job.run_id = result.run_id
-        job.best = best_of(self.studio, result.run_id, n)
+        request = self.studio.request(p["prompt"], n=n, rounds=p["rounds"], target=p.get("target"), aspect=p["aspect"],
+                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"])
+        with self.studio.open_run(request) as run:
+            self._opened(job, run)
+            run.execute(progress=self._progress(job), stop=job.stop)
+            job.best = run.best(n, fill=True)
+
+    def _opened(self, job: Job, run) -> None:
+        """The request has its run: a restarted server finds it by the request's row."""
+        job.run_id = run.id
+        self.queue.started(job.id, run.id)
 
     def _chat(self, job: Job) -> None:
         p = job.payload
@@ -206,11 +209,12 @@ class ServeService:
                 job.run_id = row["run_id"]
             else:
                 turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
-                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop)
+                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop,
+                                        on_open=lambda run: self._opened(job, run))
                 job.run_id = turn.run_id
                 job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
                                   "idea": turn.interpretation.request.idea})
-            job.best = best_of(self.studio, job.run_id, p["n"])
+            job.best = self.studio.best(job.run_id, k=p["n"], fill=True)
 
     def reproduce(self, render_id: int) -> dict[str, Any]:
         """Render an image again from its stored spec on the warm engine and compare the pixels."""
@@ -251,12 +255,3 @@ class ServeService:
         deadline = time.monotonic() + 30
         for job in list(self.jobs.values()):
             job.done.wait(max(0.0, deadline - time.monotonic()))
-
-
-def best_of(studio: Studio, run_id: str, n: int) -> list[Render]:
-    """The run's best n images, distinct ones first, near-duplicates filling up to n."""
-    from reverie.orchestrator.curation import keep_diverse
-    from reverie.scoring.scorer import scoring_settings
-
-    threshold = scoring_settings(studio.config.get("scoring")).dedupe_threshold
-    return keep_diverse(studio.store, run_id, n, studio.signatures, threshold=threshold, fill=True)[0]
