@@ -41,3 +41,18 @@ def test_every_option_of_the_public_methods_is_named_and_explained(method):
 def test_make_takes_every_field_of_a_request():
     fields = {f.name for f in dataclasses.fields(Request)} - {"idea"}
     assert fields <= set(inspect.signature(Studio.make).parameters)
+
+
+def test_progress_comes_as_typed_events_that_still_read_as_kind_and_data(tmp_path):
+    from reverie.types import (EVENT_TYPES, Expanded, Finished, Judged, Rendered, Result, RoundStarted, RunStarted,
+                               Scored, TypedEvent)
+
+    assert len({t.KIND for t in EVENT_TYPES}) == len(EVENT_TYPES) and all(t.KIND for t in EVENT_TYPES)
+    with Studio(home=tmp_path / "home", engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        events = list(studio.stream("a fox in the rain", n=2, rounds=2, megapixels=0.02, seed=3))
+    assert [e for e in events if not isinstance(e, TypedEvent)] == []
+    assert {RunStarted, Expanded, RoundStarted, Rendered, Scored, Judged, Finished, Result} <= {type(e) for e in events}
+    started = next(e for e in events if isinstance(e, RunStarted))
+    assert started.kind == "run_started" and started.data["run_id"] == started.run_id and started.data["budget"] == 4
+    final = next(e for e in events if isinstance(e, Judged) and e.decision == "finish")
+    assert set(final.data) == {"round", "best", "decision", "reason"}  # what the CLI's bar reads, nothing more

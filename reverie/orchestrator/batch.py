@@ -27,6 +27,9 @@ from typing import Any, Optional, Sequence
 from reverie.orchestrator.requests import validate_request
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import (
+    BatchFinished,
+    BatchProgress,
+    BatchStarted,
     Event,
     ProgressFn,
     Reference,
@@ -394,11 +397,11 @@ class BatchRunner:
         deadline = started + max(0.0, budget_s - spent_before) if budget_s is not None else None
         total = sum(i.budget for i in items) if all(i.budget is not None for i in items) else None
         done_before = sum(i.done for i in items)
-        self.progress(Event("batch_started", {
-            "batch_id": self.batch_id, "total": total, "done": done_before, "resumed": done_before > 0,
-            "hours": self.options.hours, "seconds_left": None if budget_s is None else max(0.0, budget_s - spent_before),
-            "items": [{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
-                      for i in items]}))
+        self.progress(BatchStarted(
+            batch_id=self.batch_id, total=total, done=done_before, resumed=done_before > 0, hours=self.options.hours,
+            seconds_left=None if budget_s is None else max(0.0, budget_s - spent_before),
+            items=[{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
+                   for i in items]))
         # Built once, before the runs start, so their notices come once and first.
         if items:
             engine = self.studio.engine_for(get_profile(items[0].request.profile), self.progress)
@@ -504,10 +507,9 @@ class BatchRunner:
         else:
             eta = None
         bests = [i.best for i in items if i.best is not None]
-        self.progress(Event("batch_progress", {
-            "done": done, "total": total, "images_per_minute": rate, "eta_seconds": eta,
-            "best": max(bests) if bests else None,
-            "items": [{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]}))
+        self.progress(BatchProgress(
+            done=done, total=total, images_per_minute=rate, eta_seconds=eta, best=max(bests) if bests else None,
+            items=[{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]))
 
     def _stop_reason(self, items: list[_Item], timed_out: bool, label: str) -> str:
         failed = len(self.failures)
@@ -552,8 +554,8 @@ class BatchRunner:
         results.sort(key=lambda r: r.index)
         report = write_report(self.store, self.batch_id)
         self.store.batches.finish(self.batch_id, str(report))
-        self.progress(Event("batch_finished", {"batch_id": self.batch_id, "report": str(report), "reason": stop_reason,
-                                               "renders": self.renders_now}))
+        self.progress(BatchFinished(batch_id=self.batch_id, report=str(report), reason=stop_reason,
+                                    renders=self.renders_now))
         return BatchResult(batch_id=self.batch_id, items=results, report_path=report, stop_reason=stop_reason,
                            home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=busy,
                            engine_wall_seconds=wall, notices=list(self.studio.notices))

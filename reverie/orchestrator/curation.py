@@ -38,6 +38,34 @@ class Curated:
     near_duplicates: frozenset[int] = field(default_factory=frozenset)
 
 
+class SignatureCache:
+    """Pixel signatures of the renders a studio stored, taken from the images in memory as they
+    arrive so that curating need not decode the PNGs again. Bounded: a server that runs for
+    weeks keeps the newest `size` (older ones are read from their files when asked for)."""
+
+    def __init__(self, size: int = 10_000):
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: "OrderedDict[int, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __setitem__(self, render_id: int, signature: tuple) -> None:
+        with self._lock:
+            self._items[render_id] = signature
+            self._items.move_to_end(render_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, render_id: int, default: Optional[tuple] = None) -> Optional[tuple]:
+        with self._lock:
+            return self._items.get(render_id, default)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional[dict[int, tuple]] = None,
            fill: bool = False) -> Curated:
     """The run's best k (see the module docstring). `signatures` (render id -> pixel signature)
@@ -73,11 +101,12 @@ def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional
     return Curated([ranked[i] for i in kept], frozenset(dups))
 
 
-def _signature(render: Render, known: dict[int, tuple]) -> Optional[tuple]:
+def _signature(render: Render, known) -> Optional[tuple]:
     """A render's pixel signature; None for a file deleted by hand, which resembles nothing (it
     is still shown: its row, scores and lineage are all there)."""
-    if render.id in known:
-        return known[render.id]
+    cached = known.get(render.id)
+    if cached is not None:
+        return cached
     try:
         return pixel_signature(render.path)
     except (OSError, ValueError, TypeError):

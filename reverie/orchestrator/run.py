@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from reverie.types import Event, ProgressFn, Render, Request
+from reverie.types import Event, ProgressFn, Render, Request, ReverieError, RunStarted
 
 
 @dataclass
@@ -87,7 +87,9 @@ class Run:
                 deadline: Optional[float] = None, deadline_label: str = "", stop: Optional[threading.Event] = None,
                 llm_gate: Any = None, on_round_start: Optional[Callable[[int], None]] = None,
                 on_round_end: Optional[Callable[[int, bool], None]] = None) -> dict:
-        """Run the agent loop to its end on this thread; returns the loop's final state.
+        """Run the agent loop to its end on this thread; returns the loop's final state. make,
+        each batch idea and each chat turn come here: the same nodes, the same store and
+        checkpoints; only the loop policy and the budget differ. The run's row says how it ended.
 
         progress: called with every Event. policy: "revise" (make, chat) or "explore" (batch).
         order: the run's place in the engine worker's queue among runs of equal round.
@@ -96,10 +98,58 @@ class Run:
         llm_gate: a semaphore bounding LLM calls across runs. on_round_start(round) and
         on_round_end(round, ok): the engine has, or has finished with, a round of this run.
         """
-        return self.studio.run_loop(self.request, run_id=self.id, base_seed=self.base_seed, resumed=self.resumed,
-                                    progress=progress or (lambda e: None), policy=policy, order=order,
-                                    deadline=deadline, deadline_label=deadline_label, stop=stop, llm_gate=llm_gate,
-                                    on_round_start=on_round_start, on_round_end=on_round_end)
+        from reverie.orchestrator.graph import LoopContext, build_graph, run_graph
+        from reverie.orchestrator.parts import current_run
+        from reverie.orchestrator.requests import render_size
+        from reverie.profiles import get_profile
+        from reverie.store.recovery import rerender_missing, sweep_orphans
+
+        studio, store, req, run_id = self.studio, self.studio.store, self.request, self.id
+        progress = progress or (lambda e: None)
+        profile = get_profile(req.profile)
+        engine = studio.engine_for(profile, progress)
+        width, height = render_size(req, profile, engine)
+        token = current_run.set(run_id)
+        try:
+            # After the run exists: the LLM's /models call is recorded against it.
+            expander, critic = studio.expander_and_critic(progress, engine)
+            progress(RunStarted(run_id=run_id, idea=req.idea, profile=profile.name, engine=engine.name, width=width,
+                                height=height, n=req.n, rounds=req.rounds, budget=req.max_renders or req.n * req.rounds))
+            ctx = LoopContext(store=store, engine=engine, scorer=studio.scorer(progress), expander=expander,
+                              critic=critic, request=req, profile=profile, width=width, height=height,
+                              base_seed=self.base_seed, progress=progress, signatures=studio.signatures,
+                              worker=studio.worker, policy=policy, order=order, deadline=deadline,
+                              deadline_label=deadline_label, stop=stop, llm_gate=llm_gate,
+                              on_round_start=on_round_start, on_round_end=on_round_end,
+                              models_dir=studio.home / "models", vlm_judge=studio.vlm_judge(progress),
+                              notice=lambda m: studio.notice(m, progress))
+            state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
+                     "shift": req.shift if req.shift is not None else profile.shift,
+                     "blind_steps": req.blind_steps, "embed_noise": req.embed_noise, "history": []}
+            if self.resumed:  # a run just made has written no file yet: only a resumed one has strays to adopt
+                sweep_orphans(store, run_id)
+                redone = rerender_missing(
+                    store, run_id,
+                    lambda specs: studio.worker.render(engine, specs, progress=progress, priority=(-1, profile.name, order)),
+                    batch_size=lambda: getattr(engine, "batch_size", None))
+                studio.notice(f"continuing run {run_id} from its last committed step ({len(store.renders(run_id))} "
+                              f"renders kept, {len(redone)} missing files rendered again)", progress)
+            final = run_graph(build_graph(checkpointer=studio.checkpointer()), state, ctx, run_id,
+                              recursion_limit=10 * req.rounds + 20)
+        except ReverieError as e:
+            store.finish_run(run_id, "failed", str(e))
+            raise
+        except BaseException:
+            store.finish_run(run_id, "interrupted", "stopped before the end; run the same command to continue")
+            raise
+        finally:
+            current_run.reset(token)
+        failed = store.failed_reason(run_id)
+        if failed is not None:  # not one image: the run failed, and says why
+            message = f"no image was rendered: {failed}"
+            store.finish_run(run_id, "failed", message)
+            raise ReverieError(message)
+        return final
 
     def loop(self, *, policy: str = "revise", stop: Optional[threading.Event] = None) -> Iterator[Event]:
         """The agent loop's events as they come, the run going on a thread of its own; the last

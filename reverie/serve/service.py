@@ -217,10 +217,9 @@ class ServeService:
             job.best = self.studio.best(job.run_id, k=p["n"], fill=True)
 
     def reproduce(self, render_id: int) -> dict[str, Any]:
-        """Render an image again from its stored spec on the warm engine and compare the pixels."""
-        import numpy as np
-        from PIL import Image
-
+        """Render an image again from its stored spec on the warm engine and compare the pixels
+        (orchestrator/reproduce.py, as `reverie reproduce` does)."""
+        from reverie.orchestrator.reproduce import reproduce
         from reverie.profiles import get_profile
         from reverie.types import RenderSpec
 
@@ -231,20 +230,12 @@ class ServeService:
         if engine.name != row["engine"]:
             raise ReverieError(f"image {render_id} was made by the {row['engine']} engine and this server runs "
                                f"{engine.name}: reproduce it with `reverie reproduce` on that engine")
-        # Pixels depend on how many seeds shared the forward pass: filler seeds re-create the batch.
         shape = row.get("batch_size") or getattr(engine, "batch_size", None) or 1
-        specs = [spec] + [spec.with_(seed=spec.seed + 1 + i) for i in range(shape - 1)]
-        output = self.studio.worker.render(engine, specs, priority=(-1, spec.profile, 0))[0]
-        if output.error or output.image is None:
-            raise ReverieError(f"the engine could not render it: {output.error}")
-        with Image.open(store.home / row["path"]) as im:
-            before = np.asarray(im.convert("RGB"), dtype=np.int16)
-        after = np.asarray(output.image.convert("RGB"), dtype=np.int16)
-        if before.shape != after.shape:
-            return {"match": False, "message": "sizes differ"}
-        diff = int(np.abs(before - after).max())
-        return {"match": diff == 0, "max_diff": diff,
-                "message": "pixels identical" if diff == 0 else f"max pixel difference {diff}"}
+        compared = reproduce(lambda specs: self.studio.worker.render(engine, list(specs), priority=(-1, spec.profile, 0)),
+                             spec, batch_size=shape, original=store.home / row["path"])
+        if compared.max_diff is None:
+            return {"match": False, "message": compared.message}
+        return {"match": compared.match, "max_diff": compared.max_diff, "message": compared.message}
 
     def close(self) -> None:
         """Stop the runs between images; their requests stay open and the next server finishes them."""
