@@ -68,6 +68,8 @@ def test_an_open_run_holds_its_lock_until_closed(tmp_path):
             events = list(run.loop())
         assert "run_started" in [e.kind for e in events] and events[-1].kind == "finished"
         assert studio.store.get_run(run.id)["status"] == "done"
+        with pytest.raises(ReverieError, match="is closed"):
+            run.drive()  # its lock is gone: another process may be continuing it
         best = run.best(2)
         assert best and best == studio.best(run.id, k=2)
         # Closed: the run can be opened again by id (nothing left to do, it is simply held).

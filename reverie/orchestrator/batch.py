@@ -460,11 +460,11 @@ class BatchRunner:
 
         batches = self.store.batches
         try:
-            final = item.run.execute(progress=progress, policy=self.options.policy, order=item.index,
-                                     deadline=deadline, deadline_label=label, stop=self.stop, llm_gate=gate,
-                                     on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
-                                     on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
-                                                                   else batches.clear_inflight(item.row_id)))
+            final = item.run.drive(progress=progress, policy=self.options.policy, order=item.index,
+                                   deadline=deadline, deadline_label=label, stop=self.stop, llm_gate=gate,
+                                   on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
+                                   on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
+                                                                 else batches.clear_inflight(item.row_id)))
             inbox.put(("done", item, final.get("stop_reason", "")))
         except RenderStopped:
             inbox.put(("stopped", item, ""))

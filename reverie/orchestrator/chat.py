@@ -348,7 +348,7 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
         if on_open is not None:
             on_open(run)
         try:
-            final = run.execute(progress=progress, stop=stop)
+            final = run.drive(progress=progress, stop=stop)
             stop_reason = final.get("stop_reason", "")
         except (KeyboardInterrupt, RenderStopped):
             # Ctrl-C cancels the turn, not the chat: its run is kept (interrupted) and so is the turn.

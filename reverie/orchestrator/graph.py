@@ -69,7 +69,7 @@ class LoopState(TypedDict, total=False):
     control: Optional[dict]
 
 
-@dataclass
+@dataclass(frozen=True)  # read-only: a node changes the run through its state and the store, never here
 class LoopContext:
     store: Store
     engine: Engine

@@ -15,7 +15,7 @@
   one line naming it when the same seeds would render twice.
 
 Every way in opens its runs here: `make`, each batch idea, each chat turn, each serve request,
-and the ways to come (edit, MCP, A1111). `Run.execute(progress=...)` runs the loop on the calling
+and the ways to come (edit, MCP, A1111). `Run.drive(progress=...)` runs the loop on the calling
 thread with a progress callback (what a batch's idea threads do); `Run.loop()` yields the same
 events from a generator.
 """
@@ -83,21 +83,27 @@ class Run:
         return f"Run({self.id!r}, resumed={self.resumed})"
 
     # -- running ---------------------------------------------------------------------------
-    def execute(self, *, progress: Optional[ProgressFn] = None, policy: str = "revise", order: int = 0,
-                deadline: Optional[float] = None, deadline_label: str = "", stop: Optional[threading.Event] = None,
-                llm_gate: Any = None, on_round_start: Optional[Callable[[int], None]] = None,
-                on_round_end: Optional[Callable[[int, bool], None]] = None) -> dict:
+    def drive(self, *, progress: Optional[ProgressFn] = None, policy: str = "revise", order: int = 0,
+              deadline: Optional[float] = None, deadline_label: str = "", stop: Optional[threading.Event] = None,
+              llm_gate: Any = None, on_round_start: Optional[Callable[[int], None]] = None,
+              on_round_end: Optional[Callable[[int, bool], None]] = None) -> dict:
         """Run the agent loop to its end on this thread; returns the loop's final state. make,
         each batch idea and each chat turn come here: the same nodes, the same store and
         checkpoints; only the loop policy and the budget differ. The run's row says how it ended.
 
-        progress: called with every Event. policy: "revise" (make, chat) or "explore" (batch).
-        order: the run's place in the engine worker's queue among runs of equal round.
-        deadline / deadline_label: a time.monotonic() bound and how to name it when reached.
-        stop: set it to end the run between images (raises RenderStopped).
-        llm_gate: a semaphore bounding LLM calls across runs. on_round_start(round) and
-        on_round_end(round, ok): the engine has, or has finished with, a round of this run.
+        Args:
+            progress: called with every progress event (reverie.types' typed events).
+            policy: between rounds, "revise" (make, chat: the critic rewrites) or "explore" (batch).
+            order: the run's place in the engine worker's queue among runs at the same round.
+            deadline: a time.monotonic() at which no new round starts (a batch's --hours).
+            deadline_label: how to name that deadline when it is reached ("8 h").
+            stop: set it to end the run between images (RenderStopped is raised).
+            llm_gate: a semaphore bounding LLM calls across the runs of a batch.
+            on_round_start: called with the round number when the engine takes a round of this run.
+            on_round_end: called with (round, ok) when the engine hands the round back.
         """
+        if self.lock is None:
+            raise ReverieError(f"run {self.id} is closed: open it again with Studio.open_run to continue it")
         from reverie.orchestrator.graph import LoopContext, build_graph, run_graph
         from reverie.orchestrator.parts import current_run
         from reverie.orchestrator.requests import render_size
@@ -161,7 +167,7 @@ class Run:
 
         def work() -> None:
             try:
-                self.execute(progress=events.put, policy=policy, stop=stop)
+                self.drive(progress=events.put, policy=policy, stop=stop)
             except BaseException as e:  # handed to the consumer below
                 box["error"] = e
             finally:

@@ -159,7 +159,7 @@ class Studio:
             progress: called with the events of opening (the engine loading, notices).
 
         Returns:
-            Run: its id, request, first seed, whether it resumed; `execute`, `loop`, `best`.
+            Run: its id, request, first seed, whether it resumed; `drive`, `loop`, `best`.
         """
         from reverie.agents.references import load_reference
         from reverie.store.recovery import claim_run, hold_run
@@ -217,7 +217,7 @@ class Studio:
                            profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
                            steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise)
         with self.open_run(req, progress=progress) as run:
-            final = run.execute(progress=progress, stop=stop)
+            final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
 
     def checkpointer(self):

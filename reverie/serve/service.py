@@ -189,7 +189,7 @@ class ServeService:
                                       megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"])
         with self.studio.open_run(request) as run:
             self._opened(job, run)
-            run.execute(progress=self._progress(job), stop=job.stop)
+            run.drive(progress=self._progress(job), stop=job.stop)
             job.best = run.best(n, fill=True)
 
     def _opened(self, job: Job, run) -> None:
