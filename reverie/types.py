@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Callable, Literal, Optional, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Literal, Optional, Protocol, Sequence
 
 from reverie.errors import ReverieError as ReverieError  # the spelling everyone imports
 from reverie.profiles import DEFAULT_PROFILE
@@ -242,3 +242,235 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# -- typed progress events ---------------------------------------------------------------------
+# Each kind of progress is a dataclass with named fields. They are Events: `kind` and `data` are
+# derived from the fields, so the CLI's bars, serve's SSE and anything reading `event.data[...]`
+# see exactly what they saw before, and new code can match on the class instead.
+@dataclass(frozen=True, kw_only=True)
+class TypedEvent(Event):
+    KIND: ClassVar[str] = ""  # the event's kind string
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()  # fields left out of `data` while None
+    RENAMED: ClassVar[dict[str, str]] = {}  # field -> its key in `data`, where that is a reserved name ("kind")
+
+    kind: str = field(default="", init=False)
+    data: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        data = {}
+        for f in fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.name in self.OPTIONAL:
+                continue
+            data[self.RENAMED.get(f.name, f.name)] = value
+        object.__setattr__(self, "kind", self.KIND)
+        object.__setattr__(self, "data", data)
+
+
+def _kind(name: str, optional: tuple[str, ...] = (), renamed: Optional[dict] = None):
+    def mark(cls):
+        cls.KIND, cls.OPTIONAL, cls.RENAMED = name, optional, renamed or {}
+        return cls
+    return mark
+
+
+@_kind("notice")
+@dataclass(frozen=True, kw_only=True)
+class Notice(TypedEvent):
+    """A line for the person, said once per studio."""
+    message: str
+
+
+@_kind("loading")
+@dataclass(frozen=True, kw_only=True)
+class Loading(TypedEvent):
+    """Something slow to import or build is on its way (the engine for a profile)."""
+    what: str
+    profile: str
+
+
+@_kind("run_started")
+@dataclass(frozen=True, kw_only=True)
+class RunStarted(TypedEvent):
+    run_id: str
+    idea: str
+    profile: str
+    engine: str
+    width: int
+    height: int
+    n: int
+    rounds: int
+    budget: int
+
+
+@_kind("expanded")
+@dataclass(frozen=True, kw_only=True)
+class Expanded(TypedEvent):
+    """A round's prompt was written (by the expander, or the critic's revision)."""
+    round: int
+    prompt_id: int
+    source: str
+    prompt: str
+    parent_id: Optional[int]
+
+
+@_kind("control", renamed={"control_kind": "kind"})
+@dataclass(frozen=True, kw_only=True)
+class ControlPrepared(TypedEvent):
+    """A reference was preprocessed into a control image (data key "kind": canny, depth, ...)."""
+    control_kind: str
+    image_sha: str
+    path: str
+
+
+@_kind("round_started")
+@dataclass(frozen=True, kw_only=True)
+class RoundStarted(TypedEvent):
+    round: int
+    n: int
+    todo: int
+
+
+@_kind("rendered")
+@dataclass(frozen=True, kw_only=True)
+class Rendered(TypedEvent):
+    """An image (or a failed render) was stored."""
+    round: int
+    render_id: int
+    seed: int
+    seconds: float
+    error: Optional[str]
+
+
+@_kind("scored")
+@dataclass(frozen=True, kw_only=True)
+class Scored(TypedEvent):
+    round: int
+    count: int
+    scorer: str
+    best: Optional[float]
+
+
+@_kind("judged", optional=("similarity", "diversity", "embed_noise", "shift", "blind_steps"))
+@dataclass(frozen=True, kw_only=True)
+class Judged(TypedEvent):
+    """The critic's decision after a round (decision "finish" carries only the first four)."""
+    round: int
+    best: float
+    decision: str
+    reason: str
+    similarity: Optional[float] = None
+    diversity: Optional[float] = None
+    embed_noise: Optional[float] = None
+    shift: Optional[float] = None
+    blind_steps: Optional[int] = None
+
+
+@_kind("vlm_judged")
+@dataclass(frozen=True, kw_only=True)
+class VlmJudged(TypedEvent):
+    """The VLM judge chose among the top candidates (final: the run's pick)."""
+    final: bool
+    render_id: int
+    rank: int
+    of: int
+    reason: str
+    problems: str
+    model: str
+
+
+@_kind("finished")
+@dataclass(frozen=True, kw_only=True)
+class Finished(TypedEvent):
+    run_id: str
+    reason: str
+
+
+@_kind("result")
+@dataclass(frozen=True, kw_only=True)
+class Result(TypedEvent):
+    """The last event of `Studio.stream`: the MakeResult."""
+    result: Any
+
+
+@_kind("batch_started")
+@dataclass(frozen=True, kw_only=True)
+class BatchStarted(TypedEvent):
+    batch_id: str
+    total: Optional[int]
+    done: int
+    resumed: bool
+    hours: Optional[float]
+    seconds_left: Optional[float]
+    items: list
+
+
+@_kind("batch_progress")
+@dataclass(frozen=True, kw_only=True)
+class BatchProgress(TypedEvent):
+    done: int
+    total: Optional[int]
+    images_per_minute: float
+    eta_seconds: Optional[float]
+    best: Optional[float]
+    items: list
+
+
+@_kind("batch_finished")
+@dataclass(frozen=True, kw_only=True)
+class BatchFinished(TypedEvent):
+    batch_id: str
+    report: str
+    reason: str
+    renders: int
+
+
+@_kind("engine_image", optional=("server", "error"))
+@dataclass(frozen=True, kw_only=True)
+class EngineImage(TypedEvent):
+    """The engine finished one image (before the orchestrator stores it)."""
+    seed: int
+    seconds: float
+    server: Optional[str] = None
+    error: Optional[str] = None
+
+
+@_kind("engine_progress")
+@dataclass(frozen=True, kw_only=True)
+class EngineProgress(TypedEvent):
+    seed: int
+    step: Optional[int]
+    steps: Optional[int]
+    server: str
+
+
+@_kind("download_started")
+@dataclass(frozen=True, kw_only=True)
+class DownloadStarted(TypedEvent):
+    model: str
+    repo: str
+
+
+@_kind("download_finished")
+@dataclass(frozen=True, kw_only=True)
+class DownloadFinished(TypedEvent):
+    model: str
+    path: str
+
+
+@_kind("writing")
+@dataclass(frozen=True, kw_only=True)
+class Writing(TypedEvent):
+    """An LLM in this process is writing a prompt."""
+    purpose: str
+    tokens: int
+    tokens_per_second: float
+
+
+EVENT_TYPES: tuple[type[TypedEvent], ...] = (
+    Notice, Loading, RunStarted, Expanded, ControlPrepared, RoundStarted, Rendered, Scored, Judged, VlmJudged, Finished,
+    Result, BatchStarted, BatchProgress, BatchFinished, EngineImage, EngineProgress, DownloadStarted, DownloadFinished,
+    Writing)

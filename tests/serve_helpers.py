@@ -46,14 +46,15 @@ def wait_until(check, timeout: float = 240.0, what: str = "the condition"):
 class ThreadServer:
     """uvicorn serving create_app(...) in this process, so a test can look at the Studio too."""
 
-    def __init__(self, home: Path, token: Optional[str] = None):
+    def __init__(self, home: Path, token: Optional[str] = None, engine: str = "tiny",
+                 engine_options: Optional[dict] = None):
         import uvicorn
 
         from reverie.orchestrator.studio import Studio
         from reverie.serve.app import create_app
         from reverie.serve.service import ServeService
 
-        self.studio = Studio(home=home, engine="tiny", scorer="heuristic")
+        self.studio = Studio(home=home, engine=engine, engine_options=engine_options, scorer="heuristic")
         self.service = ServeService(self.studio)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

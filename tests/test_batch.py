@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from reverie.orchestrator.batch import BatchOptions, make_batch_id, parse_batch_text
-from reverie.orchestrator.curation import keep_diverse
+from reverie.orchestrator.curation import curate
 from reverie.orchestrator.studio import Studio
 from reverie.types import ReverieError
 from tests.conftest import REPO, run_cli
@@ -103,15 +103,16 @@ def test_keep_prefers_distinct_images_and_fills_with_marked_near_duplicates(tmp_
     with Studio(home=home, engine=FixedLatencyEngine(latency=0.0), scorer="heuristic") as studio:
         result = studio.batch(file, per_prompt=3, keep=3, megapixels=0.02)
         run_id = result.items[0].run_id
-        kept, dups = keep_diverse(studio.store, run_id, 3)
-        assert len(kept) == 3 and not dups  # three seeds of seeded noise are all distinct
-        # Two identical embeddings: the second is a near-duplicate, and only fills the set.
+        curated = curate(studio.store, run_id, 3, threshold=0.95, fill=True)
+        assert len(curated.renders) == 3 and not curated.near_duplicates  # three seeds of seeded noise are all distinct
+        # Two identical pixel signatures: the second is a near-duplicate, and only fills the set.
         renders = sorted(studio.store.renders(run_id), key=lambda r: (-r.scores.composite, r.id))
         same = {renders[0].id: (1.0, 0.0), renders[1].id: (1.0, 0.0), renders[2].id: (0.0, 1.0)}
-        kept, dups = keep_diverse(studio.store, run_id, 2, same)
-        assert [r.id for r in kept] == [renders[0].id, renders[2].id] and not dups
-        kept, dups = keep_diverse(studio.store, run_id, 3, same)
-        assert [r.id for r in kept] == [r.id for r in renders] and dups == {renders[1].id}
+        curated = curate(studio.store, run_id, 2, threshold=0.95, signatures=same, fill=True)
+        assert [r.id for r in curated.renders] == [renders[0].id, renders[2].id] and not curated.near_duplicates
+        curated = curate(studio.store, run_id, 3, threshold=0.95, signatures=same, fill=True)
+        assert [r.id for r in curated.renders] == [r.id for r in renders]
+        assert curated.near_duplicates == {renders[1].id}
 
 
 def _count_renders(db_path: Path) -> int:

@@ -29,3 +29,12 @@ def test_best_drops_a_pixel_identical_render(tmp_path):
         assert len(best) == 3
         assert len({r.id for r in best} & {top.id, twin}) == 1
         assert [r.scores.composite for r in best] == sorted((r.scores.composite for r in best), reverse=True)
+
+
+def test_the_signature_cache_of_a_long_lived_studio_is_bounded():
+    from reverie.orchestrator.curation import SignatureCache
+
+    cache = SignatureCache(size=2)
+    for render_id in (1, 2, 3):
+        cache[render_id] = (float(render_id), 1.0)
+    assert len(cache) == 2 and cache.get(1) is None and cache.get(3) == (3.0, 1.0)

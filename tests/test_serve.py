@@ -78,7 +78,7 @@ def test_eight_concurrent_requests_all_finish_on_one_engine(server):
     for i, r in results.items():
         assert len(r.data) == 1 and f"boat number {i}" in r.data[0].revised_prompt
     # One engine built and loaded for all eight; every request is a run that finished.
-    engines = list(server.studio._engines.values())
+    engines = server.studio.parts.engines()
     assert len(engines) == 1 and engines[0].pipe is not None
     runs = server.studio.store.list_runs(limit=50)
     assert len(runs) == 8 and all(r["status"] == "done" for r in runs)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, TypeVar
 from pydantic import BaseModel
 
 from reverie.agents.llm import LLMSettings, LLMUnavailable, RecordFn, parse_reply
-from reverie.types import Event, ProgressFn, ReverieError, canonical_json, sha256_text
+from reverie.types import ProgressFn, ReverieError, Writing, canonical_json, sha256_text
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -211,8 +211,7 @@ class _Rate:
 
     def _say(self) -> None:
         seconds = max(time.monotonic() - self.started, 1e-6)
-        self.progress(Event("writing", {"purpose": self.purpose, "tokens": self.tokens,
-                                        "tokens_per_second": self.tokens / seconds}))
+        self.progress(Writing(purpose=self.purpose, tokens=self.tokens, tokens_per_second=self.tokens / seconds))
 
 
 Loader = Callable[[], tuple[Any, Any]]  # () -> (causal LM, tokenizer)

@@ -133,10 +133,8 @@ def reproduce(
     save: Optional[str] = typer.Option(None, "--out", help="Also save the new render to this PNG path."),
 ):
     """Render an image again from its own metadata alone and say whether the pixels match."""
-    import numpy as np
-    from PIL import Image
-
     from reverie.config import resolve_home
+    from reverie.orchestrator.reproduce import reproduce as render_again
     from reverie.render.registry import make_engine
 
     info = _describe_file(image)
@@ -148,33 +146,27 @@ def reproduce(
         raise ReverieError(f"reproduce runs on the tiny or diffusers engine, not {name!r}: pass --engine tiny or --engine diffusers")
     if spec.control is not None and not Path(spec.control.image_path).is_file():
         raise ReverieError(f"the control image {spec.control.image_path} is not on this machine: copy it there to reproduce")
-    # Pixels depend on how many seeds shared the forward pass: pad to the recorded batch size.
+    # Pixels depend on how many seeds shared the forward pass: the recorded batch size is re-created.
     batch_size = info.get("meta", {}).get("batch_size") or None
-    shape = {"batch_size": batch_size, "pad_batches": batch_size is not None}
     if name == "tiny":
-        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), **shape)
+        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), batch_size=batch_size)
     else:
-        runner = make_engine("diffusers", profile=spec.profile, model_path=model_path, **shape)
+        runner = make_engine("diffusers", profile=spec.profile, model_path=model_path, batch_size=batch_size)
     try:
-        output = runner.render([spec])[0]
+        compared = render_again(runner.render, spec, batch_size=batch_size, original=image)
     finally:
         runner.close()
-    if output.error or output.image is None:
-        raise ReverieError(f"the engine could not render it: {output.error}")
     if save:
-        output.image.save(save)
-    with Image.open(image) as im:
-        before = np.asarray(im.convert("RGB"), dtype=np.int16)
-    after = np.asarray(output.image.convert("RGB"), dtype=np.int16)
-    if before.shape != after.shape:
-        out.print(f"mismatch: sizes differ ({before.shape[1]}x{before.shape[0]} vs {after.shape[1]}x{after.shape[0]})")
+        compared.image.save(save)
+    if compared.max_diff is None:
+        out.print(f"mismatch: {compared.message}")
         raise typer.Exit(1)
-    diff = np.abs(before - after)
-    if int(diff.max()) == 0:
+    if compared.match:
         out.print(f"match: pixels identical (seed {spec.seed}, {spec.width}x{spec.height}, {name} engine, batch {runner.batch_size})",
                   highlight=False)
         return
-    out.print(f"mismatch: max pixel difference {int(diff.max())} (mean {float(diff.mean()):.3f}) on the {name} engine", highlight=False)
+    out.print(f"mismatch: max pixel difference {compared.max_diff} (mean {compared.mean_diff:.3f}) on the {name} engine",
+              highlight=False)
     raise typer.Exit(1)
 
 
@@ -193,7 +185,9 @@ def export(
         raise ReverieError(f"--top must be at least 1 (got {top})")
     store = _store(home)
     run = store.get_run(run_id)
-    picked = _diverse(store, run["id"], top)
+    from reverie.orchestrator.curation import home_best
+
+    picked = home_best(store, run["id"], top, fill=True)  # the near-duplicates fill up to --top
     if not picked:
         raise ReverieError(f"run {run['id']} has no scored images yet: run it (the same `reverie make` command continues it)")
     target = Path(directory).expanduser()
@@ -223,29 +217,3 @@ def export(
     if missing:
         raise ReverieError(f"{len(missing)} image file(s) are missing, e.g. {missing[0]}; exported the other {len(written)} to {target}: "
                            "restore the missing file from a backup, or lower --top")
-
-
-def _diverse(store, run_id: str, k: int) -> list:
-    """The top k, skipping near-duplicates when the scorer gives embeddings (they are not stored)."""
-    ranked = store.best(run_id, k=10**6)
-    if len(ranked) <= k:
-        return ranked
-    from PIL import Image
-
-    from reverie.orchestrator.curation import keep_diverse
-    from reverie.scoring.scorer import make_scorer
-
-    scorer = make_scorer("auto")
-    try:
-        images = []
-        for r in ranked:
-            with Image.open(r.path) as im:
-                images.append(im.convert("RGB"))
-        scores = scorer.score(images, [""] * len(ranked), [r.prompt for r in ranked])
-    finally:
-        scorer.close()
-    embeddings = {r.id: s.embedding for r, s in zip(ranked, scores)}
-    if not all(embeddings.values()):
-        return ranked[:k]
-    # Not enough distinct images: the next best fill the set.
-    return keep_diverse(store, run_id, k, embeddings, threshold=scorer.dedupe_threshold)[0]

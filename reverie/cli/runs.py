@@ -128,8 +128,15 @@ def show(
     from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
 
+    from reverie.orchestrator.curation import home_best
+
     store = Store(resolve_home(home), read_only_ok=True)
     tree = store.run_tree(run_id)
+    pick = store.judge_pick(tree["run"]["id"])
+    # The run's best as every way in chooses them: the VLM judge's pick first.
+    tree["best"] = [{"id": r.id, "path": r.path, "seed": r.seed, "score": r.scores.composite if r.scores else None,
+                     "judge_pick": bool(pick and pick["render_id"] == r.id)}
+                    for r in home_best(store, tree["run"]["id"], 4)]
     if as_json:
         print(json.dumps(tree, ensure_ascii=False, default=str))
         return
@@ -161,6 +168,9 @@ def show(
     from reverie.orchestrator.curation import diversity_line
 
     out.print(Text(diversity_line(store, run["id"])), highlight=False)
+    if tree["best"]:
+        out.print(Text("best: " + ", ".join(f"render {b['id']}" + (" (the VLM judge's pick)" if b["judge_pick"] else "")
+                                            for b in tree["best"])), highlight=False)
     if paths:
         out.print("[bold]images[/]")
         print_paths(paths)

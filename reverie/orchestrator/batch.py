@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from reverie.orchestrator.curation import keep_diverse
 from reverie.orchestrator.requests import validate_request
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import (
+    BatchFinished,
+    BatchProgress,
+    BatchStarted,
     Event,
     ProgressFn,
     Reference,
@@ -246,16 +248,21 @@ class _Item:
     row_id: int
     index: int
     idea: str
-    request: Request
-    run_id: str
-    base_seed: int
+    run: Any  # the opened Run (orchestrator/run.py): it holds the run's lock while the batch goes
     budget: Optional[int]  # None: as many as the time budget allows
-    resumed: bool = False
     done: int = 0
     best: Optional[float] = None
     error: Optional[str] = None  # set when the item failed
     finished: bool = False  # its run reached its end (budget, target or time)
     stop_reason: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    @property
+    def request(self) -> Request:
+        return self.run.request
 
 
 class BatchRunner:
@@ -286,6 +293,7 @@ class BatchRunner:
         self.stop = threading.Event()
         self.failures: dict[int, str] = {}  # item index -> why it failed, this session
         self.failed_before: set[int] = set()
+        self.runs: list = []  # every Run opened, closed when the batch ends however it ends
 
     # -- setup -----------------------------------------------------------------------------
     def _budget(self, item: BatchItem) -> Optional[int]:
@@ -337,17 +345,15 @@ class BatchRunner:
                          "process died; trying it once more")
         elif row and self.retry_failed and (row["crashes"] or 0) >= CRASHES_TO_QUARANTINE:
             self.store.batches.round_ended(row["id"])  # --retry-failed: a clean slate
-        resumed = bool(row and row["run_id"])
-        if resumed:
-            run_id = row["run_id"]
-        else:
-            engine = self.studio.engine_for(get_profile(req.profile), self.progress)
-            run_id = self.store.create_run(req, engine.name, seed, identity=getattr(engine, "identity", engine.name))
+        # Opened as every run is, holding its lock until its thread ends: another process sees it running.
+        run = self.studio.open_run(req, run_id=row["run_id"] if row and row["run_id"] else None,
+                                   progress=self.progress)
+        self.runs.append(run)
+        run_id = run.id
         row = self.store.batches.put_item(
             self.batch_id, it.index, idea=req.idea, overrides_json=canonical_json(it.overrides()),
             budget=self._budget(it), base_seed=seed, run_id=run_id, status="running", error=None)
-        item = _Item(row_id=row["id"], index=it.index, idea=req.idea, request=req, run_id=run_id, base_seed=seed,
-                     budget=self._budget(it), resumed=resumed)
+        item = _Item(row_id=row["id"], index=it.index, idea=req.idea, run=run, budget=self._budget(it))
         item.done = len(self.store.render_rows(run_id))
         best = [r.scores.composite for r in self.store.renders(run_id) if r.scores]
         item.best = max(best) if best else None
@@ -379,6 +385,8 @@ class BatchRunner:
         try:
             return self._run()
         finally:
+            for run in self.runs:
+                run.close()
             lock.release()
 
     def _run(self) -> BatchResult:
@@ -389,11 +397,11 @@ class BatchRunner:
         deadline = started + max(0.0, budget_s - spent_before) if budget_s is not None else None
         total = sum(i.budget for i in items) if all(i.budget is not None for i in items) else None
         done_before = sum(i.done for i in items)
-        self.progress(Event("batch_started", {
-            "batch_id": self.batch_id, "total": total, "done": done_before, "resumed": done_before > 0,
-            "hours": self.options.hours, "seconds_left": None if budget_s is None else max(0.0, budget_s - spent_before),
-            "items": [{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
-                      for i in items]}))
+        self.progress(BatchStarted(
+            batch_id=self.batch_id, total=total, done=done_before, resumed=done_before > 0, hours=self.options.hours,
+            seconds_left=None if budget_s is None else max(0.0, budget_s - spent_before),
+            items=[{"index": i.index, "idea": i.idea, "budget": i.budget, "done": i.done, "best": i.best, "run_id": i.run_id}
+                   for i in items]))
         # Built once, before the runs start, so their notices come once and first.
         if items:
             engine = self.studio.engine_for(get_profile(items[0].request.profile), self.progress)
@@ -452,12 +460,11 @@ class BatchRunner:
 
         batches = self.store.batches
         try:
-            final = self.studio.run_loop(item.request, run_id=item.run_id, base_seed=item.base_seed,
-                                         resumed=item.resumed, progress=progress, policy=self.options.policy,
-                                         order=item.index, deadline=deadline, deadline_label=label, stop=self.stop,
-                                         llm_gate=gate, on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
-                                         on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
-                                                                       else batches.clear_inflight(item.row_id)))
+            final = item.run.drive(progress=progress, policy=self.options.policy, order=item.index,
+                                   deadline=deadline, deadline_label=label, stop=self.stop, llm_gate=gate,
+                                   on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
+                                   on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
+                                                                 else batches.clear_inflight(item.row_id)))
             inbox.put(("done", item, final.get("stop_reason", "")))
         except RenderStopped:
             inbox.put(("stopped", item, ""))
@@ -468,6 +475,7 @@ class BatchRunner:
         finally:
             # Still standing: whatever happened to the round, it did not take the process down.
             batches.clear_inflight(item.row_id)
+            item.run.close()  # ended: another process may continue it
 
     def _stop_runs(self, threads: list[threading.Thread]) -> None:
         """Stop every run between images and wait for them: what they rendered is stored first."""
@@ -499,10 +507,9 @@ class BatchRunner:
         else:
             eta = None
         bests = [i.best for i in items if i.best is not None]
-        self.progress(Event("batch_progress", {
-            "done": done, "total": total, "images_per_minute": rate, "eta_seconds": eta,
-            "best": max(bests) if bests else None,
-            "items": [{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]}))
+        self.progress(BatchProgress(
+            done=done, total=total, images_per_minute=rate, eta_seconds=eta, best=max(bests) if bests else None,
+            items=[{"index": i.index, "done": i.done, "budget": i.budget, "best": i.best} for i in items]))
 
     def _stop_reason(self, items: list[_Item], timed_out: bool, label: str) -> str:
         failed = len(self.failures)
@@ -521,15 +528,14 @@ class BatchRunner:
     # -- curation --------------------------------------------------------------------------
     def _finish(self, items: list[_Item], stop_reason: str, busy: float, wall: float) -> BatchResult:
         from reverie.orchestrator.report import write_report
-        from reverie.scoring.scorer import scoring_settings
 
-        threshold = scoring_settings(self.studio.config.get("scoring")).dedupe_threshold
         results = []
         for item in items:
             # From the store: a resumed run may have adopted renders a crash left without their rows.
             item.done = len(self.store.render_rows(item.run_id))
-            kept, dups = keep_diverse(self.store, item.run_id, self.options.keep, self.studio.signatures,
-                                      threshold=threshold)
+            # The one curation (the judge's pick first), near-duplicates filling up to --keep.
+            curated = self.studio.curate(item.run_id, self.options.keep, fill=True)
+            kept, dups = curated.renders, curated.near_duplicates
             self.store.batches.set_keeps(item.row_id, [(r.id, r.id in dups) for r in kept])
             finished = item.finished or (item.budget is not None and item.done >= item.budget)
             status = "failed" if item.error else "done" if finished else "stopped"
@@ -548,8 +554,8 @@ class BatchRunner:
         results.sort(key=lambda r: r.index)
         report = write_report(self.store, self.batch_id)
         self.store.batches.finish(self.batch_id, str(report))
-        self.progress(Event("batch_finished", {"batch_id": self.batch_id, "report": str(report), "reason": stop_reason,
-                                               "renders": self.renders_now}))
+        self.progress(BatchFinished(batch_id=self.batch_id, report=str(report), reason=stop_reason,
+                                    renders=self.renders_now))
         return BatchResult(batch_id=self.batch_id, items=results, report_path=report, stop_reason=stop_reason,
                            home=self.store.home, renders_this_session=self.renders_now, engine_busy_seconds=busy,
                            engine_wall_seconds=wall, notices=list(self.studio.notices))

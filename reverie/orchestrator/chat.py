@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Optional, Protocol
+from typing import Any, Callable, Literal, Optional, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -312,10 +312,11 @@ def shown_images(studio, turn: dict) -> list[Render]:
 
 def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
               interpreter: Optional[Interpreter] = None, stop: Optional[threading.Event] = None,
-              **defaults: Any) -> ChatTurn:
+              on_open: Optional[Callable[[Any], None]] = None, **defaults: Any) -> ChatTurn:
     """Read the message against the session's last turn, make the new round, record the turn.
     Ctrl-C, or setting `stop` (the web studio's stop button), cancels the turn between images and
-    keeps it with what it rendered."""
+    keeps it with what it rendered. `on_open(run)` is called once the turn's run is opened (a
+    server records which run a request became)."""
     if not session or not str(session).strip():
         raise ReverieError("a chat needs a session name: pass --session NAME (any word)")
     message = (message or "").strip()
@@ -342,23 +343,17 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
         if key in defaults:
             req = replace(req, **{key: defaults[key]})
     req = studio.request(req.idea, **{k: v for k, v in req.to_dict().items() if k != "idea"})
-    started: dict[str, str] = {}
-
-    def watch(event):
-        if event.kind == "run_started":
-            started["run_id"] = event.data["run_id"]
-        progress(event)
-
     cancelled = False
-    try:
-        result = studio.make(req.idea, progress=watch, stop=stop,
-                             **{k: v for k, v in req.to_dict().items() if k != "idea"})
-    except (KeyboardInterrupt, RenderStopped):
-        if "run_id" not in started:
-            raise
-        # Ctrl-C cancels the turn, not the chat: its run is kept (interrupted) and so is the turn.
-        cancelled = True
-        result = studio.result(started["run_id"], k=min(req.n, 4))
+    with studio.open_run(req, progress=progress) as run:
+        if on_open is not None:
+            on_open(run)
+        try:
+            final = run.drive(progress=progress, stop=stop)
+            stop_reason = final.get("stop_reason", "")
+        except (KeyboardInterrupt, RenderStopped):
+            # Ctrl-C cancels the turn, not the chat: its run is kept (interrupted) and so is the turn.
+            cancelled, stop_reason = True, ""
+    result = run.result(k=min(req.n, 4), stop_reason=stop_reason)
     store.chats.add_turn(
         sid, turn=number, message=message, interpretation_json=canonical_json(reading.to_dict()),
         request_json=canonical_json(req.to_dict()), run_id=result.run_id,

@@ -1,40 +1,138 @@
-"""Choosing which renders of a run to show or keep: the best by composite, near-duplicates out."""
+"""One curation: which renders of a run to show or keep, for every way in.
+
+`best(store, run_id, k, ...)` answers "the best images of a run" for make, chat, a batch's kept
+set and contact sheet, serve's OpenAI endpoint and pages, and `reverie show` / `export`:
+- the VLM judge's final pick (when a [judge] is configured and answered) leads;
+- the rest follow by composite score, best first;
+- a render whose pixel signature (a coarse colour layout, scoring/heuristic.signature; not a
+  learnt embedding) is closer than the home's near-duplicate threshold to one already chosen is
+  left out; with `fill`, when fewer than k distinct images exist, the best of those left out
+  fill the set and are named as near-duplicates.
+
+The threshold is the home's `[scoring] dedupe_threshold` (`near_duplicate_threshold(config)`),
+the one place it is read.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
-from reverie.scoring.dedupe import diverse_top
 from reverie.types import Render
 
 
-def keep_diverse(store, run_id: str, k: int, embeddings: Optional[dict[int, tuple]] = None, threshold: float = 0.95,
-                 fill: bool = True) -> tuple[list[Render], set[int]]:
-    """The top k scored renders of a run, best first, near-duplicates pushed out.
+def near_duplicate_threshold(config: Optional[Mapping[str, Any]]) -> float:
+    """The cosine between two pixel signatures above which two renders are near-duplicates:
+    the home's [scoring] dedupe_threshold, or the default."""
+    from reverie.scoring.scorer import scoring_settings
 
-    Uses the scorer's embeddings when every candidate has one from this session (CLIP), or else a
-    pixel signature of each PNG for all of them, so the two kinds are never compared. With `fill`,
-    when fewer than k distinct images exist the best near-duplicates fill the set and are returned
-    as the second value; without it the set is simply shorter.
-    """
-    embeddings = embeddings or {}
+    return scoring_settings((config or {}).get("scoring")).dedupe_threshold
+
+
+@dataclass(frozen=True)
+class Curated:
+    """A run's chosen renders, best first (the judge's pick leading), and which of them only
+    filled the set although they nearly duplicate a better one."""
+
+    renders: list[Render]
+    near_duplicates: frozenset[int] = field(default_factory=frozenset)
+
+
+class SignatureCache:
+    """Pixel signatures of the renders a studio stored, taken from the images in memory as they
+    arrive so that curating need not decode the PNGs again. Bounded: a server that runs for
+    weeks keeps the newest `size` (older ones are read from their files when asked for)."""
+
+    def __init__(self, size: int = 10_000):
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: "OrderedDict[int, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __setitem__(self, render_id: int, signature: tuple) -> None:
+        with self._lock:
+            self._items[render_id] = signature
+            self._items.move_to_end(render_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, render_id: int, default: Optional[tuple] = None) -> Optional[tuple]:
+        with self._lock:
+            return self._items.get(render_id, default)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional[dict[int, tuple]] = None,
+           fill: bool = False) -> Curated:
+    """The run's best k (see the module docstring). `signatures` (render id -> pixel signature)
+    spares decoding PNGs already seen in memory; missing ones are read from the files."""
+    signatures = signatures if signatures is not None else {}
     ranked = sorted((r for r in store.renders(run_id) if r.scores is not None), key=lambda r: (-r.scores.composite, r.id))
-    if not ranked:
-        return [], set()
-    if all(r.id in embeddings for r in ranked):
-        vectors = [embeddings[r.id] for r in ranked]
-    else:
-        vectors = [pixel_signature(r.path) for r in ranked]
-    picked = diverse_top(vectors, k, threshold)
+    chosen = store.judge_pick(run_id)
+    if chosen is not None:
+        pick = next((r for r in ranked if r.id == chosen["render_id"]), None) or store.render_by_id(chosen["render_id"])
+        ranked = [pick] + [r for r in ranked if r.id != pick.id]
+    if not ranked or k < 1:
+        return Curated([])
+    # Signatures are taken as the walk needs them: k distinct images cost about k decodes,
+    # however long the run.
+    kept: list[int] = []
+    kept_vectors: list = []
+    for i, r in enumerate(ranked):
+        vector = _signature(r, signatures)
+        if vector is None or all(cosine(vector, v) <= threshold for v in kept_vectors):
+            kept.append(i)
+            if vector is not None:
+                kept_vectors.append(vector)
+            if len(kept) == k:
+                break
     dups: set[int] = set()
     for i, r in enumerate(ranked):
-        if not fill or len(picked) >= k:
+        if not fill or len(kept) >= k:
             break
-        if i not in picked:
-            picked.append(i)
+        if i not in kept:
+            kept.append(i)
             dups.add(r.id)
-    picked.sort()
-    return [ranked[i] for i in picked], dups
+    kept.sort()
+    return Curated([ranked[i] for i in kept], frozenset(dups))
+
+
+def _signature(render: Render, known) -> Optional[tuple]:
+    """A render's pixel signature; None for a file deleted by hand, which resembles nothing (it
+    is still shown: its row, scores and lineage are all there)."""
+    cached = known.get(render.id)
+    if cached is not None:
+        return cached
+    try:
+        return pixel_signature(render.path)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def cosine(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / norm if norm else 0.0
+
+
+def best(store, run_id: str, k: int, *, threshold: float, signatures: Optional[dict[int, tuple]] = None,
+         fill: bool = False) -> list[Render]:
+    """The renders of `curate`, without the near-duplicate marks."""
+    return curate(store, run_id, k, threshold=threshold, signatures=signatures, fill=fill).renders
+
+
+def home_best(store, run_id: str, k: int, *, fill: bool = False) -> list[Render]:
+    """`best` for a caller that holds a store and no studio (`reverie show`, `export`): the
+    threshold from the home's reverie.toml."""
+    from reverie.config import load_config
+
+    return best(store, run_id, k, threshold=near_duplicate_threshold(load_config(store.home)), fill=fill)
 
 
 def pixel_signature(path: str) -> tuple:

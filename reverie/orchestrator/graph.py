@@ -29,7 +29,27 @@ from reverie.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
 from reverie.scoring.scorer import Scorer
 from reverie.store.db import Store
-from reverie.types import Control, Engine, EngineOutput, Event, Expansion, ProgressFn, RenderSpec, Request, ReverieError, Scores
+from reverie.types import (
+    Control,
+    ControlPrepared,
+    Engine,
+    EngineOutput,
+    Event,
+    Expanded,
+    Expansion,
+    Finished,
+    Judged,
+    Notice,
+    ProgressFn,
+    Rendered,
+    RenderSpec,
+    Request,
+    ReverieError,
+    RoundStarted,
+    Scored,
+    Scores,
+    VlmJudged,
+)
 
 
 class LoopState(TypedDict, total=False):
@@ -49,7 +69,7 @@ class LoopState(TypedDict, total=False):
     control: Optional[dict]
 
 
-@dataclass
+@dataclass(frozen=True)  # read-only: a node changes the run through its state and the store, never here
 class LoopContext:
     store: Store
     engine: Engine
@@ -76,7 +96,7 @@ class LoopContext:
     started: float = field(default_factory=time.monotonic)
     variety_shift_max: float = 7.0
     variety_blind_max: int = 2
-    references: Callable[[Request, Store], Optional[Control]] | None = None
+    models_dir: Optional[Path] = None  # where reference preprocessors' weights live (the home's models/)
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
     embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
     vlm_judge: Any = None  # a VLMJudge: compares the top candidates for the revision and the final pick
@@ -106,8 +126,8 @@ def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
             expansion = ctx.expander.expand(ctx.request.idea, ctx.profile, k=1, seed=ctx.base_seed + rnd)[0]
         parent = None
     prompt_id = ctx.store.add_prompt(state["run_id"], expansion, round=rnd, parent_id=parent)
-    ctx.progress(Event("expanded", {"round": rnd, "prompt_id": prompt_id, "source": expansion.source,
-                                    "prompt": expansion.prompt, "parent_id": parent}))
+    ctx.progress(Expanded(round=rnd, prompt_id=prompt_id, source=expansion.source, prompt=expansion.prompt,
+                          parent_id=parent))
     return {"prompt_id": prompt_id, "pending_revision": None}
 
 
@@ -125,10 +145,25 @@ def _check_stop(ctx: LoopContext) -> None:
 
 def references(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
-    if state.get("control") is not None or ctx.references is None or not ctx.request.references:
+    if state.get("control") is not None or ctx.models_dir is None or not ctx.request.references:
         return {}
-    control = ctx.references(ctx.request, ctx.store)
-    return {"control": control.__dict__ if control else None}
+    control = prepare_reference(ctx, state["run_id"])
+    return {"control": control.__dict__}
+
+
+def prepare_reference(ctx: LoopContext, run_id: str) -> Control:
+    """Preprocess the request's first reference (edges, depth, pose, or the image itself), store
+    the control image and link it to the run."""
+    from reverie.agents.references import prepare_control
+
+    ref = ctx.request.references[0]
+    prepared = prepare_control(ref, ctx.request.idea, ctx.models_dir)
+    if prepared.note:
+        ctx.notice(prepared.note) if ctx.notice else ctx.progress(Notice(message=prepared.note))
+    sha, path = ctx.store.add_control(run_id, prepared.kind, str(Path(ref.path).expanduser().resolve()),
+                                      prepared.source_sha, prepared.data)
+    ctx.progress(ControlPrepared(control_kind=prepared.kind, image_sha=sha, path=str(path)))
+    return Control(kind=prepared.kind, image_sha=sha, image_path=str(path), strength=ref.strength)
 
 
 def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
@@ -171,7 +206,7 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         if row is None:
             todo.append((i, spec))
     _check_stop(ctx)
-    ctx.progress(Event("round_started", {"round": rnd, "n": len(specs), "todo": len(todo)}))
+    ctx.progress(RoundStarted(round=rnd, n=len(specs), todo=len(todo)))
     if todo:
         sink = RenderSink(ctx, run_id, state["prompt_id"], rnd)
         try:
@@ -221,7 +256,7 @@ class RenderSink:
         if raise_error:
             self._raise()
         elif self._error is not None:
-            self.ctx.progress(Event("notice", {"message": f"could not store every render: {self._error}"}))
+            self.ctx.progress(Notice(message=f"could not store every render: {self._error}"))
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -253,8 +288,8 @@ class RenderSink:
             rid = store.add_render(self.run_id, self.prompt_id, self.round, output,
                                    batch_size=getattr(ctx.engine, "batch_size", None))
             self.ids[output.spec.sha] = rid
-            self.events.put(Event("rendered", {"round": self.round, "render_id": rid, "seed": output.spec.seed,
-                                                "seconds": output.seconds, "error": output.error}))
+            self.events.put(Rendered(round=self.round, render_id=rid, seed=output.spec.seed, seconds=output.seconds,
+                                     error=output.error))
             if store.render_row(rid)["status"] == "ok":  # failed and blank images are never scored
                 fresh.append((rid, output))
                 if ctx.signatures is not None:
@@ -268,8 +303,7 @@ class RenderSink:
             if s.embedding:
                 ctx.embeddings[rid] = s.embedding
         self.best = max([s.composite for s in scores] + ([self.best] if self.best is not None else []))
-        self.events.put(Event("scored", {"round": self.round, "count": len(fresh), "scorer": ctx.scorer.name,
-                                          "best": self.best}))
+        self.events.put(Scored(round=self.round, count=len(fresh), scorer=ctx.scorer.name, best=self.best))
 
 
 def _score_files(ctx: LoopContext, renders: list) -> list[Scores]:
@@ -292,8 +326,8 @@ def score(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         scores = _score_files(ctx, todo)
         for r, s in zip(todo, scores):
             ctx.store.add_scores(r.id, s)
-        ctx.progress(Event("scored", {"round": state.get("round", 0), "count": len(todo), "scorer": ctx.scorer.name,
-                                      "best": max(s.composite for s in scores)}))
+        ctx.progress(Scored(round=state.get("round", 0), count=len(todo), scorer=ctx.scorer.name,
+                            best=max(s.composite for s in scores)))
     return {}
 
 
@@ -324,7 +358,7 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         verdict = _ask_vlm(ctx, scored, final=True)
         if verdict is not None:
             ctx.store.set_judge_pick(state["run_id"], verdict.render_id, verdict.reason)
-        ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": policy.FINISH, "reason": stop}))
+        ctx.progress(Judged(round=rnd, best=overall, decision=policy.FINISH, reason=stop))
         return {**update, "decision": policy.FINISH, "stop_reason": stop}
 
     embeddings = [r.scores.embedding for r in _with_embeddings(ctx, renders)]
@@ -348,11 +382,11 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
             update["embed_noise"] = policy.turn_embed_noise(state.get("embed_noise", 0.0))
     elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
-    ctx.progress(Event("judged", {"round": rnd, "best": overall, "decision": decision, "reason": critique.reason,
-                                  "similarity": similarity, "diversity": policy.diversity(similarity),
-                                  "embed_noise": update.get("embed_noise", state.get("embed_noise", 0.0)),
-                                  "shift": update.get("shift", state.get("shift")),
-                                  "blind_steps": update.get("blind_steps", state.get("blind_steps", 0))}))
+    ctx.progress(Judged(round=rnd, best=overall, decision=decision, reason=critique.reason, similarity=similarity,
+                        diversity=policy.diversity(similarity),
+                        embed_noise=update.get("embed_noise", state.get("embed_noise", 0.0)),
+                        shift=update.get("shift", state.get("shift")),
+                        blind_steps=update.get("blind_steps", state.get("blind_steps", 0))))
     return update
 
 
@@ -378,11 +412,10 @@ def _ask_vlm(ctx: LoopContext, scored: list, final: bool):
             verdict = ctx.vlm_judge.judge(ctx.request.idea, candidates)
     except LLMUnavailable as e:
         message = f"VLM judge: no usable answer ({e}); the composite decides"
-        ctx.notice(message) if ctx.notice else ctx.progress(Event("notice", {"message": message}))
+        ctx.notice(message) if ctx.notice else ctx.progress(Notice(message=message))
         return None
-    ctx.progress(Event("vlm_judged", {"final": final, "render_id": verdict.render_id, "rank": verdict.rank,
-                                      "of": len(candidates), "reason": verdict.reason, "problems": verdict.problems,
-                                      "model": verdict.model}))
+    ctx.progress(VlmJudged(final=final, render_id=verdict.render_id, rank=verdict.rank, of=len(candidates),
+                           reason=verdict.reason, problems=verdict.problems, model=verdict.model))
     return verdict
 
 
@@ -402,7 +435,7 @@ def _with_embeddings(ctx: LoopContext, renders: list) -> list:
 def finish(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
     ctx.store.finish_run(state["run_id"], "done", state.get("stop_reason", ""))
-    ctx.progress(Event("finished", {"run_id": state["run_id"], "reason": state.get("stop_reason", "")}))
+    ctx.progress(Finished(run_id=state["run_id"], reason=state.get("stop_reason", "")))
     return {}
 
 

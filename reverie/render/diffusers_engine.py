@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, get_profile
 from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS, adapter_for
 from reverie.render.weights import resolve_controlnet, resolve_weights
-from reverie.types import Control, EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import Control, EngineImage, EngineOutput, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 def quiet_libraries() -> None:
@@ -328,7 +328,7 @@ class DiffusersEngine:
                     out[i] = result
                     if on_output is not None:
                         on_output(result)
-                    progress(Event("engine_image", {"seed": result.spec.seed, "seconds": result.seconds}))
+                    progress(EngineImage(seed=result.spec.seed, seconds=result.seconds))
         return [o for o in out if o is not None]
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import EngineImage, EngineOutput, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
 
 class FixedLatencyEngine:
@@ -50,7 +50,7 @@ class FixedLatencyEngine:
             outputs.append(output)
             if on_output is not None:
                 on_output(output)
-            progress(Event("engine_image", {"seed": spec.seed, "seconds": seconds}))
+            progress(EngineImage(seed=spec.seed, seconds=seconds))
         return outputs
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from reverie.types import Event, ProgressFn, ReverieError, no_progress
+from reverie.types import DownloadFinished, DownloadStarted, ProgressFn, ReverieError, no_progress
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,13 @@ class ScorerModel:
 def _download(name: str, repo: str, progress: ProgressFn, **kwargs) -> str:
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    progress(Event("download_started", {"model": name, "repo": repo}))
+    progress(DownloadStarted(model=name, repo=repo))
     try:
         path = hf_hub_download(repo, **kwargs) if "filename" in kwargs else snapshot_download(repo, **kwargs)
     except Exception as e:
         raise ReverieError(f"could not download {name} from huggingface.co/{repo} ({type(e).__name__}): "
                            f"check the network (or HF_ENDPOINT / HF_TOKEN) and run `reverie models pull {name}` again") from None
-    progress(Event("download_finished", {"model": name, "path": path}))
+    progress(DownloadFinished(model=name, path=str(path)))
     return path
 
 

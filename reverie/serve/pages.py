@@ -206,9 +206,8 @@ def request_status(request: Request, request_id: int):
         return openai_error(404, f"no request {request_id} on this server")
     best = []
     if row["run_id"] and row["status"] == "done":
-        from reverie.serve.service import best_of
-
-        best = [render_card(r) for r in best_of(service.studio, row["run_id"], json.loads(row["payload_json"])["n"])]
+        n = json.loads(row["payload_json"])["n"]
+        best = [render_card(r) for r in service.studio.best(row["run_id"], k=n, fill=True)]
     return {"id": row["id"], "kind": row["kind"], "status": row["status"], "run_id": row["run_id"],
             "error": row["error"], "best": best}
 

@@ -128,9 +128,6 @@ class ServeService:
         store = self.studio.store
 
         def progress(event: Event) -> None:
-            if event.kind == "run_started":
-                job.run_id = event.data["run_id"]
-                self.queue.started(job.id, job.run_id)
             if event.kind not in EVENT_KINDS:
                 return
             data = {k: v for k, v in event.data.items() if isinstance(v, (str, int, float, bool, type(None)))}
@@ -186,13 +183,19 @@ class ServeService:
         if row and row["run_id"] and self.studio.store.get_run(row["run_id"])["status"] == "done":
             # The run ended before the last server died: its images are the answer, nothing is made again.
             job.run_id = row["run_id"]
-            job.best = best_of(self.studio, job.run_id, n)
+            job.best = self.studio.best(job.run_id, k=n, fill=True)
             return
-        result = self.studio.make(p["prompt"], progress=self._progress(job), stop=job.stop, n=n, rounds=p["rounds"],
-                                  target=p.get("target"), aspect=p["aspect"], megapixels=p["megapixels"],
-                                  profile=p["profile"], seed=p["seed"])
-        job.run_id = result.run_id
-        job.best = best_of(self.studio, result.run_id, n)
+        request = self.studio.request(p["prompt"], n=n, rounds=p["rounds"], target=p.get("target"), aspect=p["aspect"],
+                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"])
+        with self.studio.open_run(request) as run:
+            self._opened(job, run)
+            run.drive(progress=self._progress(job), stop=job.stop)
+            job.best = run.best(n, fill=True)
+
+    def _opened(self, job: Job, run) -> None:
+        """The request has its run: a restarted server finds it by the request's row."""
+        job.run_id = run.id
+        self.queue.started(job.id, run.id)
 
     def _chat(self, job: Job) -> None:
         p = job.payload
@@ -206,17 +209,17 @@ class ServeService:
                 job.run_id = row["run_id"]
             else:
                 turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
-                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop)
+                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop,
+                                        on_open=lambda run: self._opened(job, run))
                 job.run_id = turn.run_id
                 job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
                                   "idea": turn.interpretation.request.idea})
-            job.best = best_of(self.studio, job.run_id, p["n"])
+            job.best = self.studio.best(job.run_id, k=p["n"], fill=True)
 
     def reproduce(self, render_id: int) -> dict[str, Any]:
-        """Render an image again from its stored spec on the warm engine and compare the pixels."""
-        import numpy as np
-        from PIL import Image
-
+        """Render an image again from its stored spec on the warm engine and compare the pixels
+        (orchestrator/reproduce.py, as `reverie reproduce` does)."""
+        from reverie.orchestrator.reproduce import reproduce
         from reverie.profiles import get_profile
         from reverie.types import RenderSpec
 
@@ -227,20 +230,12 @@ class ServeService:
         if engine.name != row["engine"]:
             raise ReverieError(f"image {render_id} was made by the {row['engine']} engine and this server runs "
                                f"{engine.name}: reproduce it with `reverie reproduce` on that engine")
-        # Pixels depend on how many seeds shared the forward pass: filler seeds re-create the batch.
         shape = row.get("batch_size") or getattr(engine, "batch_size", None) or 1
-        specs = [spec] + [spec.with_(seed=spec.seed + 1 + i) for i in range(shape - 1)]
-        output = self.studio.worker.render(engine, specs, priority=(-1, spec.profile, 0))[0]
-        if output.error or output.image is None:
-            raise ReverieError(f"the engine could not render it: {output.error}")
-        with Image.open(store.home / row["path"]) as im:
-            before = np.asarray(im.convert("RGB"), dtype=np.int16)
-        after = np.asarray(output.image.convert("RGB"), dtype=np.int16)
-        if before.shape != after.shape:
-            return {"match": False, "message": "sizes differ"}
-        diff = int(np.abs(before - after).max())
-        return {"match": diff == 0, "max_diff": diff,
-                "message": "pixels identical" if diff == 0 else f"max pixel difference {diff}"}
+        compared = reproduce(lambda specs: self.studio.worker.render(engine, list(specs), priority=(-1, spec.profile, 0)),
+                             spec, batch_size=shape, original=store.home / row["path"])
+        if compared.max_diff is None:
+            return {"match": False, "message": compared.message}
+        return {"match": compared.match, "max_diff": compared.max_diff, "message": compared.message}
 
     def close(self) -> None:
         """Stop the runs between images; their requests stay open and the next server finishes them."""
@@ -251,12 +246,3 @@ class ServeService:
         deadline = time.monotonic() + 30
         for job in list(self.jobs.values()):
             job.done.wait(max(0.0, deadline - time.monotonic()))
-
-
-def best_of(studio: Studio, run_id: str, n: int) -> list[Render]:
-    """The run's best n images, distinct ones first, near-duplicates filling up to n."""
-    from reverie.orchestrator.curation import keep_diverse
-    from reverie.scoring.scorer import scoring_settings
-
-    threshold = scoring_settings(studio.config.get("scoring")).dedupe_threshold
-    return keep_diverse(studio.store, run_id, n, studio.signatures, threshold=threshold, fill=True)[0]

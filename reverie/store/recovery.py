@@ -59,6 +59,24 @@ def _claim_run(store, request, engine: str, base_seed: int, identity: str) -> tu
     return run_id, base_seed, lock, False
 
 
+def hold_run(store, run_id: str) -> tuple[dict, RunLock]:
+    """Take the lock of a known run (a batch item's, by the id its row holds): a run not done
+    (unfinished, or failed and tried again) is marked running by this process. Returns (its row, the lock); a run that another live
+    process holds is one line naming it."""
+    with store.lock, home_lock(store.home, "claim"):
+        run = store.get_run(run_id)
+        lock = RunLock(store.home, run["id"])
+        if not lock.acquire():
+            owner = lock.owner_pid()
+            raise ReverieError(f"run {run['id']} is being made right now{f' by process {owner}' if owner else ''}: "
+                               f"follow it with `reverie show {run['id']}`, or let it finish")
+        if run["status"] != "done":
+            with store.db.conn:
+                store.db["runs"].update(run["id"], {"status": "running", "owner_pid": os.getpid(), "finished": None})
+            run = {**run, "status": "running"}
+        return run, lock
+
+
 # -- files a crash left behind ---------------------------------------------------------------
 def _pid_alive(pid: int) -> bool:
     try:
