@@ -8,7 +8,7 @@ the pictures are noise. One run measures, side by side:
     without and with torch.compile of the transformer;
   - the parts: one text-encoder call, one VAE decode, PNG encoding with reverie's metadata,
     and scoring (CLIP ViT-L/14 + aesthetic MLP, random weights), each as a share of one image.
-It prints markdown tables the README can take.
+It prints markdown tables docs/benchmarks.md can take.
 
     python bench/bench_gpu.py --size full [--images 8] [--batches 1,2,4] [--compile both]
     python bench/bench_gpu.py --size tiny      # the same code path, tiny configs, on CPU

@@ -133,6 +133,9 @@ def explain(store: Store, built: dict) -> None:
         ("select * from runs where id = ?", [run_id]),
         ("select * from runs order by created desc limit 30", []),
         ("select * from renders where run_id = ? order by id", [run_id]),
+        # A run's renders with their scores (Store.renders), in one statement.
+        ("select renders.*, s.name from renders left join scores s on s.render_id = renders.id "
+         "where renders.run_id = ? and renders.status = 'ok' order by renders.id", [run_id]),
     ]:
         plan = [r[-1] for r in store.db.conn.execute("explain query plan " + sql, params)]
         print(f"  {sql}\n    -> {'; '.join(plan)}")

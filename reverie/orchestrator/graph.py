@@ -110,9 +110,8 @@ def _ctx(runtime: Runtime[LoopContext]) -> LoopContext:
 def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
     rnd = state.get("round", 0)
-    existing = [p for p in ctx.store.prompts(state["run_id"]) if p["round"] == rnd]
-    if existing:  # resumed: this round's prompt was already committed
-        p = existing[-1]
+    p = ctx.store.round_prompt(state["run_id"], rnd)
+    if p is not None:  # resumed: this round's prompt was already committed
         return {"prompt_id": p["id"], "pending_revision": None}
     _check_stop(ctx)
     revision = state.get("pending_revision")
@@ -167,7 +166,7 @@ def prepare_reference(ctx: LoopContext, run_id: str) -> Control:
 
 
 def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
-    prompt = next(p for p in ctx.store.prompts(state["run_id"]) if p["id"] == state["prompt_id"])
+    prompt = ctx.store.prompt(state["prompt_id"])
     control = Control(**state["control"]) if state.get("control") else None
     steps = ctx.request.steps or ctx.profile.steps
     cursor = state.get("seed_cursor", 0)
@@ -320,8 +319,7 @@ def _score_files(ctx: LoopContext, renders: list) -> list[Scores]:
 
 def score(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
-    renders = [r for r in ctx.store.renders(state["run_id"]) if r.id in set(state.get("round_render_ids", []))]
-    todo = [r for r in renders if r.scores is None]
+    todo = [r for r in ctx.store.renders_by_ids(state.get("round_render_ids", [])) if r.scores is None]
     if todo:
         scores = _score_files(ctx, todo)
         for r, s in zip(todo, scores):
@@ -336,9 +334,8 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     _check_stop(ctx)
     req = ctx.request
     rnd = state.get("round", 0)
-    round_ids = set(state.get("round_render_ids", []))
-    scored = [r for r in ctx.store.renders(state["run_id"]) if r.scores is not None]
-    renders = [r for r in scored if r.id in round_ids]
+    # This round's renders by id: a round's work does not grow with the run.
+    renders = [r for r in ctx.store.renders_by_ids(state.get("round_render_ids", [])) if r.scores is not None]
     round_best = max((r.scores.composite for r in renders), default=0.0)
     history = list(state.get("history", []))
     previous_best = max(history) if history else None
@@ -353,9 +350,11 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     cursor = state.get("seed_cursor", 0)
     next_renders = req.n if req.max_renders is None else max(0, min(req.n, req.max_renders - cursor))
     stop = policy.stop_reason(budget, finished_round=rnd, history=history, elapsed=time.monotonic() - ctx.started,
-                              renders=cursor, scores=[r.scores.composite for r in scored], next_renders=next_renders)
+                              renders=cursor, next_renders=next_renders,
+                              # every composite of the run, read only where early stopping asks for them
+                              scores=ctx.store.composites(state["run_id"]) if budget.early_stop else ())
     if stop:
-        verdict = _ask_vlm(ctx, scored, final=True)
+        verdict = _ask_vlm(ctx, state["run_id"], final=True)
         if verdict is not None:
             ctx.store.set_judge_pick(state["run_id"], verdict.render_id, verdict.reason)
         ctx.progress(Judged(round=rnd, best=overall, decision=policy.FINISH, reason=stop))
@@ -363,10 +362,10 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
 
     embeddings = [r.scores.embedding for r in _with_embeddings(ctx, renders)]
     similarity = mean_similarity([e for e in embeddings if e])
-    prompt = next(p for p in ctx.store.prompts(state["run_id"]) if p["id"] == state["prompt_id"])
+    prompt = ctx.store.prompt(state["prompt_id"])
     expansion = Expansion(prompt=prompt["text"], negative=prompt["negative"], source=prompt["source"])
     details = [{"seed": r.seed, **r.scores.values, "composite": r.scores.composite} for r in renders]
-    verdict = _ask_vlm(ctx, scored, final=False)
+    verdict = _ask_vlm(ctx, state["run_id"], final=False)
     # The judge's notes go to the critic only when there are some (critics without the keyword still work).
     feedback = {"feedback": verdict.problems} if verdict is not None and verdict.problems else {}
     with _gate(ctx):
@@ -390,17 +389,23 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     return update
 
 
-def _ask_vlm(ctx: LoopContext, scored: list, final: bool):
+def _ask_vlm(ctx: LoopContext, run_id: str, final: bool):
     """The VLM judge's verdict on the run's top candidates (best composite first), or None when
     none is configured or it gave no usable answer (the loop goes on without it, and says so)."""
     from PIL import Image
 
     from reverie.agents.llm import LLMUnavailable
 
-    if ctx.vlm_judge is None or not scored:
+    if ctx.vlm_judge is None:
         return None
-    on_disk = [r for r in scored if r.path and Path(r.path).is_file()]  # a deleted file is left out, not fatal
-    top = sorted(on_disk, key=lambda r: (-r.scores.composite, r.id))[: ctx.vlm_judge.top]
+    want = ctx.vlm_judge.top
+    while True:  # the store ranks; a deleted file is left out, not fatal, and the next one takes its place
+        ranked = ctx.store.best(run_id, k=want)
+        on_disk = [r for r in ranked if r.path and Path(r.path).is_file()]
+        if len(on_disk) >= ctx.vlm_judge.top or len(ranked) < want:
+            break
+        want *= 4
+    top = on_disk[: ctx.vlm_judge.top]
     if not top:
         return None
     candidates = []

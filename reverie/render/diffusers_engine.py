@@ -2,7 +2,8 @@
 
 Loads a pipeline once and keeps it warm; encodes each distinct (prompt, negative) once and
 reuses the embeddings for every seed; renders seeds in batches with one torch.Generator per
-seed, so a seed gives the same image alone or in a batch; implements blind steps (the first k
+seed, so a seed's starting noise is the same whichever seeds share its batch (its pixels may still
+differ by a last bit with the batch size: see pad_batches); implements blind steps (the first k
 steps see a zeroed conditioning, the rest the real prompt) through the step-end callback.
 Control images (canny/depth/pose) and img2img references run through pipeline variants built
 from the loaded pipeline's own components, so the weights are in memory once. What differs

@@ -126,6 +126,10 @@ class ServeService:
     # -- running ---------------------------------------------------------------------------
     def _progress(self, job: Job):
         store = self.studio.store
+        # A `scored` event sends the cards of the images stored since the last one, not the whole
+        # run again; the first in each run sends them all (a resumed run has older images to show).
+        unscored: list[int] = []
+        shown: set[str] = set()
 
         def progress(event: Event) -> None:
             if event.kind not in EVENT_KINDS:
@@ -135,8 +139,12 @@ class ServeService:
                 row = store.render_row(event.data["render_id"])
                 if row["status"] == "ok":  # a failed or blank render has no image to show
                     data["image"] = render_card(store.to_render(row))
+                    unscored.append(row["id"])
             if event.kind == "scored" and job.run_id:
-                data["images"] = [render_card(r) for r in store.renders(job.run_id)]
+                fresh = store.renders_by_ids(unscored) if job.run_id in shown else store.renders(job.run_id)
+                shown.add(job.run_id)
+                unscored.clear()
+                data["images"] = [render_card(r) for r in fresh]
             job.emit(event.kind, data)
 
         return progress

@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import functools
+import itertools
 import sqlite3
 import threading
 import time
@@ -249,6 +250,16 @@ class Store:
     def prompts(self, run_id: str) -> list[dict]:
         return list(self.db.query("select * from prompts where run_id = ? order by id", [run_id]))
 
+    @locked
+    def prompt(self, prompt_id: int) -> dict:
+        return self.db["prompts"].get(prompt_id)
+
+    @locked
+    def round_prompt(self, run_id: str, round: int) -> Optional[dict]:
+        """The latest prompt committed for this round of the run, or None (a resumed run reuses it)."""
+        return next(self.db.query("select * from prompts where run_id = ? and round = ? order by id desc limit 1",
+                                  [run_id, round]), None)
+
     # -- renders ---------------------------------------------------------------------------
     @locked
     def known_image_paths(self) -> set[str]:
@@ -369,13 +380,14 @@ class Store:
     @locked
     def scores_for(self, render_id: int) -> Optional[Scores]:
         rows = list(self.db.query("select name, value, scorer, weighting from scores where render_id = ?", [render_id]))
-        if not rows:
-            return None
-        values = {r["name"]: r["value"] for r in rows if r["name"] != "composite"}
-        composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
-        weighting = next((r["weighting"] for r in rows if r["name"] == "composite"), None)
-        return Scores(values=values, composite=composite, scorer=rows[0]["scorer"],
-                      details={"weighting": weighting} if weighting else {})
+        return scores_from(rows)
+
+    @locked
+    def run_scores(self, run_id: str) -> dict[int, Scores]:
+        """Every scored render of the run: render id -> Scores, in one query."""
+        rows = self.db.query("""select s.render_id, s.name, s.value, s.scorer, s.weighting from scores s
+                                join renders r on r.id = s.render_id where r.run_id = ? order by s.render_id""", [run_id])
+        return {rid: scores_from(list(group)) for rid, group in itertools.groupby(rows, key=lambda r: r["render_id"])}
 
     @locked
     def render_rows(self, run_id: str) -> list[dict]:
@@ -383,6 +395,9 @@ class Store:
 
     @locked
     def to_render(self, row: dict) -> Render:
+        return self._render(row, self.scores_for(row["id"]))
+
+    def _render(self, row: dict, scores: Optional[Scores]) -> Render:
         return Render(
             id=row["id"],
             run_id=row["run_id"],
@@ -393,8 +408,26 @@ class Store:
             sha256=row["sha256"] or "",
             engine=row["engine"],
             seconds=row["seconds"],
-            scores=self.scores_for(row["id"]),
+            scores=scores,
         )
+
+    def _renders_where(self, where: str, params: list) -> list[Render]:
+        """Renders with their scores in one query: a render's score rows come out together
+        (ordered by render id), so grouping them costs one pass and no query per render."""
+        rows = self.db.query(
+            f"""select renders.*, s.name as score_name, s.value as score_value, s.scorer as score_scorer,
+                       s.weighting as score_weighting
+                from renders left join scores s on s.render_id = renders.id
+                where {where} order by renders.id""",
+            params,
+        )
+        out = []
+        for _, group in itertools.groupby(rows, key=lambda r: r["id"]):
+            group = list(group)
+            scores = scores_from([{"name": g["score_name"], "value": g["score_value"], "scorer": g["score_scorer"],
+                                   "weighting": g["score_weighting"]} for g in group if g["score_name"] is not None])
+            out.append(self._render(group[0], scores))
+        return out
 
     @locked
     def render_path(self, render_id: int) -> str:
@@ -402,7 +435,20 @@ class Store:
 
     @locked
     def render_by_id(self, render_id: int) -> Render:
-        return self.to_render(next(self.db.query("select * from renders where id = ?", [render_id])))
+        found = self._renders_where("renders.id = ?", [render_id])
+        if not found:
+            raise ReverieError(f"no render {render_id} in {self.db_path}")
+        return found[0]
+
+    @locked
+    def renders_by_ids(self, render_ids, ok_only: bool = True) -> list[Render]:
+        """The renders with these ids (any run), with their scores, in id order; unknown ids (and,
+        as in renders(), failed renders unless ok_only=False) are left out."""
+        ids = sorted({int(i) for i in render_ids})
+        if not ids:
+            return []
+        where = f"renders.id in ({','.join('?' * len(ids))})" + (" and renders.status = 'ok'" if ok_only else "")
+        return self._renders_where(where, ids)
 
     @locked
     def ok_count(self, run_id: str) -> int:
@@ -411,20 +457,37 @@ class Store:
     @locked
     def failed_reason(self, run_id: str) -> Optional[str]:
         """Why a run made no image (its first render error), or None when it made one."""
-        rows = self.render_rows(run_id)
-        if not rows or any(r["status"] == "ok" for r in rows):
+        if self.ok_count(run_id):
             return None
-        return next((r["error"] for r in rows if r["error"]), "every render failed")
+        row = next(self.db.query("select error from renders where run_id = ? and error != '' order by id limit 1",
+                                 [run_id]), None)
+        if row is not None:
+            return row["error"]
+        return "every render failed" if next(self.db.query("select 1 from renders where run_id = ? limit 1", [run_id]), None) else None
 
     @locked
     def renders(self, run_id: str, ok_only: bool = True) -> list[Render]:
-        return [self.to_render(r) for r in self.render_rows(run_id) if r["status"] == "ok" or not ok_only]
+        if ok_only:
+            return self._renders_where("renders.run_id = ? and renders.status = 'ok'", [run_id])
+        return self._renders_where("renders.run_id = ?", [run_id])
 
     @locked
     def best(self, run_id: str, k: int = 4) -> list[Render]:
-        scored = [r for r in self.renders(run_id) if r.scores is not None]
-        scored.sort(key=lambda r: (-r.scores.composite, r.id))
-        return scored[:k]
+        """The run's k best scored renders by composite (ties: the earlier first), ranked in SQL."""
+        top = [r["id"] for r in self.db.query(
+            """select renders.id from renders join scores c on c.render_id = renders.id and c.name = 'composite'
+               where renders.run_id = ? and renders.status = 'ok' order by c.value desc, renders.id limit ?""",
+            [run_id, int(k)])]
+        ranked = self.renders_by_ids(top)
+        ranked.sort(key=lambda r: (-r.scores.composite, r.id))
+        return ranked
+
+    @locked
+    def composites(self, run_id: str) -> list[float]:
+        """Every scored image's composite in this run, in render order (what early stopping reads)."""
+        return [r["value"] for r in self.db.query(
+            """select c.value from renders join scores c on c.render_id = renders.id and c.name = 'composite'
+               where renders.run_id = ? and renders.status = 'ok' order by renders.id""", [run_id])]
 
     # -- LLM calls and control images ------------------------------------------------------
     @locked
@@ -475,9 +538,10 @@ class Store:
         run = self.get_run(run_id)
         prompts = self.prompts(run["id"])
         renders = self.render_rows(run["id"])
+        scores = self.run_scores(run["id"])
         by_prompt: dict[int, list[dict]] = {}
         for r in renders:
-            s = self.scores_for(r["id"])
+            s = scores.get(r["id"])
             by_prompt.setdefault(r["prompt_id"], []).append(
                 {
                     "id": r["id"],
@@ -502,6 +566,17 @@ class Store:
             else:
                 roots.append(node)
         return {"run": {k: v for k, v in run.items() if k != "request_json"}, "request": json.loads(run["request_json"]), "prompts": roots}
+
+
+def scores_from(rows: list[dict]) -> Optional[Scores]:
+    """A render's Scores from its score rows (name, value, scorer, weighting), or None without any."""
+    if not rows:
+        return None
+    values = {r["name"]: r["value"] for r in rows if r["name"] != "composite"}
+    composite = next((r["value"] for r in rows if r["name"] == "composite"), 0.0)
+    weighting = next((r["weighting"] for r in rows if r["name"] == "composite"), None)
+    return Scores(values=values, composite=composite, scorer=rows[0]["scorer"],
+                  details={"weighting": weighting} if weighting else {})
 
 
 def blank_image_error(image) -> str:
