@@ -7,7 +7,7 @@ the pool is fed: whether each server always has a prompt waiting when it finishe
 seeds, rounds and ideas. A server's busy time is what it spent executing prompts, as the server
 itself recorded it; the wall time is the whole batch() call after a warm-up batch.
 
-    python bench/bench_pool.py [--ideas 4] [--per-prompt 16] [--n 4] [--step-delay 0.03]
+    python bench/bench_pool.py [--ideas 4] [--per-prompt 16] [--n 4] [--step-delay 0.05]
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def run(ideas: list[str], per_prompt: int, n: int, step_delay: float, megapixels
             t0 = time.perf_counter()
             result = studio.batch(file, per_prompt=per_prompt, n=n, keep=2, megapixels=megapixels)
             t1 = time.perf_counter()
+        spans = [p for s in (a, b) for p in s.spans if p[0] >= t0]
         servers = [{"url": s.url, "busy": s.busy_seconds(t0, t1), "prompts": len([p for p in s.spans if p[0] >= t0])}
                    for s in (a, b)]
+    lead, tail = min(p[0] for p in spans) - t0, t1 - max(p[1] for p in spans)
     renders = result.renders_this_session
     assert renders == len(ideas) * per_prompt, f"{renders} renders, expected {len(ideas) * per_prompt}"
-    return {"wall": t1 - t0, "renders": renders, "servers": servers}
+    return {"wall": t1 - t0, "renders": renders, "servers": servers, "lead": lead, "tail": tail}
 
 
 def main(argv=None) -> dict:
@@ -54,7 +56,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ideas", type=int, default=4)
     ap.add_argument("--per-prompt", type=int, default=16)
     ap.add_argument("--n", type=int, default=4, help="images per round")
-    ap.add_argument("--step-delay", type=float, default=0.03, help="server seconds per sampling step (9 steps an image)")
+    ap.add_argument("--step-delay", type=float, default=0.05, help="server seconds per sampling step (9 steps an image)")
     ap.add_argument("--megapixels", type=float, default=0.01)
     args = ap.parse_args(argv)
     ideas = (IDEAS * (args.ideas // len(IDEAS) + 1))[: args.ideas]
@@ -65,6 +67,7 @@ def main(argv=None) -> dict:
     for i, s in enumerate(r["servers"], 1):
         print(f"server {i}: busy {s['busy']:.2f}s of {r['wall']:.2f}s = {100 * s['busy'] / r['wall']:.0f}% "
               f"({s['prompts']} prompts)")
+    print(f"before the first prompt: {r['lead']:.2f}s; after the last: {r['tail']:.2f}s (opening runs, the report)")
     low = min(s["busy"] / r["wall"] for s in r["servers"])
     print(f"least busy server: {100 * low:.0f}% of the wall time (goal >= 90%)")
     return {**r, "least_busy": low}
