@@ -90,9 +90,9 @@ class _LockedScorer:
 
 
 def _ray_worker(address: str, workers: Optional[int]):
-    from reverie.orchestrator.ray_pool import RayWorker
+    from reverie.orchestrator.ray_pool import ray_worker
 
-    return RayWorker(address, workers=workers)
+    return ray_worker(address, workers=workers)
 
 
 class Studio:

@@ -112,6 +112,9 @@ class Lane:
         self._thread = threading.Thread(target=self.serve, args=(worker,), name=f"reverie-lane-{self.name}", daemon=True)
         self._thread.start()
 
+    def stop(self) -> None:
+        """The worker is closing and every job is cancelled: let go of what the lane waits on."""
+
     def join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
@@ -254,6 +257,8 @@ class EngineWorker:
             self._cv.notify_all()
         for job in jobs:
             self.settle(job)
+        for lane in list(self._lanes):
+            lane.stop()
         deadline = time.monotonic() + 120
         for lane in list(self._lanes):
             lane.join(max(0.1, deadline - time.monotonic()))
