@@ -16,12 +16,13 @@ from __future__ import annotations
 import collections
 import io
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from reverie.orchestrator.worker import EngineWorker, Lane, RenderJob, render_with_retry
+from reverie.orchestrator.worker import WAKE_S, EngineWorker, Lane, RenderJob, render_with_retry
 from reverie.types import EngineOutput, Event, RenderSpec, ReverieError
 
 INSTALL_LINE = "Ray is not installed: pip install 'reverie[ray]'"
@@ -177,6 +178,13 @@ class RayLane(Lane):
             if not queued:
                 return  # closed
             job, chunk, recipe, ref = queued.popleft()
+            if not self._wait(ref, job, worker):
+                # Its job was cancelled (Ctrl-C, a stopping batch) while the actor renders it: the
+                # run is not kept waiting for a batch it no longer wants (its seeds are rendered
+                # again on resume); a call still queued on the actor is dropped there.
+                _cancel_quietly(ray, ref)
+                worker.finished(job)
+                continue
             error: Optional[BaseException] = None
             try:
                 reply = ray.get(ref)
@@ -204,6 +212,15 @@ class RayLane(Lane):
                 self.busy(end - reply["seconds"], end)
                 error = self._deliver(worker, job, reply)
             worker.finished(job, error)
+
+    def _wait(self, ref, job: RenderJob, worker: EngineWorker) -> bool:
+        """Wait for the actor's reply; False when the job is abandoned first (the worker closing
+        kills the actor instead, so its reply comes at once, as an error)."""
+        while not job.abandoned or worker.closed:
+            ready, _ = self.pool.ray.wait([ref], timeout=WAKE_S)
+            if ready:
+                return True
+        return False
 
     @staticmethod
     def _deliver(worker: EngineWorker, job: RenderJob, reply: dict) -> Optional[BaseException]:
@@ -293,6 +310,7 @@ def ray_worker(address: str = "auto", *, workers: Optional[int] = None) -> Engin
         _connect(ray, check_address(address))
         owns = True
     _raylet_notes_to_stderr()
+    _terminate_like_ctrl_c()
     pool = RayPool(ray, owns)
     try:
         lanes = [RayLane(pool, h, name, pid) for h, name, pid in _start_actors(ray, workers)]
@@ -332,8 +350,30 @@ def _start_actors(ray, workers: Optional[int]) -> list[tuple[Any, str, int]]:
     return [(h, d["name"], d["pid"]) for h, d in zip(handles, described)]
 
 
+def _cancel_quietly(ray, ref) -> None:
+    try:
+        ray.cancel(ref)
+    except Exception:  # already done, or an actor call Ray cannot cancel: its reply is dropped
+        pass
+
+
 def _shutdown(ray) -> None:
     ray.shutdown()
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM stops a Ray batch as Ctrl-C does: the runs stop between images, are marked
+    interrupted and the actors go, within seconds. Ray's driver catches SIGTERM in C++ (printing
+    a stack dump and aborting, the runs left `running`); a Python handler set after ray.init
+    takes its place. A second SIGTERM while that stop is under way is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals only reach the main thread; a caller there keeps its own
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _connect(ray, address: str) -> None:
