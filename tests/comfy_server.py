@@ -179,6 +179,7 @@ class ComfyServer:
         self.hang_at = hang_at
         self.workflows: list[dict] = []  # every workflow received, in order
         self.executed: list[int] = []  # the seed of every prompt that finished
+        self.spans: list[tuple[float, float]] = []  # (start, end) perf_counter of every execution, for busy time
         self.uploads: dict[str, bytes] = {}
         self.outputs: dict[str, bytes] = {}
         self.history: dict[str, dict] = {}
@@ -248,10 +249,16 @@ class ComfyServer:
 
     def _execute(self, prompt_id: str, client_id: str, workflow: dict) -> None:
         self.running = prompt_id
+        t0 = time.perf_counter()
         try:
             self._execute_one(prompt_id, client_id, workflow)
         finally:
             self.running = None
+            self.spans.append((t0, time.perf_counter()))
+
+    def busy_seconds(self, start: float, end: float) -> float:
+        """Seconds spent executing prompts between two perf_counter readings."""
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.spans)
 
     def _execute_one(self, prompt_id: str, client_id: str, workflow: dict) -> None:
         send = lambda kind, **data: self._broadcast(client_id, kind, {**data, "prompt_id": prompt_id})  # noqa: E731

@@ -155,7 +155,7 @@ def test_a_round_that_kills_two_actors_fails_its_idea_alone(ray_local, home, tmp
     events = []
     with Studio(home=home, engine=DiesOnPoison(latency=0.0), scorer="heuristic", ray="local", workers=2) as studio:
         result = studio.batch(file, per_prompt=8, keep=1, megapixels=0.01, progress=events.append)
-    assert [i.status for i in result.items] == ["done", "failed", "done"]
+    assert [i.status for i in result.items] == ["done", "failed", "done"], [(i.status, i.error) for i in result.items]
     assert [i.rendered for i in result.items] == [8, 0, 8]
     assert "were rendering on 2 Ray workers that died" in result.items[1].error
     died = [e.data["message"] for e in events if e.kind == "notice" and " died (" in e.data["message"]]
@@ -250,3 +250,66 @@ def test_bench_prints_throughput_for_one_and_two_actors_and_their_ratio():
     assert all("images/s" in ln and "head CPU" in ln for ln in lines[:2])
     ratio = [ln for ln in lines if ln.startswith("throughput ratio 2 actors / 1 actor:")]
     assert ratio and float(ratio[0].split(":")[1].split("x")[0]) > 0
+
+
+def _runs(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db, timeout=10) as conn:
+        return conn.execute("select id, status from runs").fetchall()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_ray_batch_and_leaves_its_runs_interrupted(home, tmp_path, signum):
+    """Ctrl-C or a SIGTERM (a scheduler, systemd) mid-batch: the head stops the runs between
+    images, marks them interrupted, stops the actors and Ray, and says so in one line; Ray's
+    own C++ signal handler (a stack dump, an abort) never gets the signal."""
+    import time
+
+    args = ["batch", str(_ideas(tmp_path)), "--per-prompt", "300", "--n", "4", "--megapixels", "0.01",
+            "--engine", "fixed", "--scorer", "heuristic", "--ray", "local", "--workers", "2", "--home", str(home)]
+    exe = Path(sys.executable).with_name("reverie")
+    proc = subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "NO_COLOR": "1"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while _count_ok(home / "reverie.db") < 4:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no renders appeared"
+            time.sleep(0.2)
+        proc.send_signal(signum)
+        # A hang guard, not a timing: before the fix a SIGINT could wait out the 60 s join.
+        _, stderr = proc.communicate(timeout=50)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: everything rendered so far is saved" in stderr
+    for noise in ("*** SIG", "logging.cc", "PC: @", "Traceback", "(raylet)"):
+        assert noise not in stderr, stderr
+    runs = _runs(home / "reverie.db")
+    assert len(runs) == 3 and {status for _, status in runs} == {"interrupted"}, runs
+    assert _count_ok(home / "reverie.db") < 900
+
+
+def test_a_cancelled_job_does_not_wait_for_the_batch_its_actor_renders(ray_local, home):
+    """A stop (Ctrl-C, a batch stopping) while an actor renders a long batch ends the job at once,
+    and closing the studio stops the actors instead of waiting for them."""
+    from reverie.orchestrator.worker import RenderStopped
+    from reverie.types import RenderSpec
+
+    slow = FixedLatencyEngine(latency=600.0)  # an image that would outlast every wait below
+    specs = [RenderSpec(prompt="a fox", seed=s, width=32, height=32, steps=1, guidance=0.0, profile="z-image-turbo")
+             for s in range(2)]
+    with Studio(home=home, engine=slow, scorer="heuristic", ray="local", workers=2) as studio:
+        job = studio.worker.submit(slow, specs)
+        import time
+
+        deadline = time.monotonic() + 60
+        while job.pending and time.monotonic() < deadline:  # both seeds handed to the actors
+            time.sleep(0.05)
+        assert not job.pending
+        job.cancel()
+        assert job.done.wait(60)  # a hang guard: the actors' images take 600 s
+        assert isinstance(job.error, RenderStopped)

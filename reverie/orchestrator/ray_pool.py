@@ -14,15 +14,15 @@ Ray is optional (`pip install 'reverie[ray]'`): nothing here imports it until a 
 from __future__ import annotations
 
 import collections
-import heapq
 import io
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
-from reverie.orchestrator.worker import EngineWorker, RenderJob, RenderStopped, render_with_retry
+from reverie.orchestrator.worker import WAKE_S, EngineWorker, Lane, RenderJob, render_with_retry
 from reverie.types import EngineOutput, Event, RenderSpec, ReverieError
 
 INSTALL_LINE = "Ray is not installed: pip install 'reverie[ray]'"
@@ -128,172 +128,76 @@ class EngineRecipe:
         return f"{self.name}:{sorted(self.options.items())!r}"
 
 
-class _Lane:
-    """One actor and what the head knows about it."""
+class RayLane(Lane):
+    """One actor: it takes its engine's batch of the first waiting job, keeps up to PIPELINE
+    batches queued on the actor, and hands the images back to the job."""
 
-    def __init__(self, handle, name: str, pid: int):
-        self.handle, self.name, self.pid = handle, name, pid
+    def __init__(self, pool: "RayPool", handle, name: str, pid: int):
+        super().__init__()
+        self.pool, self.handle, self.name, self.pid = pool, handle, name, pid
+        self.key = f"ray {name}"
         self.batch: dict[str, int] = {}  # recipe key -> the engine's batch size, once it has rendered
         self.deaths = 0
 
+    def describe(self) -> dict:
+        return {"name": self.name, "pid": self.pid}
 
-class _Share:
-    """A job as the lanes share it: the seeds not handed out yet, those in flight, what came back."""
-
-    def __init__(self, job: RenderJob):
-        self.pending: list[RenderSpec] = list(job.specs)
-        self.inflight = 0
-        self.results: dict[str, EngineOutput] = {}
-        self.kills: dict[str, int] = {}  # spec hash -> actor deaths while it was in flight
-
-
-class RayWorker(EngineWorker):
-    """The engine worker over Ray actors: jobs are shared out a batch at a time to whichever
-    actor is free, so one round can use every GPU and a batch keeps them all busy."""
-
-    def __init__(self, address: str = "auto", *, workers: Optional[int] = None):
-        super().__init__(name="ray")
-        ray = require_ray()
-        self._ray = ray
-        self._owns_ray = False
-        if not ray.is_initialized():  # a caller that connected already (tests, notebooks) keeps its instance
-            _connect(ray, check_address(address))
-            self._owns_ray = True
-        _raylet_notes_to_stderr()
-        try:
-            self._lanes = self._start_actors(workers)
-        except BaseException:
-            if self._owns_ray:
-                ray.shutdown()
-            raise
-        self._alive = len(self._lanes)
-        self._recipes: dict[int, tuple[Any, EngineRecipe]] = {}
-        self._shares: dict[RenderJob, _Share] = {}
-
-    # -- setup -----------------------------------------------------------------------------
-    def _start_actors(self, workers: Optional[int]) -> list[_Lane]:
-        ray = self._ray
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-        if gpus:  # one actor per GPU: each holds its engine on its own device
-            count, ask, unit = workers or gpus, {"num_gpus": 1}, "GPU"
-            have = gpus
-        else:
-            count, ask, unit = workers or 1, {"num_cpus": 1}, "CPU"
-            have = cpus
-        if count > have:
-            raise ReverieError(f"--workers {count}: the Ray cluster has {have} {unit}(s) and each worker takes one; "
-                               f"pass --workers {have} or fewer, or add nodes (ray start --address)")
-        # Ray restarts a dead actor; its in-flight call is not retried there (max_task_retries=0)
-        # but handed back here, so the seeds go to whichever actor is free first.
-        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0, **ask)(EngineActor)
-        handles = [actor.remote() for _ in range(count)]
-        try:
-            described = ray.get([h.describe.remote() for h in handles], timeout=300)
-        except ray.exceptions.GetTimeoutError:
-            raise ReverieError(f"Ray could not start {count} engine worker(s) in 5 minutes: check `ray status` "
-                               "(every node needs reverie installed in the same Python)") from None
-        except ray.exceptions.RayActorError as e:
-            raise ReverieError(f"a Ray engine worker died as it started ({_first_line(e)}): every node needs "
-                               "pip install 'reverie[ray]' in the same Python") from None
-        return [_Lane(h, d["name"], d["pid"]) for h, d in zip(handles, described)]
-
-    @property
-    def workers(self) -> list[dict]:
-        """Each actor's name and the process id it started in (the tests kill one)."""
-        return [{"name": lane.name, "pid": lane.pid} for lane in self._lanes]
-
-    def call(self, engine, fn, *, priority: tuple = (-1,)):
-        """The engines live in the actors: work on a local engine object runs here, on the caller's thread."""
-        return fn()
+    def serves(self, job: RenderJob) -> bool:
+        return job.fn is None  # a call on a local engine object runs on the caller's thread (EngineWorker.call)
 
     def adopt(self, engine, *, name: str, options: dict) -> None:
-        with self._cv:  # the engine object is kept with its recipe, so its id is never reused
-            self._recipes[id(engine)] = (engine, EngineRecipe(name=name, options=dict(options)))
+        self.pool.adopt(engine, name=name, options=options)
 
-    def _ship(self, job: RenderJob) -> Optional[tuple[Any, EngineRecipe]]:
-        """Called with the lock held for an engine object the studio was handed (not built by
-        name): a copy goes to Ray's object store once, and each actor takes it from there."""
+    def stop(self) -> None:
+        """The worker is closing: the actor goes now, so a render it holds is not waited for."""
         try:
-            recipe = EngineRecipe(name=job.engine.name, instance=self._ray.put(job.engine))
-        except Exception as e:  # an engine holding threads or sockets cannot be pickled
-            heapq.heappop(self._heap)
-            self._shares[job].pending.clear()
-            job.error = ReverieError(f"engine {job.engine.name} cannot be sent to Ray workers ({_first_line(e)}): "
-                                     "pass the engine's name (tiny, diffusers, fixed) instead of an object")
-            self._settle(job)
-            return None
-        self._recipes[id(job.engine)] = (job.engine, recipe)
-        return self._recipes[id(job.engine)]
+            self.pool.ray.kill(self.handle, no_restart=True)
+        except Exception:  # already gone, or Ray shut down under us: nothing left to stop
+            pass
 
-    def _start_threads(self) -> list[threading.Thread]:
-        threads = [threading.Thread(target=self._serve, args=(lane,), name=f"reverie-ray-{i}", daemon=True)
-                   for i, lane in enumerate(self._lanes)]
-        for t in threads:
-            t.start()
-        return threads
+    def _size(self, job: RenderJob) -> int:
+        recipe = self.pool.recipe(job.engine)
+        return self.batch.get(recipe.key) or getattr(job.engine, "batch_size", None) or 1
 
-    def close(self) -> None:
-        super().close()
-        for lane in self._lanes:
-            self._ray.kill(lane.handle)
-        if self._owns_ray:
-            self._ray.shutdown()
-
-    # -- the lanes -------------------------------------------------------------------------
-    def _take(self, lane: _Lane, block: bool) -> Optional[tuple[RenderJob, list[RenderSpec], EngineRecipe]]:
-        """The next seeds for this lane: a batch of the first job waiting; None once closed, or
-        at once when nothing waits and block is False."""
-        with self._cv:
-            while True:
-                if (self._closed or not block) and not self._heap:
-                    return None
-                if self._heap:
-                    job = self._heap[0][2]
-                    share = self._shares.setdefault(job, _Share(job))
-                    if job.cancelled or job.error is not None or not share.pending:
-                        heapq.heappop(self._heap)
-                        share.pending.clear()
-                        self._settle(job)
-                        continue
-                    recipe = self._recipes.get(id(job.engine)) or self._ship(job)
-                    if recipe is None:  # the engine object could not go to the actors: its job failed
-                        continue
-                    size = lane.batch.get(recipe[1].key) or getattr(job.engine, "batch_size", None) or 1
-                    chunk, share.pending = share.pending[:size], share.pending[size:]
-                    if not share.pending:
-                        heapq.heappop(self._heap)
-                    share.inflight += 1
-                    self._running.add(job)
-                    return job, chunk, recipe[1]
-                self._cv.wait()
-
-    def _serve(self, lane: _Lane) -> None:
-        """Keep this lane's actor fed: up to PIPELINE batches queued on it, so it starts the next
-        while the head takes in the last one; replies come back in order (an actor renders one
-        call at a time)."""
-        ray = self._ray
-        # job.on_start is not called: it pins a round on the head process in case the engine takes
-        # that process down (a batch sets such rounds aside), and here the engine lives in an actor
-        # whose death is handled below, so the head dying is never a round's fault.
+    def serve(self, worker: EngineWorker) -> None:
+        """Keep this actor fed: up to PIPELINE batches queued on it, so it starts the next while
+        the head takes in the last one; replies come back in order (an actor renders one call at
+        a time). job.on_start is not called: it pins a round on the head process in case the
+        engine takes that process down, and here the engine lives in an actor whose death is
+        handled below, so the head dying is never a round's fault."""
+        ray = self.pool.ray
         queued: collections.deque = collections.deque()
         dying = False  # the actor died: what is still queued on it comes back without counting again
         while True:
-            while len(queued) < PIPELINE and (taken := self._take(lane, block=not queued)) is not None:
-                job, chunk, recipe = taken
+            while (len(queued) < PIPELINE and not worker.closed
+                   and (taken := worker.take(self, self._size, block=not queued)) is not None):
+                job, chunk = taken
+                recipe = self.pool.recipe(job.engine)
                 self.first_start = self.first_start if self.first_start is not None else time.perf_counter()
-                queued.append((job, chunk, recipe, lane.handle.render.remote(recipe, chunk)))
+                queued.append((job, chunk, recipe, self.handle.render.remote(recipe, chunk)))
             if not queued:
                 return  # closed
             job, chunk, recipe, ref = queued.popleft()
+            if not self._wait(ref, job, worker):
+                # Its job was cancelled (Ctrl-C, a stopping batch) while the actor renders it: the
+                # run is not kept waiting for a batch it no longer wants (its seeds are rendered
+                # again on resume); a call still queued on the actor is dropped there.
+                _cancel_quietly(ray, ref)
+                worker.finished(job)
+                continue
             error: Optional[BaseException] = None
             try:
                 reply = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                if worker.closed:  # stopped by close(): its seeds are not anyone's any more
+                    worker.finished(job)
+                    for job, _, _, _ in queued:
+                        worker.finished(job)
+                    return
                 in_flight = len(chunk) + sum(len(c) for _, c, _, _ in queued)
-                if self._lost(lane, job, chunk, e, counted=dying, in_flight=in_flight):
+                if self._lost(worker, job, chunk, e, counted=dying, in_flight=in_flight):
                     for job, chunk, _, _ in queued:  # no more calls to this actor: its queue goes back too
-                        self._lost(lane, job, chunk, e, counted=True)
+                        self._lost(worker, job, chunk, e, counted=True)
                     return
                 dying = bool(queued)
                 continue
@@ -303,119 +207,173 @@ class RayWorker(EngineWorker):
                 error = e
             else:
                 dying = False
-                lane.batch[recipe.key] = reply["batch_size"] or lane.batch.get(recipe.key)
-                self.last_end = time.perf_counter()
-                with self._cv:  # the actors' mean: busy_fraction stays the share of time an engine works
-                    self.busy_seconds += reply["seconds"] / len(self._lanes)
-                error = self._deliver(job, reply)
-            with self._cv:
-                share = self._shares[job]
-                share.inflight -= 1
-                job.error = job.error or error
-                self._settle(job)
+                self.batch[recipe.key] = reply["batch_size"] or self.batch.get(recipe.key)
+                end = time.perf_counter()
+                self.busy(end - reply["seconds"], end)
+                error = self._deliver(worker, job, reply)
+            worker.finished(job, error)
 
-    def _deliver(self, job: RenderJob, reply: dict) -> Optional[BaseException]:
+    def _wait(self, ref, job: RenderJob, worker: EngineWorker) -> bool:
+        """Wait for the actor's reply; False when the job is abandoned first (the worker closing
+        kills the actor instead, so its reply comes at once, as an error)."""
+        while not job.abandoned or worker.closed:
+            ready, _ = self.pool.ray.wait([ref], timeout=WAKE_S)
+            if ready:
+                return True
+        return False
+
+    @staticmethod
+    def _deliver(worker: EngineWorker, job: RenderJob, reply: dict) -> Optional[BaseException]:
         from PIL import Image
 
-        share = self._shares[job]
         for event in reply["events"]:
             job.events.put(event)
         for png, meta in reply["images"]:
             image = Image.open(io.BytesIO(png)) if png is not None else None
             if image is not None:
                 image.load()
-            output = replace(meta, image=image)
-            with self._cv:
-                share.results[output.spec.sha] = output
-            if job.on_output is not None:
-                try:
-                    job.on_output(output)
-                except BaseException as e:  # the caller could not take it: its job ends with that error
-                    return e
+            try:
+                worker.deliver(job, replace(meta, image=image))
+            except BaseException as e:  # the caller could not take it: its job ends with that error
+                return e
         return None
 
-    def _lost(self, lane: _Lane, job: RenderJob, chunk: list[RenderSpec], error: BaseException,
+    def _lost(self, worker: EngineWorker, job: RenderJob, chunk: list[RenderSpec], error: BaseException,
               counted: bool = False, in_flight: int = 0) -> bool:
-        """An actor died with seeds in flight: they go back to the front of their job for any
+        """The actor died with seeds in flight: they go back to the front of their job for any
         lane; True when this lane is gone for good (Ray will not restart it again). `counted`:
         the same death already counted and told (a second batch that was queued on the actor)."""
-        lane.deaths += 0 if counted else 1
+        self.deaths += 0 if counted else 1
         reason = type(error).__name__  # Ray's own text is a paragraph; its log has it
-        with self._cv:
-            share = self._shares[job]
-            share.inflight -= 1
-            for spec in chunk if not counted else ():  # a batch queued behind the one rendering is not to blame
-                share.kills[spec.sha] = share.kills.get(spec.sha, 0) + 1
-            poison = [s for s in chunk if share.kills.get(s.sha, 0) >= KILLS_TO_GIVE_UP]
-            gone = lane.deaths > MAX_RESTARTS
-            if gone and not counted:
-                self._alive -= 1
-            if poison:
-                seeds = ", ".join(str(s.seed) for s in poison)
-                job.error = job.error or ReverieError(
-                    f"seed(s) {seeds} were rendering on {KILLS_TO_GIVE_UP} Ray workers that died: not tried again; "
-                    "everything finished is saved")
-            elif not self._alive:
-                job.error = job.error or ReverieError(f"every Ray worker died (the last: {lane.name}: {reason}); "
-                                                      "everything finished is saved: run the same command to continue")
-            else:
-                was_waiting = bool(share.pending)
-                share.pending = list(chunk) + share.pending
-                if not was_waiting and not job.cancelled:
-                    heapq.heappush(self._heap, (job.priority, job.seq, job))
-                self._cv.notify_all()
-            self._settle(job)
-            if not self._alive:  # nothing will serve the queue: every waiting job fails now
-                self._fail_waiting()
+        poison = [] if counted else self.pool.blame(job, chunk)  # a batch queued behind the one rendering is not to blame
+        gone = self.deaths > MAX_RESTARTS
+        if gone and not counted:
+            self.alive = False
+        if poison:
+            seeds = ", ".join(str(s.seed) for s in poison)
+            worker.finished(job, ReverieError(f"seed(s) {seeds} were rendering on {KILLS_TO_GIVE_UP} Ray workers that "
+                                          "died: not tried again; everything finished is saved"))
+        else:
+            worker.give_back(job, chunk)
+        if gone and not counted:
+            worker.lane_lost(self, reason)  # every job no live actor can take fails now
         if not counted:
             then = "Ray restarts it" if not gone else "it is not restarted again"
-            job.events.put(Event("notice", {"message": f"Ray worker {lane.name} died ({reason}); its "
+            job.events.put(Event("notice", {"message": f"Ray worker {self.name} died ({reason}); its "
                                                        f"{in_flight or len(chunk)} image(s) in flight go to the "
                                                        f"other workers, {then}"}))
         return gone
 
-    def submit(self, engine, specs, **kw) -> RenderJob:
-        job = super().submit(engine, specs, **kw)
-        with self._cv:
-            if not self._alive:
-                self._fail_waiting()
-        return job
 
-    def _fail_waiting(self) -> None:
-        """Called with the lock held once no actor is left: every waiting job fails now."""
-        while self._heap:
-            _, _, job = heapq.heappop(self._heap)
-            share = self._shares.setdefault(job, _Share(job))
-            share.pending.clear()
-            job.error = job.error or ReverieError("every Ray worker died: everything finished is saved; "
-                                                  "run the same command to continue")
-            self._settle(job)
-        self._cv.notify_all()
+class RayPool:
+    """What the actors share: the Ray module, the engines' recipes, and how often each seed was
+    in flight on an actor that died."""
 
-    def _settle(self, job: RenderJob) -> None:
-        """Called with the lock held: end the job once nothing of it is waiting or in flight."""
-        share = self._shares.get(job)
-        if share is None or share.inflight or (share.pending and job.error is None and not job.cancelled):
-            return
-        del self._shares[job]
-        self._running.discard(job)
-        if job.error is None and job.cancelled:
-            job.error = RenderStopped()
-        if job.error is None:
-            missing = [s for s in job.specs if s.sha not in share.results]
-            if missing:
-                job.error = ReverieError(f"Ray workers handed back {len(job.specs) - len(missing)} of "
-                                         f"{len(job.specs)} images")
-            else:
-                job.outputs = [share.results[s.sha] for s in job.specs]
-        # on_end runs on a lane's thread with the lock held: it is the caller's bookkeeping
-        # (a row update), quick, and never takes this lock.
-        if job.on_end is not None:
-            try:
-                job.on_end(job.error is None)
-            except BaseException as e:
-                job.error = job.error or e
-        job.done.set()
+    def __init__(self, ray, owns_ray: bool):
+        self.ray, self.owns_ray = ray, owns_ray
+        self._lock = threading.Lock()
+        self._recipes: dict[int, tuple[Any, EngineRecipe]] = {}
+        self._kills: dict[str, int] = {}  # spec hash -> actor deaths while it was in flight
+
+    def adopt(self, engine, *, name: str, options: dict) -> None:
+        with self._lock:  # the engine object is kept with its recipe, so its id is never reused
+            self._recipes[id(engine)] = (engine, EngineRecipe(name=name, options=dict(options)))
+
+    def recipe(self, engine) -> EngineRecipe:
+        """How the actors build `engine`: its registry recipe, or for an engine object the
+        studio was handed (not built by name), a copy in Ray's object store, sent once."""
+        with self._lock:
+            if id(engine) not in self._recipes:
+                try:
+                    recipe = EngineRecipe(name=engine.name, instance=self.ray.put(engine))
+                except Exception as e:  # an engine holding threads or sockets cannot be pickled
+                    raise ReverieError(f"engine {engine.name} cannot be sent to Ray workers ({_first_line(e)}): "
+                                       "pass the engine's name (tiny, diffusers, fixed) instead of an object") from None
+                self._recipes[id(engine)] = (engine, recipe)
+            return self._recipes[id(engine)][1]
+
+    def blame(self, job: RenderJob, chunk: list[RenderSpec]) -> list[RenderSpec]:
+        """Count one actor death against each seed of `chunk`; those at KILLS_TO_GIVE_UP."""
+        with self._lock:
+            for spec in chunk:
+                self._kills[spec.sha] = self._kills.get(spec.sha, 0) + 1
+            return [s for s in chunk if self._kills[s.sha] >= KILLS_TO_GIVE_UP]
+
+
+def ray_worker(address: str = "auto", *, workers: Optional[int] = None) -> EngineWorker:
+    """The engine worker over Ray actors: one lane per actor, so one round can use every GPU and
+    a batch keeps them all busy. Closing it stops the actors and, when this process started
+    Ray, Ray itself, within seconds."""
+    ray = require_ray()
+    owns = False
+    if not ray.is_initialized():  # a caller that connected already (tests, notebooks) keeps its instance
+        _connect(ray, check_address(address))
+        owns = True
+    _raylet_notes_to_stderr()
+    _terminate_like_ctrl_c()
+    pool = RayPool(ray, owns)
+    try:
+        lanes = [RayLane(pool, h, name, pid) for h, name, pid in _start_actors(ray, workers)]
+    except BaseException:
+        if owns:
+            _shutdown(ray)
+        raise
+
+    return EngineWorker("ray", lanes=lanes, local=False, on_close=(lambda: _shutdown(ray)) if owns else None,
+                        all_gone="every Ray worker died: everything finished is saved; run the same command to continue")
+
+
+def _start_actors(ray, workers: Optional[int]) -> list[tuple[Any, str, int]]:
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    if gpus:  # one actor per GPU: each holds its engine on its own device
+        count, ask, unit = workers or gpus, {"num_gpus": 1}, "GPU"
+        have = gpus
+    else:
+        count, ask, unit = workers or 1, {"num_cpus": 1}, "CPU"
+        have = cpus
+    if count > have:
+        raise ReverieError(f"--workers {count}: the Ray cluster has {have} {unit}(s) and each worker takes one; "
+                           f"pass --workers {have} or fewer, or add nodes (ray start --address)")
+    # Ray restarts a dead actor; its in-flight call is not retried there (max_task_retries=0)
+    # but handed back here, so the seeds go to whichever actor is free first.
+    actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=0, **ask)(EngineActor)
+    handles = [actor.remote() for _ in range(count)]
+    try:
+        described = ray.get([h.describe.remote() for h in handles], timeout=300)
+    except ray.exceptions.GetTimeoutError:
+        raise ReverieError(f"Ray could not start {count} engine worker(s) in 5 minutes: check `ray status` "
+                           "(every node needs reverie installed in the same Python)") from None
+    except ray.exceptions.RayActorError as e:
+        raise ReverieError(f"a Ray engine worker died as it started ({_first_line(e)}): every node needs "
+                           "pip install 'reverie[ray]' in the same Python") from None
+    return [(h, d["name"], d["pid"]) for h, d in zip(handles, described)]
+
+
+def _cancel_quietly(ray, ref) -> None:
+    try:
+        ray.cancel(ref)
+    except Exception:  # already done, or an actor call Ray cannot cancel: its reply is dropped
+        pass
+
+
+def _shutdown(ray) -> None:
+    ray.shutdown()
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM stops a Ray batch as Ctrl-C does: the runs stop between images, are marked
+    interrupted and the actors go, within seconds. Ray's driver catches SIGTERM in C++ (printing
+    a stack dump and aborting, the runs left `running`); a Python handler set after ray.init
+    takes its place. A second SIGTERM while that stop is under way is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals only reach the main thread; a caller there keeps its own
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _connect(ray, address: str) -> None:

@@ -24,9 +24,9 @@ from reverie.types import Event, Notice, ProgressFn, Reference, Render, Request,
 
 
 def _ray_worker(address: str, workers: Optional[int]):
-    from reverie.orchestrator.ray_pool import RayWorker
+    from reverie.orchestrator.ray_pool import ray_worker
 
-    return RayWorker(address, workers=workers)
+    return ray_worker(address, workers=workers)
 
 
 class Studio:

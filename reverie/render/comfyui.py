@@ -2,10 +2,11 @@
 
 Each spec becomes one API-format workflow (reverie.render.comfy_workflow), queued with
 POST /prompt. Progress and completion arrive on the websocket /ws?clientId=...; the PNG comes
-from GET /history/{prompt_id} and GET /view. A list of servers is a pool: one worker thread per
-server keeps a few prompts queued there and takes more as they finish, so faster servers take
-more of the batch; a server that refuses, resets or stops answering is dropped for the rest of
-the call and its unfinished specs go back to the others.
+from GET /history/{prompt_id} and GET /view. A list of servers is a pool: one loop per server
+(serve_server) keeps a couple of prompts queued there and takes more as they finish, so faster
+servers take more; a server that refuses, resets or stops answering hands its unfinished specs
+back to the others. Under the engine worker each server is a lane fed by every run's jobs at
+once (reverie.orchestrator.worker.ComfyLane); render() alone feeds the loops from one call.
 """
 
 from __future__ import annotations
@@ -198,10 +199,25 @@ class ComfyClient:
         return ws
 
 
-class _Batch:
-    """The work of one render() call, shared by the server workers."""
+POOL_DEPTH = 2  # prompts each server of a pool holds: one running, one waiting, so it never waits on us
 
-    def __init__(self, specs: Sequence[RenderSpec], workers: int = 1):
+
+class Ticket:
+    """One spec handed to a server loop, with the engine whose profile and files build its
+    workflow (a server serves several engines' jobs), and whose work it is."""
+
+    __slots__ = ("spec", "engine", "owner")
+
+    def __init__(self, spec: RenderSpec, engine: "ComfyUIEngine", owner):
+        self.spec, self.engine, self.owner = spec, engine, owner
+
+
+class _Batch:
+    """The work of one render() call, shared by the server loops: the feed serve_server takes
+    from. (The engine worker's lanes feed the same loop from every run's jobs at once.)"""
+
+    def __init__(self, engine: "ComfyUIEngine", specs: Sequence[RenderSpec], workers: int = 1):
+        self.engine = engine
         self.specs = list(specs)
         self.workers = workers  # servers rendering this call (those that passed preflight)
         self.workers_gone = 0
@@ -212,39 +228,65 @@ class _Batch:
         self.gone: dict[str, str] = {}
         self.cond = threading.Condition()
 
-    def take(self) -> Optional[int]:
+    # -- the feed --------------------------------------------------------------------------
+    def running(self) -> bool:
+        return not self.done()
+
+    def take(self) -> Optional[Ticket]:
         with self.cond:
-            return self.pending.popleft() if self.pending and self.fatal is None else None
+            if not self.pending or self.fatal is not None:
+                return None
+            index = self.pending.popleft()
+            return Ticket(self.specs[index], self.engine, index)
 
-    def give_back(self, indices) -> None:
-        with self.cond:
-            # Back to the front: these were queued first and have waited longest.
-            self.pending.extendleft(sorted((i for i in indices if i not in self.results), reverse=True))
-            self.cond.notify_all()
-
-    def finish(self, index: int, output: EngineOutput) -> bool:
-        with self.cond:
-            if index in self.results:
-                return False
-            self.results[index] = output
-            self.cond.notify_all()
-            return True
-
-    def fail(self, error: BaseException) -> None:
-        with self.cond:
-            if self.fatal is None:
-                self.fatal = error
-            self.cond.notify_all()
-
-    def done(self) -> bool:
-        return self.fatal is not None or len(self.results) == len(self.specs)
-
-    def wait_for_work(self) -> bool:
+    def wait(self) -> bool:
         """Block while another server might still hand work back; False once the call is over."""
         with self.cond:
             while not self.pending and not self.done():
                 self.cond.wait(0.5)
             return bool(self.pending) and self.fatal is None
+
+    def abandoned(self, ticket: Ticket) -> bool:
+        return self.fatal is not None
+
+    def finish(self, ticket: Ticket, output: EngineOutput, url: str) -> None:
+        with self.cond:
+            if ticket.owner in self.results:
+                return
+            self.results[ticket.owner] = output
+            self.cond.notify_all()
+        self.events.put(output)
+        self.events.put(Event("engine_image", {"seed": output.spec.seed, "seconds": output.seconds,
+                                               "server": url, "error": output.error}))
+
+    def event(self, ticket: Ticket, event: Event) -> None:
+        self.events.put(event)
+
+    def fail(self, ticket: Optional[Ticket], error: BaseException) -> None:
+        with self.cond:
+            if self.fatal is None:
+                self.fatal = error
+            self.cond.notify_all()
+
+    def release(self, ticket: Ticket) -> None:
+        """A ticket taken off its server after a fatal error: nothing more to do."""
+
+    def lost(self, url: str, reason: str, tickets: Sequence[Ticket]) -> None:
+        with self.cond:
+            self.gone[url] = reason
+            self.workers_gone += 1
+            # Back to the front: these were queued first and have waited longest.
+            self.pending.extendleft(sorted((t.owner for t in tickets if t.owner not in self.results), reverse=True))
+            self.cond.notify_all()
+            tell = bool(self.pending) and self.workers_gone < self.workers
+        # With no server left the call's one error line says it all; "move to the others" would mislead.
+        if tell:
+            self.events.put(Event("notice", {"message": f"ComfyUI at {url} is gone ({reason}); "
+                                                        f"its renders move to the other servers"}))
+
+    def done(self) -> bool:
+        return self.fatal is not None or len(self.results) == len(self.specs)
+
 
 
 class ComfyUIEngine:
@@ -264,15 +306,16 @@ class ComfyUIEngine:
         """`timeout` bounds every HTTP call and the websocket connect; `stall_timeout` is how
         long a server may go without a word while it holds our prompts (first loads of large
         models are slow); `queue_depth` is how many prompts each server holds at once. By
-        default a lone server gets the whole call at once, and each server of a pool gets 4:
-        enough that it never waits on us, few enough that a faster server takes the rest."""
+        default each server of a pool holds POOL_DEPTH (one running, one waiting: it never
+        waits on us, and `--n 4` on two servers is two and two), and a lone server called
+        directly gets the whole call at once."""
         self.servers = parse_servers(servers)
         self.profile = get_profile(profile)
         self.files = comfy_files(self.profile, files)
         self.timeout = float(timeout)
         self.stall_timeout = float(stall_timeout)
         self.poll_interval = float(poll_interval)
-        self.queue_depth = max(1, int(queue_depth)) if queue_depth else (0 if len(self.servers) == 1 else 4)
+        self.queue_depth = max(1, int(queue_depth)) if queue_depth else 0  # 0: the defaults above
         self._info: dict[str, ServerInfo] = {}  # read once per server, on first need
         self._told: set[str] = set()  # preflight notices already given
 
@@ -330,20 +373,22 @@ class ComfyUIEngine:
     # -- one call --------------------------------------------------------------------------
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
                on_output: OutputFn | None = None) -> list[EngineOutput]:
+        """Render on the pool alone (the engine worker instead gives each server a lane that
+        serves every run's jobs): a loop per server takes seeds from this call."""
         progress = progress or no_progress
         if not specs:
             return []
         # Every workflow is built and checked against each server before anything is queued.
         usable, gone = self.preflight(specs, progress)
-        batch = _Batch(specs, workers=len(usable))
+        batch = _Batch(self, specs, workers=len(usable))
         batch.gone.update(gone)
-        depth = self.queue_depth or len(specs)
+        depth = self.queue_depth or (len(specs) if len(self.servers) == 1 else POOL_DEPTH)
         clients = []
         for info in usable:
             client = ComfyClient(info.url, self.timeout)
             client.worker = info.worker
             clients.append(client)
-        workers = [threading.Thread(target=self._work, args=(client, batch, depth), name=f"reverie-comfyui-{i}",
+        workers = [threading.Thread(target=self._serve_guarded, args=(client, batch, depth), name=f"reverie-comfyui-{i}",
                                     daemon=True) for i, client in enumerate(clients)]
         for w in workers:
             w.start()
@@ -360,20 +405,36 @@ class ComfyUIEngine:
                     try:
                         on_output(item)
                     except BaseException as e:  # the caller cannot take more: stop queueing, then raise
-                        batch.fail(e)
+                        batch.fail(None, e)
         except BaseException as e:  # Ctrl-C lands here: the workers take our prompts off the servers first
-            batch.fail(e)
+            batch.fail(None, e)
             for w in workers:
                 w.join(self.timeout + self.poll_interval)
             raise
         if batch.fatal is not None:
             raise batch.fatal
         if len(batch.results) < len(specs):
-            reasons = "; ".join(f"{url}: {why}" for url, why in batch.gone.items())
-            done = len(batch.results)
-            raise ReverieError(f"no ComfyUI server answers ({reasons}); {done} of {len(specs)} images were rendered: "
-                               f"start ComfyUI or pass --comfy-url")
+            raise self.all_gone_error(batch.gone, len(batch.results), len(specs))
         return [batch.results[i] for i in range(len(specs))]
+
+    def _serve_guarded(self, client: "ComfyClient", batch: _Batch, depth: int) -> None:
+        try:
+            serve_server(client, batch, depth=depth, poll_interval=self.poll_interval, stall_timeout=self.stall_timeout)
+        except BaseException as e:  # a user-facing error (or a bug) ends the whole call
+            batch.fail(None, e)
+
+    @staticmethod
+    def all_gone_error(gone: dict[str, str], done: int, total: int) -> ReverieError:
+        """The one line once no server of the pool answers."""
+        reasons = "; ".join(f"{url}: {why}" for url, why in gone.items())
+        return ReverieError(f"no ComfyUI server answers ({reasons}); {done} of {total} images were rendered: "
+                            f"start ComfyUI or pass --comfy-url")
+
+    @property
+    def lane_depth(self) -> int:
+        """Prompts a server holds at once when it is a lane of the engine worker."""
+        return self.queue_depth or POOL_DEPTH
+
 
     @property
     def identity(self) -> str:
@@ -389,166 +450,189 @@ class ComfyUIEngine:
         """The servers' own language model for the dreamer, when one has it (see text_generator)."""
         return text_generator(self)
 
-    # -- one server ------------------------------------------------------------------------
-    def _work(self, client: ComfyClient, batch: _Batch, depth: int) -> None:
-        inflight: dict[str, dict] = {}
-        ws = None
-        try:
-            ws = client.connect(self.poll_interval)
-            heard = time.monotonic()
-            while not batch.done():
-                while len(inflight) < depth and (index := batch.take()) is not None:
-                    try:
-                        prompt_id, node = self._submit(client, batch.specs[index])
-                    except ServerGone:
-                        batch.give_back([index])
-                        raise
-                    inflight[prompt_id] = {"index": index, "node": node, "t0": time.perf_counter(), "started": False}
+
+def serve_server(client: ComfyClient, feed, *, depth: int, poll_interval: float, stall_timeout: float) -> None:
+    """Keep up to `depth` prompts of `feed`'s work queued on one server until the feed stops.
+
+    The feed (a render() call's _Batch, or an engine worker lane's view of every run's jobs)
+    hands out Tickets and takes back outputs, events and errors. A ticket whose work was
+    abandoned (its job cancelled or failed) has its prompt taken off the server. When the
+    server refuses, resets or stops answering, every ticket it held goes back through
+    feed.lost() and this returns. A ticket's own error (a workflow the server rejects) fails
+    that ticket's work, and the loop goes on."""
+    inflight: dict[str, dict] = {}
+    ws = None
+    holding: list[Ticket] = []  # taken, not yet queued on the server
+    heard = time.monotonic()
+    try:
+        while feed.running():
+            while len(inflight) < depth and (ticket := feed.take()) is not None:
+                holding.append(ticket)
+                if ws is None:
+                    ws = client.connect(poll_interval)
                 if not inflight:
-                    if batch.wait_for_work():
-                        continue
-                    return
-                message = self._receive(ws)
-                if message is None:
-                    if time.monotonic() - heard > self.stall_timeout:
-                        raise ServerGone(f"no word for {self.stall_timeout:.0f} s")
-                    # A quiet socket may have missed a message: the history says what finished.
-                    for prompt_id in list(inflight):
-                        entry = client.history(prompt_id)
-                        if entry is not None:
-                            # Popped only once collected: a server that dies while we download
-                            # the image must hand this job back, not lose it.
-                            self._collect(client, batch, inflight[prompt_id], entry)
-                            inflight.pop(prompt_id)
-                    continue
-                heard = time.monotonic()
-                self._handle(client, batch, inflight, message)
-        except ServerGone as e:
-            batch.gone[client.url] = str(e)
-            batch.workers_gone += 1
-            batch.give_back([job["index"] for job in inflight.values()])
-            inflight.clear()  # handed back: not ours to cancel on this server any more
-            # With no server left the call's one error line says it all; "move to the others" would mislead.
-            if batch.pending and batch.workers_gone < batch.workers:
-                batch.events.put(Event("notice", {"message": f"ComfyUI at {client.url} is gone ({e}); "
-                                                  f"its renders move to the other servers"}))
-        except BaseException as e:  # a user-facing error (or a bug) ends the whole call
-            batch.fail(e)
-        finally:
-            if batch.fatal is not None and inflight:
-                self._cancel(client, inflight)
-            if ws is not None:
+                    heard = time.monotonic()  # the stall clock runs only while the server holds our work
                 try:
-                    ws.close(timeout=0.5)
-                except Exception:
-                    pass
+                    prompt_id, node = _submit(client, ticket)
+                except ServerGone:
+                    raise
+                except BaseException as e:  # this work's own problem (a rejected workflow): it fails alone
+                    holding.remove(ticket)
+                    feed.fail(ticket, e)
+                    continue
+                holding.remove(ticket)
+                inflight[prompt_id] = {"ticket": ticket, "node": node, "t0": time.perf_counter(), "started": False}
+            dropped = {pid: job for pid, job in inflight.items() if feed.abandoned(job["ticket"])}
+            if dropped:
+                _cancel(client, dropped)
+                for pid, job in dropped.items():
+                    inflight.pop(pid)
+                    feed.release(job["ticket"])
+            if not inflight:
+                if feed.wait():
+                    continue
+                return
+            message = _receive(ws)
+            if message is None:
+                if time.monotonic() - heard > stall_timeout:
+                    raise ServerGone(f"no word for {stall_timeout:.0f} s")
+                # A quiet socket may have missed a message: the history says what finished.
+                for prompt_id in list(inflight):
+                    entry = client.history(prompt_id)
+                    if entry is not None:
+                        # Popped only once collected: a server that dies while we download
+                        # the image must hand this job back, not lose it.
+                        _collect(client, feed, inflight[prompt_id], entry)
+                        inflight.pop(prompt_id)
+                continue
+            heard = time.monotonic()
+            _handle(client, feed, inflight, message)
+    except ServerGone as e:
+        tickets = holding + [job["ticket"] for job in inflight.values()]
+        holding.clear()
+        inflight.clear()  # handed back: not ours to cancel on this server any more
+        feed.lost(client.url, str(e), tickets)
+    finally:
+        if inflight:  # the feed stopped (a fatal error, the worker closing): our prompts leave the server
+            _cancel(client, inflight)
+            for job in inflight.values():
+                feed.release(job["ticket"])
+        for ticket in holding:
+            feed.release(ticket)
+        if ws is not None:
+            try:
+                ws.close(timeout=0.5)
+            except Exception:
+                pass
 
-    @staticmethod
-    def _cancel(client: ComfyClient, inflight: dict) -> None:
-        """After a fatal error: our prompts still queued there are deleted, our running one interrupted."""
-        started = next((pid for pid, job in inflight.items() if job["started"]), None)
-        try:
-            client.cancel(list(inflight), started)
-        except (ServerGone, ReverieError):
-            pass  # the server is gone too, or refuses: nothing more we can do for it
-        inflight.clear()
 
-    def _submit(self, client: ComfyClient, spec: RenderSpec) -> tuple[str, str]:
-        image_name = None
-        if spec.control is not None:
-            image_name = client.upload_image(*self._control_png(spec))
-        workflow = build_workflow(spec, self.profile, self.files, image_name)
-        return client.queue_prompt(workflow, self.files), output_node(workflow)
+def _cancel(client: ComfyClient, inflight: dict) -> None:
+    """Our prompts still queued there are deleted, our running one interrupted."""
+    started = next((pid for pid, job in inflight.items() if job["started"]), None)
+    try:
+        client.cancel(list(inflight), started)
+    except (ServerGone, ReverieError):
+        pass  # the server is gone too, or refuses: nothing more we can do for it
 
-    @staticmethod
-    def _control_png(spec: RenderSpec) -> tuple[str, bytes]:
-        """The control image at the render size, named by its content so each server gets it once."""
-        from PIL import Image
 
-        control = spec.control
-        try:
-            with Image.open(control.image_path) as im:
-                im = im.convert("RGB")
-                if im.size != (spec.width, spec.height):
-                    im = im.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
-                buf = io.BytesIO()
-                im.save(buf, format="PNG")
-        except OSError as e:
-            raise ReverieError(f"cannot read the control image {control.image_path}: {e}; pass another reference") from None
-        return f"reverie_{control.image_sha[:16]}_{spec.width}x{spec.height}.png", buf.getvalue()
+def _submit(client: ComfyClient, ticket: Ticket) -> tuple[str, str]:
+    spec, engine = ticket.spec, ticket.engine
+    image_name = None
+    if spec.control is not None:
+        image_name = client.upload_image(*_control_png(spec))
+    workflow = build_workflow(spec, engine.profile, engine.files, image_name)
+    return client.queue_prompt(workflow, engine.files), output_node(workflow)
 
-    @staticmethod
-    def _receive(ws) -> Optional[dict]:
-        import websocket
 
-        try:
-            raw = ws.recv()
-        except websocket.WebSocketTimeoutException:
-            return None
-        except (websocket.WebSocketException, OSError) as e:
-            raise ServerGone(one_line(f"websocket {type(e).__name__}: {e}")) from None
-        if isinstance(raw, bytes):
-            return {}  # live previews; a sign of life, nothing to read
-        if raw == "":
-            raise ServerGone("websocket closed")
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return {}
+def _control_png(spec: RenderSpec) -> tuple[str, bytes]:
+    """The control image at the render size, named by its content so each server gets it once."""
+    from PIL import Image
 
-    def _handle(self, client: ComfyClient, batch: _Batch, inflight: dict, message: dict) -> None:
-        kind, data = message.get("type"), message.get("data") or {}
-        job = inflight.get(data.get("prompt_id", ""))
-        if job is None:
-            return
-        spec = batch.specs[job["index"]]
-        if kind == "execution_start":
-            job["t0"] = time.perf_counter()  # queue wait is not render time
-            job["started"] = True
-        elif kind == "progress":
-            batch.events.put(Event("engine_progress", {"seed": spec.seed, "step": data.get("value"),
-                                                       "steps": data.get("max"), "server": client.url}))
-        elif (kind == "executing" and data.get("node") is None) or kind == "execution_success":
-            entry = client.history(data["prompt_id"])
-            if entry is not None:
-                self._collect(client, batch, job, entry)
-                inflight.pop(data["prompt_id"])
-        elif kind in ("execution_error", "execution_interrupted"):
+    control = spec.control
+    try:
+        with Image.open(control.image_path) as im:
+            im = im.convert("RGB")
+            if im.size != (spec.width, spec.height):
+                im = im.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except OSError as e:
+        raise ReverieError(f"cannot read the control image {control.image_path}: {e}; pass another reference") from None
+    return f"reverie_{control.image_sha[:16]}_{spec.width}x{spec.height}.png", buf.getvalue()
+
+
+def _receive(ws) -> Optional[dict]:
+    import websocket
+
+    try:
+        raw = ws.recv()
+    except websocket.WebSocketTimeoutException:
+        return None
+    except (websocket.WebSocketException, OSError) as e:
+        raise ServerGone(one_line(f"websocket {type(e).__name__}: {e}")) from None
+    if isinstance(raw, bytes):
+        return {}  # live previews; a sign of life, nothing to read
+    if raw == "":
+        raise ServerGone("websocket closed")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def _handle(client: ComfyClient, feed, inflight: dict, message: dict) -> None:
+    kind, data = message.get("type"), message.get("data") or {}
+    job = inflight.get(data.get("prompt_id", ""))
+    if job is None:
+        return
+    spec = job["ticket"].spec
+    if kind == "execution_start":
+        job["t0"] = time.perf_counter()  # queue wait is not render time
+        job["started"] = True
+    elif kind == "progress":
+        feed.event(job["ticket"], Event("engine_progress", {"seed": spec.seed, "step": data.get("value"),
+                                                            "steps": data.get("max"), "server": client.url}))
+    elif (kind == "executing" and data.get("node") is None) or kind == "execution_success":
+        entry = client.history(data["prompt_id"])
+        if entry is not None:
+            _collect(client, feed, job, entry)
             inflight.pop(data["prompt_id"])
-            # ComfyUI's own reason: the node that failed and its exception, so a run where every
-            # render failed can say why.
-            where = f"{data['node_type']} (node {data.get('node_id')})" if data.get("node_type") else "the workflow"
-            why = one_line(data.get("exception_message") or kind.replace("_", " "))
-            if data.get("exception_type"):
-                why = f"{data['exception_type']}: {why}"
-            self._finish(batch, job, None, f"ComfyUI at {client.url} failed in {where}: {why}", client)
+    elif kind in ("execution_error", "execution_interrupted"):
+        inflight.pop(data["prompt_id"])
+        # ComfyUI's own reason: the node that failed and its exception, so a run where every
+        # render failed can say why.
+        where = f"{data['node_type']} (node {data.get('node_id')})" if data.get("node_type") else "the workflow"
+        why = one_line(data.get("exception_message") or kind.replace("_", " "))
+        if data.get("exception_type"):
+            why = f"{data['exception_type']}: {why}"
+        _finish(feed, job, None, f"ComfyUI at {client.url} failed in {where}: {why}", client)
 
-    def _collect(self, client: ComfyClient, batch: _Batch, job: dict, entry: dict) -> None:
-        from PIL import Image
 
-        images = ((entry.get("outputs") or {}).get(job["node"]) or {}).get("images") or []
-        if not images:
-            status = entry.get("status") or {}
-            self._finish(batch, job, None, f"ComfyUI at {client.url} returned no image "
-                         f"(status {status.get('status_str', 'unknown')})", client)
-            return
-        data = client.view(images[0])
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except OSError:
-            raise ServerGone("/view did not return an image") from None
-        self._finish(batch, job, image.convert("RGB"), "", client)
+def _collect(client: ComfyClient, feed, job: dict, entry: dict) -> None:
+    from PIL import Image
 
-    def _finish(self, batch: _Batch, job: dict, image, error: str, client: ComfyClient) -> None:
-        spec = batch.specs[job["index"]]
-        seconds = time.perf_counter() - job["t0"]
-        output = EngineOutput(spec=spec, image=image, engine=self.name, engine_version=self.version,
-                              seconds=seconds, error=error, worker=client.worker)
-        if batch.finish(job["index"], output):
-            batch.events.put(output)
-            batch.events.put(Event("engine_image", {"seed": spec.seed, "seconds": seconds, "server": client.url,
-                                                    "error": error}))
+    images = ((entry.get("outputs") or {}).get(job["node"]) or {}).get("images") or []
+    if not images:
+        status = entry.get("status") or {}
+        _finish(feed, job, None, f"ComfyUI at {client.url} returned no image "
+                f"(status {status.get('status_str', 'unknown')})", client)
+        return
+    data = client.view(images[0])
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except OSError:
+        raise ServerGone("/view did not return an image") from None
+    _finish(feed, job, image.convert("RGB"), "", client)
+
+
+def _finish(feed, job: dict, image, error: str, client: ComfyClient) -> None:
+    ticket = job["ticket"]
+    seconds = time.perf_counter() - job["t0"]
+    output = EngineOutput(spec=ticket.spec, image=image, engine=ticket.engine.name,
+                          engine_version=ticket.engine.version, seconds=seconds, error=error, worker=client.worker)
+    feed.finish(ticket, output, client.url)
+
 
 
 def profile_spec(profile, seed: int = 0, prompt: str = "preflight") -> RenderSpec:
@@ -606,7 +690,7 @@ class TextGenerator:
             prompt_id = client.queue_prompt(workflow, self.files)
             heard = time.monotonic()
             while True:
-                message = ComfyUIEngine._receive(ws)
+                message = _receive(ws)
                 data = (message or {}).get("data") or {}
                 if message and data.get("prompt_id") == prompt_id:
                     heard = time.monotonic()
