@@ -167,6 +167,119 @@ def renders_to_match(quality: float, verifier: str, n_max: int, trials: int, k: 
     return None
 
 
+# -- a portfolio: true modes as well as true quality --------------------------------------------
+MODES = 6
+MMR_WEIGHTS = (0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def portfolio_trial(rng: np.random.Generator, n: int, k: int) -> dict[str, tuple[float, float]]:
+    """{method: (mean true quality of the kept k, true modes among them)} for one idea's n renders.
+
+    Each render has a true mode (one composition of the idea) and a true quality. Like a distilled
+    model, most seeds fall in one mode (probabilities halve from mode to mode), which is also a
+    little better on average. Embeddings share the idea's direction, then the mode's, then the
+    render's own; the composite is the true quality plus a verifier's error."""
+    from reverie.scoring.portfolio import mmr
+
+    dims = 32
+    common = rng.standard_normal(dims)
+    centres = rng.standard_normal((MODES, dims))
+    probs = 0.5 ** np.arange(MODES)
+    mode = rng.choice(MODES, size=n, p=probs / probs.sum())
+    quality = np.clip(rng.random(n) * 0.8 + 0.1 + 0.05 * (mode == 0), 0, 1)
+    emb = common + 0.8 * centres[mode] + 0.35 * rng.standard_normal((n, dims))
+    composite = quality + 0.08 * rng.standard_normal(n)
+
+    def summary(idx) -> tuple[float, float]:
+        idx = list(idx)
+        return float(quality[idx].mean()), float(len(set(mode[idx].tolist())))
+
+    out = {"oracle (top-K by truth)": summary(np.argsort(-quality, kind="stable")[:k]),
+           "top-K by composite": summary(mmr(composite.tolist(), emb.tolist(), k, diversity=0.0))}
+    for w in MMR_WEIGHTS:
+        out[f"portfolio, diversity {w}"] = summary(mmr(composite.tolist(), emb.tolist(), k, diversity=w))
+    return out
+
+
+def run_portfolio(trials: int, n: int, k: int, seed: int) -> dict[str, tuple[float, float]]:
+    rng = np.random.default_rng([seed, 25])
+    totals: dict[str, list[float]] = {}
+    for _ in range(trials):
+        for name, (q, m) in portfolio_trial(rng, n, k).items():
+            t = totals.setdefault(name, [0.0, 0.0])
+            t[0] += q / trials
+            t[1] += m / trials
+    return {name: (q, m) for name, (q, m) in totals.items()}
+
+
+# -- search in noise space against seed re-rolling, at equal renders ----------------------------
+NOISE_DIMS = 8
+
+
+def noise_trial(rng: np.random.Generator, rounds: int, per_round: int, k: int) -> dict[str, tuple[float, float]]:
+    """{method: (true quality of the best render, mean true quality of the kept k)} on an engine
+    whose quality is a smooth function of the noise's low-frequency components."""
+    from reverie.orchestrator.noise_search import NoiseDist, draw, refit
+
+    target = 0.8 * rng.standard_normal(NOISE_DIMS)
+
+    def truth(z) -> float:
+        return float(np.exp(-np.sum((np.asarray(z) - target) ** 2) / (2 * NOISE_DIMS)))
+
+    base = int(rng.integers(1 << 30))
+    results = {}
+    for method in ("seed re-rolling", "noise-space search"):
+        dist = NoiseDist.prior(NOISE_DIMS)
+        comps, scores, truths = [], [], []
+        for r in range(rounds):
+            seeds = [base + r * per_round + i for i in range(per_round)]
+            drawn = draw(dist, seeds)
+            for z in drawn:
+                t = truth(z)
+                comps.append(z)
+                truths.append(t)
+                scores.append(t + 0.05 * float(rng.standard_normal()))  # the verifier's error
+            if method == "noise-space search":
+                dist = refit(dist, comps, scores)
+        order = np.argsort(-np.asarray(scores), kind="stable")
+        results[method] = (truths[int(order[0])], float(np.mean([truths[int(i)] for i in order[:k]])))
+    return results
+
+
+def run_noise(trials: int, rounds: int, per_round: int, k: int, seed: int) -> dict[str, tuple[float, float]]:
+    rng = np.random.default_rng([seed, 2602])
+    totals: dict[str, list[float]] = {}
+    for _ in range(trials):
+        for name, (best, kept) in noise_trial(rng, rounds, per_round, k).items():
+            t = totals.setdefault(name, [0.0, 0.0])
+            t[0] += best / trials
+            t[1] += kept / trials
+    return {name: (b, q) for name, (b, q) in totals.items()}
+
+
+def print_portfolio(trials: int, n: int, k: int, seed: int) -> dict[str, float]:
+    result = run_portfolio(trials, n, k, seed)
+    top_q, top_m = result["top-K by composite"]
+    print(f"\nportfolio: {trials} ideas, {n} renders each over {MODES} true modes (one dominant), keep {k}")
+    print(f"  {'method':32s} {'true quality':>12s} {'true modes':>10s}  quality vs top-K")
+    for name, (q, m) in result.items():
+        print(f"  {name:32s} {q:12.3f} {m:10.2f}  {q / top_q - 1:+.1%}")
+    out = {f"portfolio quality: {name}": q for name, (q, _) in result.items()}
+    out.update({f"portfolio modes: {name}": m for name, (_, m) in result.items()})
+    return out
+
+
+def print_noise(trials: int, rounds: int, per_round: int, k: int, seed: int) -> dict[str, float]:
+    result = run_noise(trials, rounds, per_round, k, seed)
+    print(f"\nnoise-space search: {trials} ideas, {rounds} rounds of {per_round} renders (equal renders), "
+          f"quality a smooth function of {NOISE_DIMS} low-frequency components")
+    for name, (best, kept) in result.items():
+        print(f"  {name:32s} best render {best:.3f}   kept {k}: {kept:.3f}")
+    out = {f"noise best: {name}": b for name, (b, _) in result.items()}
+    out.update({f"noise kept: {name}": q for name, (_, q) in result.items()})
+    return out
+
+
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=400)
@@ -175,7 +288,13 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--match-up-to", type=int, default=256,
                         help="largest N tried for best-of-N on the gameable verifier to match the ensemble")
+    parser.add_argument("--only", choices=("ensemble", "portfolio", "noise"), default=None,
+                        help="run one part (default: all three)")
     args = parser.parse_args(argv)
+    if args.only in ("portfolio", "noise"):
+        if args.only == "portfolio":
+            return print_portfolio(args.trials, args.n, args.keep, args.seed)
+        return print_noise(args.trials, 4, max(2, args.n // 4), args.keep, args.seed)
     result = run(args.trials, args.n, args.keep, args.seed)
     print(f"{args.trials} trials, {args.n} renders each, keep {args.keep}; mean true quality (0..1) of the kept set")
     print("verifiers: " + ", ".join(f"{v.name} corr {v.corr}" + (f" gameable {v.game}" if v.game else "") for v in VERIFIERS))
@@ -196,6 +315,9 @@ def main(argv=None) -> dict[str, float]:
         result[f"renders {verifier} needs"] = float(needed) if needed else float("nan")
         print(f"renders: ensemble {args.n}; best-of-N on {verifier} needs "
               + (f"{needed} for the same quality" if needed else f"more than {args.match_up_to} for the same quality"))
+    if args.only is None:
+        result.update(print_portfolio(args.trials, args.n, args.keep, args.seed))
+        result.update(print_noise(args.trials, 4, max(2, args.n // 4), args.keep, args.seed))
     return result
 
 

@@ -34,3 +34,22 @@ def test_the_ensemble_keeps_images_closer_to_the_oracle_than_the_gameable_verifi
     # keeps better images than best-of-N on the best single verifier.
     assert 4 <= result[bench.SPENT] <= 16 and "early-stopping loop spent" in printed
     assert result["reverie loop, early stop"] > result["best-of-N on faithfulness at the loop's renders"]
+
+
+def test_the_portfolio_covers_more_true_modes_than_top_k_for_little_quality(capsys):
+    bench = load()
+    result = bench.main(["--only", "portfolio", "--trials", "120", "--n", "24", "--keep", "4"])
+    assert "true modes" in capsys.readouterr().out
+    top_q, top_m = result["portfolio quality: top-K by composite"], result["portfolio modes: top-K by composite"]
+    from reverie.scoring.portfolio import DEFAULT_DIVERSITY
+
+    name = f"portfolio, diversity {DEFAULT_DIVERSITY}"
+    assert result[f"portfolio modes: {name}"] > top_m + 0.2
+    assert result[f"portfolio quality: {name}"] >= 0.98 * top_q
+
+
+def test_noise_space_search_beats_seed_rerolling_at_equal_renders():
+    bench = load()
+    result = bench.main(["--only", "noise", "--trials", "120", "--n", "32", "--keep", "4"])
+    assert result["noise best: noise-space search"] > result["noise best: seed re-rolling"]
+    assert result["noise kept: noise-space search"] > result["noise kept: seed re-rolling"]

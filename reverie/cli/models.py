@@ -51,6 +51,15 @@ def model_rows(home: Optional[str] = None) -> list[dict]:
     for m in _scorer_models(home):
         rows.append({"name": m.name, "kind": "scorer", "repo": "", "present": bool(m.present), "where": m.where,
                      "description": m.description})
+    from reverie.scoring.plugins import installed, plugin
+
+    for entry in installed():
+        if entry.built_in:
+            continue
+        p = plugin(entry)
+        rows.append({"name": p.name, "kind": "scorer plugin", "repo": "", "present": True,
+                     "where": f"{entry.distribution} ({entry.value})", "role": p.role, "weight": p.weight,
+                     "description": p.description})
     return rows
 
 

@@ -212,6 +212,10 @@ def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, ta
         table = load_config(home).get("scoring", {})
     if not isinstance(table, dict):
         raise ReverieError("[scoring] in reverie.toml must be a table: write it as a [scoring] section")
+    table = dict(table)
+    plugin_table = table.pop("plugins", {}) or {}
+    if not isinstance(plugin_table, dict):
+        raise ReverieError("[scoring.plugins] in reverie.toml must be a table: off = [\"NAME\"], [scoring.plugins.NAME] ...")
     settings = scoring_settings(table, **options)
     tastes = tastes or {}
     heuristic_weights = {**HEURISTIC_WEIGHTS, **{k: v for k, v in settings.weights.items() if k in HEURISTIC_WEIGHTS}}
@@ -232,7 +236,11 @@ def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, ta
         chosen = build_clip_scorer(settings, build_held_out(settings), taste=tastes.get("clip"))
     # Callers that keep a diverse set (reverie score, batch keep) read the configured threshold here.
     chosen.dedupe_threshold = settings.dedupe_threshold
-    return chosen
+    from reverie.scoring.plugins import with_plugins
+
+    family = "heuristic" if chosen.name.startswith("heuristic") else "clip"
+    taste = tastes.get(family)
+    return with_plugins(chosen, plugin_table, taste.weights if taste is not None else settings.weights)
 
 
 def clip_weights_cached(settings: ScoringSettings) -> bool:

@@ -76,7 +76,10 @@ def family_of(values: Mapping[str, float]) -> str:
 
 
 def default_weights(family: str) -> dict[str, float]:
-    return dict(heuristic.WEIGHTS if family == "heuristic" else comp.DEFAULT_WEIGHTS)
+    from reverie.scoring.plugins import plugin_default_weights
+
+    # Installed scorer plugins that select are weighed like built-in components.
+    return {**(heuristic.WEIGHTS if family == "heuristic" else comp.DEFAULT_WEIGHTS), **plugin_default_weights()}
 
 
 def components_of(family: str, rows: Sequence[Mapping[str, float]]) -> list[str]:
@@ -86,14 +89,19 @@ def components_of(family: str, rows: Sequence[Mapping[str, float]]) -> list[str]
 
 def features(family: str, values: Mapping[str, float], components: Sequence[str]) -> np.ndarray:
     if family == "heuristic":
-        return np.array([math.log(max(heuristic.FLOOR, float(values[c]))) for c in components])
+        return np.array([math.log(max(heuristic.FLOOR, quality(c, values))) for c in components])
     return np.array([comp.normalise(c, float(values[c])) for c in components])
+
+
+def quality(name: str, values: Mapping[str, float]) -> float:
+    """A heuristic component as it is (a 0..1 quality); a plugin's as its percentile."""
+    return float(values[name]) if name in heuristic.WEIGHTS else comp.normalise(name, float(values[name]))
 
 
 def score_with(family: str, values: Mapping[str, float], weights: Mapping[str, float]) -> float:
     """The family's own composite of `values` under `weights` (what a run would store)."""
     if family == "heuristic":
-        return heuristic.combine(dict(values), dict(weights))
+        return heuristic.combine({k: quality(k, values) for k in values if k in weights}, dict(weights))
     return comp.composite(values, weights)[0]
 
 
