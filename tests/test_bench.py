@@ -54,6 +54,13 @@ def test_store_bench(tmp_path, capsys):
     assert "SCAN renders" not in plans and "TEMP B-TREE" not in plans
 
 
+def test_rounds_bench_times_the_store_in_every_round(tmp_path, capsys):
+    result = load("bench_rounds").main(["--rounds", "12", "--n", "2", "--home", str(tmp_path / "h"), "--by-method"])
+    assert result["rounds"] == 12 and all(s > 0 for s in result["per_round"])
+    printed = capsys.readouterr().out
+    assert "ratio (last / first)" in printed and "add_render" in printed
+
+
 def test_gpu_bench_runs_its_code_path_at_tiny_size_on_cpu(capsys):
     result = load("bench_gpu").main(["--size", "tiny", "--images", "2", "--batches", "1,2", "--repeats", "1",
                                         "--resolution", "32", "--steps", "1"])
