@@ -55,6 +55,7 @@ class Request:
     max_seconds: Optional[float] = None
     max_renders: Optional[int] = None  # a render budget that need not be a multiple of n (batch --per-prompt)
     embed_noise: float = 0.0  # noise on the text embeddings from the first round (RenderSpec.embed_noise)
+    diversity: Optional[float] = None  # the kept set's MMR weight (scoring.portfolio); None: the home's
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -65,6 +66,8 @@ class Request:
             del d["max_renders"]
         if not d["embed_noise"]:
             del d["embed_noise"]
+        if d["diversity"] is None:
+            del d["diversity"]
         return d
 
     @classmethod

@@ -33,6 +33,7 @@ def make(
     shift: Optional[float] = typer.Option(None, "--shift", metavar="S", help="Flow-matching shift (Z-Image ships 3; 6-7 gives more varied seeds)."),
     blind_steps: int = typer.Option(0, "--blind-steps", metavar="N", help="First steps on empty conditioning, for more varied compositions (0-2 typical)."),
     embed_noise: float = typer.Option(0.0, "--embed-noise", metavar="X", help="Seeded noise on the text embeddings, a share of their spread (0.05-0.2): more varied seeds on distilled models."),
+    diversity: Optional[float] = typer.Option(None, "--diversity", metavar="W", help="Keep different good images, not near-winners: 0 is plain top-K by score; default 0.3 (or [scoring] diversity)."),
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = LLM_URL,
@@ -61,7 +62,7 @@ def make(
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
-                             seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, progress=progress,
+                             seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, progress=progress,
                              references=references)
     finally:
         progress.stop()
@@ -165,9 +166,11 @@ def show(
         add(root, p)
     out.print(root, highlight=False)
     out.print(Text(held_out_line(store, run["id"])), highlight=False)
-    from reverie.orchestrator.curation import diversity_line
+    from reverie.config import load_config
+    from reverie.orchestrator.curation import diversity_line, portfolio_line
 
     out.print(Text(diversity_line(store, run["id"])), highlight=False)
+    out.print(Text(portfolio_line(store, run["id"], len(tree["best"]) or 4, load_config(store.home))), highlight=False)
     if tree["best"]:
         out.print(Text("best: " + ", ".join(f"render {b['id']}" + (" (the VLM judge's pick)" if b["judge_pick"] else "")
                                             for b in tree["best"])), highlight=False)

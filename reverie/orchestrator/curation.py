@@ -67,9 +67,13 @@ class SignatureCache:
 
 
 def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional[dict[int, tuple]] = None,
-           fill: bool = False) -> Curated:
+           fill: bool = False, diversity: float = 0.0) -> Curated:
     """The run's best k (see the module docstring). `signatures` (render id -> pixel signature)
-    spares decoding PNGs already seen in memory; missing ones are read from the files."""
+    spares decoding PNGs already seen in memory; missing ones are read from the files.
+
+    With `diversity` above 0 the set is a portfolio: after the lead, each next image is the one
+    with the best composite minus `diversity` times its largest similarity to those already
+    kept (maximal marginal relevance, scoring/portfolio.py), among the best PORTFOLIO_POOL * k."""
     signatures = signatures if signatures is not None else {}
     ranked = sorted((r for r in store.renders(run_id) if r.scores is not None), key=lambda r: (-r.scores.composite, r.id))
     chosen = store.judge_pick(run_id)
@@ -78,8 +82,24 @@ def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional
         ranked = [pick] + [r for r in ranked if r.id != pick.id]
     if not ranked or k < 1:
         return Curated([])
-    # Signatures are taken as the walk needs them: k distinct images cost about k decodes,
-    # however long the run.
+    kept = _portfolio(ranked, k, threshold, signatures, diversity) if diversity > 0 else _walk(ranked, k, threshold, signatures)
+    dups: set[int] = set()
+    for i, r in enumerate(ranked):
+        if not fill or len(kept) >= k:
+            break
+        if i not in kept:
+            kept.append(i)
+            dups.add(r.id)
+    kept.sort()
+    return Curated([ranked[i] for i in kept], frozenset(dups))
+
+
+PORTFOLIO_POOL = 8  # a portfolio of k is chosen among the best 8k: bounded work however long the run
+
+
+def _walk(ranked: list[Render], k: int, threshold: float, signatures) -> list[int]:
+    """Top k in rank order, near-duplicates skipped. Signatures are taken as the walk needs them:
+    k distinct images cost about k decodes, however long the run."""
     kept: list[int] = []
     kept_vectors: list = []
     for i, r in enumerate(ranked):
@@ -90,15 +110,64 @@ def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional
                 kept_vectors.append(vector)
             if len(kept) == k:
                 break
-    dups: set[int] = set()
-    for i, r in enumerate(ranked):
-        if not fill or len(kept) >= k:
+    return kept
+
+
+def _portfolio(ranked: list[Render], k: int, threshold: float, signatures, diversity: float) -> list[int]:
+    """The lead, then by marginal relevance among the best PORTFOLIO_POOL * k; near-duplicates
+    of a kept image are never taken (the fill may add them back)."""
+    pool = ranked[:PORTFOLIO_POOL * k]
+    vectors = [_signature(r, signatures) for r in pool]
+    kept = [0]
+    while len(kept) < min(k, len(pool)):
+        best, best_gain = None, None
+        for i, r in enumerate(pool):
+            if i in kept:
+                continue
+            sims = [cosine(vectors[i], vectors[j]) for j in kept if vectors[i] is not None and vectors[j] is not None]
+            if sims and max(sims) > threshold:
+                continue
+            gain = r.scores.composite - diversity * (max(sims) if sims else 0.0)
+            if best_gain is None or gain > best_gain:
+                best, best_gain = i, gain
+        if best is None:
             break
-        if i not in kept:
-            kept.append(i)
-            dups.add(r.id)
-    kept.sort()
-    return Curated([ranked[i] for i in kept], frozenset(dups))
+        kept.append(best)
+    return kept
+
+
+def kept_diversity(store, run_id: str, config: Optional[Mapping[str, Any]]) -> float:
+    """The MMR weight of a run's kept set: the run's own `--diversity`, else the home's
+    [scoring] diversity, else scoring.portfolio.DEFAULT_DIVERSITY."""
+    import json
+
+    from reverie.scoring.scorer import scoring_settings
+
+    try:
+        asked = json.loads(store.get_run(run_id).get("request_json") or "{}").get("diversity")
+    except (ValueError, AttributeError):
+        asked = None
+    return float(asked) if asked is not None else scoring_settings((config or {}).get("scoring")).diversity
+
+
+def portfolio_line(store, run_id: str, k: int, config: Optional[Mapping[str, Any]] = None) -> str:
+    """The kept set's Vendi score beside plain top-k's, on the same run: what the portfolio buys."""
+    from reverie.scoring.portfolio import vendi
+
+    diversity = kept_diversity(store, run_id, config)
+    threshold = near_duplicate_threshold(config)
+    kept = curate(store, run_id, k, threshold=threshold, diversity=diversity).renders
+    top = curate(store, run_id, k, threshold=threshold, diversity=0.0).renders
+
+    def score(renders) -> Optional[float]:
+        vectors = [v for v in (_signature(r, {}) for r in renders) if v is not None]
+        return vendi(vectors) if len(vectors) >= 2 else None
+
+    mine, plain = score(kept), score(top)
+    if mine is None or plain is None:
+        return "portfolio: fewer than two images to compare"
+    return (f"portfolio of {len(kept)} (diversity {diversity:g}): Vendi {mine:.2f} against top-{len(top)}'s {plain:.2f} "
+            f"(effective number of different images, on pixel signatures: colour layout, not content)")
 
 
 def _signature(render: Render, known) -> Optional[tuple]:
@@ -122,17 +191,19 @@ def cosine(a, b) -> float:
 
 
 def best(store, run_id: str, k: int, *, threshold: float, signatures: Optional[dict[int, tuple]] = None,
-         fill: bool = False) -> list[Render]:
+         fill: bool = False, diversity: float = 0.0) -> list[Render]:
     """The renders of `curate`, without the near-duplicate marks."""
-    return curate(store, run_id, k, threshold=threshold, signatures=signatures, fill=fill).renders
+    return curate(store, run_id, k, threshold=threshold, signatures=signatures, fill=fill, diversity=diversity).renders
 
 
 def home_best(store, run_id: str, k: int, *, fill: bool = False) -> list[Render]:
     """`best` for a caller that holds a store and no studio (`reverie show`, `export`): the
-    threshold from the home's reverie.toml."""
+    threshold and diversity from the home's reverie.toml (and the run's own --diversity)."""
     from reverie.config import load_config
 
-    return best(store, run_id, k, threshold=near_duplicate_threshold(load_config(store.home)), fill=fill)
+    config = load_config(store.home)
+    return best(store, run_id, k, threshold=near_duplicate_threshold(config), fill=fill,
+                diversity=kept_diversity(store, run_id, config))
 
 
 def pixel_signature(path: str) -> tuple:

@@ -57,11 +57,13 @@ def report_path(home: Path, batch_id: str) -> Path:
 
 def write_report(store, batch_id: str) -> Path:
     """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
-    from reverie.orchestrator.curation import run_diversity
+    from reverie.config import load_config
+    from reverie.orchestrator.curation import portfolio_line, run_diversity
     from reverie.scoring.display import held_out_line
     from reverie.store.pngmeta import atomic_write
 
     batch = store.batches.get(batch_id)
+    config = load_config(store.home)
     options = json.loads(batch["options_json"])
     items = store.batches.items(batch_id)
     out = report_path(store.home, batch_id)
@@ -92,6 +94,7 @@ def write_report(store, batch_id: str) -> Path:
         keeps = store.batches.keeps(item["id"])
         if item["run_id"] and keeps:
             parts.append(f"<div class=sub>{esc(held_out_line(store, item['run_id'], [k['render_id'] for k in keeps]))}</div>")
+            parts.append(f"<div class=sub>{esc(portfolio_line(store, item['run_id'], len(keeps), config))}</div>")
         if not keeps:
             parts.append("<p class=empty>nothing kept yet</p>")
         for keep in keeps:

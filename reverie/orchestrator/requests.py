@@ -54,6 +54,8 @@ def validate_request(req: Request) -> Request:
     if req.shift is not None and profile.shift is None:
         raise ReverieError(f"--shift is the flow-matching models' knob; {profile.name} has none: "
                            "leave it out, or use --blind-steps / --embed-noise for variety")
+    if req.diversity is not None and not (0.0 <= req.diversity <= 2.0):
+        raise ReverieError(f"--diversity {req.diversity}: use 0 (plain top-K by score) to 2; 0.3 is the default")
     if not (0.0 <= req.embed_noise <= MAX_EMBED_NOISE):
         raise ReverieError(f"embedding noise must be between 0 and {MAX_EMBED_NOISE} (got {req.embed_noise}): "
                            "it is a share of the embeddings' spread, e.g. --embed-noise 0.1")

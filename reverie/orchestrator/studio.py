@@ -133,7 +133,7 @@ class Studio:
                 references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
                 shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
                 max_seconds: Optional[float] = None, max_renders: Optional[int] = None,
-                embed_noise: float = 0.0) -> Request:
+                embed_noise: float = 0.0, diversity: Optional[float] = None) -> Request:
         """A checked Request (what `open_run` takes); the options are `make`'s. A bad value is
         one ReverieError line naming the fix."""
         refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r))
@@ -141,7 +141,8 @@ class Studio:
         return validate_request(Request(idea=idea, n=n, rounds=rounds, target=target, aspect=aspect,
                                         megapixels=megapixels, profile=profile or self.profile_name, references=refs,
                                         seed=seed, shift=shift, blind_steps=blind_steps, steps=steps,
-                                        max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise))
+                                        max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
+                                        diversity=diversity))
 
     def open_run(self, request: Request, *, run_id: Optional[str] = None,
                  progress: Optional[ProgressFn] = None) -> Run:
@@ -183,6 +184,7 @@ class Studio:
              references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
              shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
              max_seconds: Optional[float] = None, max_renders: Optional[int] = None, embed_noise: float = 0.0,
+             diversity: Optional[float] = None,
              progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best.
 
@@ -205,6 +207,9 @@ class Studio:
             max_seconds: stop starting new rounds after this many seconds.
             max_renders: a render budget that need not be a multiple of n.
             embed_noise: noise on the text embeddings, a share of their spread (0-0.5).
+            diversity: how much the kept set trades score for variety (maximal marginal
+                relevance, 0-2): 0 keeps the top k by score; None: the home's [scoring]
+                diversity, 0.3 by default (docs/portfolio.md).
             progress: called with every progress Event; None: the studio's.
             stop: set it (a server whose client hung up) to end the run between images.
 
@@ -215,7 +220,8 @@ class Studio:
         progress = progress or self.progress or (lambda e: None)
         req = self.request(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
                            profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
-                           steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise)
+                           steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
+                           diversity=diversity)
         with self.open_run(req, progress=progress) as run:
             final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
@@ -242,10 +248,10 @@ class Studio:
 
     def curate(self, run_id: str, k: int = 4, fill: bool = False):
         """`best` with the near-duplicates it filled in named (a batch's kept set). -> Curated"""
-        from reverie.orchestrator.curation import curate, near_duplicate_threshold
+        from reverie.orchestrator.curation import curate, kept_diversity, near_duplicate_threshold
 
         return curate(self.store, run_id, k, threshold=near_duplicate_threshold(self.config),
-                      signatures=self.signatures, fill=fill)
+                      signatures=self.signatures, fill=fill, diversity=kept_diversity(self.store, run_id, self.config))
 
     def stream(self, idea: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None, aspect: str = "1:1",
                megapixels: float = 1.0, profile: Optional[str] = None,

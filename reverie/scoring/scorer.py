@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence
 
 from reverie.scoring.composite import DEFAULT_WEIGHTS, REFERENCE_VERSION, check_weights, composite
 from reverie.scoring.held_out import HeldOutJudge, build_held_out, check_choice
+from reverie.scoring.portfolio import DEFAULT_DIVERSITY
 from reverie.scoring.taste import Taste
 from reverie.types import ReverieError, Scores
 
@@ -57,6 +58,7 @@ class ScoringSettings:
     batch_size: int = DEFAULT_BATCH_SIZE
     device: str = ""
     dedupe_threshold: float = DEFAULT_DEDUPE_THRESHOLD
+    diversity: float = DEFAULT_DIVERSITY  # the kept set's MMR weight (scoring.portfolio)
 
 
 def scoring_settings(table: Optional[dict] = None, **options: Any) -> ScoringSettings:
@@ -72,8 +74,12 @@ def scoring_settings(table: Optional[dict] = None, **options: Any) -> ScoringSet
     try:
         batch_size = int(merged.pop("batch_size", DEFAULT_BATCH_SIZE))
         threshold = float(merged.pop("dedupe_threshold", DEFAULT_DEDUPE_THRESHOLD))
+        diversity = float(merged.pop("diversity", DEFAULT_DIVERSITY))
     except (TypeError, ValueError):
-        raise ReverieError("[scoring] batch_size must be a whole number and dedupe_threshold a number such as 0.95") from None
+        raise ReverieError("[scoring] batch_size must be a whole number, dedupe_threshold a number such as 0.95 "
+                           "and diversity a number such as 0.3") from None
+    if not 0.0 <= diversity <= 2.0:
+        raise ReverieError(f"[scoring] diversity = {diversity}: use 0 (plain top-K) to 2; 0.3 is the default")
     if batch_size < 1:
         raise ReverieError(f"[scoring] batch_size = {batch_size}: use 1 or more")
     if not -1.0 <= threshold <= 1.0:
@@ -82,7 +88,7 @@ def scoring_settings(table: Optional[dict] = None, **options: Any) -> ScoringSet
     strings = {k: "off" if v is False else str(v) for k, v in merged.items()}
     check_choice(strings.get("held_out", "pickscore"))
     return ScoringSettings(**strings, weights=weights, batch_size=batch_size,
-                           dedupe_threshold=threshold)
+                           dedupe_threshold=threshold, diversity=diversity)
 
 
 class ClipScorer:
