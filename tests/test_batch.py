@@ -165,7 +165,9 @@ def test_interrupted_batch_resumes_where_it_stopped(tmp_path):
             studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, progress=stop_after_six)
         first = {r["run_id"]: r["n"] for r in studio.store.db.query(
             "select run_id, count(*) as n from renders group by run_id")}
-        assert 6 <= sum(first.values()) < 15
+        # Ideas render on their own threads while this thread reads their events, so on a fast
+        # machine every render can be in before the Ctrl-C lands; the resume must hold either way.
+        assert 6 <= sum(first.values()) <= 15
         assert [r["status"] for r in studio.store.db.query("select status from batches")] == ["interrupted"]
         result = studio.batch(file, per_prompt=3, keep=2, megapixels=0.02, progress=seen.append)
         assert result.renders_this_session == 15 - sum(first.values())
