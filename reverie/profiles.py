@@ -212,3 +212,106 @@ def family_of(profile_name: str) -> Family | None:
     """The family of a profile named in a spec or a PNG; None for a name reverie does not know."""
     profile = PROFILES.get(profile_name)
     return FAMILIES[profile.family] if profile else None
+
+
+# --- editors ---
+# Models that change an image they are given. Each editor is a profile (its defaults, as its
+# authors publish them) plus an `Editor` entry saying how it edits; a profile that is also a
+# text-to-image model (FLUX.2 [klein]) is the same profile with an Editor entry. The families
+# are added only where the text-to-image line-up has not already defined them.
+FAMILIES.setdefault("flux2", Family(name="flux2", flow=True))
+FAMILIES.setdefault("qwen-image", Family(name="qwen-image", flow=True, reads_chinese=True))
+
+
+@dataclass(frozen=True)
+class Editor:
+    profile: str
+    # "instruction": the model reads the source as a reference and the prompt as what to change;
+    # "img2img": it denoises the source part-way towards a prompt (no instruction following).
+    kind: str
+    pipeline: str  # diffusers pipeline class that edits
+    inpaint_pipeline: str = ""  # the class that takes a mask, where diffusers has one
+    max_references: int = 1  # reference images one call takes (FLUX.2 [klein]: several)
+    max_source_side: int = 2048  # a bigger source is refused before anything loads
+    min_source_side: int = 16  # and a smaller one (FLUX.2's image processor wants 64 px a side)
+    notes: str = ""
+
+
+for _p in (
+    Profile(
+        name="flux2-klein-4b",
+        family="flux2",
+        pipeline="Flux2KleinPipeline",
+        repo_id="black-forest-labs/FLUX.2-klein-4B",
+        steps=4,  # step-distilled: 4 steps, no CFG (its model card)
+        guidance=1.0,
+        sampler="euler",
+        shift=None,
+        multiple=16,
+        max_side=2048,
+        prompt_style="natural",
+        negative=False,
+        comfy_files={"unet": "flux-2-klein-4b.safetensors", "clip": "qwen_3_4b.safetensors", "clip_type": "flux2",
+                     "vae": "flux2-vae.safetensors"},
+        notes="Apache-2.0; text-to-image and multi-reference editing in one model; Qwen3-4B encoder",
+    ),
+    Profile(
+        name="qwen-image-edit-2511",
+        family="qwen-image",
+        pipeline="QwenImageEditPlusPipeline",
+        repo_id="Qwen/Qwen-Image-Edit-2511",
+        steps=40,
+        guidance=4.0,  # true CFG scale, with a negative prompt (" " by default)
+        sampler="euler",
+        shift=None,
+        multiple=16,
+        max_side=2048,
+        prompt_style="natural",
+        negative=True,
+        default_negative=" ",
+        comfy_cfg=4.0,
+        comfy_files={"unet": "qwen_image_edit_2511_bf16.safetensors", "clip": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                     "clip_type": "qwen_image", "vae": "qwen_image_vae.safetensors"},
+        notes="instruction editor, up to 3 reference images; EN + ZH",
+    ),
+    Profile(
+        name="flux1-kontext-dev",
+        family="flux",
+        pipeline="FluxKontextPipeline",
+        repo_id="black-forest-labs/FLUX.1-Kontext-dev",
+        steps=28,
+        guidance=2.5,
+        sampler="euler",
+        shift=None,
+        multiple=16,
+        max_side=1568,
+        prompt_style="natural",
+        negative=False,
+        comfy_files={"unet": "flux1-dev-kontext_fp8_scaled.safetensors", "clip_type": "flux"},
+        notes="instruction editor, one reference image; non-commercial licence",
+    ),
+):
+    PROFILES.setdefault(_p.name, _p)
+
+EDITORS: dict[str, Editor] = {
+    e.profile: e
+    for e in [
+        Editor(profile="flux2-klein-4b", kind="instruction", pipeline="Flux2KleinPipeline",
+               inpaint_pipeline="Flux2KleinInpaintPipeline", max_references=4, min_source_side=64,
+               notes="the small default editor"),
+        Editor(profile="qwen-image-edit-2511", kind="instruction", pipeline="QwenImageEditPlusPipeline",
+               max_references=3),
+        Editor(profile="flux1-kontext-dev", kind="instruction", pipeline="FluxKontextPipeline",
+               inpaint_pipeline="FluxKontextInpaintPipeline"),
+        # The fallback where no instruction editor is present: Z-Image Turbo img2img / inpainting.
+        Editor(profile="z-image-turbo", kind="img2img", pipeline="ZImageImg2ImgPipeline",
+               inpaint_pipeline="ZImageInpaintPipeline", notes="not an instruction editor"),
+    ]
+}
+# The instruction editors, the preferred first; `reverie edit` takes the first whose weights are here.
+INSTRUCTION_EDITORS: tuple[str, ...] = tuple(name for name, e in EDITORS.items() if e.kind == "instruction")
+FALLBACK_EDITOR = "z-image-turbo"
+
+
+def editor_for(profile_name: str) -> Editor | None:
+    return EDITORS.get(profile_name)

@@ -38,6 +38,39 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Source:
+    """The image an edit starts from: its bytes' sha256 (its identity), where this machine keeps
+    it, and the render it is when it came from this home. The instruction is the spec's prompt's
+    origin, kept here too so an image alone says what it was asked to change."""
+
+    image_sha: str
+    image_path: str
+    width: int
+    height: int
+    instruction: str = ""
+    render_id: Optional[int] = None
+    # How far an img2img editor may move from the source (diffusers' `strength`); instruction
+    # editors take the whole source as a reference and ignore it.
+    strength: float = 0.6
+    mask_sha: str = ""
+    mask_path: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def identity(self) -> dict:
+        """What decides the pixels: not where the files are kept, nor which row the source was."""
+        return {k: v for k, v in asdict(self).items() if k not in ("image_path", "mask_path", "render_id")}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> Optional["Source"]:
+        if not d:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
 class Request:
     idea: str
     n: int = 4
@@ -56,10 +89,13 @@ class Request:
     max_renders: Optional[int] = None  # a render budget that need not be a multiple of n (batch --per-prompt)
     embed_noise: float = 0.0  # noise on the text embeddings from the first round (RenderSpec.embed_noise)
     diversity: Optional[float] = None  # the kept set's MMR weight (scoring.portfolio); None: the home's
+    source: Optional[Source] = None  # an edit: every render starts from this image; the idea is the instruction
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["references"] = [asdict(r) for r in self.references]
+        if d["source"] is None:  # left out for text-to-image, so older request hashes stay the same
+            del d["source"]
         # Left out while unset, so the hash of a request made before the field existed (the key
         # that resumes an unfinished run) stays the same.
         if d["max_renders"] is None:
@@ -74,6 +110,7 @@ class Request:
     def from_dict(cls, d: dict) -> "Request":
         d = dict(d)
         d["references"] = tuple(Reference(**r) for r in d.get("references", ()))
+        d["source"] = Source.from_dict(d.get("source"))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -120,11 +157,15 @@ class RenderSpec:
     # Seeded Gaussian noise added to the positive text embeddings, as a share of their standard
     # deviation (the third variety knob, after shift and blind steps): 0 is off.
     embed_noise: float = 0.0
+    # An edit: the image this render starts from (and its mask), with the instruction.
+    source: Optional[Source] = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if not d["embed_noise"]:  # off: left out, so specs (and their hashes) from before the knob stay the same
             del d["embed_noise"]
+        if d["source"] is None:  # as embed_noise: text-to-image specs keep their hashes
+            del d["source"]
         return d
 
     @classmethod
@@ -132,6 +173,7 @@ class RenderSpec:
         d = dict(d)
         if d.get("control"):
             d["control"] = Control(**d["control"])
+        d["source"] = Source.from_dict(d.get("source"))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -144,6 +186,8 @@ class RenderSpec:
         d = self.to_dict()
         if d.get("control"):
             d["control"] = {k: v for k, v in d["control"].items() if k != "image_path"}
+        if self.source is not None:
+            d["source"] = self.source.identity()
         return sha256_text(canonical_json(d))
 
     def with_(self, **changes: Any) -> "RenderSpec":

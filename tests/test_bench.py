@@ -90,3 +90,9 @@ def test_vs_diffusers_bench(tmp_path, capsys):
                                               "--home", str(tmp_path / "h")])
     assert result["plain"] > 0 and result["engine"] > 0 and result["make"] > 0
     assert "ratio" in capsys.readouterr().out
+
+
+def test_edit_bench(tiny_models_dir, capsys):
+    result = load("bench_edit").main(["--n", "1", "--size", "64", "--steps", "2", "--models-dir", str(tiny_models_dir)])
+    assert set(result) == {"t2i", "edit", "edit_share"} and result["edit_share"] > 0
+    assert "the edit takes" in capsys.readouterr().out

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from reverie.profiles import DEFAULT_PROFILE, FAMILIES, PROFILES, family_of, get_profile
-from reverie.render.families import ADAPTERS, SAMPLERS
+from reverie.render.editors import ADAPTERS  # the editing-only families register their adapters there
+from reverie.render.families import SAMPLERS
 from reverie.types import Control, RenderSpec, ReverieError
 
 

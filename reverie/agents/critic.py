@@ -12,9 +12,11 @@ from reverie.types import Expansion, canonical_json, sha256_text
 
 @dataclass(frozen=True)
 class Critique:
-    action: str  # "more_seeds" | "variety" | "revise"
+    action: str  # "more_seeds" | "variety" | "revise" | "edit"
     reason: str
     expansion: Optional[Expansion] = None
+    # For "edit": the flaw of the best image as an instruction to an image editor ("remove the extra finger").
+    edit: str = ""
 
 
 def rule_critic(
@@ -51,24 +53,31 @@ Answer with a JSON object only:
 {{"action": "more_seeds" | "variety" | "revise", "reason": "<one sentence>", "prompt": "<the revised prompt, only for revise>", "negative": "<negative tags, only for tag-style models>"}}
 """
 
+# Added to the system prompt when the loop can repair the best image with an image editor.
+CRITIC_EDIT = """One more action is open: "edit". When the best image is close to the idea but has one fixable flaw (a wrong colour, an extra object, a missing detail the judge names), state the fix as a short instruction to an image editor in "edit" ("remove the second moon", "make the coat red"); the next round edits that image instead of drawing new ones. Use it only for a flaw an edit can fix.
+"""
+
 STYLE_NATURAL = "one flowing paragraph of 80 to 150 words of concrete visual description"
 STYLE_TAGS = "comma-separated tags with a few (tag:1.2) weights, quality tags first, and a negative prompt"
 
 
 class CriticAnswer(BaseModel):
-    action: Literal["more_seeds", "variety", "revise"]
+    action: Literal["more_seeds", "variety", "revise", "edit"]
     reason: str = Field(min_length=1)
     prompt: str = ""
     negative: str = ""
+    edit: str = ""
 
     @model_validator(mode="after")
     def _revise_has_a_prompt(self) -> "CriticAnswer":
         if self.action == "revise" and not self.prompt.strip():
             raise ValueError("a revise answer needs the revised prompt")
+        if self.action == "edit" and not self.edit.strip():
+            raise ValueError("an edit answer needs the instruction in `edit`")
         return self
 
 
-def critic_schema() -> dict:
+def critic_schema(can_edit: bool = False) -> dict:
     """CriticAnswer's schema plus what its validator requires: `prompt` when the action is revise.
     A oneOf, which grammar-constrained servers (llama.cpp, vLLM, Ollama) turn into a grammar;
     if/then is ignored by most of them."""
@@ -84,7 +93,9 @@ def critic_schema() -> dict:
             {"type": "object", "required": ["action", "reason", "prompt"],
              "properties": {"action": {"type": "string", "const": "revise"}, **keep,
                             "prompt": {"type": "string", "minLength": 1}}},
-        ],
+        ] + ([{"type": "object", "required": ["action", "reason", "edit"],
+               "properties": {"action": {"type": "string", "const": "edit"}, "reason": props["reason"],
+                              "edit": {"type": "string", "minLength": 1}}}] if can_edit else []),
     }
 
 
@@ -99,12 +110,15 @@ class LLMCritic:
         self.notice = notice or (lambda message: None)
 
     def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details,
-                 feedback: str = "") -> Critique:
-        """`feedback`: what a VLM judge found wrong with the best images, for the revision."""
+                 feedback: str = "", can_edit: bool = False) -> Critique:
+        """`feedback`: what a VLM judge found wrong with the best images, for the revision (or, with
+        `can_edit`, for an edit instruction that fixes the best one)."""
         from reverie.agents.dreamer import finish_prompt, missing_quotes, prompt_problem
         from reverie.agents.llm import LLMUnavailable
 
         system = CRITIC_SYSTEM.format(style=STYLE_TAGS if profile.prompt_style == "tags" else STYLE_NATURAL)
+        if can_edit:
+            system += CRITIC_EDIT
         system_hash = sha256_text(system)
         report = {
             "idea": idea,
@@ -120,6 +134,8 @@ class LLMCritic:
             report["judge"] = feedback
 
         def check(answer: CriticAnswer) -> str:
+            if answer.action == "edit" and not can_edit:
+                return '"edit" is not open in this run: answer more_seeds, variety or revise'
             if answer.action != "revise":
                 return ""
             problem = prompt_problem(idea, answer.prompt)
@@ -131,11 +147,13 @@ class LLMCritic:
         try:
             answer = self.llm.structured(system, canonical_json(report), CriticAnswer, purpose="critique",
                                          system_hash=system_hash, temperature=0.4, check=check,
-                                         json_schema=critic_schema())
+                                         json_schema=critic_schema(can_edit))
         except LLMUnavailable as e:
             self.notice(str(e))
             return self.fallback.critique(idea, expansion, profile, round_best, previous_best, similarity, details)
         reason = " ".join(answer.reason.split())
+        if answer.action == "edit":
+            return Critique("edit", reason, edit=" ".join(answer.edit.split()))
         if answer.action != "revise":
             return Critique(answer.action, reason)
         prompt, negative = finish_prompt(profile, answer.prompt, answer.negative)

@@ -20,7 +20,11 @@ class Expander(Protocol):
 
 class Critic(Protocol):
     def critique(self, idea: str, expansion: Expansion, profile: Profile, round_best: float,
-                 previous_best: float | None, similarity: float, details: list[dict], feedback: str = "") -> Critique: ...
+                 previous_best: float | None, similarity: float, details: list[dict], feedback: str = "",
+                 can_edit: bool = False) -> Critique:
+        """`can_edit`: the loop can repair the best image by an edit; a critic that sees a fixable
+        flaw answers Critique("edit", reason, edit="<the fix as an instruction>")."""
+        ...
 
 
 class FormulaExpander:
@@ -40,8 +44,9 @@ class RuleCritic:
         self.similarity_threshold = similarity_threshold
 
     def critique(self, idea, expansion, profile, round_best, previous_best, similarity, details,
-                 feedback: str = "") -> Critique:
-        # A VLM judge's notes are free text the rules cannot read; the LLM critic uses them.
+                 feedback: str = "", can_edit: bool = False) -> Critique:
+        # A VLM judge's notes are free text the rules cannot read; the LLM critic uses them. Nor
+        # can rules see a flaw to fix, so they never ask for an edit.
         c = rule_critic(expansion, round_best, previous_best, similarity, self.similarity_threshold)
         if c.action != "revise":
             return c

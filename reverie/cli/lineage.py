@@ -102,6 +102,8 @@ def _print_lineage(info: dict) -> None:
         reason = ("critic: " if critic else "reading: ") + p["reason"] if p["reason"] else ""
         _step("revision" if critic else "expansion",
               f"prompt {p['id']}, round {p['round']}, source {p['source']}", made_by, reason, p["text"])
+    if info.get("edit"):
+        _print_edit_chain(info["edit"])
     s = info["spec"]
     _step("spec", f"{info['spec_sha'][:16]}, seed {s['seed']}, {s['width']}x{s['height']}, steps {s['steps']}, "
                   f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}")
@@ -124,6 +126,21 @@ def _print_lineage(info: dict) -> None:
               *held_out_judges(sc))
 
 
+def _print_edit_chain(edit: dict) -> None:
+    """source, then each edit, then this one: the image parents from the first to this render's own."""
+    for i, parent in enumerate(edit["chain"]):
+        if parent["origin"] == "file":
+            _step("source", f"a file from outside, sha256 {parent['sha256'][:16]}")
+        elif parent.get("instruction"):
+            _step("edited", f"render {parent['render_id']} (run {parent['run_id']}): {parent['instruction']!r}")
+        else:
+            _step("source" if i == 0 else "edited", f"render {parent['render_id']} (run {parent['run_id']}), "
+                                                    f"sha256 {parent['sha256'][:16]}")
+    _step("edit", f"instruction {edit['instruction']!r}, from "
+                  + (f"render {edit['source_render_id']}" if edit["source_render_id"] is not None
+                     else f"file {edit['source_sha'][:16]}"))
+
+
 @friendly
 def reproduce(
     image: str = typer.Argument(..., help="A PNG made by reverie (or A1111 / ComfyUI)."),
@@ -144,6 +161,12 @@ def reproduce(
     name = engine or (info["meta"].get("engine") if info["origin"] == "reverie" else "diffusers")
     if name not in ("tiny", "diffusers"):
         raise ReverieError(f"reproduce runs on the tiny or diffusers engine, not {name!r}: pass --engine tiny or --engine diffusers")
+    if spec.source is not None:  # an edit: its source (and mask) must still be here
+        for path, sha, what in ((spec.source.image_path, spec.source.image_sha, "source image"),
+                                (spec.source.mask_path, spec.source.mask_sha, "mask")):
+            if path and not Path(path).is_file():
+                raise ReverieError(f"the edit's {what} {path} (sha256 {sha[:16]}) is gone: put that file back "
+                                   f"to reproduce this edit")
     if spec.control is not None and not Path(spec.control.image_path).is_file():
         raise ReverieError(f"the control image {spec.control.image_path} is not on this machine: copy it there to reproduce")
     # Pixels depend on how many seeds shared the forward pass: the recorded batch size is re-created.

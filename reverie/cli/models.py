@@ -34,7 +34,7 @@ def _scorer_models(home: Optional[str]) -> list:
 
 def model_rows(home: Optional[str] = None) -> list[dict]:
     from reverie.config import resolve_home
-    from reverie.profiles import PROFILES
+    from reverie.profiles import EDITORS, PROFILES
     from reverie.render.weights import downloadables, where
 
     models_dir = resolve_home(home) / "models"
@@ -47,6 +47,8 @@ def model_rows(home: Optional[str] = None) -> list[dict]:
             p = PROFILES[item.name]
             row.update(pipeline=p.pipeline, steps=p.steps, guidance=p.guidance, sampler=p.sampler, shift=p.shift,
                        prompt_style=p.prompt_style, negative=p.negative)
+            editor = EDITORS.get(item.name)  # what `reverie edit` can do with it: instruction, img2img, or nothing
+            row["edits"] = editor.kind if editor else None
         rows.append(row)
     for m in _scorer_models(home):
         rows.append({"name": m.name, "kind": "scorer", "repo": "", "present": bool(m.present), "where": m.where,
@@ -87,10 +89,11 @@ def models(
     # Short cells that never wrap; where each model lives is listed below, one unbroken path a line.
     for col in ("pipeline", "steps", "cfg", "sampler"):
         table.add_column(col, no_wrap=True)
+    table.add_column("edits", no_wrap=True)
     table.add_column("here", no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "").replace("StableDiffusion", "SD") or r["kind"], str(r.get("steps", "")),
-                      str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no")
+                      str(r.get("guidance", "")), r.get("sampler", ""), r.get("edits") or "", "yes" if r["present"] else "no")
     out.print(table)
     found = [(r["name"], r["where"]) for r in rows if r["present"]]
     if found:

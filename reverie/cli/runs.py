@@ -154,7 +154,12 @@ def show(
             # A prompt kept for another round gets new seeds; the render's own round says which.
             # The path goes in the list below the tree, where nothing wraps it; an error stays here.
             on = f" on {r['worker']}" if r.get("worker") not in (None, "", "local") else ""
-            child.add(Text(f"render {r['id']} round {r['round']} seed {r['seed']} score {score}{on}"
+            edit = ""
+            if r.get("source_sha"):  # an edit: its image parent and what it was asked to change
+                parent = (f"render {r['source_render_id']}" if r.get("source_render_id") is not None
+                          else f"file {r['source_sha'][:12]}")
+                edit = f"\n  edit of {parent}: {r.get('instruction')!r}"
+            child.add(Text(f"render {r['id']} round {r['round']} seed {r['seed']} score {score}{on}" + edit
                            + (f"\n{r['error']}" if r["error"] and not r["path"] else "")))
             if r["path"]:
                 paths.append((f"render {r['id']}", r["path"]))

@@ -343,8 +343,18 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
         if key in defaults:
             req = replace(req, **{key: defaults[key]})
     req = studio.request(req.idea, **{k: v for k, v in req.to_dict().items() if k != "idea"})
+    # A change to the picture the person saw edits it; a new picture renders from text (chat_edit).
+    edit, why = chat_edit_for(studio, message, reading, previous, req, progress)
+    reading = replace(reading, changes=reading.changes + ((why,) if why else ()),
+                      ref_render_id=edit.render.id if edit else reading.ref_render_id)
+    run_req = req
+    if edit is not None:  # the turn's request stays the conversation's idea; its run is the edit
+        from reverie.orchestrator.edit import edit_request
+
+        run_req = edit_request(studio, str(edit.render.id), edit.instruction, n=req.n, rounds=req.rounds,
+                               seed=fresh_seed, profile=req.profile, progress=progress)
     cancelled = False
-    with studio.open_run(req, progress=progress) as run:
+    with studio.open_run(run_req, progress=progress) as run:
         if on_open is not None:
             on_open(run)
         try:
@@ -363,6 +373,20 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
                     interpretation=Interpretation(req, reading.changes, reading.source, reading.ref_render_id),
                     parent_run_id=previous.run_id if previous else None, notices=list(result.notices),
                     cancelled=cancelled)
+
+
+def chat_edit_for(studio, message: str, reading: Interpretation, previous: Optional[PreviousTurn], req: Request,
+                  progress: ProgressFn):
+    """(the ChatEdit of this turn or None, the line saying which and why); nothing for a first turn."""
+    from reverie.orchestrator.chat_edit import choose
+    from reverie.orchestrator.edit import repair_possible
+    from reverie.profiles import get_profile
+
+    if previous is None:
+        return None, ""
+    profile = get_profile(req.profile)
+    can_edit = repair_possible(studio.engine_for(profile, progress), profile)
+    return choose(message, reading.changes, previous.best, can_edit)
 
 
 # -- slash commands --------------------------------------------------------------------------

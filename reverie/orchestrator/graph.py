@@ -24,6 +24,7 @@ from langgraph.runtime import Runtime
 from reverie.agents.expander import Critic, Expander
 from reverie.orchestrator import policy
 from reverie.orchestrator.curation import image_signature
+from reverie.orchestrator.edit import repair_possible, repair_step, with_edit_scores
 from reverie.orchestrator.worker import EngineWorker, RenderStopped
 from reverie.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
@@ -48,6 +49,7 @@ from reverie.types import (
     RoundStarted,
     Scored,
     Scores,
+    Source,
     VlmJudged,
 )
 
@@ -67,6 +69,7 @@ class LoopState(TypedDict, total=False):
     pending_revision: Optional[dict]
     stop_reason: str
     control: Optional[dict]
+    source: Optional[dict]  # an edit's source (types.Source); absent: the request's own source, if any
 
 
 @dataclass(frozen=True)  # read-only: a node changes the run through its state and the store, never here
@@ -118,6 +121,10 @@ def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     if revision:
         expansion = Expansion(**revision)
         parent = state.get("prompt_id")
+    elif ctx.request.source is not None:  # an edit: the instruction, not a dreamer's reading
+        from reverie.orchestrator.edit import edit_expansion
+
+        expansion, parent = edit_expansion(ctx.request, ctx.store, ctx.profile), None
     else:
         # Round 0, or a fresh interpretation (the explore policy): the seed makes each round's
         # reading different and a resumed run's the same.
@@ -168,6 +175,7 @@ def prepare_reference(ctx: LoopContext, run_id: str) -> Control:
 def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
     prompt = ctx.store.prompt(state["prompt_id"])
     control = Control(**state["control"]) if state.get("control") else None
+    source = Source.from_dict(state["source"]) if "source" in state else ctx.request.source
     steps = ctx.request.steps or ctx.profile.steps
     cursor = state.get("seed_cursor", 0)
     n = ctx.request.n
@@ -188,6 +196,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             blind_steps=state.get("blind_steps", 0),
             control=control,
             embed_noise=state.get("embed_noise", 0.0),
+            source=source,
         )
         for i in range(n)
     ]
@@ -297,6 +306,7 @@ class RenderSink:
             return
         images = [o.image.convert("RGB") for _, o in fresh]
         scores = ctx.scorer.score(images, [ctx.request.idea] * len(fresh), [o.spec.prompt for _, o in fresh])
+        scores = with_edit_scores(ctx, [o.spec for _, o in fresh], images, scores)
         for (rid, _), s in zip(fresh, scores):
             store.add_scores(rid, s)
             if s.embedding:
@@ -314,7 +324,8 @@ def _score_files(ctx: LoopContext, renders: list) -> list[Scores]:
     for r in renders:
         with Image.open(r.path) as im:
             images.append(im.convert("RGB"))
-    return ctx.scorer.score(images, [ctx.request.idea] * len(renders), [r.prompt for r in renders])
+    scores = ctx.scorer.score(images, [ctx.request.idea] * len(renders), [r.prompt for r in renders])
+    return with_edit_scores(ctx, [r.spec for r in renders], images, scores)
 
 
 def score(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
@@ -368,11 +379,24 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     verdict = _ask_vlm(ctx, state["run_id"], final=False)
     # The judge's notes go to the critic only when there are some (critics without the keyword still work).
     feedback = {"feedback": verdict.problems} if verdict is not None and verdict.problems else {}
+    # Repair by editing only in a text-to-image run whose engine can edit (critics without the keyword still work).
+    can_edit = req.source is None and repair_possible(ctx.engine, ctx.profile) and _takes(ctx.critic.critique, "can_edit")
     with _gate(ctx):
         critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details,
-                                       **feedback)
-    decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None)
+                                       **feedback, **({"can_edit": True} if can_edit else {}))
+    instruction = getattr(critique, "edit", "") or ""
+    editing = state.get("source") is not None or req.source is not None
+    decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None,
+                                edit=policy.should_edit(can_edit=can_edit, instruction=instruction, best=overall,
+                                                        target=req.target),
+                                editing=editing)
     update.update({"round": rnd + 1, "decision": decision})
+    if decision == policy.EDIT:
+        update.update(repair_step(ctx, ctx.store.best(state["run_id"], k=1), instruction, critique.reason))
+        ctx.progress(Event("repair", {"round": rnd, "render_id": update["source"]["render_id"],
+                                      "instruction": instruction, "reason": critique.reason}))
+    elif decision in (policy.REVISE, policy.EXPLORE) and req.source is None:
+        update["source"] = None  # a new prompt draws from noise again
     if decision == policy.VARIETY:
         update["shift"], update["blind_steps"] = policy.turn_knobs(
             state.get("shift"), state.get("blind_steps", 0), profile_shift=ctx.profile.shift,
@@ -387,6 +411,16 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
                         shift=update.get("shift", state.get("shift")),
                         blind_steps=update.get("blind_steps", state.get("blind_steps", 0))))
     return update
+
+
+def _takes(fn, keyword: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _ask_vlm(ctx: LoopContext, run_id: str, final: bool):
@@ -446,7 +480,8 @@ def finish(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
 
 def _after_judge(state: LoopState) -> str:
     decision = state.get("decision", policy.FINISH)
-    return {policy.REVISE: "expand", policy.EXPLORE: "expand", policy.VARIETY: "render"}.get(decision, decision)
+    return {policy.REVISE: "expand", policy.EXPLORE: "expand", policy.EDIT: "expand",
+            policy.VARIETY: "render"}.get(decision, decision)
 
 
 def build_graph(checkpointer=None):

@@ -28,7 +28,12 @@ RENDER = "render"  # the same prompt, new seeds
 REVISE = "revise"  # the critic's rewrite, as a child prompt
 EXPLORE = "explore"  # a fresh interpretation of the idea
 VARIETY = "variety"  # the same prompt, new seeds, variety knobs turned
+EDIT = "edit"  # repair: the next round edits the best candidate with the critic's instruction
 FINISH = "finish"
+
+# How far below the target a best candidate may be and still be repaired by an edit rather
+# than re-rolled (composite units): a candidate that far off is a wrong picture, not a flaw.
+EDIT_CLOSE_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -101,12 +106,27 @@ def stop_reason(budget: Budget, *, finished_round: int, history: Sequence[float]
     return ""
 
 
-def next_step(policy: str, critic_action: str, has_revision: bool) -> str:
-    """The decision after a round that did not stop the run."""
+def should_edit(*, can_edit: bool, instruction: str, best: float, target: Optional[float],
+                margin: float = EDIT_CLOSE_MARGIN) -> bool:
+    """Repair the best candidate by an edit instead of drawing new seeds: only with an editor, an
+    instruction that says what to fix, and a candidate close to the target (with no target, the
+    critic's word that it is close is enough)."""
+    if not can_edit or not instruction.strip():
+        return False
+    return target is None or best >= target - margin
+
+
+def next_step(policy: str, critic_action: str, has_revision: bool, *, edit: bool = False,
+              editing: bool = False) -> str:
+    """The decision after a round that did not stop the run. `edit`: should_edit() said yes to the
+    critic's edit; `editing`: the next round starts from a source image (an edit run, or a repair),
+    whose seeds the variety knobs do not steer, so there it asks for more seeds instead."""
     if policy not in POLICIES:
         raise ValueError(f"unknown loop policy {policy!r}: use one of {', '.join(POLICIES)}")
+    if critic_action == "edit" and edit:
+        return EDIT
     if critic_action == "variety":
-        return VARIETY
+        return RENDER if editing else VARIETY
     if critic_action == "revise" and has_revision:
         return REVISE
     return EXPLORE if policy == "explore" else RENDER

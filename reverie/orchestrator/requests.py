@@ -75,5 +75,9 @@ def check_knobs(req: Request, engine) -> None:
 def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:
     """Width and height for a request: the profile's multiple, capped by the profile and by the
     engine where it has its own cap (the tiny engine's `max_side`)."""
+    if req.source is not None:  # an edit renders at its source's size
+        from reverie.orchestrator.edit import edit_size
+
+        return edit_size(req.source, profile, engine)
     max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
     return size_for(req.aspect, req.megapixels, profile.multiple, max_side)

@@ -226,6 +226,30 @@ class Studio:
             final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
 
+    def edit(self, source: str, instruction: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None,
+             mask: Optional[str] = None, strength: float = 0.6, profile: Optional[str] = None,
+             seed: Optional[int] = None, steps: Optional[int] = None, max_seconds: Optional[float] = None,
+             max_renders: Optional[int] = None, progress: Optional[ProgressFn] = None,
+             stop: Optional[threading.Event] = None) -> MakeResult:
+        """Edit an image: make's loop with every render starting from `source`.
+
+        Args:
+            source: a PNG/JPEG/WebP path, or a render id or image sha prefix of this home.
+            instruction: what to change ("make it night").
+            mask: a mask the size of the source, white where it may change (inpainting).
+            strength: img2img editors only: how far from the source, (0, 1].
+            profile: the editor; None: the first instruction editor whose weights are here, else
+                Z-Image Turbo img2img (said in one line). The other options are make's.
+
+        Returns:
+            MakeResult, as make's. See reverie/orchestrator/edit.py and docs/edit.md.
+        """
+        from reverie.orchestrator.edit import edit_run
+
+        return edit_run(self, source, instruction, n=n, rounds=rounds, target=target, mask=mask, strength=strength,
+                        profile=profile, seed=seed, steps=steps, max_seconds=max_seconds, max_renders=max_renders,
+                        progress=progress, stop=stop)
+
     def checkpointer(self):
         """One checkpoint connection for every run of this studio (a batch runs many at once:
         connections of their own would contend for the file's locks)."""

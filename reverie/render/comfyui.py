@@ -26,6 +26,7 @@ from collections import deque
 from typing import Optional, Sequence
 
 from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
+from reverie.render.editors import comfy_spec
 from reverie.render.comfy_workflow import TEXTGEN_FAMILIES, build_workflow, comfy_files, output_node, textgen_workflow
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
@@ -335,6 +336,7 @@ class ComfyUIEngine:
         """Everything `info`'s server lacks to render these specs (empty: it can)."""
         workflows = {}
         for spec in specs:
+            spec = comfy_spec(spec)  # an edit's source is its img2img image
             # A control image is uploaded when it is used; any name stands in for it here.
             wf = build_workflow(spec, self.profile, self.files, "reverie_preflight.png" if spec.control else None)
             shape = json.dumps([(n["class_type"], {k: v for k, v in n["inputs"].items() if isinstance(v, str)})
@@ -536,7 +538,7 @@ def _cancel(client: ComfyClient, inflight: dict) -> None:
 
 
 def _submit(client: ComfyClient, ticket: Ticket) -> tuple[str, str]:
-    spec, engine = ticket.spec, ticket.engine
+    spec, engine = comfy_spec(ticket.spec), ticket.engine  # the output keeps the edit's own spec
     image_name = None
     if spec.control is not None:
         image_name = client.upload_image(*_control_png(spec))
@@ -664,7 +666,10 @@ def server_support(servers: str | Sequence[str], files: Optional[dict] = None, t
             raise ReverieError(f"ComfyUI at {url} does not answer ({e}): start ComfyUI or pass another --comfy-url") from None
         for profile in PROFILES.values():
             names = comfy_files(profile, files)
-            lacks = missing(info.nodes, [build_workflow(profile_spec(profile), profile, names)], names)
+            try:
+                lacks = missing(info.nodes, [build_workflow(profile_spec(profile), profile, names)], names)
+            except ReverieError as e:  # a profile reverie has no ComfyUI workflow for (the editors, so far)
+                lacks = [f"reverie has no ComfyUI workflow for {profile.name} yet ({e})"]
             rows.append({"profile": profile.name, "server": url, "version": info.version, "ok": not lacks, "lacks": lacks,
                          "dreamer": not textgen_lacks(info, profile, names)})
     return rows

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, get_profile
-from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS, adapter_for
+from reverie.render.editors import adapter_of
+from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS
 from reverie.render.weights import resolve_controlnet, resolve_weights
 from reverie.types import Control, EngineImage, EngineOutput, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
@@ -167,7 +168,7 @@ class DiffusersEngine:
         import diffusers
 
         self.profile = get_profile(profile)
-        self.adapter = adapter_for(self.profile.family)
+        self.adapter = adapter_of(self.profile)
         self.model_path = model_path
         self.controlnet_path = controlnet_path
         self.device = pick_device(device)
@@ -311,7 +312,7 @@ class DiffusersEngine:
     @staticmethod
     def _group_key(spec: RenderSpec) -> tuple:
         return (spec.prompt, spec.negative, spec.width, spec.height, spec.steps, spec.guidance, spec.sampler,
-                spec.shift, spec.blind_steps, spec.control, spec.embed_noise)
+                spec.shift, spec.blind_steps, spec.control, spec.embed_noise, spec.source)
 
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
                on_output: OutputFn | None = None) -> list[EngineOutput]:
@@ -344,12 +345,35 @@ class DiffusersEngine:
         except (OSError, ValueError) as e:
             raise ReverieError(f"cannot read the {control.kind} image {control.image_path}: {_first_line(e)}; give an existing PNG or JPEG") from None
 
+    def _edit_variant(self, source):
+        """The pipeline an edit runs on (reverie.render.editors): the loaded one, or a variant of its parts."""
+        from reverie.render import editors
+
+        editor = editors.editor_of(self.profile)
+        name = editors.variant_name(editor, source)
+        key = f"edit-{name}"
+        if key not in self._variants:
+            variant = editors.build_variant(self.load(), editor, name)
+            variant.set_progress_bar_config(disable=True)
+            self._variants[key] = variant
+        return editor, self._variants[key]
+
     def _render_batch(self, batch: list[RenderSpec]) -> list[EngineOutput]:
         import torch
 
         spec = batch[0]
         t0 = time.perf_counter()
-        runner = self._variant(spec.control)
+        if spec.source is not None:
+            from reverie.render import editors
+
+            if spec.control is not None:
+                raise ReverieError("an edit takes no control reference: drop --ref, the source image is the reference")
+            editor, runner = self._edit_variant(spec.source)
+            source_image, mask = editors.load_source(spec.source, spec.width, spec.height)
+            if editor.kind == "instruction":
+                return self._render_instruction_edit(batch, editor, runner, source_image, mask, t0)
+        else:
+            runner = self._variant(spec.control)
         cfg = self.adapter.traits.runs_cfg(spec.guidance)
         seeds = [int(s.seed) for s in batch]
         if self.pad_batches and len(seeds) < self.batch_size:
@@ -369,7 +393,9 @@ class DiffusersEngine:
                 return swap if step == blind - 1 else {}
 
         extra: dict[str, Any] = {}
-        if spec.control is not None:
+        if spec.source is not None:
+            extra.update(editors.img2img_call(spec.source, len(seeds), source_image, mask))
+        elif spec.control is not None:
             image = self._control_image(spec.control, spec.width, spec.height)
             if spec.control.kind == "img2img":
                 extra.update(image=image, strength=float(spec.control.strength))
@@ -396,6 +422,36 @@ class DiffusersEngine:
         finally:
             if self._base_shift is not None and hasattr(runner.scheduler, "set_shift"):
                 runner.scheduler.set_shift(self._base_shift)
+        if spec.source is not None:
+            images = editors.paste_back(images, source_image, mask)
+        seconds = (time.perf_counter() - t0) / len(batch)
+        self.forward_seconds += seconds * len(batch)
+        return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds,
+                             model=self.model_label, model_hash=self.model_hash, runtime=dict(self.runtime),
+                             batch_size=len(seeds))
+                for s, img in zip(batch, images)]
+
+    def _render_instruction_edit(self, batch, editor, runner, source_image, mask, t0) -> list[EngineOutput]:
+        """An instruction editor encodes its own prompt (with the source, for Qwen's vision encoder),
+        so the embedding cache and the variety knobs do not apply; the loop leaves them off for edits."""
+        import torch
+
+        from reverie.render import editors
+
+        spec = batch[0]
+        seeds = [int(s.seed) for s in batch]
+        if self.pad_batches and len(seeds) < self.batch_size:
+            seeds += [0] * (self.batch_size - len(seeds))
+        self.images_rendered += len(seeds)
+        runner.scheduler = self._scheduler(spec.sampler)
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        kwargs = editors.instruction_call(editor, spec, len(seeds), source_image, mask)
+        try:
+            images = runner(**kwargs, height=spec.height, width=spec.width, num_inference_steps=spec.steps,
+                            generator=generators, output_type="pil").images[: len(batch)]
+        except torch.cuda.OutOfMemoryError as e:
+            raise MemoryError(str(e)) from None
+        images = editors.paste_back(images, source_image, mask)
         seconds = (time.perf_counter() - t0) / len(batch)
         self.forward_seconds += seconds * len(batch)
         return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds,

@@ -111,7 +111,7 @@ class Guard:
 
 
 def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
-    from reverie.serve import openai_api, pages
+    from reverie.serve import openai_api, openai_edits, pages
 
     app = FastAPI(title="reverie", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service, app.state.token = service, token
@@ -139,6 +139,7 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
 
     app.add_middleware(Guard, token=token)
     app.include_router(openai_api.router)
+    app.include_router(openai_edits.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app

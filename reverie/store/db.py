@@ -312,6 +312,7 @@ class Store:
                     "error": error,
                     "created": time.time(),
                     "batch_size": output.batch_size or batch_size,
+                    **edit_columns(spec),
                 }
             )
         return int(table.last_pk)
@@ -362,7 +363,7 @@ class Store:
                  "seed": spec.seed, "spec_json": spec.to_json(), "spec_sha": spec.sha, "sha256": sha, "path": path,
                  "width": spec.width, "height": spec.height, "engine": meta.get("engine", ""),
                  "engine_version": meta.get("engine_version", ""), "seconds": 0.0, "status": "ok",
-                 "error": "", "created": time.time(), "batch_size": meta.get("batch_size")}
+                 "error": "", "created": time.time(), "batch_size": meta.get("batch_size"), **edit_columns(spec)}
             )
         return int(table.last_pk)
 
@@ -553,6 +554,10 @@ class Store:
                     "sha256": r["sha256"],
                     "seconds": r["seconds"],
                     "worker": r["worker"] or "local",  # `show` names it where it is not this machine
+                    # An edit's image parent and instruction (m016): `show` draws the chain.
+                    "source_render_id": r.get("source_render_id"),
+                    "source_sha": r.get("source_sha"),
+                    "instruction": r.get("instruction"),
                     "scores": ({**s.values, "composite": s.composite} if s else None),
                 }
             )
@@ -577,6 +582,14 @@ def scores_from(rows: list[dict]) -> Optional[Scores]:
     weighting = next((r["weighting"] for r in rows if r["name"] == "composite"), None)
     return Scores(values=values, composite=composite, scorer=rows[0]["scorer"],
                   details={"weighting": weighting} if weighting else {})
+
+
+def edit_columns(spec: RenderSpec) -> dict[str, Any]:
+    """An edit's image parent and instruction, as the renders table keeps them (m016)."""
+    source = spec.source
+    if source is None:
+        return {}
+    return {"source_render_id": source.render_id, "source_sha": source.image_sha, "instruction": source.instruction}
 
 
 def blank_image_error(image) -> str:

@@ -118,6 +118,28 @@ def caused_by(store, run_id: str) -> Optional[dict[str, Any]]:
 
 
 @_locked
+def edit_chain(store, row: dict) -> list[dict[str, Any]]:
+    """The image parents of an edit, oldest first: the first source (a file from outside, known by
+    its sha256, or a render of this home that was not itself an edit), then each edit made from it,
+    up to this render's own source. Empty for a render that is not an edit."""
+    chain: list[dict[str, Any]] = []
+    seen = {row["id"]}
+    current = row
+    while current.get("source_sha"):
+        parent_id = current.get("source_render_id")
+        parent = store.db["renders"].get(parent_id) if parent_id is not None and parent_id not in seen else None
+        if parent is None:
+            chain.append({"render_id": None, "sha256": current["source_sha"], "instruction": None, "origin": "file"})
+            break
+        seen.add(parent_id)
+        chain.append({"render_id": parent_id, "sha256": parent["sha256"], "run_id": parent["run_id"],
+                      "instruction": parent.get("instruction"), "origin": "render",
+                      "path": str(store.home / parent["path"]) if parent["path"] else None})
+        current = parent
+    return chain[::-1]
+
+
+@_locked
 def lineage(store, row: dict) -> dict[str, Any]:
     # The row holds the exact run id; get_run's prefix matching would walk every run.
     with store.lock:
@@ -151,4 +173,8 @@ def lineage(store, row: dict) -> dict[str, Any]:
         # Which weighting made the composite: "default", or "taste N" learnt from the person's picks.
         "weighting": (scores.details.get("weighting") or "default") if scores else None,
         "caused_by": caused_by(store, row["run_id"]),
+        # An edit: what it was asked to change, and the chain of images it came from.
+        "edit": ({"instruction": row.get("instruction"), "source_sha": row["source_sha"],
+                  "source_render_id": row.get("source_render_id"), "chain": edit_chain(store, row)}
+                 if row.get("source_sha") else None),
     }

@@ -300,6 +300,18 @@ def m014_llm_call_backend(db: sqlite_utils.Database) -> None:
     db["llm_calls"].add_column("seed", int)
 
 
+@migration
+def m016_edit_sources(db: sqlite_utils.Database) -> None:
+    # An edit's image parent: the render it started from (a render of this home), or only the
+    # sha256 of a file from outside; and the instruction it was given. Indexed both ways so
+    # `lineage` walks a chain of edits and a source's edits are one lookup.
+    db["renders"].add_column("source_render_id", int)
+    db["renders"].add_column("source_sha", str)
+    db["renders"].add_column("instruction", str)
+    db["renders"].create_index(["source_render_id"])
+    db["renders"].create_index(["source_sha"])
+
+
 def migrate(db: sqlite_utils.Database) -> list[str]:
     """Apply every migration not yet recorded, all in one transaction; return the names applied now.
 

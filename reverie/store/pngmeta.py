@@ -58,6 +58,11 @@ def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model
         fields.append(("Embedding noise", spec.embed_noise))
     if spec.control is not None:
         fields.append(("Control", f"{spec.control.kind} {spec.control.strength} {spec.control.image_sha[:12]}"))
+    if spec.source is not None:  # an edit: what it started from and what it was asked to change
+        fields.append(("Source", spec.source.image_sha[:12]))
+        fields.append(("Instruction", json.dumps(spec.source.instruction, ensure_ascii=False)))
+        if spec.source.mask_sha:
+            fields.append(("Mask", spec.source.mask_sha[:12]))
     if round is not None:
         fields.append(("Round", round))
     if engine:

@@ -1,0 +1,86 @@
+"""Tiny instruction editors: the real diffusers editing pipelines on tiny random weights.
+
+Built in code from fixed seeds, like the tiny Z-Image (reverie.render.tiny), saved once as an
+ordinary diffusers folder and loaded by the diffusers engine as real weights would be: tests run
+the editing code paths (reference images, the editor's own prompt encoding) on any CPU.
+
+- FLUX.2 [klein]: Flux2KleinPipeline (Flux2 transformer, Flux2 VAE, a Qwen3 causal LM encoder
+  read at layers 9, 18 and 27 as the real one is, so it has 28 tiny layers).
+- FLUX.1 Kontext: FluxKontextPipeline (Flux transformer, CLIP and T5 encoders).
+Qwen-Image-Edit-2511 is not built here: its encoder is a Qwen2.5-VL vision-language model whose
+processor needs the real model's files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reverie.render.tiny import _build_tokenizer, _save_once
+
+TINY_KLEIN_DIR_NAME = "tiny-flux2-klein-v1"
+TINY_KONTEXT_DIR_NAME = "tiny-flux1-kontext-v1"
+
+
+def build_tiny_flux2_klein():
+    import torch
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = _build_tokenizer(max_length=64)
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
+    torch.manual_seed(0)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=8, vocab_size=len(tokenizer), max_position_embeddings=512))
+    torch.manual_seed(0)
+    vae = AutoencoderKLFlux2(
+        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False)
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, transformer=transformer, is_distilled=True)
+
+
+def build_tiny_flux1_kontext():
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tokenizer = _build_tokenizer(max_length=77)
+    t5_tokenizer = _build_tokenizer(max_length=64)
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+        vocab_size=len(clip_tokenizer), max_position_embeddings=77, pad_token_id=clip_tokenizer.pad_token_id,
+        eos_token_id=clip_tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    torch.manual_seed(0)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        pad_token_id=t5_tokenizer.pad_token_id))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    return FluxKontextPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                               text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer, tokenizer_2=t5_tokenizer,
+                               transformer=transformer)
+
+
+# profile -> (folder name, builder): the tiny stand-in for each instruction editor reverie can build.
+TINY_EDITORS = {
+    "flux2-klein-4b": (TINY_KLEIN_DIR_NAME, build_tiny_flux2_klein),
+    "flux1-kontext-dev": (TINY_KONTEXT_DIR_NAME, build_tiny_flux1_kontext),
+}
+
+
+def ensure_tiny_editor(models_dir: Path, profile: str) -> Path:
+    """Save the tiny editor of a profile once; the diffusers engine loads it as --model-path."""
+    name, build = TINY_EDITORS[profile]
+    return _save_once(Path(models_dir) / name, build)
