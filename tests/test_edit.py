@@ -72,6 +72,11 @@ def test_an_edit_of_an_edit_draws_the_chain_from_the_first_source(home, tmp_path
         from reverie.store.lineage import find_renders, lineage
 
         info = lineage(studio.store, find_renders(studio.store, str(third.best[0].id))[0])
+        # A hash prefix of digits alone is still a hash prefix where no render has that id.
+        with studio.store.lock, studio.store.db.conn:
+            studio.store.db.execute("update renders set sha256 = ? where id = ?", ["1234567890" + child.sha256[10:], child.id])
+        assert [r["id"] for r in find_renders(studio.store, "1234567890")] == [child.id]
+        assert [r["id"] for r in find_renders(studio.store, str(child.id))] == [child.id]  # an id is still an id
     assert child.spec.source.render_id == parent.id and child.spec.source.image_sha == parent.sha256
     # Z-Image img2img repaints towards a description: a home render's own prompt leads, then the instruction.
     assert child.prompt.endswith("make it night. add a moon")
@@ -198,3 +203,4 @@ def test_comfyui_edits_with_z_image_img2img_and_refuses_what_it_has_no_workflow_
     best = json.loads(done.stdout)["best"][0]
     assert read_reverie_meta(best["path"])["spec"]["source"]["image_sha"] == file_sha256(source)  # lineage as on diffusers
     assert masked.returncode == 2 and "no ComfyUI workflow for inpainting" in masked.stderr
+

@@ -74,7 +74,10 @@ def find_renders(store, key: str) -> list[dict]:
                                        [meta.get("run_id"), meta.get("spec_sha")]))
         return []
     if key.isdigit():
-        return list(store.db.query("select * from renders where id = ?", [int(key)]))
+        rows = list(store.db.query("select * from renders where id = ?", [int(key)]))
+        if rows or len(key) < 6:
+            return rows
+        # No render has that id: six or more digits may be a hash prefix that has no letter in it.
     if len(key) >= 6 and all(c in "0123456789abcdef" for c in key.lower()):
         # A prefix as an index range (every hex digit sorts below "g"); LIKE would walk every row.
         lo, hi = key.lower(), key.lower() + "g"
