@@ -1,0 +1,57 @@
+"""The models people run now: each family renders on a tiny model of its own kind and reproduces.
+
+One parametrised test over the families: `Studio.make` on the tiny engine (a random-weight model
+of the profile's own family, built from config in code), two seeds, then `reverie reproduce` from
+each PNG alone must give identical pixels, and PNG Info must name the model that really ran.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from reverie.cli import app
+from reverie.orchestrator.studio import Studio
+from reverie.profiles import FAMILIES, get_profile
+from reverie.render.tiny import TINY_FAMILIES
+from reverie.store.pngmeta import read_metadata
+
+cli = CliRunner()
+
+LINEUP = ["flux2-klein-4b", "flux2-dev", "qwen-image", "z-image", "chroma1-hd", "sd3.5-large", "krea2"]
+
+
+@pytest.fixture(scope="module")
+def lineup_home(tmp_path_factory, tiny_models_dir):
+    """One home for the module: each family's tiny model is built once and kept beside the tiny Z-Image."""
+    home = tmp_path_factory.mktemp("lineup")
+    (home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    return home
+
+
+@pytest.mark.parametrize("name", LINEUP)
+def test_each_family_renders_on_its_own_tiny_model_and_reproduces(name, lineup_home):
+    profile = get_profile(name)
+    studio = Studio(lineup_home, engine="tiny", profile=name, scorer="heuristic")
+    try:
+        result = studio.make(f"a fox in the rain, {name}", n=2, rounds=1, megapixels=0.01, seed=11, steps=2)
+        engine = studio.engine_for(profile, lambda e: None)
+        assert type(engine.pipe).__name__ == profile.pipeline == FAMILIES[profile.family].pipeline
+    finally:
+        studio.close()
+    assert len(result.renders) == 2 and len({r.seed for r in result.renders}) == 2
+    for render in result.renders:
+        png = lineup_home / render.path
+        chunks = read_metadata(png)
+        meta = json.loads(chunks["reverie"])
+        model = re.search(r"Model: ([^,]+)", chunks["parameters"]).group(1)
+        # The model that really ran: the tiny model of the profile's family, never the real one's name.
+        assert model == meta["model"] == f"{TINY_FAMILIES[profile.family][0]} (random weights)"
+        assert profile.repo_id.split("/")[-1] not in model
+        assert meta["spec"]["profile"] == name and meta["spec"]["width"] % profile.multiple == 0
+        out = cli.invoke(app, ["reproduce", str(png), "--home", str(lineup_home)])
+        assert out.exit_code == 0, out.output
+        assert "match: pixels identical" in out.output
