@@ -462,6 +462,26 @@ def get_profile(name: str) -> Profile:
         ) from None
 
 
+def _norm(name: str) -> str:
+    name = name.lower().rsplit("/", 1)[-1]
+    for ext in (".safetensors", ".ckpt", ".gguf", ".pt", ".pth"):
+        name = name.removesuffix(ext)
+    return "".join(ch if ch.isalnum() else "-" for ch in name)
+
+
+def match_profile(model_name: str) -> Optional[str]:
+    """The profile a model name from another tool means (a PNG's `Model:`, a ComfyUI loader's file):
+    its profile name, hub repo or ComfyUI file name, the longest that the name contains; None if none."""
+    name = _norm(model_name or "")
+    best, best_len = None, 0
+    for p in PROFILES.values():
+        keys = {p.name, p.repo_id, p.comfy_files.get("unet", ""), p.comfy_files.get("checkpoint", "")}
+        for key in filter(None, map(_norm, keys)):
+            if key in name and len(key) > best_len:
+                best, best_len = p.name, len(key)
+    return best
+
+
 def family_of(profile_name: str) -> Family | None:
     """The family of a profile named in a spec or a PNG; None for a name reverie does not know."""
     profile = PROFILES.get(profile_name)
