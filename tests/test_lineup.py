@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from reverie.cli import app
 from reverie.orchestrator.studio import Studio
-from reverie.profiles import FAMILIES, get_profile
+from reverie.profiles import FAMILIES, PROFILES, get_profile
+from reverie.render.resolution import parse_aspect, size_for
 from reverie.render.tiny import TINY_FAMILIES
 from reverie.store.pngmeta import read_metadata
 
@@ -55,3 +56,29 @@ def test_each_family_renders_on_its_own_tiny_model_and_reproduces(name, lineup_h
         out = cli.invoke(app, ["reproduce", str(png), "--home", str(lineup_home)])
         assert out.exit_code == 0, out.output
         assert "match: pixels identical" in out.output
+
+
+ASPECTS = ["1:1", "2:3", "3:2", "4:5", "16:9", "9:16", "21:9", "1:8", "8:1"]
+
+
+@pytest.mark.parametrize("name", list(PROFILES))
+@pytest.mark.parametrize("aspect", ASPECTS)
+def test_the_calculator_gives_every_family_a_size_its_pipeline_takes(name, aspect):
+    profile = get_profile(name)
+    family = FAMILIES[profile.family]
+    # A profile keeps to its family's rules (it may be stricter, never looser).
+    assert profile.multiple % family.multiple == 0 and profile.max_side <= family.max_side
+    for megapixels in (0.01, 0.25, 1.0, 1.7, 4.0):
+        w, h = size_for(aspect, megapixels, profile.multiple, profile.max_side, buckets=family.buckets)
+        assert w % profile.multiple == 0 and h % profile.multiple == 0, (w, h)
+        assert profile.multiple <= w <= profile.max_side and profile.multiple <= h <= profile.max_side
+        if megapixels >= 0.25:  # big enough for rounding not to bend the shape
+            assert w / h == pytest.approx(parse_aspect(aspect), rel=0.15) or max(w, h) == profile.max_side
+
+
+def test_published_sizes_are_taken_as_they_are():
+    qwen = FAMILIES["qwen-image"]
+    assert size_for("1:1", 1.7, 16, 2048, buckets=qwen.buckets) == (1328, 1328)
+    assert size_for("16:9", 1.5, 16, 2048, buckets=qwen.buckets) == (1664, 928)
+    assert size_for("1:1", 1.0, 16, 2048, buckets=qwen.buckets) == (1024, 1024)  # far from any bucket's pixels
+    assert size_for("3:2", 1.0, 16, 2048, buckets=FAMILIES["z-image"].buckets) == (1248, 832)

@@ -76,4 +76,4 @@ def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:
     """Width and height for a request: the profile's multiple, capped by the profile and by the
     engine where it has its own cap (the tiny engine's `max_side`)."""
     max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
-    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
+    return size_for(req.aspect, req.megapixels, profile.multiple, max_side, buckets=profile.traits.buckets)
