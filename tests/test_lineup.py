@@ -82,3 +82,36 @@ def test_published_sizes_are_taken_as_they_are():
     assert size_for("16:9", 1.5, 16, 2048, buckets=qwen.buckets) == (1664, 928)
     assert size_for("1:1", 1.0, 16, 2048, buckets=qwen.buckets) == (1024, 1024)  # far from any bucket's pixels
     assert size_for("3:2", 1.0, 16, 2048, buckets=FAMILIES["z-image"].buckets) == (1248, 832)
+
+
+def test_models_lists_every_profile_with_its_pull_command_and_gated_repos_say_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    home = tmp_path / "home"
+    out = cli.invoke(app, ["models", "--json", "--home", str(home)])
+    assert out.exit_code == 0, out.output
+    rows = {r["name"]: r for r in json.loads(out.output)}
+    for name in LINEUP:
+        p = get_profile(name)
+        row = rows[name]
+        assert (row["family"], row["repo"], row["present"]) == (p.family, p.repo_id, False)
+        assert row["pull"] == f"reverie models pull {name}" and row["source"]
+    assert rows["flux2-dev"]["gated"] and not rows["flux2-klein-4b"]["gated"]
+    table = cli.invoke(app, ["models", "--home", str(home)])
+    gated = [line for line in table.output.splitlines() if line.startswith("flux2-dev:")]
+    assert len(gated) == 1 and "hf auth login" in gated[0] and "huggingface.co/black-forest-labs/FLUX.2-dev" in gated[0]
+    pull = cli.invoke(app, ["models", "pull", "flux2-dev", "--home", str(home)])
+    assert pull.exit_code == 2 and "is gated" in pull.output and "HF_HUB_OFFLINE" in pull.output
+
+
+@pytest.mark.parametrize("name", LINEUP)
+def test_missing_weights_are_one_line_naming_the_pull_command(name, tmp_path, monkeypatch):
+    from reverie.render.weights import resolve_weights
+    from reverie.types import ReverieError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ReverieError) as e:
+        resolve_weights(get_profile(name), None)
+    assert "\n" not in str(e.value) and f"reverie models pull {name}" in str(e.value)
+    assert ("hf auth login" in str(e.value)) == get_profile(name).gated
