@@ -115,3 +115,103 @@ def test_missing_weights_are_one_line_naming_the_pull_command(name, tmp_path, mo
         resolve_weights(get_profile(name), None)
     assert "\n" not in str(e.value) and f"reverie models pull {name}" in str(e.value)
     assert ("hf auth login" in str(e.value)) == get_profile(name).gated
+
+
+# -- ComfyUI: each family's graph against ComfyUI's own template, and the preflight --------------------
+# Template nodes that only draw the UI, pick sizes, or write prompts and switch LoRAs inside ComfyUI.
+UI_ONLY = {"MarkdownNote", "Note", "PreviewImage", "PrimitiveInt", "PrimitiveFloat", "PrimitiveBoolean",
+           "PrimitiveStringMultiline", "ComfySwitchNode", "ResolutionSelector", "StringConcatenate", "TextGenerate",
+           "PreviewAny", "LoraLoaderModelOnly", "SaveImageAdvanced", "SaveImage"}
+# FLUX.2's and Chroma's templates sample with SamplerCustomAdvanced and a guider; reverie uses the one
+# KSampler graph every family shares (blind steps and img2img work the same way everywhere).
+CUSTOM_SAMPLING = {"SamplerCustomAdvanced", "RandomNoise", "KSamplerSelect", "CFGGuider", "BasicGuider",
+                   "BasicScheduler", "Flux2Scheduler"}
+# profile -> (template, nodes only the template has, nodes only reverie has)
+PARITY = {
+    "z-image": ("image_z_image.json", set(), set()),
+    "qwen-image": ("image_qwen_Image_2512.json", set(), set()),
+    "sd3.5-large": ("sd3.5_simple_example.json", set(), set()),
+    "krea2": ("image_krea2_turbo_t2i.json", set(), set()),
+    "chroma1-hd": ("image_chroma_text_to_image.json", CUSTOM_SAMPLING - {"Flux2Scheduler", "BasicGuider"}, {"KSampler"}),
+    "flux2-dev": ("image_flux2_text_to_image.json", CUSTOM_SAMPLING - {"CFGGuider", "BasicScheduler"},
+                  {"KSampler", "ConditioningZeroOut"}),
+    "flux2-klein-4b": ("image_flux2_klein_text_to_image.json", CUSTOM_SAMPLING - {"BasicGuider", "BasicScheduler"},
+                       {"KSampler"}),
+}
+
+
+def template(name: str) -> dict[str, list]:
+    """class_type -> widget values of a ComfyUI template (subgraphs included; a later node of a type wins)."""
+    from importlib.resources import files
+
+    templates = pytest.importorskip("comfyui_workflow_templates_json")
+    t = json.loads((files(templates) / "templates" / name).read_text())
+    subgraphs = (t.get("definitions") or {}).get("subgraphs", [])
+    nodes = list(t["nodes"]) + [n for sg in subgraphs for n in sg["nodes"]]
+    skip = {sg["id"] for sg in subgraphs} | UI_ONLY
+    return {n["type"]: n.get("widgets_values") or [] for n in nodes if n["type"] not in skip}
+
+
+@pytest.mark.parametrize("name", list(PARITY))
+def test_comfy_workflow_matches_the_official_template_node_for_node(name):
+    from reverie.render.comfy_workflow import build_workflow, comfy_files
+    from reverie.render.comfyui import profile_spec
+
+    profile = get_profile(name)
+    template_name, theirs_only, ours_only = PARITY[name]
+    theirs = template(template_name)
+    files = comfy_files(profile)
+    ours = {n["class_type"]: n["inputs"] for n in build_workflow(profile_spec(profile), profile, files).values()}
+    assert set(theirs) - set(ours) == theirs_only and set(ours) - set(theirs) - {"SaveImage"} == ours_only
+    # The same files and loader types as the template.
+    if "UNETLoader" in theirs:
+        assert theirs["UNETLoader"][0] == ours["UNETLoader"]["unet_name"]
+        assert theirs["CLIPLoader"][:2] == [ours["CLIPLoader"]["clip_name"], ours["CLIPLoader"]["type"]]
+        assert theirs["VAELoader"] == [ours["VAELoader"]["vae_name"]]
+    else:
+        assert theirs["CheckpointLoaderSimple"] == [ours["CheckpointLoaderSimple"]["ckpt_name"]]
+    for node in ("ModelSamplingAuraFlow", "FluxGuidance"):
+        if node in theirs:
+            key = "shift" if node.startswith("Model") else "guidance"
+            assert theirs[node][0] == pytest.approx(ours[node][key])
+    if "T5TokenizerOptions" in theirs:
+        assert theirs["T5TokenizerOptions"] == [ours["T5TokenizerOptions"]["min_padding"],
+                                                ours["T5TokenizerOptions"]["min_length"]]
+    latent = next(k for k in theirs if k.startswith("Empty"))
+    assert latent in ours and ours[latent]["batch_size"] == 1
+    k = ours["KSampler"]
+    if "KSampler" in theirs:  # seed, control, steps, cfg, sampler, scheduler, denoise; steps and CFG are named in docs
+        _, _, steps, cfg, sampler, scheduler, denoise = theirs["KSampler"]
+        if name == "z-image":  # Z-Image's templates sample with res_multistep, which diffusers lacks: reverie keeps euler
+            assert (sampler, k["sampler_name"]) == ("res_multistep", "euler")
+            sampler = k["sampler_name"]
+        assert (sampler, scheduler, denoise) == (k["sampler_name"], k["scheduler"], k["denoise"])
+    else:
+        assert theirs["KSamplerSelect"] == [k["sampler_name"]]
+        if "BasicScheduler" in theirs:
+            assert theirs["BasicScheduler"][0] == k["scheduler"]
+
+
+def test_the_preflight_names_each_familys_files(tmp_path):
+    from reverie.render.comfy_preflight import missing
+    from reverie.render.comfy_workflow import build_workflow, comfy_files
+    from reverie.render.comfyui import ComfyClient, profile_spec
+    from tests.comfy_server import ComfyServer
+
+    wanted: dict[str, list[str]] = {}
+    for name in LINEUP:
+        for key, value in comfy_files(get_profile(name)).items():
+            folder = {"unet": "unet_name", "clip": "clip_name", "vae": "vae_name", "checkpoint": "ckpt_name"}.get(key)
+            if folder:
+                wanted.setdefault(folder, []).append(value)
+    with ComfyServer(models={}) as bare, ComfyServer(models=wanted) as ready:
+        bare_info, ready_info = ComfyClient(bare.url, 10).server_info(), ComfyClient(ready.url, 10).server_info()
+    for name in LINEUP:
+        profile = get_profile(name)
+        files = comfy_files(profile)
+        workflow = build_workflow(profile_spec(profile), profile, files)
+        assert missing(ready_info.nodes, [workflow], files) == []
+        lacks = missing(bare_info.nodes, [workflow], files)
+        for key in ("unet", "clip", "vae", "checkpoint"):
+            if key in files:
+                assert any(files[key] in item and f"--comfy-file {key}=NAME" in item for item in lacks), (name, lacks)
