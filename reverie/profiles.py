@@ -46,6 +46,9 @@ class Family:
     # Sizes the authors publish as (width, height); the calculator takes one when the aspect and
     # the pixel count match it closely, so users get the model's trained sizes.
     buckets: tuple[tuple[int, int], ...] = ()
+    # What the dreamer, critic and formula expander keep in mind for this family (the source
+    # documents' guidebook, per model): one sentence.
+    prompt_advice: str = ""
 
     def runs_cfg(self, guidance: float) -> bool:
         """Whether a diffusers pipeline of this family runs classifier-free guidance (and so a negative prompt)."""
@@ -66,11 +69,16 @@ QWEN_IMAGE_BUCKETS = ((1328, 1328), (1664, 928), (928, 1664), (1472, 1104), (110
 Z_IMAGE_BUCKETS = ((1024, 1024), (1152, 896), (896, 1152), (1152, 864), (864, 1152), (1248, 832), (832, 1248),
                    (1280, 720), (720, 1280), (1344, 576), (576, 1344))
 
+FLUX2_ADVICE = ("FLUX.2 follows long, structured descriptions closely (subject first, then setting, style, lighting, "
+                "camera) and letters quoted text and exact colours such as hex codes faithfully.")
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         Family(name="z-image", label="Z-Image", pipeline="ZImagePipeline", flow=True, cfg_offset=1.0,
-               reads_chinese=True, text_in_images=True, latent="flux1-16ch", buckets=Z_IMAGE_BUCKETS),
+               reads_chinese=True, text_in_images=True, latent="flux1-16ch", buckets=Z_IMAGE_BUCKETS,
+               prompt_advice="Z-Image follows long, concrete paragraphs closely and letters short quoted text in "
+                             "English or Chinese cleanly."),
         Family(name="flux", label="FLUX.1", pipeline="FluxPipeline", flow=True, latent="flux1-16ch", max_side=1280),
         Family(name="sdxl", label="SDXL", pipeline="StableDiffusionXLPipeline", flow=False, latent="sd-4ch",
                prompt_style="tags", multiple=64, max_side=1536),
@@ -78,20 +86,29 @@ FAMILIES: dict[str, Family] = {
                prompt_style="tags", multiple=8, max_side=768),
         # FLUX.2 [dev]: Mistral Small 3.1 encoder, guidance distilled into the transformer (diffusers Flux2Pipeline docs).
         Family(name="flux2", label="FLUX.2 [dev]", pipeline="Flux2Pipeline", flow=True, latent="flux2-32ch",
-               distilled_guidance=True, text_in_images=True),
+               distilled_guidance=True, text_in_images=True, prompt_advice=FLUX2_ADVICE),
         # FLUX.2 [klein]: Qwen3 encoder, real CFG (neg + g*(pos-neg)) on the base models, none on the distilled ones.
         Family(name="flux2-klein", label="FLUX.2 [klein]", pipeline="Flux2KleinPipeline", flow=True,
-               latent="flux2-32ch", text_in_images=True),
+               latent="flux2-32ch", text_in_images=True, prompt_advice=FLUX2_ADVICE),
         # Qwen-Image: Qwen2.5-VL encoder, true CFG with a negative prompt; its strength is text in images.
         Family(name="qwen-image", label="Qwen-Image", pipeline="QwenImagePipeline", flow=True, reads_chinese=True,
-               latent="wan-16ch", text_in_images=True, buckets=QWEN_IMAGE_BUCKETS),
+               latent="wan-16ch", text_in_images=True, buckets=QWEN_IMAGE_BUCKETS,
+               prompt_advice="Qwen-Image is the strongest open model for text in images: when the idea asks for "
+                             "or implies words (a sign, poster, label, title, caption), give the exact words in "
+                             "double quotes and say where they stand, how large, in what colour and typeface."),
         # Chroma: FLUX.1-schnell derived, T5 only, real CFG with a negative prompt.
-        Family(name="chroma", label="Chroma", pipeline="ChromaPipeline", flow=True, latent="flux1-16ch"),
+        Family(name="chroma", label="Chroma", pipeline="ChromaPipeline", flow=True, latent="flux1-16ch",
+               prompt_advice="Chroma reads plain natural language through T5 alone: name the medium outright "
+                             "(photograph, anime illustration, oil painting) in the first sentence; no tag weights."),
         # SD3.5: MMDiT, two CLIPs and T5, real CFG; the VAE's 8x and a patch of 2 make sides multiples of 16.
         Family(name="sd3", label="Stable Diffusion 3.5", pipeline="StableDiffusion3Pipeline", flow=True,
-               latent="sd3-16ch", max_side=1536),
+               latent="sd3-16ch", max_side=1536,
+               prompt_advice="SD3.5's CLIP encoders read only the first 77 tokens: put the subject, medium and "
+                             "style in the first two sentences, the finer detail after."),
         # Krea 2: Qwen3-VL encoder and the Qwen-Image VAE; guidance is cond + g*(cond-uncond) (diffusers Krea 2 docs).
-        Family(name="krea2", label="Krea 2", pipeline="Krea2Pipeline", flow=True, cfg_offset=1.0, latent="wan-16ch"),
+        Family(name="krea2", label="Krea 2", pipeline="Krea2Pipeline", flow=True, cfg_offset=1.0, latent="wan-16ch",
+               prompt_advice="Krea 2 is tuned for aesthetics and style: be specific about the medium, the "
+                             "artistic style, the colour grading and the texture of the image."),
     ]
 }
 

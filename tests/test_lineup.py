@@ -215,3 +215,29 @@ def test_the_preflight_names_each_familys_files(tmp_path):
         for key in ("unet", "clip", "vae", "checkpoint"):
             if key in files:
                 assert any(files[key] in item and f"--comfy-file {key}=NAME" in item for item in lacks), (name, lacks)
+
+
+@pytest.mark.parametrize("name", LINEUP)
+def test_the_dreamer_and_the_formula_write_in_the_familys_style(name):
+    from reverie.agents.dreamer import finish_prompt, system_prompt
+    from reverie.agents.formula import expand_formula
+
+    profile = get_profile(name)
+    family = FAMILIES[profile.family]
+    system = system_prompt(profile)
+    assert profile.prompt_style == "natural" and "one flowing paragraph" in system.lower()
+    assert family.prompt_advice and family.prompt_advice in system
+    assert ("Chinese" in system) == family.reads_chinese
+    expansion = expand_formula('a bakery storefront with a sign that reads "FRESH BREAD"', profile, seed=3)
+    assert "," in expansion.prompt and expansion.prompt.count(". ") >= 3  # sentences, not tags
+    assert ('lettered clearly' in expansion.prompt) == family.text_in_images
+    # Models that run real CFG keep their authors' negative prompt; the others get none.
+    assert expansion.negative == (profile.default_negative if profile.negative else "")
+    assert finish_prompt(profile, "a  paragraph", "ignored")[1] == expansion.negative
+
+
+def test_qwen_image_is_told_to_spell_out_text():
+    from reverie.agents.dreamer import system_prompt
+
+    system = system_prompt(get_profile("qwen-image"))
+    assert "text in images" in system and "double quotes" in system
