@@ -241,3 +241,55 @@ def test_qwen_image_is_told_to_spell_out_text():
 
     system = system_prompt(get_profile("qwen-image"))
     assert "text in images" in system and "double quotes" in system
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LINEUP)
+def test_reverie_make_on_the_tiny_engine_and_reproduce_through_the_console_script(name, home):
+    """The command a user types, at the profile's own step count (slow: up to 50 steps with CFG)."""
+    from tests.conftest import run_cli
+
+    made = run_cli("make", "a lighthouse at dusk", "--profile", name, "--engine", "tiny", "--n", "2", "--rounds", "1",
+                   "--megapixels", "0.01", "--seed", "5", "--json", home=home)
+    assert made.returncode == 0, made.stderr
+    result = json.loads(made.stdout)
+    assert len(result["best"]) == 2
+    for best in result["best"]:
+        again = run_cli("reproduce", str(home / best["path"]), home=home)
+        assert again.returncode == 0 and "match: pixels identical" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("name", LINEUP)
+def test_each_adapter_caches_the_prompt_and_honours_blind_steps_noise_and_img2img(name, lineup_home, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from reverie.render.tiny import TinyEngine
+    from reverie.types import Control, RenderSpec, ReverieError
+
+    profile = get_profile(name)
+    engine = TinyEngine(models_dir=lineup_home / "models", profile=name, batch_size=2)
+    base = RenderSpec(prompt="a red fox in the snow", negative="blurry", seed=1, width=64, height=48, steps=2,
+                      guidance=profile.guidance, profile=name, sampler="euler", shift=profile.shift)
+
+    def px(spec):
+        return np.asarray(engine.render([spec])[0].image, dtype=np.int16)
+
+    try:
+        pair = engine.render([base, base.with_(seed=2)])
+        assert engine.encoder_calls == 1  # one encoding of the prompt for both seeds
+        assert len(pair) == 2
+        for changed in (base.with_(blind_steps=1), base.with_(embed_noise=0.3)):
+            assert np.abs(px(changed) - px(base)).mean() > 0.01, changed
+        ref = tmp_path / "ref.png"
+        Image.fromarray((np.indices((48, 64)).sum(0) % 2 * 255).astype(np.uint8)).convert("RGB").save(ref)
+        img2img = base.with_(control=Control("img2img", "0" * 64, str(ref), 0.6))
+        adapter = engine.adapter
+        if adapter.img2img_refusal:
+            with pytest.raises(ReverieError) as e:
+                engine.render([img2img])
+            assert "\n" not in str(e.value) and "img2img" in str(e.value)
+        else:
+            assert np.abs(px(img2img) - px(base)).mean() > 0.01
+    finally:
+        engine.close()
