@@ -244,6 +244,7 @@ def test_qwen_image_is_told_to_spell_out_text():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", LINEUP)
 def test_reverie_make_on_the_tiny_engine_and_reproduce_through_the_console_script(name, home):
     """The command a user types, at the profile's own step count (slow: up to 50 steps with CFG)."""
