@@ -16,18 +16,43 @@ from reverie.errors import ReverieError
 
 @dataclass(frozen=True)
 class Family:
+    """What every engine and file format must agree on about one kind of model.
+
+    The edit helper and anything else that needs a family's facts reads them here: the diffusers
+    pipeline class, the latent format its VAE makes, the size rules, the prompt style.
+    """
+
     name: str
     # Flow-matching: the model keeps the scheduler it ships with, and `shift` is its variety knob.
     flow: bool
-    # CFG as ComfyUI and A1111 users write it = diffusers guidance + cfg_offset. Z-Image's
-    # diffusers guidance 0.0 is CFG 1 (no classifier-free guidance); the others run CFG above 1.
+    # CFG as ComfyUI and A1111 users write it = diffusers guidance + cfg_offset. Z-Image's and
+    # Krea 2's diffusers guidance 0.0 is CFG 1 (no classifier-free guidance); the others run CFG above 1.
     cfg_offset: float = 0.0
     # The text encoder reads Chinese as well as English, so a prompt may stay in Chinese.
     reads_chinese: bool = False
+    label: str = ""  # how people name the family
+    pipeline: str = ""  # the diffusers text-to-image pipeline class
+    # The latent format (VAE and channels): two families with the same one can share a VAE and latents.
+    latent: str = ""
+    # Guidance is a distilled embedding the transformer reads (FLUX.1/FLUX.2 [dev]), not classifier-free
+    # guidance: no negative prompt, no second forward pass.
+    distilled_guidance: bool = False
+    # Renders legible lettering well (signs, posters, captions): the dreamer may put quoted text in.
+    text_in_images: bool = False
+    prompt_style: str = "natural"  # "natural" paragraphs | "tags"
+    # Sizes: each side a multiple of `multiple` (VAE factor x patch size), at most `max_side`.
+    multiple: int = 16
+    max_side: int = 2048
+    # Sizes the authors publish as (width, height); the calculator takes one when the aspect and
+    # the pixel count match it closely, so users get the model's trained sizes.
+    buckets: tuple[tuple[int, int], ...] = ()
+    # What the dreamer, critic and formula expander keep in mind for this family (the source
+    # documents' guidebook, per model): one sentence.
+    prompt_advice: str = ""
 
     def runs_cfg(self, guidance: float) -> bool:
         """Whether a diffusers pipeline of this family runs classifier-free guidance (and so a negative prompt)."""
-        return guidance > 1.0 - self.cfg_offset
+        return not self.distilled_guidance and guidance > 1.0 - self.cfg_offset
 
     def cfg_scale(self, guidance: float) -> float:
         """Diffusers guidance -> the CFG scale ComfyUI and A1111 show."""
@@ -38,13 +63,52 @@ class Family:
         return round(cfg_scale - self.cfg_offset, 3) if self.cfg_offset else cfg_scale
 
 
+# Qwen-Image's published sizes (Qwen/Qwen-Image-2512 model card), rounded to its multiple of 16.
+QWEN_IMAGE_BUCKETS = ((1328, 1328), (1664, 928), (928, 1664), (1472, 1104), (1104, 1472), (1584, 1056), (1056, 1584))
+# Z-Image's published sizes at 1024 (the Tongyi-MAI Z-Image demo's resolution list).
+Z_IMAGE_BUCKETS = ((1024, 1024), (1152, 896), (896, 1152), (1152, 864), (864, 1152), (1248, 832), (832, 1248),
+                   (1280, 720), (720, 1280), (1344, 576), (576, 1344))
+
+FLUX2_ADVICE = ("FLUX.2 follows long, structured descriptions closely (subject first, then setting, style, lighting, "
+                "camera) and letters quoted text and exact colours such as hex codes faithfully.")
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family(name="z-image", flow=True, cfg_offset=1.0, reads_chinese=True),
-        Family(name="flux", flow=True),
-        Family(name="sdxl", flow=False),
-        Family(name="sd15", flow=False),
+        Family(name="z-image", label="Z-Image", pipeline="ZImagePipeline", flow=True, cfg_offset=1.0,
+               reads_chinese=True, text_in_images=True, latent="flux1-16ch", buckets=Z_IMAGE_BUCKETS,
+               prompt_advice="Z-Image follows long, concrete paragraphs closely and letters short quoted text in "
+                             "English or Chinese cleanly."),
+        Family(name="flux", label="FLUX.1", pipeline="FluxPipeline", flow=True, latent="flux1-16ch", max_side=1280),
+        Family(name="sdxl", label="SDXL", pipeline="StableDiffusionXLPipeline", flow=False, latent="sd-4ch",
+               prompt_style="tags", multiple=64, max_side=1536),
+        Family(name="sd15", label="SD 1.5", pipeline="StableDiffusionPipeline", flow=False, latent="sd-4ch",
+               prompt_style="tags", multiple=8, max_side=768),
+        # FLUX.2 [dev]: Mistral Small 3.1 encoder, guidance distilled into the transformer (diffusers Flux2Pipeline docs).
+        Family(name="flux2", label="FLUX.2 [dev]", pipeline="Flux2Pipeline", flow=True, latent="flux2-32ch",
+               distilled_guidance=True, text_in_images=True, prompt_advice=FLUX2_ADVICE),
+        # FLUX.2 [klein]: Qwen3 encoder, real CFG (neg + g*(pos-neg)) on the base models, none on the distilled ones.
+        Family(name="flux2-klein", label="FLUX.2 [klein]", pipeline="Flux2KleinPipeline", flow=True,
+               latent="flux2-32ch", text_in_images=True, prompt_advice=FLUX2_ADVICE),
+        # Qwen-Image: Qwen2.5-VL encoder, true CFG with a negative prompt; its strength is text in images.
+        Family(name="qwen-image", label="Qwen-Image", pipeline="QwenImagePipeline", flow=True, reads_chinese=True,
+               latent="wan-16ch", text_in_images=True, buckets=QWEN_IMAGE_BUCKETS,
+               prompt_advice="Qwen-Image is the strongest open model for text in images: when the idea asks for "
+                             "or implies words (a sign, poster, label, title, caption), give the exact words in "
+                             "double quotes and say where they stand, how large, in what colour and typeface."),
+        # Chroma: FLUX.1-schnell derived, T5 only, real CFG with a negative prompt.
+        Family(name="chroma", label="Chroma", pipeline="ChromaPipeline", flow=True, latent="flux1-16ch",
+               prompt_advice="Chroma reads plain natural language through T5 alone: name the medium outright "
+                             "(photograph, anime illustration, oil painting) in the first sentence; no tag weights."),
+        # SD3.5: MMDiT, two CLIPs and T5, real CFG; the VAE's 8x and a patch of 2 make sides multiples of 16.
+        Family(name="sd3", label="Stable Diffusion 3.5", pipeline="StableDiffusion3Pipeline", flow=True,
+               latent="sd3-16ch", max_side=1536,
+               prompt_advice="SD3.5's CLIP encoders read only the first 77 tokens: put the subject, medium and "
+                             "style in the first two sentences, the finer detail after."),
+        # Krea 2: Qwen3-VL encoder and the Qwen-Image VAE; guidance is cond + g*(cond-uncond) (diffusers Krea 2 docs).
+        Family(name="krea2", label="Krea 2", pipeline="Krea2Pipeline", flow=True, cfg_offset=1.0, latent="wan-16ch",
+               prompt_advice="Krea 2 is tuned for aesthetics and style: be specific about the medium, the "
+                             "artistic style, the colour grading and the texture of the image."),
     ]
 }
 
@@ -72,6 +136,10 @@ class Profile:
     control_repo: str = ""
     control_file: str = ""
     notes: str = ""
+    # The repo asks each user to accept its licence on the hub before it downloads.
+    gated: bool = False
+    # Where the settings above come from (model card, diffusers docs, ComfyUI template).
+    source: str = ""
 
     @property
     def traits(self) -> Family:
@@ -190,6 +258,209 @@ PROFILES: dict[str, Profile] = {
             comfy_cfg=7.0,
             comfy_files={"checkpoint": "v1-5-pruned-emaonly.safetensors"},
         ),
+        # -- the models people run now (issue 23) ------------------------------------------------
+        Profile(
+            name="z-image",
+            family="z-image",
+            pipeline="ZImagePipeline",
+            repo_id="Tongyi-MAI/Z-Image",
+            steps=50,
+            guidance=4.0,  # diffusers pos + 4*(pos-neg) = ComfyUI CFG 5
+            sampler="euler",
+            shift=3.0,
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=True,
+            comfy_cfg=5.0,
+            comfy_files={"unet": "z_image_bf16.safetensors", "clip": "qwen_3_4b.safetensors", "clip_type": "lumina2",
+                         "vae": "ae.safetensors"},
+            notes="undistilled base: 28-50 steps, real CFG and a negative prompt; more varied than Turbo",
+            source="Tongyi-MAI/Z-Image model card (50 steps, guidance 4); ComfyUI template image_z_image.json "
+                   "(shift 3; it runs 25 steps of res_multistep at CFG 4)",
+        ),
+        Profile(
+            name="flux2-klein-4b",
+            family="flux2-klein",
+            pipeline="Flux2KleinPipeline",
+            repo_id="black-forest-labs/FLUX.2-klein-4B",
+            steps=4,
+            guidance=1.0,  # step-distilled: guidance is ignored, no negative
+            sampler="euler",
+            shift=None,  # the scheduler shifts by resolution (dynamic mu)
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=False,
+            comfy_cfg=1.0,
+            comfy_files={"unet": "flux-2-klein-4b.safetensors", "clip": "qwen_3_4b.safetensors", "clip_type": "flux2",
+                         "vae": "flux2-vae.safetensors"},
+            notes="Apache 2.0; 4 distilled steps; also edits with reference images",
+            source="black-forest-labs/FLUX.2-klein-4B model card (4 steps, guidance 1.0, is_distilled); "
+                   "ComfyUI template image_flux2_klein_text_to_image.json",
+        ),
+        Profile(
+            name="flux2-klein-base-4b",
+            family="flux2-klein",
+            pipeline="Flux2KleinPipeline",
+            repo_id="black-forest-labs/FLUX.2-klein-base-4B",
+            steps=50,
+            guidance=4.0,
+            sampler="euler",
+            shift=None,
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=True,
+            comfy_cfg=4.0,
+            comfy_files={"unet": "flux-2-klein-base-4b.safetensors", "clip": "qwen_3_4b.safetensors",
+                         "clip_type": "flux2", "vae": "flux2-vae.safetensors"},
+            notes="the undistilled klein: real CFG and a negative prompt; for LoRA training and variety",
+            source="diffusers Flux2KleinPipeline docs (50 steps, guidance 4.0); ComfyUI template "
+                   "image_flux2_klein_text_to_image.json (it runs 20 steps at CFG 5)",
+        ),
+        Profile(
+            name="flux2-dev",
+            family="flux2",
+            pipeline="Flux2Pipeline",
+            repo_id="black-forest-labs/FLUX.2-dev",
+            steps=50,
+            guidance=4.0,  # distilled guidance (FluxGuidance in ComfyUI), not CFG
+            sampler="euler",
+            shift=None,
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=False,
+            comfy_cfg=1.0,
+            comfy_files={"unet": "flux2_dev_fp8mixed.safetensors", "clip": "mistral_3_small_flux2_bf16.safetensors",
+                         "clip_type": "flux2", "vae": "full_encoder_small_decoder.safetensors"},
+            gated=True,
+            notes="32B; non-commercial licence, gated on the hub; 28 steps is the card's speed trade-off",
+            source="black-forest-labs/FLUX.2-dev model card and diffusers Flux2Pipeline docs (50 steps, guidance 4); "
+                   "ComfyUI template image_flux2_text_to_image.json (FluxGuidance 4, 20 steps)",
+        ),
+        Profile(
+            name="qwen-image",
+            family="qwen-image",
+            pipeline="QwenImagePipeline",
+            repo_id="Qwen/Qwen-Image-2512",
+            steps=50,
+            guidance=4.0,  # true_cfg_scale in diffusers
+            sampler="euler",
+            shift=None,  # diffusers shifts by resolution; ComfyUI's template fixes shift 3.1
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=True,
+            default_negative="低分辨率，低画质，肢体畸形，手指畸形，画面过饱和，蜡像感，人脸无细节，过度光滑，画面具有AI感。构图混乱。文字模糊，扭曲",
+            comfy_cfg=4.0,
+            comfy_files={"unet": "qwen_image_2512_fp8_e4m3fn.safetensors", "clip": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                         "clip_type": "qwen_image", "vae": "qwen_image_vae.safetensors"},
+            notes="Qwen-Image 2512; best open model for text in images (English and Chinese)",
+            source="Qwen/Qwen-Image-2512 model card (50 steps, true_cfg_scale 4, its negative prompt, sizes); "
+                   "ComfyUI template image_qwen_Image_2512.json (shift 3.1, CFG 4, euler simple)",
+        ),
+        Profile(
+            name="chroma1-hd",
+            family="chroma",
+            pipeline="ChromaPipeline",
+            repo_id="lodestones/Chroma1-HD",
+            steps=40,
+            guidance=3.0,
+            sampler="euler",
+            shift=None,
+            multiple=16,
+            max_side=1536,
+            prompt_style="natural",
+            negative=True,
+            default_negative="low quality, ugly, unfinished, out of focus, deformed, disfigure, blurry, smudged, "
+                             "restricted palette, flat colors",
+            comfy_cfg=3.0,
+            comfy_files={"unet": "Chroma1-HD-fp8mixed.safetensors", "clip": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+                         "clip_type": "chroma", "vae": "ae.safetensors"},
+            notes="Apache 2.0, 8.9B, FLUX.1-schnell derived; uncensored; real CFG",
+            source="lodestones/Chroma1-HD model card and its demo space (40 steps, guidance 3.0, negative prompt); "
+                   "ComfyUI template image_chroma_text_to_image.json (26 steps, beta scheduler, CFG 3.5)",
+        ),
+        Profile(
+            name="sd3.5-large",
+            family="sd3",
+            pipeline="StableDiffusion3Pipeline",
+            repo_id="stabilityai/stable-diffusion-3.5-large",
+            steps=28,
+            guidance=3.5,
+            sampler="euler",
+            shift=3.0,
+            multiple=16,
+            max_side=1536,
+            prompt_style="natural",
+            negative=True,
+            comfy_cfg=3.5,
+            comfy_files={"checkpoint": "sd3.5_large_fp8_scaled.safetensors"},
+            gated=True,
+            notes="8B MMDiT; Stability Community Licence, gated on the hub",
+            source="stabilityai/stable-diffusion-3.5-large model card (28 steps, guidance 3.5; scheduler shift 3.0); "
+                   "ComfyUI template sd3.5_simple_example.json (20 steps, CFG 4, sgm_uniform)",
+        ),
+        Profile(
+            name="sd3.5-large-turbo",
+            family="sd3",
+            pipeline="StableDiffusion3Pipeline",
+            repo_id="stabilityai/stable-diffusion-3.5-large-turbo",
+            steps=4,
+            guidance=0.0,  # ADD-distilled: no CFG
+            sampler="euler",
+            shift=3.0,
+            multiple=16,
+            max_side=1536,
+            prompt_style="natural",
+            negative=False,
+            comfy_cfg=1.0,
+            comfy_files={"checkpoint": "sd3.5_large_turbo.safetensors"},
+            gated=True,
+            notes="4 ADD-distilled steps, no CFG; gated on the hub",
+            source="stabilityai/stable-diffusion-3.5-large-turbo model card (4 steps, guidance 0.0)",
+        ),
+        Profile(
+            name="krea2",
+            family="krea2",
+            pipeline="Krea2Pipeline",
+            repo_id="krea/Krea-2-Turbo",
+            steps=8,
+            guidance=0.0,  # Krea 2 convention: 0 = CFG 1, no negative
+            sampler="euler",
+            shift=None,  # the distilled checkpoint fixes mu = 1.15 itself
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=False,
+            comfy_cfg=1.0,
+            comfy_files={"unet": "krea2_turbo_fp8_scaled.safetensors", "clip": "qwen3vl_4b_fp8_scaled.safetensors",
+                         "clip_type": "krea2", "vae": "qwen_image_vae.safetensors"},
+            notes="Krea 2 Turbo: 12.9B, 8 distilled steps; Krea 2 Community Licence",
+            source="diffusers Krea 2 docs (distilled: 8 steps, guidance 0.0) and krea-ai/krea-2 README; "
+                   "ComfyUI template image_krea2_turbo_t2i.json (8 steps, CFG 1, euler simple)",
+        ),
+        Profile(
+            name="krea2-raw",
+            family="krea2",
+            pipeline="Krea2Pipeline",
+            repo_id="krea/Krea-2-Raw",
+            steps=28,
+            guidance=4.5,  # = ComfyUI CFG 5.5
+            sampler="euler",
+            shift=None,
+            multiple=16,
+            max_side=2048,
+            prompt_style="natural",
+            negative=True,
+            comfy_cfg=5.5,
+            comfy_files={"unet": "krea2_raw_bf16.safetensors", "clip": "qwen3vl_4b_fp8_scaled.safetensors",
+                         "clip_type": "krea2", "vae": "qwen_image_vae.safetensors"},
+            notes="the undistilled Krea 2 base: real CFG, for LoRA training and variety",
+            source="diffusers Krea 2 docs (base: 28 steps, guidance 4.5)",
+        ),
     ]
 }
 
@@ -206,6 +477,26 @@ def get_profile(name: str) -> Profile:
         raise ReverieError(
             f"unknown profile {name!r}: use one of {', '.join(PROFILES)} (see `reverie models`)"
         ) from None
+
+
+def _norm(name: str) -> str:
+    name = name.lower().rsplit("/", 1)[-1]
+    for ext in (".safetensors", ".ckpt", ".gguf", ".pt", ".pth"):
+        name = name.removesuffix(ext)
+    return "".join(ch if ch.isalnum() else "-" for ch in name)
+
+
+def match_profile(model_name: str) -> Optional[str]:
+    """The profile a model name from another tool means (a PNG's `Model:`, a ComfyUI loader's file):
+    its profile name, hub repo or ComfyUI file name, the longest that the name contains; None if none."""
+    name = _norm(model_name or "")
+    best, best_len = None, 0
+    for p in PROFILES.values():
+        keys = {p.name, p.repo_id, p.comfy_files.get("unet", ""), p.comfy_files.get("checkpoint", "")}
+        for key in filter(None, map(_norm, keys)):
+            if key in name and len(key) > best_len:
+                best, best_len = p.name, len(key)
+    return best
 
 
 def family_of(profile_name: str) -> Family | None:

@@ -57,9 +57,13 @@ NODES: dict[str, tuple[str, ...]] = {
     "QwenImageDiffsynthControlnet": ("model", "model_patch", "vae", "image", "strength"),
     "TextGenerate": ("clip", "prompt", "max_length", "sampling_mode"),
     "PreviewAny": ("source",),
+    # The newer families' nodes (ComfyUI 0.3.7x+): FLUX.2's latent, Chroma's T5 options, SD3's shift.
+    "EmptyFlux2LatentImage": ("width", "height", "batch_size"),
+    "T5TokenizerOptions": ("clip", "min_padding", "min_length"),
+    "ModelSamplingSD3": ("model", "shift"),
 }
 SAMPLER_NAMES = ("euler", "euler_ancestral", "res_multistep", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc")
-SCHEDULERS = ("simple", "normal", "karras", "exponential", "beta")
+SCHEDULERS = ("simple", "sgm_uniform", "normal", "karras", "exponential", "beta")
 # Which loader input names a model file, so a server can be given the files it "has".
 FILE_INPUTS = ("unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "control_net_name", "name")
 # The files a server started without `models` lists in /object_info (it accepts any name in a
@@ -77,7 +81,8 @@ DEFAULT_FILES: dict[str, list[str]] = {
 CHOICES: dict[tuple[str, str], list[str]] = {
     ("UNETLoader", "weight_dtype"): ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],
     ("CLIPLoader", "type"): ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart",
-                             "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image"],
+                             "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "flux2",
+                             "krea2"],
     ("DualCLIPLoader", "type"): ["sdxl", "sd3", "flux", "hunyuan_video", "hidream"],
     ("KSamplerAdvanced", "add_noise"): ["enable", "disable"],
     ("KSamplerAdvanced", "return_with_leftover_noise"): ["disable", "enable"],

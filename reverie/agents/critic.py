@@ -116,7 +116,10 @@ class LLMCritic:
         from reverie.agents.dreamer import finish_prompt, missing_quotes, prompt_problem
         from reverie.agents.llm import LLMUnavailable
 
-        system = CRITIC_SYSTEM.format(style=STYLE_TAGS if profile.prompt_style == "tags" else STYLE_NATURAL)
+        style = STYLE_TAGS if profile.prompt_style == "tags" else STYLE_NATURAL
+        if profile.prompt_style != "tags" and profile.traits.prompt_advice:
+            style = f"{style}; {profile.traits.prompt_advice}"
+        system = CRITIC_SYSTEM.format(style=style)
         if can_edit:
             system += CRITIC_EDIT
         system_hash = sha256_text(system)

@@ -1,6 +1,7 @@
 """The dreamer expander: an LLM turns a terse idea into k rich, faithful prompts in the profile's style.
 
-Natural-language paragraphs for Z-Image and FLUX; weighted tags plus a negative prompt for
+Natural-language paragraphs for the flow transformers (Z-Image, FLUX, Qwen-Image, Chroma, SD3.5,
+Krea 2), with each family's advice from reverie.profiles; weighted tags plus a negative prompt for
 SDXL, Pony and SD1.5. With no usable LLM answer it falls back to the offline expander and says
 why once.
 """
@@ -38,7 +39,7 @@ Text the person quotes ("...", “...”, «...», 「...」) is copied verbatim
 language and script, and you say where it appears and how it is lettered.
 - One flowing paragraph of 80 to 150 words per prompt.
 - {language}
-
+{advice}
 When asked for several prompts, each must be a different interpretation of the idea - another \
 moment, setting, medium, viewpoint or mood - not a paraphrase of the first.
 
@@ -80,7 +81,8 @@ def system_prompt(profile: Profile) -> str:
     if profile.prompt_style == "tags":
         return DREAMER_TAGS.format(family=profile.family.upper(), quality=profile.quality_tags or "(none)")
     language = LANGUAGE_BILINGUAL if profile.traits.reads_chinese else LANGUAGE_ENGLISH
-    return DREAMER_NATURAL.format(language=language)
+    advice = profile.traits.prompt_advice
+    return DREAMER_NATURAL.format(language=language, advice=f"- {advice}\n" if advice else "")
 
 
 def quoted_text(idea: str) -> list[str]:
@@ -161,7 +163,8 @@ def finish_prompt(profile: Profile, prompt: str, negative: str) -> tuple[str, st
     for models that ignore negatives."""
     prompt = " ".join(prompt.split())
     if profile.prompt_style != "tags":
-        return prompt, ""
+        # Paragraph models that run real CFG (Qwen-Image, Chroma) keep their authors' negative.
+        return prompt, profile.default_negative if profile.negative else ""
     quality = _tags(profile.quality_tags)
     body = [t for t in _tags(prompt) if t not in quality]
     merged_negative = list(dict.fromkeys(_tags(negative) + _tags(profile.default_negative)))

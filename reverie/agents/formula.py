@@ -109,4 +109,9 @@ def expand_formula(idea: str, profile: Profile, seed: int = 0) -> Expansion:
         f"The mood is {rng.choice(MOODS)}. Every texture is crisp and believable, "
         f"with natural proportions and coherent perspective."
     )
-    return Expansion(prompt=prompt, negative="", source=NAME)
+    quoted = re.findall(r'"([^"]+)"', idea)
+    if quoted and profile.traits.text_in_images:
+        # The families that letter well are told plainly what to write, and how.
+        words = ", ".join(f'"{q}"' for q in quoted)
+        prompt += f" The words {words} are lettered clearly and legibly, in a typeface that suits the scene."
+    return Expansion(prompt=prompt, negative=profile.default_negative if profile.negative else "", source=NAME)

@@ -172,7 +172,12 @@ def reproduce(
     # Pixels depend on how many seeds shared the forward pass: the recorded batch size is re-created.
     batch_size = info.get("meta", {}).get("batch_size") or None
     if name == "tiny":
-        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), batch_size=batch_size)
+        from reverie.profiles import DEFAULT_PROFILE, PROFILES
+
+        # The tiny model of the family that made it (an unknown profile: the default tiny Z-Image).
+        tiny_profile = spec.profile if spec.profile in PROFILES else DEFAULT_PROFILE
+        runner = make_engine("tiny", models_dir=str(resolve_home(home) / "models"), profile=tiny_profile,
+                             batch_size=batch_size)
     else:
         runner = make_engine("diffusers", profile=spec.profile, model_path=model_path, batch_size=batch_size)
     try:

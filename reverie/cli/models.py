@@ -42,11 +42,13 @@ def model_rows(home: Optional[str] = None) -> list[dict]:
     for item in downloadables():
         found = where(item, models_dir) if item.repo_id else None
         row = {"name": item.name, "kind": item.kind, "repo": item.repo_id, "present": found is not None,
-               "where": found or item.note or "not downloaded"}
+               "where": found or item.note or "not downloaded", "gated": item.gated,
+               "pull": f"reverie models pull {item.name}" if item.repo_id else None}
         if item.kind == "profile":
             p = PROFILES[item.name]
-            row.update(pipeline=p.pipeline, steps=p.steps, guidance=p.guidance, sampler=p.sampler, shift=p.shift,
-                       prompt_style=p.prompt_style, negative=p.negative)
+            row.update(family=p.family, pipeline=p.pipeline, steps=p.steps, guidance=p.guidance,
+                       cfg=p.traits.cfg_scale(p.guidance), sampler=p.sampler, shift=p.shift,
+                       prompt_style=p.prompt_style, negative=p.negative, source=p.source)
             editor = EDITORS.get(item.name)  # what `reverie edit` can do with it: instruction, img2img, or nothing
             row["edits"] = editor.kind if editor else None
         rows.append(row)
@@ -99,6 +101,11 @@ def models(
     if found:
         out.print("[bold]where[/]")
         print_paths(found)
+    from reverie.render.weights import gated_line
+
+    for r in rows:
+        if r.get("gated") and not r["present"]:
+            out.print(f"{r['name']}: {gated_line(r['repo'])}", markup=False, highlight=False, soft_wrap=True)
 
 
 @models_app.command("pull")
@@ -111,6 +118,11 @@ def pull(
     """Download one model into the Hugging Face cache, with a progress bar."""
     from reverie.render.weights import check_online, downloadables, pull as pull_weights, rich_tqdm
 
+    item = next((i for i in downloadables() if i.name == name), None)
+    if item is not None and item.gated:  # said first: it is what a download without a login would fail on
+        from reverie.render.weights import gated_line
+
+        err.print(f"reverie: {gated_line(item.repo_id)}", markup=False, highlight=False, soft_wrap=True)
     check_online(name)
     renderers = [i.name for i in downloadables()]
     # The scorers' list imports torch; look at it only for a name that is not a render model.

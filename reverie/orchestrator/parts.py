@@ -113,7 +113,8 @@ class Parts:
             options = dict(self.engine_options)
             if name == "tiny":
                 options.setdefault("models_dir", str(self.home / "models"))
-                self._say_embedded(progress)
+                options.setdefault("profile", profile.name)  # a tiny model of the profile's own family
+                self._say_embedded(progress, profile)
             elif name == "diffusers":
                 options.update(profile=profile.name, model_path=self.model_path)
             elif name == "comfyui":
@@ -134,12 +135,12 @@ class Parts:
         settings = self._llm_settings()
         return "local" if settings.path and settings.local else settings.backend
 
-    def _say_embedded(self, progress: ProgressFn) -> None:
+    def _say_embedded(self, progress: ProgressFn, profile: Profile) -> None:
         """One line naming the embedded parts actually in use: the tiny engine, and the formula
         expander and heuristic scorer unless something better is configured."""
         if self._embedded_said:
             return
-        parts = ["tiny random-weight Z-Image engine"]
+        parts = [f"tiny random-weight {profile.traits.label} engine"]
         settings = self._llm_settings()
         if self._expander is None and not (settings.configured or settings.local):
             parts.append("offline formula expander")

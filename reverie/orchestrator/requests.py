@@ -80,4 +80,4 @@ def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:
 
         return edit_size(req.source, profile, engine)
     max_side = min(profile.max_side, getattr(engine, "max_side", None) or profile.max_side)
-    return size_for(req.aspect, req.megapixels, profile.multiple, max_side)
+    return size_for(req.aspect, req.megapixels, profile.multiple, max_side, buckets=profile.traits.buckets)

@@ -8,6 +8,7 @@ family (the ones in ComfyUI's own example workflows), so a server set up for the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from reverie.profiles import Profile
@@ -32,6 +33,60 @@ FAMILY_FILES: dict[str, dict[str, str]] = {
         "controlnet_depth": "control_v11f1p_sd15_depth.pth",
         "controlnet_pose": "control_v11p_sd15_openpose.pth",
     },
+    "flux2": {"weight_dtype": "default"},
+    "flux2-klein": {"weight_dtype": "default"},
+    "qwen-image": {"weight_dtype": "default"},
+    "chroma": {"weight_dtype": "default"},
+    "krea2": {"weight_dtype": "default"},
+    "sd3": {"controlnet_canny": "sd3.5_large_controlnet_canny.safetensors",
+            "controlnet_depth": "sd3.5_large_controlnet_depth.safetensors"},
+}
+
+
+@dataclass(frozen=True)
+class ComfyFamily:
+    """How ComfyUI wires one family: the graph of its official text-to-image template, in KSampler form."""
+
+    # "unet": UNETLoader + CLIPLoader(type) + VAELoader; "unet-dual": DualCLIPLoader; "checkpoint": one file.
+    loader: str
+    latent: str  # the empty-latent node the template uses
+    scheduler: str  # KSampler scheduler for samplers that do not name one (karras)
+    clip_type: str = ""
+    # The node that sets --shift, and the shift the template sets when the profile leaves it to the model
+    # (None: no node then). A checkpoint's own shift (`builtin_shift`) needs no node.
+    shift_node: str = ""
+    default_shift: Optional[float] = None
+    builtin_shift: Optional[float] = None
+    guidance_node: bool = False  # distilled guidance goes in FluxGuidance, and the KSampler CFG is 1
+    t5_options: bool = False  # T5TokenizerOptions(min_padding 0, min_length 0), as Chroma's template
+    control: str = ""  # "model_patch" | "controlnet" | "": canny/depth/pose refused in one line
+    template: str = ""  # ComfyUI's official template the graph follows (comfyui-workflow-templates)
+
+
+# The workflow table: one entry per family ComfyUI runs natively. Differences from each template are
+# named in tests/test_comfy_templates.py and docs/models.md.
+WORKFLOWS: dict[str, ComfyFamily] = {
+    "z-image": ComfyFamily("unet", "EmptySD3LatentImage", "simple", clip_type="lumina2",
+                           shift_node="ModelSamplingAuraFlow", control="model_patch",
+                           template="image_z_image_turbo.json"),
+    "flux": ComfyFamily("unet-dual", "EmptySD3LatentImage", "simple", clip_type="flux", guidance_node=True,
+                        control="controlnet"),
+    "sdxl": ComfyFamily("checkpoint", "EmptyLatentImage", "normal", control="controlnet"),
+    "sd15": ComfyFamily("checkpoint", "EmptyLatentImage", "normal", control="controlnet"),
+    "flux2": ComfyFamily("unet", "EmptyFlux2LatentImage", "simple", clip_type="flux2", guidance_node=True,
+                         template="image_flux2_text_to_image.json"),
+    "flux2-klein": ComfyFamily("unet", "EmptyFlux2LatentImage", "simple", clip_type="flux2",
+                               template="image_flux2_klein_text_to_image.json"),
+    "qwen-image": ComfyFamily("unet", "EmptySD3LatentImage", "simple", clip_type="qwen_image",
+                              shift_node="ModelSamplingAuraFlow", default_shift=3.1,
+                              template="image_qwen_Image_2512.json"),
+    "chroma": ComfyFamily("unet", "EmptySD3LatentImage", "beta", clip_type="chroma",
+                          shift_node="ModelSamplingAuraFlow", default_shift=1.0, t5_options=True,
+                          template="image_chroma_text_to_image.json"),
+    "sd3": ComfyFamily("checkpoint", "EmptySD3LatentImage", "sgm_uniform", shift_node="ModelSamplingSD3",
+                       builtin_shift=3.0, control="controlnet", template="sd3.5_simple_example.json"),
+    "krea2": ComfyFamily("unet", "EmptyLatentImage", "simple", clip_type="krea2",
+                         template="image_krea2_turbo_t2i.json"),
 }
 
 # reverie sampler name -> (ComfyUI sampler_name, scheduler). Unless the name says karras, flow
@@ -46,7 +101,6 @@ SAMPLERS: dict[str, tuple[str, str]] = {
     "unipc": ("uni_pc", "normal"),
 }
 
-FLOW_FAMILIES = ("z-image", "flux")
 CONTROL_NET_KINDS = ("canny", "depth", "pose")
 
 
@@ -61,13 +115,13 @@ def sampler_for(spec: RenderSpec, profile: Profile) -> tuple[str, str]:
     except KeyError:
         raise ReverieError(f"sampler {spec.sampler!r} has no ComfyUI equivalent here: use one of {', '.join(SAMPLERS)}") from None
     if scheduler != "karras":
-        scheduler = "simple" if profile.family in FLOW_FAMILIES else "normal"
+        scheduler = WORKFLOWS[profile.family].scheduler
     return sampler_name, scheduler
 
 
 def comfy_cfg(spec: RenderSpec, profile: Profile) -> float:
     """The KSampler CFG for a spec whose guidance is in diffusers terms."""
-    if profile.family == "flux":
+    if WORKFLOWS[profile.family].guidance_node:
         return 1.0  # FLUX guidance is distilled; it goes in FluxGuidance, not CFG
     if spec.guidance == profile.guidance:
         return float(profile.comfy_cfg)
@@ -107,25 +161,31 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
     g = _Graph()
 
     # Loaders: model, text encoder, VAE as (node, output) pairs.
-    if profile.family in FLOW_FAMILIES:
-        unet = g.add("UNETLoader", unet_name=_need(files, "unet", "unet"), weight_dtype=files.get("weight_dtype", "default"))
-        if profile.family == "z-image":
-            clip_node = g.add("CLIPLoader", clip_name=_need(files, "clip", "clip"), type=files.get("clip_type", "lumina2"))
-        else:
-            clip_node = g.add("DualCLIPLoader", clip_name1=_need(files, "clip_l", "clip_l"),
-                              clip_name2=_need(files, "t5", "t5"), type=files.get("clip_type", "flux"))
-        vae = [g.add("VAELoader", vae_name=_need(files, "vae", "vae")), 0]
-        model, clip = [unet, 0], [clip_node, 0]
-        if profile.family == "z-image" and spec.shift is not None:
-            model = [g.add("ModelSamplingAuraFlow", model=model, shift=float(spec.shift)), 0]
-    else:
+    wiring = WORKFLOWS.get(profile.family)
+    if wiring is None:
+        raise ReverieError(f"ComfyUI has no workflow for {profile.name} here: render it with --engine diffusers")
+    if wiring.loader == "checkpoint":
         ckpt = g.add("CheckpointLoaderSimple", ckpt_name=_need(files, "checkpoint", "checkpoint"))
         model, clip, vae = [ckpt, 0], [ckpt, 1], [ckpt, 2]
         if profile.clip_skip > 1:
             clip = [g.add("CLIPSetLastLayer", clip=clip, stop_at_clip_layer=-profile.clip_skip), 0]
+    else:
+        unet = g.add("UNETLoader", unet_name=_need(files, "unet", "unet"), weight_dtype=files.get("weight_dtype", "default"))
+        if wiring.loader == "unet-dual":
+            clip_node = g.add("DualCLIPLoader", clip_name1=_need(files, "clip_l", "clip_l"),
+                              clip_name2=_need(files, "t5", "t5"), type=files.get("clip_type", wiring.clip_type))
+        else:
+            clip_node = g.add("CLIPLoader", clip_name=_need(files, "clip", "clip"), type=files.get("clip_type", wiring.clip_type))
+        vae = [g.add("VAELoader", vae_name=_need(files, "vae", "vae")), 0]
+        model, clip = [unet, 0], [clip_node, 0]
+    if wiring.t5_options:
+        clip = [g.add("T5TokenizerOptions", clip=clip, min_padding=0, min_length=0), 0]
+    shift = spec.shift if spec.shift is not None else wiring.default_shift
+    if wiring.shift_node and shift is not None and shift != wiring.builtin_shift:
+        model = [g.add(wiring.shift_node, model=model, shift=float(shift)), 0]
 
     positive = [g.add("CLIPTextEncode", text=spec.prompt, clip=clip), 0]
-    if profile.family == "flux" and spec.guidance > 0:
+    if wiring.guidance_node and spec.guidance > 0:
         positive = [g.add("FluxGuidance", conditioning=positive, guidance=float(spec.guidance)), 0]
     zeroed: Optional[list] = None
     if profile.negative or cfg > 1.0:
@@ -136,7 +196,10 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
 
     image = [g.add("LoadImage", image=image_name), 0] if control is not None else None
     if control is not None and control.kind in CONTROL_NET_KINDS:
-        if profile.family == "z-image":
+        if not wiring.control:
+            raise ReverieError(f"{control.kind} control has no ComfyUI workflow for {profile.name} in reverie: "
+                               "use an img2img reference, or the z-image-turbo, sd3.5-large, sdxl or sd15 profile")
+        if wiring.control == "model_patch":
             # Z-Image's union ControlNet is a model patch in ComfyUI, not a ControlNet model.
             patch = g.add("ModelPatchLoader", name=_need(files, "model_patch", "model_patch"))
             model = [g.add("QwenImageDiffsynthControlnet", model=model, model_patch=[patch, 0], vae=vae,
@@ -152,10 +215,8 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
     if control is not None and control.kind == "img2img":
         latent = [g.add("VAEEncode", pixels=image, vae=vae), 0]
         denoise = float(control.strength)
-    elif profile.family in FLOW_FAMILIES:
-        latent = [g.add("EmptySD3LatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
     else:
-        latent = [g.add("EmptyLatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
+        latent = [g.add(wiring.latent, width=spec.width, height=spec.height, batch_size=1), 0]
 
     common = dict(cfg=cfg, sampler_name=sampler_name, scheduler=scheduler)
     if spec.embed_noise:  # ComfyUI's graph has no node for it: refused, never silently dropped

@@ -412,7 +412,7 @@ class DiffusersEngine:
                 height=spec.height,
                 width=spec.width,
                 num_inference_steps=spec.steps,
-                guidance_scale=spec.guidance,
+                **self.adapter.call_kwargs(spec.guidance),
                 generator=generators,
                 callback_on_step_end=callback,
                 output_type="pil",

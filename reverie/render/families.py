@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from reverie.errors import ReverieError
 from reverie.profiles import FAMILIES, Family
 
 # Sampler names as ComfyUI and A1111 users write them -> (diffusers scheduler class, extra config).
@@ -28,10 +29,23 @@ COMFY_ONLY_SAMPLERS = ("res_multistep",)
 Embeds = dict[str, Any]
 
 
+def is_conditioning(key: str) -> bool:
+    """Embeddings a blind step zeroes; attention masks and position ids stay (a zeroed mask hides every token)."""
+    return not (key.endswith("mask") or key.endswith("ids"))
+
+
 def zeroed(embeds: Embeds) -> Embeds:
     import torch
 
-    return {k: ([torch.zeros_like(t) for t in v] if isinstance(v, list) else torch.zeros_like(v)) for k, v in embeds.items()}
+    return {k: ([torch.zeros_like(t) for t in v] if isinstance(v, list) else torch.zeros_like(v))
+            for k, v in embeds.items() if is_conditioning(k)}
+
+
+def text_length(pipe, default: int, tokenizer: str = "tokenizer") -> int:
+    """The text sequence length to encode: the pipeline's default, or less where the tokenizer says
+    less (the tiny models keep short sequences so a CPU renders them in moments)."""
+    limit = getattr(getattr(pipe, tokenizer, None), "model_max_length", None)
+    return min(default, limit) if isinstance(limit, int) and limit > 0 else default
 
 
 class FamilyAdapter:
@@ -43,6 +57,8 @@ class FamilyAdapter:
     # Control net model and pipeline classes; None: canny/depth/pose are refused for this family.
     controlnet_model: Optional[str] = None
     controlnet_pipeline: Optional[str] = None
+    # Set where diffusers has no img2img for the family: the one line that refuses a reference.
+    img2img_refusal: str = ""
 
     @property
     def traits(self) -> Family:
@@ -51,6 +67,8 @@ class FamilyAdapter:
     def img2img(self, pipe):
         import diffusers
 
+        if self.img2img_refusal:
+            raise ReverieError(self.img2img_refusal)
         if self.img2img_pipeline:
             return getattr(diffusers, self.img2img_pipeline)(**pipe.components)
         return diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
@@ -64,6 +82,10 @@ class FamilyAdapter:
     def encode(self, pipe, prompt: str, negative: str, cfg: bool, clip_skip: Optional[int], device) -> Embeds:
         """Batch-of-one embeddings for (prompt, negative), named as the pipeline's call takes them."""
         raise NotImplementedError
+
+    def call_kwargs(self, guidance: float) -> dict[str, Any]:
+        """How the pipeline's call takes the guidance (Qwen-Image names its CFG true_cfg_scale)."""
+        return {"guidance_scale": guidance}
 
     def blind(self, real: Embeds, cfg: bool) -> tuple[Embeds, Embeds]:
         """Call kwargs for the blind first steps, and what the step-end callback swaps in after them.
@@ -143,7 +165,122 @@ class SDXLAdapter(FamilyAdapter):
         return start, {"prompt_embeds": real["prompt_embeds"], "add_text_embeds": real["pooled_prompt_embeds"]}
 
 
-ADAPTERS: dict[str, FamilyAdapter] = {a.family: a for a in (ZImageAdapter(), FluxAdapter(), SD15Adapter(), SDXLAdapter())}
+class Flux2Adapter(FamilyAdapter):
+    """FLUX.2 [dev]: one Mistral sequence, guidance distilled into the transformer (no negative)."""
+
+    family = "flux2"
+    img2img_refusal = ("FLUX.2 [dev] has no img2img in diffusers (its references are for editing): "
+                       "drop the img2img reference, or use the z-image, qwen-image, chroma1-hd or sd3.5-large profile")
+
+    def encode(self, pipe, prompt, negative, cfg, clip_skip, device):
+        pos, _text_ids = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
+                                            max_sequence_length=text_length(pipe, 512))
+        return {"prompt_embeds": pos}
+
+
+class Flux2KleinAdapter(FamilyAdapter):
+    """FLUX.2 [klein]: Qwen3 sequence; the base models run real CFG against a negative sequence."""
+
+    family = "flux2-klein"
+    img2img_refusal = ("FLUX.2 [klein] has no img2img in diffusers (its references are for editing): "
+                       "drop the img2img reference, or use the z-image, qwen-image, chroma1-hd or sd3.5-large profile")
+
+    def encode(self, pipe, prompt, negative, cfg, clip_skip, device):
+        length = text_length(pipe, 512)
+        pos, _ids = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1, max_sequence_length=length)
+        embeds = {"prompt_embeds": pos}
+        if cfg:
+            embeds["negative_prompt_embeds"] = pipe.encode_prompt(prompt=negative or "", device=device,
+                                                                  num_images_per_prompt=1, max_sequence_length=length)[0]
+        return embeds
+
+
+class QwenImageAdapter(FamilyAdapter):
+    """Qwen-Image: Qwen2.5-VL sequences with their masks; CFG is `true_cfg_scale` and needs a negative."""
+
+    family = "qwen-image"
+    img2img_pipeline = "QwenImageImg2ImgPipeline"
+
+    def encode(self, pipe, prompt, negative, cfg, clip_skip, device):
+        pos, mask = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1)
+        embeds = {"prompt_embeds": pos, "prompt_embeds_mask": mask}
+        if cfg:
+            # The card's default negative is one space, never empty: the pipeline runs no CFG without one.
+            neg, neg_mask = pipe.encode_prompt(prompt=negative or " ", device=device, num_images_per_prompt=1)
+            embeds.update(negative_prompt_embeds=neg, negative_prompt_embeds_mask=neg_mask)
+        # The pipeline hands back no mask when every token is real.
+        return {k: v for k, v in embeds.items() if v is not None}
+
+    def call_kwargs(self, guidance):
+        return {"true_cfg_scale": guidance, "guidance_scale": None}
+
+
+class ChromaAdapter(FamilyAdapter):
+    """Chroma: T5 only, with attention masks; real CFG."""
+
+    family = "chroma"
+    img2img_pipeline = "ChromaImg2ImgPipeline"
+
+    def encode(self, pipe, prompt, negative, cfg, clip_skip, device):
+        pos, _ids, mask, neg, _neg_ids, neg_mask = pipe.encode_prompt(
+            prompt=prompt, negative_prompt=negative or "", device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, max_sequence_length=text_length(pipe, 512))
+        embeds = {"prompt_embeds": pos, "prompt_attention_mask": mask}
+        if cfg:
+            embeds.update(negative_prompt_embeds=neg, negative_prompt_attention_mask=neg_mask)
+        return embeds
+
+
+class SD3Adapter(FamilyAdapter):
+    """SD3.5: CLIP-L + CLIP-G + T5 sequence and a pooled vector; CFG concatenates [negative, positive] like SDXL."""
+
+    family = "sd3"
+    img2img_pipeline = "StableDiffusion3Img2ImgPipeline"
+
+    def encode(self, pipe, prompt, negative, cfg, clip_skip, device):
+        pos, neg, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, negative_prompt=negative or None, clip_skip=clip_skip,
+            max_sequence_length=text_length(pipe, 256, "tokenizer_3"))
+        embeds = {"prompt_embeds": pos, "pooled_prompt_embeds": pooled}
+        if cfg:
+            embeds.update(negative_prompt_embeds=neg, negative_pooled_prompt_embeds=neg_pooled)
+        return embeds
+
+    def blind(self, real, cfg):
+        import torch
+
+        start, _ = super().blind(real, cfg)
+        if cfg:
+            return start, {"prompt_embeds": torch.cat([real["negative_prompt_embeds"], real["prompt_embeds"]]),
+                           "pooled_prompt_embeds": torch.cat([real["negative_pooled_prompt_embeds"],
+                                                              real["pooled_prompt_embeds"]])}
+        return start, {"prompt_embeds": real["prompt_embeds"], "pooled_prompt_embeds": real["pooled_prompt_embeds"]}
+
+
+class Krea2Adapter(FamilyAdapter):
+    """Krea 2: stacked Qwen3-VL layer states per token, with a mask; CFG above guidance 0."""
+
+    family = "krea2"
+    img2img_refusal = ("Krea 2 has no img2img pipeline in diffusers: drop the img2img reference, "
+                       "or use the z-image, qwen-image, chroma1-hd or sd3.5-large profile")
+
+    def encode(self, pipe, prompt, negative, cfg, clip_skip, device):
+        length = text_length(pipe, 512)
+        pos, mask = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1, max_sequence_length=length)
+        embeds = {"prompt_embeds": pos, "prompt_embeds_mask": mask}
+        if cfg:
+            neg, neg_mask = pipe.encode_prompt(prompt=negative or "", device=device, num_images_per_prompt=1,
+                                               max_sequence_length=length)
+            embeds.update(negative_prompt_embeds=neg, negative_prompt_embeds_mask=neg_mask)
+        return embeds
+
+
+ADAPTERS: dict[str, FamilyAdapter] = {
+    a.family: a
+    for a in (ZImageAdapter(), FluxAdapter(), SD15Adapter(), SDXLAdapter(), Flux2Adapter(), Flux2KleinAdapter(),
+              QwenImageAdapter(), ChromaAdapter(), SD3Adapter(), Krea2Adapter())
+}
 
 
 def adapter_for(family: str) -> FamilyAdapter:

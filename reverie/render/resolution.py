@@ -1,4 +1,4 @@
-"""Aspect ratio and megapixels to width and height, rounded to the model's multiple."""
+"""Aspect ratio and megapixels to width and height: the family's multiple, caps and published sizes."""
 
 from __future__ import annotations
 
@@ -34,11 +34,16 @@ def check_megapixels(megapixels: float) -> float:
     return float(megapixels)
 
 
-def size_for(aspect: str, megapixels: float, multiple: int, max_side: int) -> tuple[int, int]:
+def size_for(aspect: str, megapixels: float, multiple: int, max_side: int,
+             buckets: tuple[tuple[int, int], ...] = ()) -> tuple[int, int]:
     """Width and height for an aspect and pixel budget, each a multiple of `multiple`, each
-    side at most `max_side` (the shape is kept when a cap applies)."""
+    side at most `max_side` (the shape is kept when a cap applies). Where the family publishes
+    sizes (`buckets`), one with the same aspect and about the same pixel count is taken as it is."""
     ratio = parse_aspect(aspect)
     pixels = check_megapixels(megapixels) * 1024 * 1024
+    bucket = _bucket(buckets, ratio, pixels, multiple, max_side)
+    if bucket:
+        return bucket
     width = math.sqrt(pixels * ratio)
     height = width / ratio
     scale = min(1.0, max_side / max(width, height))
@@ -53,3 +58,12 @@ def size_for(aspect: str, megapixels: float, multiple: int, max_side: int) -> tu
     while h > max_side:
         h -= multiple
     return w, h
+
+
+def _bucket(buckets, ratio: float, pixels: float, multiple: int, max_side: int) -> tuple[int, int] | None:
+    """A published size within 3% of the aspect and 20% of the pixel count that fits the caps."""
+    for w, h in buckets:
+        if (abs((w / h) / ratio - 1) <= 0.03 and abs(w * h / pixels - 1) <= 0.2 and max(w, h) <= max_side
+                and w % multiple == 0 and h % multiple == 0):
+            return w, h
+    return None

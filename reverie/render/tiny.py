@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from reverie.render.diffusers_engine import DiffusersEngine
+from reverie.types import ReverieError
 
 TINY_VERSION = "2"  # 2: a byte-level tokenizer (1 was word-level and could not spell JSON)
 TINY_DIR_NAME = f"tiny-z-image-v{TINY_VERSION}"
@@ -46,7 +47,7 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _build_tokenizer(max_length: int = 512):
+def _build_tokenizer(max_length: int = 512, chat_template: str = _CHAT_TEMPLATE):
     """A byte-level BPE tokenizer like Qwen3's own, with merges for the words above: any text,
     JSON punctuation included, round-trips, so the tiny encoder can also be run as a language model
     under constrained decoding (agents/local_llm.py)."""
@@ -72,7 +73,7 @@ def _build_tokenizer(max_length: int = 512):
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="<|im_end|>",
         additional_special_tokens=_SPECIAL[2:],
     )
-    fast.chat_template = _CHAT_TEMPLATE
+    fast.chat_template = chat_template
     fast.model_max_length = max_length
     return fast
 
@@ -219,6 +220,223 @@ def build_tiny_sd15_pipeline():
                                    requires_safety_checker=False)
 
 
+# -- a tiny model of each family, from config (the shapes follow diffusers' own pipeline tests) ----------
+_CHAT_TEMPLATE_PARTS = (
+    # Chat messages whose content is a list of parts (FLUX.2 [dev]'s Mistral processor format) or a string.
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for part in m['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+# The new families' tiny tokenizers cap text at this many tokens (the real ones pad to 256-512):
+# attention over a long padded text costs a CPU seconds per step, and the pictures mean nothing anyway.
+TINY_TEXT_LENGTH = 128
+
+def _tiny_vae(latent_channels: int, cls_name: str = "AutoencoderKL", **extra):
+    """A four-level VAE (8x, as the real ones) with few channels; a one-level VAE would leave
+    full-resolution latents and make the transformer slow."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    return getattr(diffusers, cls_name)(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=4, sample_size=64, **extra)
+
+
+def _tiny_wan_vae(z_dim: int = 4):
+    """The Qwen-Image VAE (Krea 2 uses it too): causal 3D convolutions, 8x spatially."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage
+
+    torch.manual_seed(0)
+    return AutoencoderKLQwenImage(base_dim=z_dim * 4, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                  temperal_downsample=[False, True, True], latents_mean=[0.0] * z_dim,
+                                  latents_std=[1.0] * z_dim)
+
+
+def _qwen3(tokenizer, layers: int, hidden: int = 16, causal_lm: bool = False):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    torch.manual_seed(0)
+    config = Qwen3Config(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=len(tokenizer),
+                         max_position_embeddings=2048, tie_word_embeddings=True)
+    return (Qwen3ForCausalLM if causal_lm else Qwen3Model)(config)
+
+
+def build_tiny_flux2_klein():
+    """Flux2KleinPipeline: a Qwen3 encoder tapped at layers 9, 18 and 27 (as the real one), a FLUX.2 transformer."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+
+    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    text_encoder = _qwen3(tokenizer, layers=27, causal_lm=True)
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+                                          guidance_embeds=False)
+    vae = _tiny_vae(4, "AutoencoderKLFlux2", use_quant_conv=False, use_post_quant_conv=False)
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                              text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+
+
+def build_tiny_flux2():
+    """Flux2Pipeline: a Mistral 3 encoder tapped at layers 10, 20 and 30, guidance embedded in the transformer."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH, chat_template=_CHAT_TEMPLATE_PARTS)
+    torch.manual_seed(0)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
+        text_config={"model_type": "mistral", "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32,
+                     "max_position_embeddings": 1024, "num_attention_heads": 2, "num_hidden_layers": 30,
+                     "num_key_value_heads": 2, "head_dim": 8, "sliding_window": None,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "intermediate_size": 32, "image_size": 32, "patch_size": 8, "num_channels": 3},
+        image_token_index=0, pad_token_id=tokenizer.pad_token_id))
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                          timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4])
+    vae = _tiny_vae(4, "AutoencoderKLFlux2", use_quant_conv=False, use_post_quant_conv=False)
+    return Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                         text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+
+
+def build_tiny_qwen_image():
+    """QwenImagePipeline: a Qwen2.5-VL encoder, the Qwen-Image transformer and VAE."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": len(tokenizer), "max_position_embeddings": 2048,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        vocab_size=len(tokenizer))).eval()
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                                time_shift_type="exponential")
+    return QwenImagePipeline(scheduler=scheduler, vae=_tiny_wan_vae(), text_encoder=text_encoder,
+                             tokenizer=tokenizer, transformer=transformer)
+
+
+def build_tiny_chroma():
+    """ChromaPipeline: a T5 encoder and the Chroma transformer on a FLUX.1-style VAE."""
+    import torch
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                           num_heads=4, pad_token_id=tokenizer.pad_token_id)).eval()
+    torch.manual_seed(0)
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           axes_dims_rope=[4, 4, 8], approximator_hidden_dim=32,
+                                           approximator_layers=1, approximator_num_channels=16)
+    vae = _tiny_vae(16, scaling_factor=0.3611, shift_factor=0.1159)
+    return ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), vae=vae,
+                          text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+
+
+def build_tiny_sd3():
+    """StableDiffusion3Pipeline: two CLIPs and a T5, the MMDiT transformer (qk-normed, as 3.5 Large)."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    clip_tokenizer, t5_tokenizer = _build_tokenizer(max_length=77), _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    clip_config = CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 vocab_size=len(clip_tokenizer), max_position_embeddings=77, projection_dim=16,
+                                 pad_token_id=clip_tokenizer.pad_token_id,
+                                 eos_token_id=clip_tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection(clip_config)
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config)
+    torch.manual_seed(0)
+    text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                             num_heads=4, pad_token_id=t5_tokenizer.pad_token_id))
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=32, pooled_projection_dim=32, out_channels=16,
+                                        pos_embed_max_size=64, qk_norm="rms_norm")
+    vae = _tiny_vae(16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
+    return StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+                                    text_encoder=text_encoder, tokenizer=clip_tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=clip_tokenizer, text_encoder_3=text_encoder_3,
+                                    tokenizer_3=t5_tokenizer, transformer=transformer)
+
+
+def build_tiny_krea2():
+    """Krea2Pipeline: a Qwen3-VL encoder tapped at three layers, the Krea 2 transformer, the Qwen-Image VAE."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline, Krea2Transformer2DModel
+    from transformers import Qwen3VLConfig, Qwen3VLModel
+
+    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    torch.manual_seed(0)
+    text_encoder = Qwen3VLModel(Qwen3VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "head_dim": 8, "vocab_size": len(tokenizer),
+                     "max_position_embeddings": 2048},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        vocab_size=len(tokenizer))).eval()
+    torch.manual_seed(0)
+    transformer = Krea2Transformer2DModel(in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+                                          num_key_value_heads=2, intermediate_size=32, timestep_embed_dim=8,
+                                          text_hidden_dim=16, num_text_layers=3, text_num_attention_heads=2,
+                                          text_num_key_value_heads=1, text_intermediate_size=16,
+                                          num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+                                          axes_dims_rope=(4, 2, 2), rope_theta=1000.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=6400)
+    return Krea2Pipeline(scheduler=scheduler, vae=_tiny_wan_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+                         transformer=transformer, text_encoder_select_layers=(1, 2, 3), is_distilled=True)
+
+
+# family -> (folder name under <home>/models, builder). The tiny engine renders with the profile's own family.
+TINY_FAMILIES: dict[str, tuple[str, object]] = {
+    "z-image": (TINY_DIR_NAME, build_tiny_pipeline),
+    "sd15": (TINY_SD15_DIR_NAME, build_tiny_sd15_pipeline),
+    "flux2-klein": ("tiny-flux2-klein-v1", build_tiny_flux2_klein),
+    "flux2": ("tiny-flux2-v1", build_tiny_flux2),
+    "qwen-image": ("tiny-qwen-image-v1", build_tiny_qwen_image),
+    "chroma": ("tiny-chroma-v1", build_tiny_chroma),
+    "sd3": ("tiny-sd3-v1", build_tiny_sd3),
+    "krea2": ("tiny-krea2-v1", build_tiny_krea2),
+}
+
+
+def ensure_tiny_family(models_dir: Path, family: str) -> Path:
+    """The tiny model of a family, saved once under models_dir."""
+    if family not in TINY_FAMILIES:
+        raise ReverieError(f"the tiny engine has no model of the {family} family: use one of "
+                           f"{', '.join(TINY_FAMILIES)}, or --engine diffusers with real weights")
+    folder, build = TINY_FAMILIES[family]
+    return _save_once(Path(models_dir) / folder, build)
+
+
 def _save_once(target: Path, build) -> Path:
     """Save a built model as a diffusers folder once, atomically; later loads read it like real weights."""
     marker = target / ("model_index.json" if (target / "model_index.json").exists() else "config.json")
@@ -284,9 +502,13 @@ class TinyEngine(DiffusersEngine):
     @property
     def identity(self) -> str:
         # Built from fixed seeds, the same on every machine; where it is saved does not matter.
-        return f"tiny-v{TINY_VERSION}"
+        if self.profile.family == "z-image":
+            return f"tiny-v{TINY_VERSION}"
+        return TINY_FAMILIES[self.profile.family][0]
 
-    def __init__(self, models_dir: str | os.PathLike | None = None, **options):
+    def __init__(self, models_dir: str | os.PathLike | None = None, profile: str = "z-image-turbo", **options):
+        from reverie.profiles import get_profile
+
         if models_dir is None:
             from reverie.config import default_home
 
@@ -295,13 +517,16 @@ class TinyEngine(DiffusersEngine):
         options.setdefault("dtype", "float32")
         # Built lazily: most runs never use a control image.
         self._models_dir = Path(models_dir)
-        super().__init__(model_path=str(ensure_tiny_weights(Path(models_dir))), profile="z-image-turbo", **options)
+        # A tiny random model of the profile's own family: the same pipeline class, adapter and size rules.
+        folder = ensure_tiny_family(Path(models_dir), get_profile(profile).family)
+        super().__init__(model_path=str(folder), profile=profile, **options)
 
     def _model_label(self, where: str) -> str:
-        # Never the profile's name: PNG Info and civitai would credit Z-Image-Turbo for noise.
-        return f"tiny-z-image-v{TINY_VERSION} (random weights)"
+        # Never the profile's name: PNG Info and civitai would credit the real model for noise.
+        return f"{Path(where).name} (random weights)"
 
     def _variant(self, control):
-        if control is not None and control.kind != "img2img" and self.controlnet_path is None:
+        if (control is not None and control.kind != "img2img" and self.controlnet_path is None
+                and self.profile.family == "z-image"):
             self.controlnet_path = str(ensure_tiny_controlnet(self._models_dir))
         return super()._variant(control)

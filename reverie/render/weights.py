@@ -32,6 +32,13 @@ class Downloadable:
     # Preprocessors live in <home>/models/<name>, where the reference picker reads them;
     # everything else lives in the Hugging Face cache.
     in_home: bool = False
+    gated: bool = False  # the hub asks each user to accept its licence first
+
+
+def gated_line(repo_id: str) -> str:
+    """The one line on how to get a gated repo."""
+    return (f"{repo_id} is gated: accept its licence on https://huggingface.co/{repo_id} while logged in, "
+            "then log in here with `hf auth login`")
 
 
 # Annotators that turn a reference photo into a control image (reverie.agents.references reads them).
@@ -50,7 +57,8 @@ def control_name(profile: Profile) -> str:
 def downloadables() -> list[Downloadable]:
     items: list[Downloadable] = []
     for p in PROFILES.values():
-        items.append(Downloadable(p.name, "profile", p.repo_id, note="" if p.repo_id else "single-file checkpoint: pass --model-path"))
+        items.append(Downloadable(p.name, "profile", p.repo_id, note="" if p.repo_id else "single-file checkpoint: pass --model-path",
+                                  gated=p.gated))
         if p.control_repo:
             items.append(Downloadable(control_name(p), "control", p.control_repo, (p.control_file,)))
     return items + list(PREPROCESSORS)
@@ -102,8 +110,10 @@ def resolve_weights(profile: Profile, model_path: Optional[str]) -> str:
         raise ReverieError(f"profile {profile.name} has no hub repo: set --model-path to its .safetensors file")
     folder = cached_snapshot(profile.repo_id)
     if folder is None:
+        gated = " (gated: accept its licence on the hub and `hf auth login` first)" if profile.gated else ""
         raise ReverieError(
-            f"weights for {profile.name} are not on this machine: run `reverie models pull {profile.name}` or set --model-path"
+            f"weights for {profile.name} are not on this machine: run `reverie models pull {profile.name}`{gated} "
+            "or set --model-path"
         )
     return folder
 
@@ -186,7 +196,7 @@ def pull(name: str, tqdm_class: Optional[type] = None, models_dir: Optional[Path
         folder = snapshot_download(item.repo_id, allow_patterns=patterns, ignore_patterns=None if item.files else SKIPPED_FILES,
                                    tqdm_class=tqdm_class, local_dir=local_dir)
     except GatedRepoError:
-        raise ReverieError(f"{item.repo_id} is gated: accept its license on https://huggingface.co/{item.repo_id} and log in with `hf auth login`") from None
+        raise ReverieError(gated_line(item.repo_id)) from None
     except RepositoryNotFoundError:
         raise ReverieError(f"{item.repo_id} was not found on the hub (or needs a login): check the id, or `hf auth login`") from None
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, ConnectionError, OSError) as e:

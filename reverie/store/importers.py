@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from reverie.profiles import family_of
+from reverie.profiles import family_of, match_profile
 from reverie.store.pngmeta import SAMPLER_NAMES
 from reverie.types import RenderSpec, ReverieError
 
@@ -31,6 +31,9 @@ class ForeignRecipe:
 
 
 def guess_profile(model_name: str) -> str:
+    matched = match_profile(model_name)  # the profiles' own names, repos and file names first
+    if matched:
+        return matched
     name = (model_name or "").lower()
     if "z-image" in name or "zimage" in name or "z_image" in name:
         return "z-image-turbo"
