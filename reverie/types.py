@@ -90,6 +90,9 @@ class Request:
     embed_noise: float = 0.0  # noise on the text embeddings from the first round (RenderSpec.embed_noise)
     diversity: Optional[float] = None  # the kept set's MMR weight (scoring.portfolio); None: the home's
     source: Optional[Source] = None  # an edit: every render starts from this image; the idea is the instruction
+    # How later rounds pick their starting noise: "seeds" re-rolls seeds; "noise" searches the
+    # low-frequency part of the initial noise (orchestrator.noise_search).
+    search: str = "seeds"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -104,6 +107,8 @@ class Request:
             del d["embed_noise"]
         if d["diversity"] is None:
             del d["diversity"]
+        if d["search"] == "seeds":
+            del d["search"]
         return d
 
     @classmethod
@@ -159,6 +164,10 @@ class RenderSpec:
     embed_noise: float = 0.0
     # An edit: the image this render starts from (and its mask), with the instruction.
     source: Optional[Source] = None
+    # The lowest spatial frequencies of each latent channel's initial noise, set by noise-space
+    # search (orchestrator.noise_search): channel-major, side x side orthonormal DCT coefficients
+    # per channel. Empty: the seed's noise as drawn.
+    noise_lowfreq: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -166,6 +175,10 @@ class RenderSpec:
             del d["embed_noise"]
         if d["source"] is None:  # as embed_noise: text-to-image specs keep their hashes
             del d["source"]
+        if d["noise_lowfreq"]:
+            d["noise_lowfreq"] = list(d["noise_lowfreq"])
+        else:  # as embed_noise: specs from before the field keep their hashes
+            del d["noise_lowfreq"]
         return d
 
     @classmethod
@@ -174,6 +187,7 @@ class RenderSpec:
         if d.get("control"):
             d["control"] = Control(**d["control"])
         d["source"] = Source.from_dict(d.get("source"))
+        d["noise_lowfreq"] = tuple(float(v) for v in d.get("noise_lowfreq") or ())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -151,6 +151,9 @@ class DiffusersEngine:
     name = "diffusers"
     # Honours RenderSpec.embed_noise (the loop turns that knob only on engines that say so).
     embed_noise = True
+    # Latent channels per family where the engine can hand the pipeline its initial latents
+    # (RenderSpec.noise_lowfreq); a family left out refuses noise-space search.
+    NOISE_CHANNELS = {"z-image": 16}
 
     def __init__(
         self,
@@ -192,6 +195,11 @@ class DiffusersEngine:
         self.encoder_calls = 0  # how many times the text encoder ran; the bench reads it
         self.forward_seconds = 0.0
         self.images_rendered = 0  # pipeline images, padding included; the bench reads it
+
+    @property
+    def noise_channels(self) -> Optional[int]:
+        """Latent channels the noise components are laid over; None: this engine cannot search noise."""
+        return self.NOISE_CHANNELS.get(self.profile.family)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self):
@@ -405,6 +413,8 @@ class DiffusersEngine:
         if spec.shift is not None and hasattr(runner.scheduler, "set_shift"):
             runner.scheduler.set_shift(float(spec.shift))
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        if any(s.noise_lowfreq for s in batch):
+            extra["latents"] = self._lowfreq_latents(runner, spec, generators, batch)
         try:
             images = runner(
                 **embeds,
@@ -458,6 +468,19 @@ class DiffusersEngine:
                              model=self.model_label, model_hash=self.model_hash, runtime=dict(self.runtime),
                              batch_size=len(seeds))
                 for s, img in zip(batch, images)]
+
+    def _lowfreq_latents(self, runner, spec: RenderSpec, generators, batch: list[RenderSpec]):
+        """The initial latents the pipeline would draw from `generators`, low frequencies set per spec."""
+        from reverie.render.lowfreq import initial_latents
+
+        if self.noise_channels is None:
+            raise ReverieError(f"{self.profile.name} cannot take noise components here: leave --search noise out")
+        if spec.control is not None and spec.control.kind == "img2img":
+            raise ReverieError("an img2img reference starts from the image, not from noise: leave --search noise out")
+        scale = runner.vae_scale_factor * 2  # the Z-Image pipelines' own rounding of the latent size
+        shape = (runner.transformer.config.in_channels, 2 * (spec.height // scale), 2 * (spec.width // scale))
+        components = [s.noise_lowfreq for s in batch] + [()] * (len(generators) - len(batch))  # filler seeds
+        return initial_latents(generators, shape, components)
 
     @property
     def identity(self) -> str:
