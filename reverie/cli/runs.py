@@ -34,6 +34,7 @@ def make(
     blind_steps: int = typer.Option(0, "--blind-steps", metavar="N", help="First steps on empty conditioning, for more varied compositions (0-2 typical)."),
     embed_noise: float = typer.Option(0.0, "--embed-noise", metavar="X", help="Seeded noise on the text embeddings, a share of their spread (0.05-0.2): more varied seeds on distilled models."),
     diversity: Optional[float] = typer.Option(None, "--diversity", metavar="W", help="Keep different good images, not near-winners: 0 is plain top-K by score; default 0.3 (or [scoring] diversity)."),
+    search: str = typer.Option("seeds", "--search", metavar="HOW", help="seeds: re-roll seeds each round; noise: search the initial noise's low frequencies, refitted to the best so far (in-process Z-Image)."),
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = LLM_URL,
@@ -62,7 +63,8 @@ def make(
     references = [{"path": ref, "control": control}] if ref else []
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
-                             seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, progress=progress,
+                             seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, search=search,
+                             progress=progress,
                              references=references)
     finally:
         progress.stop()

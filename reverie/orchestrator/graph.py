@@ -22,7 +22,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from reverie.agents.expander import Critic, Expander
-from reverie.orchestrator import policy
+from reverie.orchestrator import noise_search, policy
 from reverie.orchestrator.curation import image_signature
 from reverie.orchestrator.edit import repair_possible, repair_step, with_edit_scores
 from reverie.orchestrator.worker import EngineWorker, RenderStopped
@@ -70,6 +70,7 @@ class LoopState(TypedDict, total=False):
     stop_reason: str
     control: Optional[dict]
     source: Optional[dict]  # an edit's source (types.Source); absent: the request's own source, if any
+    noise_dist: Optional[dict]  # --search noise: the distribution this round's components are drawn from
 
 
 @dataclass(frozen=True)  # read-only: a node changes the run through its state and the store, never here
@@ -181,11 +182,15 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
     n = ctx.request.n
     if ctx.request.max_renders is not None:  # the last round renders only what the budget has left
         n = max(0, min(n, ctx.request.max_renders - cursor))
+    seeds = [ctx.base_seed + cursor + i for i in range(n)]
+    # A repair round starts from an image, not from noise: nothing to search there.
+    searching = ctx.request.search == "noise" and source is None
+    components = noise_search.draw(_noise_dist(state, ctx), seeds) if searching else [()] * n
     return [
         RenderSpec(
             prompt=prompt["text"],
             negative=prompt["negative"] if ctx.profile.negative else "",
-            seed=ctx.base_seed + cursor + i,
+            seed=seeds[i],
             width=ctx.width,
             height=ctx.height,
             steps=steps,
@@ -197,9 +202,17 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             control=control,
             embed_noise=state.get("embed_noise", 0.0),
             source=source,
+            noise_lowfreq=components[i],
         )
         for i in range(n)
     ]
+
+
+def _noise_dist(state: LoopState, ctx: LoopContext) -> noise_search.NoiseDist:
+    """This round's distribution over noise components: the prior until a round has been refitted."""
+    if state.get("noise_dist"):
+        return noise_search.NoiseDist(**{k: tuple(v) for k, v in state["noise_dist"].items()})
+    return noise_search.NoiseDist.prior(noise_search.dims(ctx.engine.noise_channels))
 
 
 def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
@@ -397,6 +410,11 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
                                       "instruction": instruction, "reason": critique.reason}))
     elif decision in (policy.REVISE, policy.EXPLORE) and req.source is None:
         update["source"] = None  # a new prompt draws from noise again
+    if req.search == "noise":  # whatever the next round's prompt, its noise comes from the refitted distribution
+        scored = [(r.spec.noise_lowfreq, r.scores.composite) for r in ctx.store.renders(state["run_id"])
+                  if r.scores is not None]
+        dist = noise_search.next_dist(_noise_dist(state, ctx), scored)
+        update["noise_dist"] = {"mean": list(dist.mean), "std": list(dist.std)}
     if decision == policy.VARIETY:
         update["shift"], update["blind_steps"] = policy.turn_knobs(
             state.get("shift"), state.get("blind_steps", 0), profile_shift=ctx.profile.shift,

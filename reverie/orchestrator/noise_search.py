@@ -7,7 +7,10 @@ where to look next (Spectral Evolution Search, arXiv 2602.03208). Each round ref
 the elite candidates' components and draws the next round's from it.
 
 A candidate's components are drawn from its seed and the round's distribution, both stored, so
-they reproduce. Everything here is a pure function of its arguments. Not yet wired to an engine:
+they reproduce. Everything here is a pure function of its arguments. `reverie make --search noise`
+runs it (orchestrator/graph.py): round 1 draws from the prior, each later round from the
+distribution refitted to every scored candidate so far; the in-process diffusers engine sets the
+components as each latent channel's lowest DCT coefficients (render/lowfreq.py).
 bench/bench_curation.py measures it on a truth engine whose quality is a smooth function of the
 components (see docs/portfolio.md).
 """
@@ -22,6 +25,13 @@ import numpy as np
 ELITE = 0.25  # the share of the best candidates the next round's distribution is fitted to
 MIN_STD = 0.35  # never narrower than this: the search keeps exploring, and the noise stays noise-like
 SMOOTH = 0.7  # the new fit's weight against the last distribution's
+SIDE = 2  # the lowest SIDE x SIDE DCT coefficients of each latent channel are searched
+SEARCHES = ("seeds", "noise")
+
+
+def dims(channels: int) -> int:
+    """How many components a candidate has on a model with `channels` latent channels."""
+    return int(channels) * SIDE * SIDE
 
 
 @dataclass(frozen=True)
@@ -54,3 +64,10 @@ def refit(dist: NoiseDist, components: Sequence[Sequence[float]], scores: Sequen
     mean = SMOOTH * elite.mean(axis=0) + (1 - SMOOTH) * np.asarray(dist.mean)
     std = np.maximum(MIN_STD, SMOOTH * elite.std(axis=0) + (1 - SMOOTH) * np.asarray(dist.std))
     return NoiseDist(mean=tuple(round(float(v), 6) for v in mean), std=tuple(round(float(v), 6) for v in std))
+
+
+def next_dist(dist: NoiseDist, candidates: Sequence[tuple[Sequence[float], float]]) -> NoiseDist:
+    """The distribution the next round draws from: `dist` refitted to every scored candidate so
+    far, (components, composite); candidates of another size (none searched yet) are left out."""
+    fitted = [(tuple(c), float(s)) for c, s in candidates if len(c) == len(dist.mean)]
+    return refit(dist, [c for c, _ in fitted], [s for _, s in fitted])

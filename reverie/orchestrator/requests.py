@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
+from reverie.orchestrator.noise_search import SEARCHES
 from reverie.profiles import Profile, get_profile
 from reverie.render.resolution import check_megapixels, parse_aspect, size_for
 from reverie.types import CONTROL_KINDS, Request, ReverieError
@@ -59,6 +60,8 @@ def validate_request(req: Request) -> Request:
     if not (0.0 <= req.embed_noise <= MAX_EMBED_NOISE):
         raise ReverieError(f"embedding noise must be between 0 and {MAX_EMBED_NOISE} (got {req.embed_noise}): "
                            "it is a share of the embeddings' spread, e.g. --embed-noise 0.1")
+    if req.search not in SEARCHES:
+        raise ReverieError(f"unknown search {req.search!r}: use --search seeds (re-roll seeds) or --search noise")
     for ref in req.references:
         if ref.control not in CONTROL_KINDS:
             raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
@@ -70,6 +73,11 @@ def check_knobs(req: Request, engine) -> None:
     if req.embed_noise and not getattr(engine, "embed_noise", False):
         raise ReverieError(f"the {engine.name} engine cannot add noise to the text embeddings: leave --embed-noise "
                            "out, or render in-process (--engine diffusers)")
+    if req.search == "noise" and not getattr(engine, "noise_channels", None):
+        raise ReverieError(f"the {engine.name} engine cannot take initial noise for {req.profile}: leave --search noise "
+                           "out, or render a Z-Image profile in-process (--engine diffusers)")
+    if req.search == "noise" and (req.source is not None or any(r.control == "img2img" for r in req.references)):
+        raise ReverieError("an edit or img2img reference starts from the image, not from noise: leave --search noise out")
 
 
 def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:

@@ -133,7 +133,7 @@ class Studio:
                 references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
                 shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
                 max_seconds: Optional[float] = None, max_renders: Optional[int] = None,
-                embed_noise: float = 0.0, diversity: Optional[float] = None) -> Request:
+                embed_noise: float = 0.0, diversity: Optional[float] = None, search: str = "seeds") -> Request:
         """A checked Request (what `open_run` takes); the options are `make`'s. A bad value is
         one ReverieError line naming the fix."""
         refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r))
@@ -142,7 +142,7 @@ class Studio:
                                         megapixels=megapixels, profile=profile or self.profile_name, references=refs,
                                         seed=seed, shift=shift, blind_steps=blind_steps, steps=steps,
                                         max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
-                                        diversity=diversity))
+                                        diversity=diversity, search=search))
 
     def open_run(self, request: Request, *, run_id: Optional[str] = None,
                  progress: Optional[ProgressFn] = None) -> Run:
@@ -184,7 +184,7 @@ class Studio:
              references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
              shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
              max_seconds: Optional[float] = None, max_renders: Optional[int] = None, embed_noise: float = 0.0,
-             diversity: Optional[float] = None,
+             diversity: Optional[float] = None, search: str = "seeds",
              progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best.
 
@@ -210,6 +210,8 @@ class Studio:
             diversity: how much the kept set trades score for variety (maximal marginal
                 relevance, 0-2): 0 keeps the top k by score; None: the home's [scoring]
                 diversity, 0.3 by default (docs/portfolio.md).
+            search: "seeds" re-rolls seeds each round; "noise" searches the low-frequency part of
+                the initial noise, refitted to the best candidates so far (in-process Z-Image only).
             progress: called with every progress Event; None: the studio's.
             stop: set it (a server whose client hung up) to end the run between images.
 
@@ -221,7 +223,7 @@ class Studio:
         req = self.request(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
                            profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
                            steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
-                           diversity=diversity)
+                           diversity=diversity, search=search)
         with self.open_run(req, progress=progress) as run:
             final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))

@@ -222,6 +222,9 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
     if spec.embed_noise:  # ComfyUI's graph has no node for it: refused, never silently dropped
         raise ReverieError(f"embedding noise ({spec.embed_noise}) is a diffusers-engine knob that ComfyUI cannot apply: "
                            "render or reproduce this spec with --engine diffusers (or tiny)")
+    if spec.noise_lowfreq:  # ComfyUI draws its own noise from the seed: the components would be dropped
+        raise ReverieError("this spec's initial noise was searched (noise components): ComfyUI cannot apply them; "
+                           "render or reproduce it with --engine diffusers (or tiny)")
     blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
     if blind:
         if zeroed is None:

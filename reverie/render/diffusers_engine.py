@@ -475,8 +475,8 @@ class DiffusersEngine:
 
         if self.noise_channels is None:
             raise ReverieError(f"{self.profile.name} cannot take noise components here: leave --search noise out")
-        if spec.control is not None and spec.control.kind == "img2img":
-            raise ReverieError("an img2img reference starts from the image, not from noise: leave --search noise out")
+        if spec.source is not None or (spec.control is not None and spec.control.kind == "img2img"):
+            raise ReverieError("an edit or img2img reference starts from the image, not from noise: leave --search noise out")
         scale = runner.vae_scale_factor * 2  # the Z-Image pipelines' own rounding of the latent size
         shape = (runner.transformer.config.in_channels, 2 * (spec.height // scale), 2 * (spec.width // scale))
         components = [s.noise_lowfreq for s in batch] + [()] * (len(generators) - len(batch))  # filler seeds

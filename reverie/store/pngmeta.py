@@ -56,6 +56,8 @@ def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model
         fields.append(("Blind steps", spec.blind_steps))
     if spec.embed_noise:
         fields.append(("Embedding noise", spec.embed_noise))
+    if spec.noise_lowfreq:  # the seed alone no longer gives the starting noise: the reverie chunk holds them
+        fields.append(("Noise components", len(spec.noise_lowfreq)))
     if spec.control is not None:
         fields.append(("Control", f"{spec.control.kind} {spec.control.strength} {spec.control.image_sha[:12]}"))
     if spec.source is not None:  # an edit: what it started from and what it was asked to change
