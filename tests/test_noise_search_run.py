@@ -13,7 +13,7 @@ from reverie.orchestrator import noise_search
 from reverie.orchestrator.requests import check_knobs, validate_request
 from reverie.render.lowfreq import initial_latents, set_lowfreq
 from reverie.store.pngmeta import read_metadata
-from reverie.types import Request, RenderSpec, ReverieError
+from reverie.types import Reference, Request, RenderSpec, ReverieError
 from tests.conftest import run_cli
 
 SPEC = RenderSpec(prompt="a fox in the rain", seed=11, width=64, height=64, steps=2, guidance=0.0,
@@ -102,7 +102,7 @@ def test_the_next_distribution_leans_to_the_best_candidates():
     assert noise_search.next_dist(prior, [((), 0.5)]) == prior  # nothing searched yet: the prior
 
 
-def test_engines_that_cannot_take_noise_refuse_it_in_one_line(tmp_path):
+def test_engines_that_cannot_take_noise_refuse_it_in_one_line(tmp_path, tiny_engine):
     from reverie.profiles import get_profile
     from reverie.render.comfy_workflow import build_workflow, comfy_files
     from reverie.render.fixed import FixedLatencyEngine
@@ -111,6 +111,10 @@ def test_engines_that_cannot_take_noise_refuse_it_in_one_line(tmp_path):
         validate_request(Request(idea="a fox", search="genetic"))
     with pytest.raises(ReverieError, match="cannot take initial noise"):
         check_knobs(Request(idea="a fox", search="noise"), FixedLatencyEngine())
+    check_knobs(Request(idea="a fox", search="noise"), tiny_engine)  # in-process Z-Image takes it
+    with pytest.raises(ReverieError, match="img2img reference starts from the image"):
+        check_knobs(Request(idea="a fox", search="noise", references=(Reference("a.png", control="img2img"),)),
+                    tiny_engine)
     profile = get_profile("z-image-turbo")
     with pytest.raises(ReverieError, match="ComfyUI cannot apply them"):
         build_workflow(SPEC.with_(noise_lowfreq=(0.0,) * 64), profile, comfy_files(profile))
