@@ -23,7 +23,7 @@ def documented(doc: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("method", ["make", "stream", "chat", "open_run", "batch"])
+@pytest.mark.parametrize("method", ["make", "stream", "chat", "open_run", "batch", "edit"])
 def test_every_option_of_the_public_methods_is_named_and_explained(method):
     fn = getattr(Studio, method)
     params = [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
@@ -39,7 +39,7 @@ def test_every_option_of_the_public_methods_is_named_and_explained(method):
 
 
 def test_make_takes_every_field_of_a_request():
-    fields = {f.name for f in dataclasses.fields(Request)} - {"idea"}
+    fields = {f.name for f in dataclasses.fields(Request)} - {"idea", "source"}  # an edit's source: Studio.edit takes it
     assert fields <= set(inspect.signature(Studio.make).parameters)
 
 

@@ -241,7 +241,7 @@ class Studio:
             mask: a mask the size of the source, white where it may change (inpainting).
             strength: img2img editors only: how far from the source, (0, 1].
             profile: the editor; None: the first instruction editor whose weights are here, else
-                Z-Image Turbo img2img (said in one line). The other options are make's.
+                Z-Image Turbo img2img (said in one line). The other options are `make`'s.
 
         Returns:
             MakeResult, as make's. See reverie/orchestrator/edit.py and docs/edit.md.
