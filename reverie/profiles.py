@@ -575,7 +575,9 @@ for _p in (
         sampler="euler",
         shift=None,
         multiple=16,
-        max_side=1568,
+        # Kontext's own preferred sizes reach 1568 px on a side (21:9); reverie keeps the FLUX.1
+        # family's 1280 cap, as a profile may be stricter than its family but never looser.
+        max_side=1280,
         prompt_style="natural",
         negative=False,
         comfy_files={"unet": "flux1-dev-kontext_fp8_scaled.safetensors", "clip_type": "flux"},
