@@ -11,7 +11,7 @@ import sys
 import typer
 
 from reverie.cli import agents, batch, edit, lineage, models, runs, scoring, serve, taste
-from reverie.cli.common import err, say
+from reverie.cli.common import VERBOSE, err, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="reverie: terse idea in, excellent images out, every one explained.")
 
@@ -50,8 +50,21 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+                                      help="Print the version and exit."),
+         verbose: bool = typer.Option(False, "--verbose", help="Print the traceback of an error too (it is always "
+                                      "in <home>/logs/); may also follow the command.")) -> None:
     """reverie: terse idea in, excellent images out, every one explained."""
+    if verbose:
+        VERBOSE["on"] = True
+
+
+def verbose_anywhere(argv: list[str]) -> list[str]:
+    """`--verbose` after the command too (`reverie make IDEA --verbose`), where people type it."""
+    head, sep, tail = (argv[:argv.index("--")], ["--"], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [], [])
+    if "--verbose" in head[1:]:
+        VERBOSE["on"] = True
+        head = [a for a in head if a != "--verbose"]
+    return head + sep + tail
 
 
 def main() -> None:
@@ -62,7 +75,7 @@ def main() -> None:
         from click import exceptions as cx
 
     try:
-        code = readable(typer.main.get_command(app))(standalone_mode=False)
+        code = readable(typer.main.get_command(app))(args=verbose_anywhere(sys.argv[1:]), standalone_mode=False)
     except cx.NoArgsIsHelpError as e:
         # `reverie` alone (or a group alone): the help is what the user wants to see.
         print(e.ctx.get_help() if e.ctx else "")

@@ -63,6 +63,8 @@ def serve(
     from reverie.serve.app import create_app
     from reverie.serve.service import ServeService
 
+    from reverie.logs import get, log_file
+
     service = ServeService(studio)
     try:
         resumed = service.recover()
@@ -70,7 +72,8 @@ def serve(
             say(err, "reverie:", f"finishing {len(resumed)} request(s) an earlier server accepted")
         shown = f"[{host}]" if ":" in host else host
         say(err, "reverie:", f"serving {studio.home} on http://{shown}:{port}/ (OpenAI base URL http://{shown}:{port}/v1"
-                             f"{', token required' if token else ''})")
+                             f"{', token required' if token else ''}; log {log_file(studio.home, 'serve')})")
+        get("serve").info("serving %s on %s:%s", studio.home, host, port)
         # Ctrl-C stops the runs between images after a short wait for open responses; their requests
         # stay open and the next `reverie serve` on this home finishes them.
         uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="warning",

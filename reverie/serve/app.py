@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from reverie.logs import add_secret, open_log
+from reverie.serve.access import AccessLog
 from reverie.serve.http import BodyError, openai_error
 from reverie.serve.service import ServeService
 
@@ -115,6 +117,8 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
 
     app = FastAPI(title="reverie", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service, app.state.token = service, token
+    add_secret(token)  # the log of this home's server: tracebacks and access lines, never the token
+    app.state.log = open_log(service.studio.home, "serve")
 
     @app.exception_handler(BodyError)
     async def body_error(request: Request, exc: BodyError):
@@ -138,6 +142,7 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
         return FileResponse(path, media_type="image/png", headers=headers)
 
     app.add_middleware(Guard, token=token)
+    app.add_middleware(AccessLog)
     app.include_router(openai_api.router)
     app.include_router(openai_edits.router)
     app.include_router(pages.router)
