@@ -77,6 +77,7 @@ def open_log(home: str | os.PathLike, kind: str = "cli") -> Optional[Path]:
         handler.setFormatter(RedactingFormatter(FORMAT))
         logger = logging.getLogger(LOGGER)
         logger.addHandler(handler)
+        logger.propagate = False  # the file is the place; a library's root handler would print it on stderr too
         if logger.level == logging.NOTSET or logger.level > logging.INFO:
             logger.setLevel(logging.INFO)
         _files[key] = path

@@ -10,13 +10,13 @@ import sys
 
 import typer
 
-from reverie.cli import agents, batch, edit, lineage, models, runs, scoring, serve, taste
+from reverie.cli import agents, batch, edit, lineage, mcp, models, runs, scoring, serve, taste
 from reverie.cli.common import VERBOSE, err, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="reverie: terse idea in, excellent images out, every one explained.")
 
 for command in (runs.make, edit.edit, runs.runs, runs.show, agents.expand, batch.batch, batch.chat, lineage.lineage, lineage.reproduce,
-                lineage.export, scoring.score, taste.pick, taste.reject, taste.taste, serve.serve):
+                lineage.export, scoring.score, taste.pick, taste.reject, taste.taste, serve.serve, mcp.mcp):
     app.command()(command)
 app.add_typer(models.models_app, name="models")
 
