@@ -23,10 +23,11 @@ THUMB_SIDE = 384
 
 def start_make(service: ServeService, idea: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None,
                aspect: str = "1:1", megapixels: float = 1.0, seed: Optional[int] = None,
-               profile: Optional[str] = None, keep: bool = True, origin: str = "") -> Job:
+               profile: Optional[str] = None, keep: bool = True, origin: str = "",
+               references: Optional[list[dict]] = None) -> Job:
     """Accept a make on the server: checked as `reverie make` checks it, then run on its own thread."""
     from reverie.orchestrator.requests import validate_request
-    from reverie.types import Request
+    from reverie.types import Reference, Request
 
     if not 1 <= int(n) <= MAX_N:
         raise ReverieError(f"n is the number of images per round, from 1 to {MAX_N}")
@@ -34,9 +35,11 @@ def start_make(service: ServeService, idea: str, *, n: int = 4, rounds: int = 2,
         raise ReverieError(f"rounds is from 1 to {MAX_ROUNDS}")
     profile = profile or service.studio.profile_name
     validate_request(Request(idea=idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
-                             profile=profile, seed=seed))
+                             profile=profile, seed=seed, references=tuple(Reference(**r) for r in references or ())))
     payload = {"prompt": idea, "n": int(n), "rounds": int(rounds), "target": target, "aspect": aspect,
                "megapixels": float(megapixels), "profile": profile, "seed": seed, "origin": origin}
+    if references:  # only when given: a stored request without them stays the same
+        payload["references"] = references
     return service.submit("images", payload, keep=keep)
 
 
@@ -229,3 +232,52 @@ def batch_status(service: ServeService, batch_id: str, base_url: str = "") -> di
     return {"batch_id": batch_id, "status": (here or {}).get("status") or summary["status"],
             "error": (here or {}).get("error"), "ideas": summary["ideas"] or 0, "done": summary["done"] or 0,
             "failed": summary["failed"] or 0, "items": items}
+
+
+# -- exact renders (the A1111 API's "render the prompt as written") ------------------------
+MAX_STEPS = 100
+
+
+def render_exact(service: ServeService, prompt: str, *, negative: str = "", count: int = 1, seed: Optional[int] = None,
+                 aspect: str = "1:1", megapixels: float = 1.0, steps: Optional[int] = None,
+                 profile: Optional[str] = None) -> tuple[str, list[Render]]:
+    """Render the prompt as written, no expansion, no loop: count seeds on the warm engine,
+    recorded as a run of its own (one prompt, its renders), so every image keeps its lineage."""
+    import secrets
+
+    from reverie.orchestrator.requests import render_size, validate_request
+    from reverie.profiles import get_profile
+    from reverie.types import Expansion, Request, RenderSpec
+
+    studio, store = service.studio, service.studio.store
+    profile_obj = get_profile(profile or studio.profile_name)
+    if not 1 <= count <= MAX_N:
+        raise ReverieError(f"batch_size × n_iter is at most {MAX_N} images")
+    if steps is not None and not 1 <= int(steps) <= MAX_STEPS:
+        raise ReverieError(f"steps is from 1 to {MAX_STEPS}")
+    req = validate_request(Request(idea=prompt, n=count, rounds=1, aspect=aspect, megapixels=megapixels,
+                                   profile=profile_obj.name, seed=seed, steps=steps))
+    engine = studio.engine_for(profile_obj, lambda e: None)
+    width, height = render_size(req, profile_obj, engine)
+    base_seed = seed if seed is not None else secrets.randbelow(2**31)
+    run_id = store.create_run(req, engine.name, base_seed, identity=getattr(engine, "identity", engine.name))
+    try:
+        prompt_id = store.add_prompt(run_id, Expansion(prompt=prompt, negative=negative, source="exact",
+                                                       reason="rendered as written (A1111 API, exact mode)"), round=0)
+        specs = [RenderSpec(prompt=prompt, negative=negative if profile_obj.negative else "", seed=base_seed + i,
+                            width=width, height=height, steps=int(steps or profile_obj.steps),
+                            guidance=profile_obj.guidance, profile=profile_obj.name, sampler=profile_obj.sampler,
+                            shift=profile_obj.shift)
+                 for i in range(count)]
+        outputs = studio.worker.render(engine, specs, priority=(0, profile_obj.name, 0))
+        failed = [o.error for o in outputs if o.error or o.image is None]
+        if len(failed) == len(outputs):
+            raise ReverieError(f"the engine could not render it: {failed[0]}")
+        batch = getattr(engine, "batch_size", None)
+        ids = [store.add_render(run_id, prompt_id, 0, o, batch_size=batch) for o in outputs]
+    except BaseException as e:
+        store.finish_run(run_id, "failed", str(e) or type(e).__name__)
+        raise
+    store.finish_run(run_id, "done", "rendered as written (exact mode)")
+    renders = [store.render_by_id(i) for i in ids]
+    return run_id, [r for r in renders if r.path]

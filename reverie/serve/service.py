@@ -197,7 +197,8 @@ class ServeService:
             job.best = self.studio.best(job.run_id, k=n, fill=True)
             return
         request = self.studio.request(p["prompt"], n=n, rounds=p["rounds"], target=p.get("target"), aspect=p["aspect"],
-                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"])
+                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"],
+                                      references=p.get("references") or ())
         with self.studio.open_run(request) as run:
             self._opened(job, run)
             run.drive(progress=self._progress(job), stop=job.stop)
