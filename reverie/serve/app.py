@@ -113,7 +113,7 @@ class Guard:
 
 
 def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
-    from reverie.serve import a1111, mcp, openai_api, openai_edits, pages
+    from reverie.serve import a1111, cli_api, mcp, openai_api, openai_edits, pages
 
     app = FastAPI(title="reverie", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service, app.state.token = service, token
@@ -148,5 +148,6 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(mcp.http_router(service))
     app.include_router(a1111.router)
+    app.include_router(cli_api.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
