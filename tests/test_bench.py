@@ -96,3 +96,13 @@ def test_edit_bench(tiny_models_dir, capsys):
     result = load("bench_edit").main(["--n", "1", "--size", "64", "--steps", "2", "--models-dir", str(tiny_models_dir)])
     assert set(result) == {"t2i", "edit", "edit_share"} and result["edit_share"] > 0
     assert "the edit takes" in capsys.readouterr().out
+
+
+def test_warm_bench_runs_one_make_each_way(tmp_path, tiny_models_dir, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    result = load("bench_warm").main(["--makes", "1", "--n", "1", "--home", str(home)])
+    assert result["local"] > 0 and result["warm"] > 0 and result["ratio"] > 0
+    assert "ratio in-process / warm" in capsys.readouterr().out
+    assert not (home / "serve.json").exists()  # the bench stopped its server
