@@ -8,7 +8,9 @@ Three ways to make the same N images, interleaved so drift in machine load hits 
             metadata, content-addressed write, SQLite row), no expansion or scoring;
   make      `reverie make` in process (Studio.make: expansion, the LangGraph loop, checkpoints,
             storing and heuristic scoring overlapped with rendering), one round.
-It prints the median of each and the ratios to the plain loop.
+It prints the median of each and the ratios to the plain loop. Then the whole process, as a
+person runs it (import to exit): the plain loop as a script against the `reverie make` command,
+both at the profile's steps, with how long each took to its last line and to its exit (the exit lag).
 
     python bench/bench_vs_diffusers.py [--n 16] [--size 256] [--steps 9] [--batch-size 4] [--repeats 3]
 """
@@ -47,6 +49,60 @@ def plain_loop(folder: str, prompt: str, seeds: list[int], size: int, steps: int
 
 
 PIPES: dict = {}
+
+PLAIN_SCRIPT = """
+import sys
+import torch
+from diffusers import ZImagePipeline
+
+folder, prompt, n, size, steps, batch, out = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7]), sys.argv[7]
+pipe = ZImagePipeline.from_pretrained(folder, torch_dtype=torch.float32)
+pipe.set_progress_bar_config(disable=True)
+with torch.inference_mode():
+    for i in range(0, n, batch):
+        seeds = list(range(i, min(n, i + batch)))
+        images = pipe(prompt=[prompt] * len(seeds), height=size, width=size, num_inference_steps=steps,
+                      guidance_scale=0.0, generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+        for seed, image in zip(seeds, images):
+            image.save(f"{out}/{seed}.png")
+print("saved", n)
+"""
+
+
+def whole_process(cmd: list[str]) -> tuple[float, float]:
+    """Seconds from start to the command's last line of output, and to its exit."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    last = t0
+    for _ in proc.stdout:
+        last = time.perf_counter()
+    code = proc.wait()
+    ended = time.perf_counter()
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])}... exited {code}")
+    return last - t0, ended - t0
+
+
+def whole(home: Path, folder: str, prompt: str, n: int, size: int, steps: int, batch: int, megapixels: float,
+          repeats: int) -> dict:
+    script = home / "plain_script.py"
+    script.write_text(PLAIN_SCRIPT)
+    out = home / "plain-whole"
+    out.mkdir(exist_ok=True)
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "make": []}
+    for r in range(repeats):
+        runs["plain"].append(whole_process([str(script), folder, prompt, str(n), str(size), str(steps), str(batch), str(out)]))
+        runs["make"].append(whole_process(["-m", "reverie", "make", IDEA, "--n", str(n), "--rounds", "1", "--megapixels",
+                                           str(megapixels), "--seed", str(1000 + r), "--batch-size", str(batch),
+                                           "--local", "--home", str(home)]))
+    best = {k: min(v, key=lambda t: t[1]) for k, v in runs.items()}
+    return {"plain_whole": best["plain"][1], "make_whole": best["make"][1], "make_to_last_line": best["make"][0],
+            "plain_to_last_line": best["plain"][0], "whole_ratio": best["make"][1] / best["plain"][1],
+            "exit_lag": best["make"][1] - best["make"][0]}
 
 
 def engine_path(engine, store, run_id: str, prompt_id: int, prompt: str, seeds: list[int], size: int, steps: int,
@@ -87,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--home", default=None, help="a reverie home (default: a temp folder)")
+    ap.add_argument("--whole-repeats", type=int, default=1, help="whole-process repeats (0 skips them)")
     args = ap.parse_args(argv)
     home = Path(args.home or tempfile.mkdtemp(prefix="reverie-bench-"))
     folder = str(ensure_tiny_weights(home / "models"))
@@ -137,6 +194,16 @@ def main(argv: list[str] | None = None) -> dict:
     result["storing_share"] = storing / batches
     print(f"  engine path split: outside the batches {result['engine_own']:.2%}, storing {result['storing_share']:.2%} "
           f"of the time in batches (`make` stores beside the next render)")
+    if args.whole_repeats:
+        from reverie.profiles import get_profile
+
+        profile_steps = get_profile("z-image-turbo").steps
+        result.update(whole(home, folder, prompt, args.n, size, profile_steps, args.batch_size, megapixels,
+                            args.whole_repeats))
+        print(f"  whole process, import to exit ({profile_steps} steps, the profile's), best of {args.whole_repeats}:")
+        print(f"    plain diffusers script: {result['plain_whole']:.2f} s")
+        print(f"    reverie make:           {result['make_whole']:.2f} s  ratio {result['whole_ratio']:.3f}  "
+              f"goal <= 1.05 (last line at {result['make_to_last_line']:.2f} s: exit lag {result['exit_lag']:.2f} s)")
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
         print(f"  note: load average {load:.1f} on {os.cpu_count()} cores: other work shares the CPU, so the ratios "

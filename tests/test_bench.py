@@ -87,7 +87,7 @@ def test_gpu_bench_at_full_size_needs_cuda_and_says_so_in_one_line(capsys):
 
 def test_vs_diffusers_bench(tmp_path, capsys):
     result = load("bench_vs_diffusers").main(["--n", "4", "--size", "128", "--steps", "1", "--repeats", "1",
-                                              "--home", str(tmp_path / "h")])
+                                              "--whole-repeats", "0", "--home", str(tmp_path / "h")])
     assert result["plain"] > 0 and result["engine"] > 0 and result["make"] > 0
     assert "ratio" in capsys.readouterr().out
 
@@ -96,3 +96,22 @@ def test_edit_bench(tiny_models_dir, capsys):
     result = load("bench_edit").main(["--n", "1", "--size", "64", "--steps", "2", "--models-dir", str(tiny_models_dir)])
     assert set(result) == {"t2i", "edit", "edit_share"} and result["edit_share"] > 0
     assert "the edit takes" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_vs_diffusers_bench_whole_process(tmp_path, capsys):
+    """Two more processes that each import torch and load the pipeline: slow on a shared CPU."""
+    result = load("bench_vs_diffusers").main(["--n", "2", "--size", "128", "--steps", "1", "--repeats", "1",
+                                              "--whole-repeats", "1", "--home", str(tmp_path / "h")])
+    assert result["make_whole"] >= result["make_to_last_line"] > 0 and result["plain_whole"] > 0
+    assert "exit lag" in capsys.readouterr().out
+
+
+def test_warm_bench_runs_one_make_each_way(tmp_path, tiny_models_dir, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    result = load("bench_warm").main(["--makes", "1", "--n", "1", "--home", str(home)])
+    assert result["local"] > 0 and result["warm"] > 0 and result["ratio"] > 0
+    assert "ratio in-process / warm" in capsys.readouterr().out
+    assert not (home / "serve.json").exists()  # the bench stopped its server

@@ -10,13 +10,13 @@ import sys
 
 import typer
 
-from reverie.cli import agents, batch, edit, lineage, models, runs, scoring, serve, taste
-from reverie.cli.common import err, say
+from reverie.cli import agents, batch, edit, lineage, mcp, models, runs, scoring, serve, taste
+from reverie.cli.common import VERBOSE, err, say
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="reverie: terse idea in, excellent images out, every one explained.")
 
 for command in (runs.make, edit.edit, runs.runs, runs.show, agents.expand, batch.batch, batch.chat, lineage.lineage, lineage.reproduce,
-                lineage.export, scoring.score, taste.pick, taste.reject, taste.taste, serve.serve):
+                lineage.export, scoring.score, taste.pick, taste.reject, taste.taste, serve.serve, mcp.mcp):
     app.command()(command)
 app.add_typer(models.models_app, name="models")
 
@@ -50,8 +50,21 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+                                      help="Print the version and exit."),
+         verbose: bool = typer.Option(False, "--verbose", help="Print the traceback of an error too (it is always "
+                                      "in <home>/logs/); may also follow the command.")) -> None:
     """reverie: terse idea in, excellent images out, every one explained."""
+    if verbose:
+        VERBOSE["on"] = True
+
+
+def verbose_anywhere(argv: list[str]) -> list[str]:
+    """`--verbose` after the command too (`reverie make IDEA --verbose`), where people type it."""
+    head, sep, tail = (argv[:argv.index("--")], ["--"], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [], [])
+    if "--verbose" in head[1:]:
+        VERBOSE["on"] = True
+        head = [a for a in head if a != "--verbose"]
+    return head + sep + tail
 
 
 def main() -> None:
@@ -62,7 +75,7 @@ def main() -> None:
         from click import exceptions as cx
 
     try:
-        code = readable(typer.main.get_command(app))(standalone_mode=False)
+        code = readable(typer.main.get_command(app))(args=verbose_anywhere(sys.argv[1:]), standalone_mode=False)
     except cx.NoArgsIsHelpError as e:
         # `reverie` alone (or a group alone): the help is what the user wants to see.
         print(e.ctx.get_help() if e.ctx else "")
@@ -77,5 +90,24 @@ def main() -> None:
     except cx.ClickException as e:
         say(err, "error:", e.format_message(), style="bold red")
         sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    leave(code if isinstance(code, int) else 0)
+
+
+def leave(code: int) -> None:
+    """Exit now that everything is written and closed. With torch loaded, the interpreter's own
+    teardown (module by module, torch's last) took seconds after the last line; skipping it loses
+    nothing: the store is committed and closed, and the streams and log are flushed here. Ray's
+    exit hook stops its processes, so with Ray loaded the ordinary exit runs."""
+    if "torch" not in sys.modules or "ray" in sys.modules:
+        sys.exit(code)
+    import logging
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
 

@@ -49,14 +49,47 @@ def disk_full(e: BaseException) -> bool:
     return False
 
 
+# `reverie --verbose ...` (or REVERIE_DEBUG=1): a traceback on stderr too, not only in the log.
+VERBOSE = {"on": bool(os.environ.get("REVERIE_DEBUG"))}
+
+
+def log_error(e: BaseException, home: Any, what: str, expected: bool = False) -> str:
+    """Put e's traceback in the home's log and return what the one-line error adds: where it is."""
+    import logging
+    import traceback
+
+    from reverie.logs import log_exception
+
+    where = None
+    try:
+        from reverie.config import resolve_home
+
+        resolved = resolve_home(home)
+        if resolved.is_dir():  # an error never creates a home that was not there
+            where = log_exception(resolved, e, what, kind="cli", level=logging.INFO if expected else logging.ERROR)
+    except Exception:  # a log that cannot be written never hides the error itself
+        where = None
+    if VERBOSE["on"]:
+        err.print(Text("".join(traceback.format_exception(type(e), e, e.__traceback__)).rstrip()), highlight=False)
+    if expected:
+        return ""
+    if where is None:
+        return " (run with --verbose for the traceback)"
+    return f" (traceback in {where}; --verbose prints it)"
+
+
 def friendly(fn: Callable) -> Callable:
-    """One clear line for every error a user can cause; a traceback only with REVERIE_DEBUG=1."""
+    """One clear line for every error a user can cause; the traceback goes to <home>/logs/cli.log
+    (and to stderr with --verbose)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any):
+        home = kwargs.get("home")
+        what = f"reverie {fn.__name__} failed"
         try:
             return fn(*args, **kwargs)
         except ReverieError as e:
+            log_error(e, home, what, expected=True)
             say(err, "error:", e, style="bold red")
             raise typer.Exit(2)
         except KeyboardInterrupt:
@@ -74,10 +107,9 @@ def friendly(fn: Callable) -> Callable:
                 err.print("[bold red]error:[/] the database is locked by another program: let it finish, or set "
                           "REVERIE_BUSY_TIMEOUT (seconds) to wait longer", highlight=False, soft_wrap=True)
                 raise typer.Exit(2)
-            if os.environ.get("REVERIE_DEBUG"):
-                raise
+            where = log_error(e, home, what)
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            say(err, "error:", f"{type(e).__name__}: {first} (set REVERIE_DEBUG=1 for the traceback)", style="bold red")
+            say(err, "error:", f"{type(e).__name__}: {first}{where}", style="bold red")
             raise typer.Exit(1)
 
     return wrapper

@@ -13,8 +13,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, friendly, open_studio, out,
-                                print_paths)
+                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, err, friendly, open_studio, out,
+                                print_paths, say)
 from reverie.types import ReverieError
 
 
@@ -51,11 +51,29 @@ def make(
     batch_size: Optional[int] = BATCH_SIZE,
     cpu_offload: bool = CPU_OFFLOAD,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    local: bool = typer.Option(False, "--local", help="Run in this process even when `reverie serve` runs for this home."),
 ):
     """Expand an idea, render, score and loop; print the best images."""
     progress = CliProgress(quiet=as_json)
     if control != "auto" and not ref:
         raise ReverieError(f"--control {control} needs a reference image: add --ref PATH")
+    # The server's engine, scorer and prompt writer are its own: flags for this process's keep it here.
+    own = {"--engine": engine != "auto", "--scorer": scorer != "auto", "--model-path": model_path, "--llm-url": llm_url,
+           "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
+           "--ref": ref, "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
+           "--batch-size": batch_size, "--cpu-offload": cpu_offload, "--shift": shift is not None,
+           "--blind-steps": blind_steps, "--embed-noise": embed_noise}
+    if not local:
+        from reverie.cli.remote import find_server
+
+        server = find_server(home)
+        given = [flag for flag, value in own.items() if value]
+        if server is not None and not given:
+            return make_remote(server, progress, as_json, idea=idea, n=n, rounds=rounds, target=target, aspect=aspect,
+                               megapixels=megapixels, profile=profile, seed=seed, home=home)
+        if server is not None:
+            say(err, "reverie:", f"running in this process: {given[0]} is for this process, and the server for this "
+                                 f"home ({server.url}) runs its own engine (--local says so and stays quiet)")
     studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
                          llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
                          comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
@@ -69,22 +87,56 @@ def make(
     finally:
         progress.stop()
         studio.close()
+    print_made(result.to_dict(), [r.scores.scorer if r.scores else None for r in result.best], as_json)
+
+
+def make_remote(server, progress: CliProgress, as_json: bool, **request) -> None:
+    """make on the warm server: its events drive the same progress bar; Ctrl-C stops the run there."""
+    from pathlib import Path
+
+    from reverie.cli.remote import UnexpectedServerError, remote_make, stop_request
+    from reverie.config import resolve_home
+
+    request["home"] = str(resolve_home(request["home"]).resolve())
+    asked: list[int] = []
+    if not as_json:
+        say(err, "reverie:", f"handing the run to the server for this home at {server.url} (--local runs it here)")
+    try:
+        made = remote_make(server, request, progress, on_request=asked.append)
+    except KeyboardInterrupt:
+        if asked:
+            stop_request(server, asked[0])
+        raise
+    except UnexpectedServerError as e:
+        say(err, "error:", str(e), style="bold red")
+        raise typer.Exit(1)
+    finally:
+        progress.stop()
+    scorers = made.pop("scorers", [])
+    made["home"] = str(Path(made["home"]))
+    print_made(made, scorers, as_json)
+
+
+def print_made(made: dict, scorers: list, as_json: bool) -> None:
+    """make's answer, the same whether this process or the warm server ran it."""
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps(made, ensure_ascii=False))
         return
     # A title line, not the table's title: the narrow table would wrap it into a column.
-    out.print(Text(f"best of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})", style="bold"),
+    out.print(Text(f"best of run {made['run_id']} ({made['renders']} renders; {made['stop_reason']})", style="bold"),
               highlight=False)
     table = Table()
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("seed", justify="right")
     table.add_column("render", justify="right")
-    for i, r in enumerate(result.best, 1):
-        table.add_row(str(i), f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-", str(r.seed), str(r.id))
+    for i, (r, scorer) in enumerate(zip(made["best"], scorers + [None] * len(made["best"])), 1):
+        scores = r["scores"]
+        table.add_row(str(i), f"{scores['composite']:.3f} {scorer or ''}".strip() if scores else "-", str(r["seed"]),
+                      str(r["id"]))
     out.print(table)
-    print_paths([(str(i), r.path) for i, r in enumerate(result.best, 1)])
-    out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
+    print_paths([(str(i), r["path"]) for i, r in enumerate(made["best"], 1)])
+    out.print(f"run id: {made['run_id']}   (reverie show {made['run_id']})", highlight=False)
 
 
 @friendly

@@ -44,8 +44,19 @@ def serve(
     dtype: Optional[str] = DTYPE,
     batch_size: Optional[int] = BATCH_SIZE,
     cpu_offload: bool = CPU_OFFLOAD,
+    detach: bool = typer.Option(False, "--detach", help="Start in the background and return once it listens."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the server running for this home."),
+    status: bool = typer.Option(False, "--status", help="Say whether a server runs for this home, and where."),
+    keep_alive: Optional[float] = typer.Option(None, "--keep-alive", min=1, metavar="SECONDS",
+                                               help="Free the model's memory after this long without a request."),
 ):
-    """Serve images to OpenAI clients (POST /v1/images/generations) and the web studio at /."""
+    """Serve images to OpenAI clients (POST /v1/images/generations) and the web studio at /.
+
+    Also the A1111 API (/sdapi/v1/...), MCP (/mcp), and `reverie make` from this home hands its runs here."""
+    if stop or status:
+        return stop_or_status(home, stop=stop)
+    if detach:
+        return start_detached(home, port)
     token = token or os.environ.get("REVERIE_TOKEN") or None
     if not is_loopback(host) and not token:
         raise ReverieError(f"refusing to serve on {host} without a token: anyone who can reach it could use your "
@@ -63,21 +74,115 @@ def serve(
     from reverie.serve.app import create_app
     from reverie.serve.service import ServeService
 
+    from reverie.logs import get, log_file
+
+    from reverie.cli.remote import remove_server_file, write_server_file
+
     service = ServeService(studio)
+    keeper = None
+    if keep_alive is not None:
+        from reverie.serve.keepalive import KeepAlive
+
+        keeper = KeepAlive(service, keep_alive).start()
     try:
         resumed = service.recover()
         if resumed:
             say(err, "reverie:", f"finishing {len(resumed)} request(s) an earlier server accepted")
         shown = f"[{host}]" if ":" in host else host
         say(err, "reverie:", f"serving {studio.home} on http://{shown}:{port}/ (OpenAI base URL http://{shown}:{port}/v1"
-                             f"{', token required' if token else ''})")
+                             f"{', token required' if token else ''}; log {log_file(studio.home, 'serve')})")
+        get("serve").info("serving %s on %s:%s", studio.home, host, port)
         # Ctrl-C stops the runs between images after a short wait for open responses; their requests
         # stay open and the next `reverie serve` on this home finishes them.
-        uvicorn.run(create_app(service, token=token), host=host, port=port, log_level="warning",
-                    timeout_graceful_shutdown=5)
+        app = create_app(service, token=token)
+        if port:  # `reverie make` on this home finds the server here
+            write_server_file(studio.home, host=host, port=port, token=token)
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
+        remove_server_file(studio.home)
+        if keeper is not None:
+            keeper.close()
         service.close()
         left = len(service.queue.open_requests())
         if left:
             say(err, "reverie:", f"stopped; {left} accepted request(s) finish when `reverie serve` starts again on this home")
         studio.close()
+
+
+def stop_or_status(home: Optional[str], stop: bool) -> None:
+    from reverie.cli.remote import find_server
+    from reverie.config import resolve_home
+
+    where = resolve_home(home)
+    server = find_server(home)
+    if server is None:
+        say(err, "reverie:", f"no server runs for {where}")
+        raise typer.Exit(1)
+    if not stop:
+        import httpx
+
+        try:
+            info = httpx.get(f"{server.url}/api/cli/status", headers=server.headers(), timeout=10).json()
+            running = f", {info['running']} request(s) running, profile {info['profile']}"
+        except (httpx.HTTPError, ValueError, KeyError):
+            running = ", not answering"
+        print(f"serving {where} at {server.url} (pid {server.pid}{running})")
+        return
+    import signal
+    import time
+
+    # SIGINT, as Ctrl-C: uvicorn re-raises the signal it caught once it has stopped, and only an
+    # interrupt lets the server's own cleanup run (runs stop between images, stay accepted for the next start).
+    os.kill(server.pid, signal.SIGINT)
+    end = time.monotonic() + 60
+    while time.monotonic() < end and find_server(home) is not None:
+        time.sleep(0.2)
+    if find_server(home) is not None:
+        raise ReverieError(f"the server (pid {server.pid}) is still stopping: wait, or end it with `kill {server.pid}`")
+    say(err, "reverie:", f"stopped the server for {where} (pid {server.pid})")
+
+
+def start_detached(home: Optional[str], port: int) -> None:
+    """`reverie serve --detach`: the same command without --detach, in its own session, its output
+    in <home>/logs/serve.out; back once it answers."""
+    import subprocess
+    import sys
+    import time
+
+    from reverie.cli.remote import find_server
+    from reverie.config import resolve_home
+
+    where = resolve_home(home)
+    running = find_server(home)
+    if running is not None:
+        raise ReverieError(f"a server already runs for {where} at {running.url} (pid {running.pid}): "
+                           "`reverie serve --stop` stops it")
+    if not port:
+        raise ReverieError("--detach needs a fixed --port (0 picks one nobody could find)")
+    args = [a for a in sys.argv[1:] if a != "--detach"]
+    (where / "logs").mkdir(parents=True, exist_ok=True)
+    log = where / "logs" / "serve.out"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reverie", *args], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, start_new_session=True)
+    end = time.monotonic() + 300
+    while time.monotonic() < end:
+        server = find_server(home)
+        if server is not None and server.pid == proc.pid and answers(server):
+            say(err, "reverie:", f"serving {where} at {server.url} in the background (pid {proc.pid}; "
+                                 f"output in {log}); `reverie serve --stop` stops it")
+            return
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise ReverieError(f"the server exited at once: {tail[0]} (all of it is in {log})")
+        time.sleep(0.2)
+    raise ReverieError(f"the server (pid {proc.pid}) did not answer within 5 minutes: see {log}")
+
+
+def answers(server) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{server.url}/healthz", headers=server.headers(), timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -14,11 +14,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from reverie.scoring.clip_cache import DEFAULT_MODEL, DEFAULT_PRETRAINED, cached_clip_weights
 from reverie.types import ReverieError
-
-DEFAULT_MODEL = "ViT-L-14-quickgelu"
-DEFAULT_PRETRAINED = "openai"
-HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 def default_device() -> str:
@@ -34,28 +31,6 @@ def register_config(path: str | os.PathLike) -> str:
         raise ReverieError(f"CLIP model config {path} does not exist: point [scoring] clip_config at an open_clip JSON config")
     open_clip.add_model_config(path)
     return path.stem
-
-
-def cached_clip_weights(model_name: str = DEFAULT_MODEL, pretrained: str = DEFAULT_PRETRAINED) -> Optional[str]:
-    """The local file holding `pretrained` weights for `model_name`, looking only at caches."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained) or {}
-    # open_clip's convention: "org/repo/file" names one file, "org/repo/" the default names.
-    repo, filename = os.path.split(cfg.get("hf_hub", ""))
-    if repo:
-        for name in ([filename] if filename else HF_WEIGHT_NAMES):
-            found = try_to_load_from_cache(repo, name)
-            if isinstance(found, str):
-                return found
-    url = cfg.get("url", "")
-    if url:
-        # open_clip's own download cache for the OpenAI URLs.
-        candidate = Path("~/.cache/clip").expanduser() / os.path.basename(url)
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def resolve_clip_weights(model_name: str = DEFAULT_MODEL, weights: Optional[str] = None) -> str:

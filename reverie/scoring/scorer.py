@@ -250,6 +250,6 @@ def make_scorer(name: str = "auto", home: Optional[str | os.PathLike] = None, ta
 
 
 def clip_weights_cached(settings: ScoringSettings) -> bool:
-    from reverie.scoring.clip import DEFAULT_MODEL, cached_clip_weights
+    from reverie.scoring.clip_cache import DEFAULT_MODEL, cached_clip_weights
 
     return cached_clip_weights(settings.clip_model or DEFAULT_MODEL) is not None

@@ -68,7 +68,7 @@ def scorer_models(table: Optional[dict] = None) -> list[ScorerModel]:
     """The CLIP, aesthetic, PickScore and HPS entries; `table` is reverie.toml's [scoring] table,
     whose paths take the place of the cache."""
     from reverie.scoring.aesthetic import cached_aesthetic_weights
-    from reverie.scoring.clip import DEFAULT_MODEL, cached_clip_weights
+    from reverie.scoring.clip_cache import DEFAULT_MODEL, cached_clip_weights
     from reverie.scoring.hps import cached_hps_weights
     from reverie.scoring.pickscore import cached_snapshot, PICKSCORE_REPO
 

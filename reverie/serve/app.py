@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from reverie.logs import add_secret, open_log
+from reverie.serve.access import AccessLog
 from reverie.serve.http import BodyError, openai_error
 from reverie.serve.service import ServeService
 
@@ -111,10 +113,12 @@ class Guard:
 
 
 def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
-    from reverie.serve import openai_api, openai_edits, pages
+    from reverie.serve import a1111, cli_api, mcp, openai_api, openai_edits, pages
 
     app = FastAPI(title="reverie", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service, app.state.token = service, token
+    add_secret(token)  # the log of this home's server: tracebacks and access lines, never the token
+    app.state.log = open_log(service.studio.home, "serve")
 
     @app.exception_handler(BodyError)
     async def body_error(request: Request, exc: BodyError):
@@ -138,8 +142,12 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
         return FileResponse(path, media_type="image/png", headers=headers)
 
     app.add_middleware(Guard, token=token)
+    app.add_middleware(AccessLog)
     app.include_router(openai_api.router)
     app.include_router(openai_edits.router)
     app.include_router(pages.router)
+    app.include_router(mcp.http_router(service))
+    app.include_router(a1111.router)
+    app.include_router(cli_api.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app

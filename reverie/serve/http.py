@@ -23,16 +23,16 @@ def openai_error(status: int, message: str, kind: str = "invalid_request_error",
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object, read at most MAX_BODY bytes (a chunked body is counted as it comes)."""
+async def read_json(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object, read at most `limit` bytes (a chunked body is counted as it comes)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        raise BodyError(413, f"the request body is over {MAX_BODY // 1024} KiB: send a shorter prompt")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyError(413, f"the request body is over {limit // 1024} KiB: send a shorter prompt")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY:
-            raise BodyError(413, f"the request body is over {MAX_BODY // 1024} KiB: send a shorter prompt")
+        if len(body) > limit:
+            raise BodyError(413, f"the request body is over {limit // 1024} KiB: send a shorter prompt")
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError):

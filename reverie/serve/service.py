@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from reverie.logs import get
 from reverie.orchestrator.studio import Studio
 from reverie.store.locks import RunLock
 from reverie.store.serve_requests import ServeRequests
@@ -168,10 +169,12 @@ class ServeService:
             job.status = "cancelled"
             job.emit("cancelled", {"run_id": job.run_id})
         except ReverieError as e:
+            get("serve").warning("request %s (%s) failed: %s", job.id, job.kind, e, exc_info=True)
             job.status, job.error = "failed", str(e)
             job.emit("failed", {"message": str(e)})
-        except Exception as e:  # the server stays up; the request says what broke
-            job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+        except Exception as e:  # the server stays up; the request says what broke, the log how
+            get("serve").exception("request %s (%s) failed", job.id, job.kind)
+            job.status, job.error = "failed", f"{type(e).__name__}: {e} (the traceback is in logs/serve.log in the server's home)"
             job.emit("failed", {"message": job.error})
         finally:
             try:
@@ -194,7 +197,8 @@ class ServeService:
             job.best = self.studio.best(job.run_id, k=n, fill=True)
             return
         request = self.studio.request(p["prompt"], n=n, rounds=p["rounds"], target=p.get("target"), aspect=p["aspect"],
-                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"])
+                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"],
+                                      references=p.get("references") or ())
         with self.studio.open_run(request) as run:
             self._opened(job, run)
             run.drive(progress=self._progress(job), stop=job.stop)
