@@ -159,3 +159,28 @@ def test_a_page_on_another_origin_changes_nothing_in_a_real_browser(served, tmp_
         evil.shutdown()
     assert len(seen) >= 27  # 24 fetches and 3 forms reached the server: the test did attack
     assert footprint(served) == before
+
+
+def test_a_bodyless_post_is_judged_by_its_site_not_its_missing_type(served):
+    # MCP's session DELETE and A1111's interrupt carry no body: no media type to check.
+    r = httpx.post(served.url + "/api/requests/999999/stop")
+    assert r.status_code == 404, r.text
+    # From another site the same bodyless request is still refused.
+    r = httpx.post(served.url + "/api/requests/999999/stop", headers={"origin": EVIL})
+    assert r.status_code == 403, r.text
+
+
+def test_with_a_token_basic_auth_carries_it_and_api_paths_answer_401(tmp_path, tiny_models_dir):
+    import base64
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
+    with ThreadServer(home, token="s3cret") as server:
+        for path in ("/sdapi/v1/sd-models", "/v1/models"):
+            assert httpx.get(server.url + path).status_code == 401
+            basic = base64.b64encode(b"anyone:s3cret").decode()
+            assert httpx.get(server.url + path, headers={"authorization": f"Basic {basic}"}).status_code == 200
+            wrong = base64.b64encode(b"anyone:nope").decode()
+            assert httpx.get(server.url + path, headers={"authorization": f"Basic {wrong}"}).status_code == 401
+        assert httpx.post(server.url + "/mcp", json={}).status_code == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 from pathlib import Path
@@ -31,7 +32,16 @@ def token_ok(request: Request, token: Optional[str]) -> bool:
     if not token:
         return True
     header = request.headers.get("authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+    if header.lower().startswith("bearer "):
+        given = header[7:].strip()
+    elif header.lower().startswith("basic "):
+        # Open WebUI and SillyTavern speak A1111's HTTP basic auth: any user, the token as password.
+        try:
+            given = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            given = ""
+    else:
+        given = request.cookies.get(COOKIE, "")
     return hmac.compare_digest(given.encode(), token.encode())
 
 
@@ -92,7 +102,7 @@ class Guard:
                                 "open http://127.0.0.1:PORT/, or start it with --token", kind="permission_error")
         public = any(path == p or (p.endswith("/") and path.startswith(p)) for p in PUBLIC)
         if not public and not token_ok(request, self.token):
-            if path.startswith(("/v1/", "/api/", "/events/")):
+            if path.startswith(("/v1/", "/api/", "/events/", "/sdapi/", "/mcp")):
                 return openai_error(401, "a token is needed: send the header `Authorization: Bearer TOKEN` "
                                     "(the --token or REVERIE_TOKEN the server was started with)",
                                     kind="authentication_error", code="invalid_api_key")
@@ -105,7 +115,10 @@ class Guard:
                 return openai_error(403, f"refused a request from another site ({why}): use reverie's own pages, "
                                     "or a client that is not a browser", kind="permission_error")
             wanted = BODY_TYPES.get(path, "application/json")
-            if media_type(request.headers.get("content-type", "")) != wanted:
+            # A request with no body (MCP's session DELETE, A1111's interrupt) has nothing to smuggle.
+            empty = not request.headers.get("content-type") and request.headers.get("content-length", "0") == "0" \
+                and "transfer-encoding" not in request.headers
+            if not empty and media_type(request.headers.get("content-type", "")) != wanted:
                 # A form on another site can post text/plain or a form to localhost without asking; it
                 # cannot send application/json unless CORS allows it, and this server allows none.
                 return openai_error(415, f"send the body with `Content-Type: {wanted}`")
