@@ -306,6 +306,7 @@ class BatchRunner:
         return None if self.options.hours else DEFAULT_PER_PROMPT
 
     def _open(self) -> list[_Item]:
+        self.studio.checkpointer()  # a damaged checkpoint file is named before the batch or any idea's run is made
         self.store.batches.open(self.batch_id, self.source, canonical_json(self.options.identity()))
         self.failed_before = self.store.batches.failed_indices(self.batch_id)
         if self.failed_before:
