@@ -203,6 +203,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             embed_noise=state.get("embed_noise", 0.0),
             source=source,
             noise_lowfreq=components[i],
+            model_files=tuple(sorted((getattr(ctx.engine, "user_files", None) or {}).items())),
         )
         for i in range(n)
     ]

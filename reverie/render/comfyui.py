@@ -27,7 +27,14 @@ from typing import Optional, Sequence
 
 from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
 from reverie.render.editors import comfy_spec
-from reverie.render.comfy_workflow import TEXTGEN_FAMILIES, build_workflow, comfy_files, output_node, textgen_workflow
+from reverie.render.comfy_workflow import (
+    TEXTGEN_FAMILIES,
+    build_workflow,
+    comfy_cfg,
+    comfy_files,
+    output_node,
+    textgen_workflow,
+)
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
@@ -313,6 +320,7 @@ class ComfyUIEngine:
         self.servers = parse_servers(servers)
         self.profile = get_profile(profile)
         self.files = comfy_files(self.profile, files)
+        self.user_files = dict(files or {})  # chosen over the profile's: each spec records them
         self.timeout = float(timeout)
         self.stall_timeout = float(stall_timeout)
         self.poll_interval = float(poll_interval)
@@ -542,8 +550,9 @@ def _submit(client: ComfyClient, ticket: Ticket) -> tuple[str, str]:
     image_name = None
     if spec.control is not None:
         image_name = client.upload_image(*_control_png(spec))
-    workflow = build_workflow(spec, engine.profile, engine.files, image_name)
-    return client.queue_prompt(workflow, engine.files), output_node(workflow)
+    files = {**engine.files, **dict(spec.model_files)}  # a spec from another run carries its own files
+    workflow = build_workflow(spec, engine.profile, files, image_name)
+    return client.queue_prompt(workflow, files), output_node(workflow)
 
 
 def _control_png(spec: RenderSpec) -> tuple[str, bytes]:
@@ -631,8 +640,14 @@ def _collect(client: ComfyClient, feed, job: dict, entry: dict) -> None:
 def _finish(feed, job: dict, image, error: str, client: ComfyClient) -> None:
     ticket = job["ticket"]
     seconds = time.perf_counter() - job["t0"]
-    output = EngineOutput(spec=ticket.spec, image=image, engine=ticket.engine.name,
-                          engine_version=ticket.engine.version, seconds=seconds, error=error, worker=client.worker)
+    engine, spec = ticket.engine, ticket.spec
+    files = {**engine.files, **dict(spec.model_files)}
+    weights = files.get("checkpoint") or files.get("unet") or ""
+    # What ComfyUI ran: the weights file it loaded and the KSampler's CFG (FLUX: 1, its guidance
+    # goes in FluxGuidance), so the PNG states them rather than the spec's diffusers terms.
+    output = EngineOutput(spec=spec, image=image, engine=engine.name, engine_version=engine.version, seconds=seconds,
+                          error=error, worker=client.worker, cfg=comfy_cfg(spec, engine.profile),
+                          model=weights.rsplit(".", 1)[0] if weights else "")
     feed.finish(ticket, output, client.url)
 
 
