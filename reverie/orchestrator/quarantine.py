@@ -72,7 +72,10 @@ class FaultLog:
             return
         faulthandler.disable()
         if self._was_enabled:
-            faulthandler.enable(file=sys.stderr, all_threads=True)
+            try:
+                faulthandler.enable(file=sys.stderr, all_threads=True)
+            except (OSError, ValueError, AttributeError):  # a stderr with no file descriptor (captured)
+                pass
         self._file.close()
         self._file = None
         try:
