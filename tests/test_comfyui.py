@@ -157,7 +157,10 @@ def test_control_images_are_uploaded_and_wired(server, tmp_path):
     assert c2["ModelPatchLoader"][1] == {"name": "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"}
     patched_id, patched = c2["QwenImageDiffsynthControlnet"]
     assert patched["strength"] == 0.8 and patched["image"] == [c2["LoadImage"][0], 0]
-    assert c2["KSampler"][1]["model"] == [patched_id, 0]
+    # As ComfyUI's template wires it: the patch on the loaded model, the shift after it.
+    shifted_id, shifted = c2["ModelSamplingAuraFlow"]
+    assert patched["model"] == [c2["UNETLoader"][0], 0] and shifted["model"] == [patched_id, 0]
+    assert c2["KSampler"][1]["model"] == [shifted_id, 0]
     assert img2img.image.size == (64, 48) and zcanny.image.size == (64, 48)
 
     sdxl = RenderSpec(prompt="fox", negative="blurry", seed=4, width=64, height=64, steps=4, guidance=6.0,
