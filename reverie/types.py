@@ -168,6 +168,9 @@ class RenderSpec:
     # search (orchestrator.noise_search): channel-major, side x side orthonormal DCT coefficients
     # per channel. Empty: the seed's noise as drawn.
     noise_lowfreq: tuple[float, ...] = ()
+    # Model files chosen over the profile's (ComfyUI's --comfy-file), as sorted (role, file name)
+    # pairs: they make other pixels, so they are part of the recipe and of its hash.
+    model_files: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -179,6 +182,10 @@ class RenderSpec:
             d["noise_lowfreq"] = list(d["noise_lowfreq"])
         else:  # as embed_noise: specs from before the field keep their hashes
             del d["noise_lowfreq"]
+        if d["model_files"]:
+            d["model_files"] = dict(d["model_files"])
+        else:  # the profile's own files: left out, for the same reason
+            del d["model_files"]
         return d
 
     @classmethod
@@ -188,6 +195,8 @@ class RenderSpec:
             d["control"] = Control(**d["control"])
         d["source"] = Source.from_dict(d.get("source"))
         d["noise_lowfreq"] = tuple(float(v) for v in d.get("noise_lowfreq") or ())
+        if d.get("model_files"):
+            d["model_files"] = tuple(sorted(dict(d["model_files"]).items()))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -228,6 +237,9 @@ class EngineOutput:
     # How many seeds shared the forward pass that made it (padding included): its pixels depend
     # on that shape, so the PNG records it and `reproduce` renders in a batch of the same size.
     batch_size: Optional[int] = None
+    # The CFG scale the engine ran, where it differs from the spec's guidance read as CFG
+    # (ComfyUI runs FLUX at CFG 1 with the guidance in FluxGuidance); None: the spec's own.
+    cfg: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -56,15 +56,17 @@ def test_formula_expander_when_the_server_lacks_the_encoder_or_the_node():
 
 
 def test_an_unusable_answer_falls_back_to_the_formula_and_says_so_once():
-    answers = iter(["", "too short", PARAGRAPH])
+    sign = ("A weathered wooden sign hangs above a shop door on a rainy street, its painted letters faded, "
+            "lit by a warm lamp at dusk.")
+    answers = iter(["", "too short", sign])
     notices, calls = [], []
     with ComfyServer(models=ZIMAGE_FILES, text_reply=lambda prompt, inputs: next(answers)) as s:
         expander = comfy_expander(engine_for(s), FormulaExpander(), notice=notices.append, record=calls.append)
         out = expander.expand('a sign that says "OPEN"', get_profile("z-image-turbo"), k=3, seed=1)
     # The third answer lacks the quoted text: the formula expander keeps it.
     assert [e.source for e in out] == ["formula", "formula", "formula"]
-    assert len(notices) == 1 and "too short" in notices[0]
-    assert [c["ok"] for c in calls] == [False, False, False]
+    assert len(notices) == 1 and "empty" in notices[0]
+    assert [c["ok"] for c in calls] == [False, False, False] and "too short" in calls[1]["error"]
     assert "'OPEN' is not in the answer" in calls[2]["error"]
 
 
@@ -101,3 +103,57 @@ def test_make_on_comfyui_without_the_encoder_keeps_the_formula(tmp_path):
                     engine_options={"servers": [s.url]}) as studio:
             result = studio.make("a fox in the rain", n=1, rounds=1, seed=5, megapixels=0.05)
             assert [p["source"] for p in studio.store.prompts(result.run_id)] == ["formula"]
+
+
+# -- issue 27: the dreamer on a real server's terms -------------------------------------------
+def test_nothing_is_queued_before_the_render_preflight_passes(tmp_path):
+    """A server with TextGenerate and the encoder but no VAE: make is refused by the preflight,
+    naming the VAE, and the server never saw a prompt (no encoder loaded for a run it cannot render)."""
+    from tests.conftest import run_cli
+
+    with ComfyServer(models={**ZIMAGE_FILES, "vae_name": []}, text_reply=reply) as s:
+        done = run_cli("make", "a fox in the rain", "--n", "1", "--rounds", "1", "--megapixels", "0.05",
+                       "--comfy-url", s.url, "--scorer", "heuristic", home=tmp_path / "home", timeout=120)
+        queued = list(s.prompt_ids)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "ae.safetensors" in done.stderr.strip().splitlines()[-1], done.stderr
+    assert queued == []
+
+
+def test_a_prompt_given_up_on_is_taken_off_the_server():
+    """TextGenerate that outlasts the stall timeout: reverie falls back and interrupts its prompt,
+    so it does not run on after reverie has left, with the renders queued behind it."""
+    import threading
+
+    release = threading.Event()
+
+    def slow(prompt, inputs):
+        release.wait(30)
+        return PARAGRAPH
+
+    notices = []
+    with ComfyServer(models=ZIMAGE_FILES, text_reply=slow) as s:
+        expander = comfy_expander(engine_for(s, stall_timeout=1.0), FormulaExpander(), notice=notices.append)
+        out = expander.expand("a fox in the rain", get_profile("z-image-turbo"), k=1, seed=3)
+        asked = list(s.prompt_ids)
+        interrupts, deleted = list(s.interrupts), list(s.deleted)
+        release.set()
+    assert [e.source for e in out] == ["formula"] and "no answer" in notices[0]
+    assert len(asked) == 1 and (interrupts == asked or deleted == asked), (asked, interrupts, deleted)
+
+
+GIBBERISH = "lasts startling吾بين jogadoraurcannotبين البرلم lasts startling cannot jogadora sulle pareti"
+
+
+def test_gibberish_is_refused_by_the_check_every_prompt_writer_uses():
+    """Random weights write fluent nonsense: 24 tokens sharing no word with the idea, partly in
+    another script. The in-process dreamer's check refuses it, and this path uses that same check."""
+    from reverie.agents.prompt_check import prompt_problem
+
+    calls, notices = [], []
+    with ComfyServer(models=ZIMAGE_FILES, text_reply=lambda prompt, inputs: GIBBERISH) as s:
+        expander = comfy_expander(engine_for(s), FormulaExpander(), notice=notices.append, record=calls.append)
+        out = expander.expand("a lighthouse at dusk", get_profile("z-image-turbo"), k=1, seed=2)
+    assert [e.source for e in out] == ["formula"]
+    assert [c["ok"] for c in calls] == [False] and calls[0]["error"] == prompt_problem("a lighthouse at dusk", GIBBERISH)
+    assert "shares no word" in calls[0]["error"] and len(notices) == 1

@@ -132,3 +132,17 @@ def test_models_comfy_url_with_no_server_is_one_line(tmp_path):
     proc = run_cli("models", "--comfy-url", s.url, home=tmp_path / "home", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ComfyUI at {s.url} does not answer")
+
+
+def test_models_comfy_url_at_80_columns_keeps_each_missing_file_whole(tmp_path):
+    """At 80 columns the table is narrow cells only; what a profile lacks is one unbroken line
+    below it, so no file name is folded into 8-character pieces."""
+    with ComfyServer(models={**ZIMAGE_FILES, "ckpt_name": ["sd_xl_base_1.0.safetensors"]}) as s:
+        table = run_cli("models", "--comfy-url", s.url, home=tmp_path / "home", env={"COLUMNS": "80"}, timeout=60)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines if "│" in line or "┃" in line) <= 80
+    sd15 = [line for line in lines if "v1-5-pruned-emaonly.safetensors" in line]
+    assert len(sd15) == 1 and sd15[0].startswith("sd15: checkpoint file v1-5-pruned-emaonly.safetensors (put it in")
+    flux = [line for line in lines if line.startswith("flux1-dev: ")]
+    assert len(flux) == 1 and "t5xxl_fp8_e4m3fn.safetensors" in flux[0] and "clip_l.safetensors" in flux[0]

@@ -157,7 +157,10 @@ def test_control_images_are_uploaded_and_wired(server, tmp_path):
     assert c2["ModelPatchLoader"][1] == {"name": "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"}
     patched_id, patched = c2["QwenImageDiffsynthControlnet"]
     assert patched["strength"] == 0.8 and patched["image"] == [c2["LoadImage"][0], 0]
-    assert c2["KSampler"][1]["model"] == [patched_id, 0]
+    # As ComfyUI's template wires it: the patch on the loaded model, the shift after it.
+    shifted_id, shifted = c2["ModelSamplingAuraFlow"]
+    assert patched["model"] == [c2["UNETLoader"][0], 0] and shifted["model"] == [patched_id, 0]
+    assert c2["KSampler"][1]["model"] == [shifted_id, 0]
     assert img2img.image.size == (64, 48) and zcanny.image.size == (64, 48)
 
     sdxl = RenderSpec(prompt="fox", negative="blurry", seed=4, width=64, height=64, steps=4, guidance=6.0,
@@ -304,3 +307,44 @@ def test_z_image_guidance_maps_to_comfy_cfg_as_png_info_shows_it():
     assert comfy_cfg(zspec(seed=1), profile) == 1.0
     assert comfy_cfg(zspec(seed=1, guidance=2.0), profile) == 3.0 == profile.traits.cfg_scale(2.0)
     assert comfy_cfg(zspec(seed=1, guidance=-0.5), profile) == 1.0
+
+
+def test_cli_png_records_comfy_files_worker_and_the_cfg_comfyui_ran(tmp_path):
+    """--comfy-file goes into the spec (database and PNG), the server that rendered it into the
+    PNG, and a FLUX render's PNG says the CFG 1 ComfyUI ran, not the 0.0 of its guidance."""
+    import sqlite3
+
+    from reverie.store.pngmeta import read_metadata
+
+    models = {"ckpt_name": ["ponyDiffusionV6XL.safetensors", "OTHER.safetensors"],
+              "unet_name": ["flux1-schnell.safetensors"], "clip_name": ["clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors"],
+              "vae_name": ["ae.safetensors"]}
+    home = tmp_path / "home"
+    with ComfyServer(models=models) as s:
+        pony = run_cli("make", "a fox in the rain", "--profile", "pony", "--n", "1", "--rounds", "1", "--seed", "3",
+                       "--megapixels", "0.05", "--comfy-url", s.url, "--comfy-file", "checkpoint=OTHER.safetensors",
+                       "--scorer", "heuristic", "--json", home=home, timeout=120)
+        flux = run_cli("make", "a fox in the rain", "--profile", "flux1-schnell", "--n", "1", "--rounds", "1", "--seed", "3",
+                       "--megapixels", "0.05", "--comfy-url", s.url, "--scorer", "heuristic", "--json", home=home,
+                       timeout=120)
+        ran = [n["inputs"] for wf in s.workflows for n in wf.values() if n["class_type"] in ("KSampler", "CheckpointLoaderSimple")]
+    assert pony.returncode == 0 and flux.returncode == 0, pony.stderr + flux.stderr
+    assert {"ckpt_name": "OTHER.safetensors"} in ran and any(k.get("cfg") == 1.0 for k in ran)
+
+    pony_png = json.loads(pony.stdout)["best"][0]["path"]
+    text = read_metadata(pony_png)
+    params, meta = text["parameters"], json.loads(text["reverie"])
+    assert "Model: OTHER," in params and "Model files: checkpoint=OTHER.safetensors" in params
+    assert meta["spec"]["model_files"] == {"checkpoint": "OTHER.safetensors"}
+    assert f"Worker: {s.url} (ComfyUI {s.version})" in params and meta["worker"].startswith(s.url)
+    conn = sqlite3.connect(home / "reverie.db")
+    specs = [json.loads(r[0]) for r in conn.execute("select spec_json from renders")]
+    conn.close()
+    assert {"checkpoint": "OTHER.safetensors"} in [sp.get("model_files") for sp in specs]
+
+    flux_params = read_metadata(json.loads(flux.stdout)["best"][0]["path"])["parameters"]
+    assert "CFG scale: 1.0," in flux_params and "Distilled CFG Scale: 0.0" in flux_params
+
+    # reproduce does not quietly swap in the profile's own weights
+    again = run_cli("reproduce", pony_png, "--engine", "diffusers", home=home)
+    assert again.returncode != 0 and "OTHER.safetensors" in again.stderr and "--model-path" in again.stderr

@@ -83,3 +83,60 @@ def test_sigkill_and_resume_loses_nothing(home):
     rep = run_cli("reproduce", str(home / rows[-1][2]), "--engine", "tiny", home=home)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     assert "match" in rep.stdout
+
+
+def _inflight(db: Path) -> list[int]:
+    """The batch items whose round is in the engine now (what a death would be pinned on)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return [r[0] for r in conn.execute("select idx from batch_items where inflight_round is not null")]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # not created, or its tables not made yet
+
+
+@pytest.mark.slow  # seven real batch processes: about a CPU-minute
+def test_six_kills_from_outside_quarantine_no_idea(tmp_path):
+    """SIGKILL a real `reverie batch` six times at random moments while a round is in the engine (the
+    case that once set an idea aside as "crashed the process twice"), then let it finish: every
+    idea is done with its full budget, none was held to blame."""
+    import json
+    import random
+
+    exe = str(Path(sys.executable).with_name("reverie"))
+    ideas = tmp_path / "ideas.txt"
+    ideas.write_text("a fox in the rain\na red car at night\na boat on a lake\n")
+    home = tmp_path / "home"
+    cmd = [exe, "batch", str(ideas), "--per-prompt", "8", "--n", "4", "--keep", "1", "--megapixels", "0.02",
+           "--engine", "fixed", "--scorer", "heuristic", "--home", str(home), "--json"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("OPENAI_BASE_URL", None)
+    db = home / "reverie.db"
+    rng = random.Random()
+    landed: list[list[int]] = []
+    for n in range(6):
+        log = tmp_path / f"kill-{n}.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            # A round the last process left in the engine is first judged by this one (it says so),
+            # then this process's own round goes in: that is when the kill must land.
+            while landed and landed[-1] and proc.poll() is None and "was rendering" not in log.read_text():
+                time.sleep(0.01)
+            while proc.poll() is None and not _inflight(db):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.15))  # somewhere in the forward pass, or just after it
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        landed.append(_inflight(db))
+    assert sum(bool(x) for x in landed) >= 2, f"the kills did not land while rendering: {landed}"
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "set aside" not in done.stderr and "crashed the process" not in done.stderr
+    items = json.loads(done.stdout)["items"]
+    assert [(i["status"], i["rendered"]) for i in items] == [("done", 8)] * 3, items

@@ -222,7 +222,7 @@ from reverie.render.fixed import FixedLatencyEngine
 class DiesOnPoison(FixedLatencyEngine):
     def render(self, specs, progress=None, on_output=None):
         if any("poison" in s.prompt.lower() for s in specs):
-            os.kill(os.getpid(), signal.SIGKILL)  # a segfault or an OOM kill: no Python cleanup at all
+            os.kill(os.getpid(), signal.SIGSEGV)  # a segfault: no Python cleanup, a record in the fault log
         return super().render(specs, progress, on_output)
 
 
@@ -244,17 +244,18 @@ def test_an_idea_that_crashes_the_process_twice_is_set_aside(tmp_path):
         return subprocess.run([sys.executable, "-c", POISON_RUN, str(file), str(home), *extra], capture_output=True,
                               text=True, timeout=300, cwd=REPO)
 
-    assert run().returncode == -signal.SIGKILL  # the first crash: the poisoned round was in the engine
-    assert run().returncode == -signal.SIGKILL  # tried once more: the second crash in a row
+    assert run().returncode == -signal.SIGSEGV  # the first crash: the poisoned round was in the engine
+    assert run().returncode == -signal.SIGSEGV  # tried once more: the second crash in a row
     third = run()
     assert third.returncode == 0, third.stderr
     statuses = eval(third.stdout.strip().splitlines()[-1])
     assert [s for s, _, _ in statuses] == ["done", "failed", "done"]
     assert [n for _, n, _ in statuses][0::2] == [4, 4]
     assert "crashed the process twice" in statuses[1][2] and "--retry-failed" in statuses[1][2]
+    assert "segmentation fault" in statuses[1][2]  # the evidence: faulthandler's record, named
     again = run()  # the same command leaves it aside and exits cleanly
     assert again.returncode == 0 and eval(again.stdout.strip().splitlines()[-1])[1][0] == "failed"
-    assert run("--retry-failed").returncode == -signal.SIGKILL  # --retry-failed really tries it again
+    assert run("--retry-failed").returncode == -signal.SIGSEGV  # --retry-failed really tries it again
 
 
 def test_the_first_line_says_the_engine_is_loading(tmp_path):

@@ -14,7 +14,8 @@ import re
 import time
 from typing import Callable, Optional
 
-from reverie.agents.dreamer import finish_prompt, missing_quotes
+from reverie.agents.dreamer import finish_prompt
+from reverie.agents.prompt_check import prompt_problem
 from reverie.types import Expansion, ReverieError, canonical_json, sha256_text
 
 INSTRUCTION = """\
@@ -32,7 +33,6 @@ VARIATION = "This is reading {i} of {k}: choose a moment, setting, medium or moo
 # TextGenerate's defaults for its "on" sampling mode, with a warmer temperature for variety.
 SAMPLING = {"temperature": 0.9, "top_k": 64, "top_p": 0.95, "min_p": 0.05, "repetition_penalty": 1.05}
 MAX_LENGTH = 320
-MIN_WORDS = 8
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:prompt|paragraph|image prompt)\s*:?\s*(?:\*\*)?\s*:?\s*", re.IGNORECASE)
@@ -43,12 +43,8 @@ def clean_answer(text: str, idea: str) -> tuple[str, str]:
     text = _THINK.sub("", text or "").replace("<think>", "").replace("</think>", "")
     text = _LABEL.sub("", text.strip())
     text = " ".join(text.split()).strip().strip('"“”').strip()
-    if len(text.split()) < MIN_WORDS:
-        return "", f"the answer is too short to be a prompt ({len(text.split())} words)"
-    lost = missing_quotes(idea, text)
-    if lost:
-        return "", f"the quoted text {lost[0]!r} is not in the answer"
-    return text, ""
+    problem = prompt_problem(idea, text)  # the same check as every other prompt writer's
+    return ("", problem) if problem else (text, "")
 
 
 class TextGenerateExpander:

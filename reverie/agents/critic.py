@@ -113,7 +113,8 @@ class LLMCritic:
                  feedback: str = "", can_edit: bool = False) -> Critique:
         """`feedback`: what a VLM judge found wrong with the best images, for the revision (or, with
         `can_edit`, for an edit instruction that fixes the best one)."""
-        from reverie.agents.dreamer import finish_prompt, missing_quotes, prompt_problem
+        from reverie.agents.dreamer import finish_prompt
+        from reverie.agents.prompt_check import prompt_problem
         from reverie.agents.llm import LLMUnavailable
 
         style = STYLE_TAGS if profile.prompt_style == "tags" else STYLE_NATURAL
@@ -141,11 +142,7 @@ class LLMCritic:
                 return '"edit" is not open in this run: answer more_seeds, variety or revise'
             if answer.action != "revise":
                 return ""
-            problem = prompt_problem(idea, answer.prompt)
-            if problem:
-                return problem
-            lost = missing_quotes(idea, answer.prompt)
-            return f"the quoted text {lost[0]!r} must appear verbatim" if lost else ""
+            return prompt_problem(idea, answer.prompt)
 
         try:
             answer = self.llm.structured(system, canonical_json(report), CriticAnswer, purpose="critique",

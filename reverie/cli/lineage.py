@@ -167,6 +167,10 @@ def reproduce(
             if path and not Path(path).is_file():
                 raise ReverieError(f"the edit's {what} {path} (sha256 {sha[:16]}) is gone: put that file back "
                                    f"to reproduce this edit")
+    if spec.model_files and name == "diffusers" and not model_path:
+        chosen = " ".join(f"{role}={file}" for role, file in spec.model_files)
+        raise ReverieError(f"this image was made with other model files than {spec.profile}'s ({chosen}): pass "
+                           f"--model-path to the same weights, or the profile's own would render something else")
     if spec.control is not None and not Path(spec.control.image_path).is_file():
         raise ReverieError(f"the control image {spec.control.image_path} is not on this machine: copy it there to reproduce")
     # Pixels depend on how many seeds shared the forward pass: the recorded batch size is re-created.

@@ -156,11 +156,20 @@ def _comfy_models(urls: List[str], files: List[str], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, ensure_ascii=False))
         return
-    table = Table(title="profiles on ComfyUI (`--comfy-file KEY=NAME` renames a file)")
-    for col in ("name", "server", "here", "dreamer"):
+    servers = list(dict.fromkeys(f"{r['server']} ({r['version']})" for r in rows))
+    pool = len(servers) > 1
+    # Short cells only: what a server lacks is long (file names) and is listed below the table,
+    # one unbroken line per profile, so a narrow terminal never folds a file name into pieces.
+    table = Table(title="profiles on ComfyUI" + ("" if pool else f" at {servers[0]}"))
+    for col in ("name", *(("server",) if pool else ()), "here", "dreamer"):
         table.add_column(col, no_wrap=True)
-    table.add_column("lacks", overflow="fold")
     for r in rows:
-        table.add_row(r["profile"], f"{r['server']} ({r['version']})", "yes" if r["ok"] else "no",
-                      "yes" if r["dreamer"] else "no", Text("; ".join(r["lacks"]) or "-"))
+        server = (f"{r['server']} ({r['version']})",) if pool else ()
+        table.add_row(r["profile"], *server, "yes" if r["ok"] else "no", "yes" if r["dreamer"] else "no")
     out.print(table)
+    lacking = [r for r in rows if r["lacks"]]
+    if lacking:
+        out.print("[bold]what each lacks[/] (`--comfy-file KEY=NAME` renames a file)")
+        for r in lacking:
+            where = f" on {r['server']}" if pool else ""
+            out.print(Text(f"{r['profile']}{where}: " + "; ".join(r["lacks"])), soft_wrap=True, highlight=False)

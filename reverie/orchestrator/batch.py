@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from reverie.orchestrator import quarantine
+from reverie.orchestrator.quarantine import CRASHES_TO_QUARANTINE
 from reverie.orchestrator.requests import validate_request
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import (
@@ -45,7 +47,6 @@ DEFAULT_PER_PROMPT = 8
 DEFAULT_KEEP = 4
 ROUND_SIZE = 4  # seeds per round (--n): one engine job, and the unit of round-robin fairness
 MAX_ROUNDS = 100  # rounds an idea may take when only a time budget bounds it
-CRASHES_TO_QUARANTINE = 2  # an idea whose round was in the engine at this many process deaths in a row is set aside
 LLM_CALLS_AT_ONCE = 2  # expansions and critiques in flight across ideas: a local LLM server is one GPU too
 JOIN_SECONDS = 60.0  # how long a stop waits for the runs to end between images
 ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength"}
@@ -294,6 +295,7 @@ class BatchRunner:
         self.failures: dict[int, str] = {}  # item index -> why it failed, this session
         self.failed_before: set[int] = set()
         self.runs: list = []  # every Run opened, closed when the batch ends however it ends
+        self.fault_log: Optional[quarantine.FaultLog] = None
 
     # -- setup -----------------------------------------------------------------------------
     def _budget(self, item: BatchItem) -> Optional[int]:
@@ -304,6 +306,7 @@ class BatchRunner:
         return None if self.options.hours else DEFAULT_PER_PROMPT
 
     def _open(self) -> list[_Item]:
+        self.studio.checkpointer()  # a damaged checkpoint file is named before the batch or any idea's run is made
         self.store.batches.open(self.batch_id, self.source, canonical_json(self.options.identity()))
         self.failed_before = self.store.batches.failed_indices(self.batch_id)
         if self.failed_before:
@@ -337,12 +340,11 @@ class BatchRunner:
         req = self._request(it, seed)
         row = self.store.batches.item(self.batch_id, it.index)
         if row and row["inflight_round"] is not None:  # the last process died while the engine had its round
-            crashes = self.store.batches.count_crash(row["id"])
-            if crashes >= CRASHES_TO_QUARANTINE:
-                raise ReverieError(f"crashed the process twice (round {row['inflight_round'] + 1} was rendering both "
-                                   "times): set aside; the same command with --retry-failed tries it again")
-            self._notice(f"idea {it.index + 1}'s round {row['inflight_round'] + 1} was rendering when the last "
-                         "process died; trying it once more")
+            verdict = quarantine.judge(self.store.batches, row, renders=self.store.ok_count(row["run_id"]),
+                                       number=it.index + 1)
+            if verdict.set_aside:
+                raise ReverieError(verdict.message)
+            self._notice(verdict.message)
         elif row and self.retry_failed and (row["crashes"] or 0) >= CRASHES_TO_QUARANTINE:
             self.store.batches.round_ended(row["id"])  # --retry-failed: a clean slate
         # Opened as every run is, holding its lock until its thread ends: another process sees it running.
@@ -383,7 +385,8 @@ class BatchRunner:
             raise ReverieError(f"batch {self.batch_id} is already running in another process: let it finish, "
                                "or stop it and run the same command again to continue")
         try:
-            return self._run()
+            with quarantine.FaultLog(self.store.home, self.batch_id) as self.fault_log:
+                return self._run()
         finally:
             for run in self.runs:
                 run.close()
@@ -462,7 +465,8 @@ class BatchRunner:
         try:
             final = item.run.drive(progress=progress, policy=self.options.policy, order=item.index,
                                    deadline=deadline, deadline_label=label, stop=self.stop, llm_gate=gate,
-                                   on_round_start=lambda rnd: batches.round_started(item.row_id, rnd),
+                                   on_round_start=lambda rnd: quarantine.round_started(batches, item.row_id, rnd,
+                                                                                      self.fault_log),
                                    on_round_end=lambda rnd, ok: (batches.round_ended(item.row_id) if ok
                                                                  else batches.clear_inflight(item.row_id)))
             inbox.put(("done", item, final.get("stop_reason", "")))

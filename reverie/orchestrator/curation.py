@@ -226,10 +226,25 @@ DIVERSITY_SAMPLE = 64  # renders whose PNGs are read to measure a run's diversit
 
 
 def run_diversity(store, run_id: str) -> tuple[Optional[float], int]:
-    """(the run's diversity, how many images measured): one minus the mean pairwise cosine of the
-    pixel signatures of its images (0: all alike), or None with fewer than two images. Long runs
-    are measured on DIVERSITY_SAMPLE images spread evenly over them."""
+    """(the run's diversity, how many images measured): see measure_diversity."""
+    measured = measure_diversity(store, run_id)
+    return measured.value, measured.images
+
+
+@dataclass(frozen=True)
+class Diversity:
+    value: Optional[float]  # None with fewer than two readable images
+    images: int  # how many were measured
+    damaged: list[tuple[int, str]]  # (render id, path) of files that are there but cannot be read as images
+
+
+def measure_diversity(store, run_id: str) -> Diversity:
+    """One minus the mean pairwise cosine of the pixel signatures of the run's images (0: all
+    alike). Long runs are measured on DIVERSITY_SAMPLE images spread evenly over them; a file that
+    is damaged (truncated, overwritten) is left out and named, never the end of the report."""
     from pathlib import Path
+
+    from PIL import Image
 
     from reverie.orchestrator.policy import diversity
     from reverie.scoring.dedupe import mean_similarity
@@ -238,14 +253,25 @@ def run_diversity(store, run_id: str) -> tuple[Optional[float], int]:
     if len(renders) > DIVERSITY_SAMPLE:
         step = len(renders) / DIVERSITY_SAMPLE
         renders = [renders[int(i * step)] for i in range(DIVERSITY_SAMPLE)]
-    if len(renders) < 2:
-        return None, len(renders)
-    return diversity(mean_similarity([pixel_signature(r.path) for r in renders])), len(renders)
+    signatures, damaged = [], []
+    for r in renders:
+        try:
+            signatures.append(pixel_signature(r.path))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # what PIL raises on a broken file
+            damaged.append((r.id, r.path))
+    if len(signatures) < 2:
+        return Diversity(None, len(signatures), damaged)
+    return Diversity(diversity(mean_similarity(signatures)), len(signatures), damaged)
 
 
 def diversity_line(store, run_id: str) -> str:
-    value, n = run_diversity(store, run_id)
-    if value is None:
-        return "diversity: fewer than two images"
-    return (f"diversity {value:.2f} (1 - mean pixel-signature cosine over {n} images; near 0 means alike: "
-            f"the loop then turns shift, blind steps and embedding noise)")
+    measured = measure_diversity(store, run_id)
+    if measured.value is None:
+        line = "diversity: fewer than two images"
+    else:
+        line = (f"diversity {measured.value:.2f} (1 - mean pixel-signature cosine over {measured.images} images; near 0 "
+                f"means alike: the loop then turns shift, blind steps and embedding noise)")
+    for render_id, path in measured.damaged:
+        line += (f"\ndamaged: render {render_id}'s file {path} cannot be read as an image (left out of "
+                 f"the figure); `reverie lineage {render_id}` has its recipe to render it again")
+    return line

@@ -203,6 +203,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             embed_noise=state.get("embed_noise", 0.0),
             source=source,
             noise_lowfreq=components[i],
+            model_files=tuple(sorted((getattr(ctx.engine, "user_files", None) or {}).items())),
         )
         for i in range(n)
     ]
@@ -531,6 +532,9 @@ def open_checkpointer(home: Path) -> Iterator[Any]:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA schema_version").fetchone()
+            damage = checkpoint_damage(conn)
+            if damage:
+                raise sqlite3.DatabaseError(damage)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e) or "busy" in str(e):
                 raise
@@ -539,6 +543,17 @@ def open_checkpointer(home: Path) -> Iterator[Any]:
         yield SqliteSaver(conn)
     finally:
         conn.close()
+
+
+def checkpoint_damage(conn: sqlite3.Connection) -> Optional[str]:
+    """What is wrong inside the checkpoint file, or None. Page 1 reading fine says little: garbage
+    on a later page surfaces only when a run reads its checkpoint, after its row was made. The
+    file holds small states (ids and numbers), so a quick_check of every page is cheap."""
+    rows = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+    if rows == ["ok"]:
+        return None
+    said = " ".join(" ".join(rows).replace("*** in database main ***", "").split())  # one line for the error
+    return "damaged: " + (said[:200] + "…" if len(said) > 200 else said)
 
 
 def run_graph(graph, state: LoopState, ctx: LoopContext, run_id: str, recursion_limit: int) -> dict:

@@ -169,6 +169,7 @@ class Studio:
         req = validate_request(request)
         for ref in req.references:  # a bad reference is one line, before any engine loads
             load_reference(ref.path)
+        self.checkpointer()  # a damaged checkpoint file is named now: before the engine loads or a run row exists
         engine = self.engine_for(get_profile(req.profile), progress)
         check_knobs(req, engine)
         if run_id is not None:

@@ -181,7 +181,11 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
     if wiring.t5_options:
         clip = [g.add("T5TokenizerOptions", clip=clip, min_padding=0, min_length=0), 0]
     shift = spec.shift if spec.shift is not None else wiring.default_shift
-    if wiring.shift_node and shift is not None and shift != wiring.builtin_shift:
+    shifted = bool(wiring.shift_node and shift is not None and shift != wiring.builtin_shift)
+    # With a model-patch ControlNet (Z-Image's union) the shift goes on after the patch, as
+    # ComfyUI's template wires it.
+    patched = wiring.control == "model_patch" and control is not None and control.kind in CONTROL_NET_KINDS
+    if shifted and not patched:
         model = [g.add(wiring.shift_node, model=model, shift=float(shift)), 0]
 
     positive = [g.add("CLIPTextEncode", text=spec.prompt, clip=clip), 0]
@@ -204,6 +208,8 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
             patch = g.add("ModelPatchLoader", name=_need(files, "model_patch", "model_patch"))
             model = [g.add("QwenImageDiffsynthControlnet", model=model, model_patch=[patch, 0], vae=vae,
                            image=image, strength=float(control.strength)), 0]
+            if shifted:
+                model = [g.add(wiring.shift_node, model=model, shift=float(shift)), 0]
         else:
             key = f"controlnet_{control.kind}"
             net = g.add("ControlNetLoader", control_net_name=_need(files, key, f"{control.kind} ControlNet"))

@@ -27,7 +27,14 @@ from typing import Optional, Sequence
 
 from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
 from reverie.render.editors import comfy_spec
-from reverie.render.comfy_workflow import TEXTGEN_FAMILIES, build_workflow, comfy_files, output_node, textgen_workflow
+from reverie.render.comfy_workflow import (
+    TEXTGEN_FAMILIES,
+    build_workflow,
+    comfy_cfg,
+    comfy_files,
+    output_node,
+    textgen_workflow,
+)
 from reverie.profiles import DEFAULT_PROFILE, get_profile
 from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
 
@@ -313,6 +320,7 @@ class ComfyUIEngine:
         self.servers = parse_servers(servers)
         self.profile = get_profile(profile)
         self.files = comfy_files(self.profile, files)
+        self.user_files = dict(files or {})  # chosen over the profile's: each spec records them
         self.timeout = float(timeout)
         self.stall_timeout = float(stall_timeout)
         self.poll_interval = float(poll_interval)
@@ -542,8 +550,9 @@ def _submit(client: ComfyClient, ticket: Ticket) -> tuple[str, str]:
     image_name = None
     if spec.control is not None:
         image_name = client.upload_image(*_control_png(spec))
-    workflow = build_workflow(spec, engine.profile, engine.files, image_name)
-    return client.queue_prompt(workflow, engine.files), output_node(workflow)
+    files = {**engine.files, **dict(spec.model_files)}  # a spec from another run carries its own files
+    workflow = build_workflow(spec, engine.profile, files, image_name)
+    return client.queue_prompt(workflow, files), output_node(workflow)
 
 
 def _control_png(spec: RenderSpec) -> tuple[str, bytes]:
@@ -631,8 +640,14 @@ def _collect(client: ComfyClient, feed, job: dict, entry: dict) -> None:
 def _finish(feed, job: dict, image, error: str, client: ComfyClient) -> None:
     ticket = job["ticket"]
     seconds = time.perf_counter() - job["t0"]
-    output = EngineOutput(spec=ticket.spec, image=image, engine=ticket.engine.name,
-                          engine_version=ticket.engine.version, seconds=seconds, error=error, worker=client.worker)
+    engine, spec = ticket.engine, ticket.spec
+    files = {**engine.files, **dict(spec.model_files)}
+    weights = files.get("checkpoint") or files.get("unet") or ""
+    # What ComfyUI ran: the weights file it loaded and the KSampler's CFG (FLUX: 1, its guidance
+    # goes in FluxGuidance), so the PNG states them rather than the spec's diffusers terms.
+    output = EngineOutput(spec=spec, image=image, engine=engine.name, engine_version=engine.version, seconds=seconds,
+                          error=error, worker=client.worker, cfg=comfy_cfg(spec, engine.profile),
+                          model=weights.rsplit(".", 1)[0] if weights else "")
     feed.finish(ticket, output, client.url)
 
 
@@ -693,22 +708,35 @@ class TextGenerator:
             workflow = textgen_workflow(self.files, prompt, max_length, sampling)
             node = next(i for i, n in workflow.items() if n["class_type"] == "PreviewAny")
             prompt_id = client.queue_prompt(workflow, self.files)
-            heard = time.monotonic()
-            while True:
-                message = _receive(ws)
-                data = (message or {}).get("data") or {}
-                if message and data.get("prompt_id") == prompt_id:
-                    heard = time.monotonic()
-                    if message.get("type") in ("execution_error", "execution_interrupted"):
-                        why = one_line(data.get("exception_message") or message["type"].replace("_", " "))
-                        raise ReverieError(f"ComfyUI at {self.base_url} failed in {data.get('node_type') or 'TextGenerate'}: {why}")
-                elif message is None and time.monotonic() - heard > self.stall_timeout:
-                    raise ReverieError(f"ComfyUI at {self.base_url} gave no answer for {self.stall_timeout:.0f} s")
-                entry = client.history(prompt_id) if message is None or message.get("type") in (
-                    "execution_success", "executing") else None
-                if entry is not None and (entry.get("status") or {}).get("completed", True):
-                    texts = ((entry.get("outputs") or {}).get(node) or {}).get("text") or []
-                    return str(texts[0]) if texts else ""
+            started = None
+            try:
+                heard = time.monotonic()
+                while True:
+                    message = _receive(ws)
+                    data = (message or {}).get("data") or {}
+                    if message and data.get("prompt_id") == prompt_id:
+                        heard = time.monotonic()
+                        if message.get("type") == "execution_start":
+                            started = prompt_id
+                        if message.get("type") in ("execution_error", "execution_interrupted"):
+                            prompt_id = None  # it ended on the server: nothing of ours left there
+                            why = one_line(data.get("exception_message") or message["type"].replace("_", " "))
+                            raise ReverieError(f"ComfyUI at {self.base_url} failed in "
+                                               f"{data.get('node_type') or 'TextGenerate'}: {why}")
+                    elif message is None and time.monotonic() - heard > self.stall_timeout:
+                        raise ReverieError(f"ComfyUI at {self.base_url} gave no answer for {self.stall_timeout:.0f} s")
+                    entry = client.history(prompt_id) if message is None or message.get("type") in (
+                        "execution_success", "executing") else None
+                    if entry is not None and (entry.get("status") or {}).get("completed", True):
+                        texts = ((entry.get("outputs") or {}).get(node) or {}).get("text") or []
+                        prompt_id = None
+                        return str(texts[0]) if texts else ""
+            finally:
+                if prompt_id is not None:  # given up on (a stall, Ctrl-C, a lost socket): off the server
+                    try:
+                        client.cancel([prompt_id], started)
+                    except (ServerGone, ReverieError):
+                        pass  # the server is gone or refuses: nothing of ours runs there that we can stop
         except ServerGone as e:
             raise ReverieError(f"ComfyUI at {self.base_url} is gone ({e})") from None
         finally:
@@ -720,12 +748,17 @@ class TextGenerator:
 
 
 def text_generator(engine: "ComfyUIEngine") -> Optional[TextGenerator]:
-    """A TextGenerate language model on the first server of the pool that has the node and the
-    profile's text encoder; None when none has (or the profile's encoder cannot write)."""
+    """A TextGenerate language model on the first server of the pool that passes the render
+    preflight for the profile and has the node and its text encoder; None when none does (or the
+    profile's encoder cannot write): the formula writes the prompts, and the render's own
+    preflight says what the server lacks before anything is queued."""
     if engine.profile.family not in TEXTGEN_FAMILIES:
         return None
     infos, _ = engine.server_info()
+    plain = [profile_spec(engine.profile)]
     for info in infos.values():
-        if not textgen_lacks(info, engine.profile, engine.files):
+        # The render's preflight first: a server that cannot render the profile (a missing VAE)
+        # must not load gigabytes of text encoder for us before the run is refused there.
+        if not engine.lacks(info, plain) and not textgen_lacks(info, engine.profile, engine.files):
             return TextGenerator(info, engine.files, engine.timeout, engine.stall_timeout, engine.poll_interval)
     return None

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from reverie.logs import add_secret, open_log
 from reverie.serve.access import AccessLog
-from reverie.serve.http import BodyError, openai_error
+from reverie.serve.http import MAX_ROW_ID, BodyError, openai_error
 from reverie.serve.service import ServeService
 
 COOKIE = "reverie_token"
@@ -136,6 +137,15 @@ def create_app(service: ServeService, token: Optional[str] = None) -> FastAPI:
     @app.exception_handler(BodyError)
     async def body_error(request: Request, exc: BodyError):
         return openai_error(exc.status, exc.message, param=exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where, param = (list(first.get("loc", ())) + ["", ""])[:2]
+        if where == "path":  # ids are whole numbers from 0 to 2^63-1, the integers SQLite can hold
+            return openai_error(400, f"{param} must be a whole number from 0 to {MAX_ROW_ID}: use an id this "
+                                "server gave out", param=str(param))
+        return openai_error(400, f"{param}: {first.get('msg', 'not valid')}", param=str(param) or None)
 
     @app.get("/files/{name}")
     def file_by_hash(name: str, download: int = 0):

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader
 
-from reverie.serve.http import openai_error, read_json
+from reverie.serve.http import RowId, openai_error, read_json, row_id
 from reverie.serve.service import Busy, render_card
 from reverie.types import ReverieError
 
@@ -110,7 +110,7 @@ def batch_page(request: Request, batch_id: str):
 
 
 @router.get("/image/{render_id}")
-def image_page(request: Request, render_id: int):
+def image_page(request: Request, render_id: RowId):
     from reverie.store.lineage import lineage
 
     service = request.app.state.service
@@ -165,7 +165,7 @@ async def send(request: Request):
 
 
 @router.get("/events/{request_id}")
-async def events(request: Request, request_id: int):
+async def events(request: Request, request_id: RowId):
     """Server-sent events of one request: rendered, scored, judged... then done or failed."""
     service = request.app.state.service
     job = service.job(request_id)
@@ -198,7 +198,7 @@ def sse(data: dict) -> str:
 
 
 @router.get("/api/requests/{request_id}")
-def request_status(request: Request, request_id: int):
+def request_status(request: Request, request_id: RowId):
     """Where an accepted request stands (a client that went away finds its run here, or in the gallery)."""
     service = request.app.state.service
     row = service.queue.get(request_id)
@@ -213,7 +213,7 @@ def request_status(request: Request, request_id: int):
 
 
 @router.post("/api/requests/{request_id}/stop")
-def stop_request(request: Request, request_id: int):
+def stop_request(request: Request, request_id: RowId):
     """Stop a request between images; what it rendered is kept (a chat turn stays in its session)."""
     if not request.app.state.service.stop(request_id):
         return openai_error(404, f"request {request_id} is not running on this server")
@@ -227,18 +227,15 @@ async def pick(request: Request):
     choice = data.get("choice")
     if choice not in ("pick", "reject"):
         return openai_error(400, "choice is pick or reject")
-    try:
-        render_id = int(data.get("render_id"))
-    except (TypeError, ValueError):
-        render_id = -1
-    if service.queue.render(render_id) is None:
+    render_id = row_id(data.get("render_id"))
+    if render_id is None or service.queue.render(render_id) is None:
         return openai_error(404, "no such image: give the render id of an image of this home")
     service.studio.store.picks.record(render_id, choice, source="web")
     return {"render_id": render_id, "standing": service.studio.store.picks.standing([render_id]).get(render_id)}
 
 
 @router.post("/api/reproduce/{render_id}")
-async def reproduce(request: Request, render_id: int):
+async def reproduce(request: Request, render_id: RowId):
     service = request.app.state.service
     if service.queue.render(render_id) is None:
         return openai_error(404, "no such image: give the render id of an image of this home")

@@ -94,26 +94,25 @@ class Batches(Tables):
             return list(self.db.query("select * from batch_keeps where item_id = ? order by rank", [item_id]))
 
     # -- poisoned rounds -------------------------------------------------------------------
-    def round_started(self, item_id: int, rnd: int) -> None:
-        """Committed before the engine starts on an item's round: a crash now is pinned on it."""
+    def round_started(self, item_id: int, rnd: int, evidence_json: Optional[str] = None) -> None:
+        """Committed before the engine starts on an item's round: a crash now is pinned on it,
+        with what the next process needs to tell it from a kill (orchestrator/quarantine.py)."""
         with self.store.lock, self.db.conn:
-            self.db["batch_items"].update(item_id, {"inflight_round": rnd})
+            self.db["batch_items"].update(item_id, {"inflight_round": rnd, "inflight_json": evidence_json})
 
     def round_ended(self, item_id: int) -> None:
         """The round came back (images or a handled error): the crash streak is over."""
         with self.store.lock, self.db.conn:
-            self.db["batch_items"].update(item_id, {"inflight_round": None, "crashes": 0})
+            self.db["batch_items"].update(item_id, {"inflight_round": None, "inflight_json": None, "crashes": 0,
+                                                    "last_crash_json": None})
 
-    def count_crash(self, item_id: int) -> int:
-        """The last process died with this item's round in the engine: one more crash in a row."""
-        with self.store.lock:
-            row = next(self.db.query("select crashes from batch_items where id = ?", [item_id]))
-            crashes = int(row["crashes"] or 0) + 1
-            with self.db.conn:
-                self.db["batch_items"].update(item_id, {"inflight_round": None, "crashes": crashes})
-            return crashes
+    def record_death(self, item_id: int, crashes: int, last_crash_json: Optional[str]) -> None:
+        """The last process died with this item's round in the engine: the streak as judged now."""
+        with self.store.lock, self.db.conn:
+            self.db["batch_items"].update(item_id, {"inflight_round": None, "inflight_json": None,
+                                                    "crashes": crashes, "last_crash_json": last_crash_json})
 
     def clear_inflight(self, item_id: int) -> None:
         """The round ended without the process dying (stopped, failed): no crash to count."""
         with self.store.lock, self.db.conn:
-            self.db["batch_items"].update(item_id, {"inflight_round": None})
+            self.db["batch_items"].update(item_id, {"inflight_round": None, "inflight_json": None})

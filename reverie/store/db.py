@@ -17,7 +17,7 @@ import sqlite_utils
 
 from reverie.store.locks import RunLock, home_lock
 from reverie.store.migrations import pending, migrate
-from reverie.store.pngmeta import a1111_parameters, encode_png, write_image
+from reverie.store.pngmeta import a1111_parameters, cfg_scale, encode_png, write_image
 from reverie.types import (
     EngineOutput,
     Expansion,
@@ -334,10 +334,13 @@ class Store:
             "batch_size": output.batch_size or batch_size,
             "model": output.model or spec.profile,
             "model_hash": output.model_hash,
+            "worker": output.worker or "local",
+            "cfg": output.cfg if output.cfg is not None else cfg_scale(spec),
             "versions": {"reverie": _version(), **output.runtime},
         }
         parameters = a1111_parameters(spec, f"reverie {_version()}", model=output.model, model_hash=output.model_hash,
-                                      engine=f"{output.engine} ({output.engine_version})", round=round + 1)
+                                      engine=f"{output.engine} ({output.engine_version})", round=round + 1,
+                                      cfg=output.cfg, worker=output.worker)
         data = encode_png(output.image, parameters, meta)
         sha, file_path = write_image(self.images_dir, data)
         return str(file_path.relative_to(self.home)), sha

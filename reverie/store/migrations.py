@@ -301,6 +301,14 @@ def m014_llm_call_backend(db: sqlite_utils.Database) -> None:
 
 
 @migration
+def m015_batch_item_death_evidence(db: sqlite_utils.Database) -> None:
+    # What a batch knows of a round in the engine (its fault log, the kernel's OOM-kill count)
+    # and where the last counted crash was: a kill from outside is then told from a crash.
+    db["batch_items"].add_column("inflight_json", str)
+    db["batch_items"].add_column("last_crash_json", str)
+
+
+@migration
 def m016_edit_sources(db: sqlite_utils.Database) -> None:
     # An edit's image parent: the render it started from (a render of this home), or only the
     # sha256 of a file from outside; and the instruction it was given. Indexed both ways so

@@ -35,21 +35,27 @@ def cfg_scale(spec: RenderSpec) -> float:
 
 
 def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model_hash: str = "", engine: str = "",
-                     round: Optional[int] = None) -> str:
-    """The text A1111, Forge, civitai and PNG Info read. `round` is 1-based, as `reverie show` prints."""
+                     round: Optional[int] = None, cfg: Optional[float] = None, worker: str = "") -> str:
+    """The text A1111, Forge, civitai and PNG Info read. `round` is 1-based, as `reverie show` prints;
+    `cfg` is the CFG the engine ran when it says (else the spec's guidance as CFG); `worker` the
+    machine that made it, named when it is not this one."""
     lines = [spec.prompt]
     if spec.negative:
         lines.append(f"Negative prompt: {spec.negative}")
     fields = [
         ("Steps", spec.steps),
         ("Sampler", SAMPLER_NAMES.get(spec.sampler, spec.sampler)),
-        ("CFG scale", cfg_scale(spec)),
+        ("CFG scale", cfg if cfg is not None else cfg_scale(spec)),
         ("Seed", spec.seed),
         ("Size", f"{spec.width}x{spec.height}"),
     ]
     if model_hash:
         fields.append(("Model hash", model_hash))
     fields.append(("Model", model or spec.profile))
+    if spec.model_files:  # the files the user chose over the profile's (a reproduction needs the same)
+        fields.append(("Model files", " ".join(f"{role}={name}" for role, name in spec.model_files)))
+    if cfg is not None and family_of(spec.profile) is not None and family_of(spec.profile).name == "flux":
+        fields.append(("Distilled CFG Scale", spec.guidance))  # Forge's name for FLUX's guidance input
     if spec.shift is not None:
         fields.append(("Shift", spec.shift))
     if spec.blind_steps:
@@ -69,6 +75,8 @@ def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model
         fields.append(("Round", round))
     if engine:
         fields.append(("Engine", engine))
+    if worker and worker != "local":
+        fields.append(("Worker", worker))
     if version:
         fields.append(("Version", version))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
