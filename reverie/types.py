@@ -93,6 +93,18 @@ class Request:
     # How later rounds pick their starting noise: "seeds" re-rolls seeds; "noise" searches the
     # low-frequency part of the initial noise (orchestrator.noise_search).
     search: str = "seeds"
+    # The controls a ComfyUI user sets by hand; None means "the profile's default". cfg is the
+    # CFG scale as ComfyUI and A1111 write it (not diffusers' guidance).
+    cfg: Optional[float] = None
+    negative: Optional[str] = None
+    sampler: Optional[str] = None
+    exact: bool = False  # render the idea verbatim: no expansion, no critic rewrite
+    # (idea, prompt, negative) of the chat turn this request follows up: its first round revises
+    # that prompt instead of expanding the idea afresh, so the medium, palette and style stay.
+    revises: Optional[tuple[str, str, str]] = None
+    # A named style from reverie.toml's [styles.NAME], resolved: (name, prompt template with
+    # "{prompt}", negative). The expander's prompt is poured into it, as Fooocus does.
+    style: Optional[tuple[str, str, str]] = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,12 +113,12 @@ class Request:
             del d["source"]
         # Left out while unset, so the hash of a request made before the field existed (the key
         # that resumes an unfinished run) stays the same.
-        if d["max_renders"] is None:
-            del d["max_renders"]
-        if not d["embed_noise"]:
-            del d["embed_noise"]
-        if d["diversity"] is None:
-            del d["diversity"]
+        for key in ("max_renders", "diversity", "cfg", "negative", "sampler", "revises", "style"):
+            if d[key] is None:
+                del d[key]
+        for key in ("embed_noise", "exact"):
+            if not d[key]:
+                del d[key]
         if d["search"] == "seeds":
             del d["search"]
         return d
@@ -116,6 +128,9 @@ class Request:
         d = dict(d)
         d["references"] = tuple(Reference(**r) for r in d.get("references", ()))
         d["source"] = Source.from_dict(d.get("source"))
+        for key in ("revises", "style"):
+            if d.get(key):
+                d[key] = tuple(d[key])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -520,6 +535,17 @@ class EngineProgress(TypedEvent):
     server: str
 
 
+@_kind("step")
+@dataclass(frozen=True, kw_only=True)
+class Step(TypedEvent):
+    """One denoising step of the batch rendering now; every few steps (when asked) a preview of its
+    first image: a small PNG data URL made from the latents (reverie/render/preview.py)."""
+    step: int
+    steps: int
+    seeds: list[int]
+    preview: Optional[str] = None
+
+
 @_kind("download_started")
 @dataclass(frozen=True, kw_only=True)
 class DownloadStarted(TypedEvent):
@@ -545,5 +571,5 @@ class Writing(TypedEvent):
 
 EVENT_TYPES: tuple[type[TypedEvent], ...] = (
     Notice, Loading, RunStarted, Expanded, ControlPrepared, RoundStarted, Rendered, Scored, Judged, VlmJudged, Finished,
-    Result, BatchStarted, BatchProgress, BatchFinished, EngineImage, EngineProgress, DownloadStarted, DownloadFinished,
-    Writing)
+    Result, BatchStarted, BatchProgress, BatchFinished, EngineImage, EngineProgress, Step, DownloadStarted,
+    DownloadFinished, Writing)

@@ -29,7 +29,8 @@ def test_a_person_types_an_idea_sees_images_opens_lineage_and_picks(home, tmp_pa
             page.fill("#idea", "a lantern <b>festival</b> by the river")
             page.select_option("#n", "2")
             page.click("#send")
-            turn = page.locator("#turns .turn.live").first
+            # The live turn is replaced by the server's rendering of it when it ends (with its prompt).
+            turn = page.locator("#turns .turn").first
             turn.locator(".card img").nth(1).wait_for(timeout=240_000)  # images arrive as they render
             page.wait_for_selector("#turns .turn.done", timeout=240_000)
             # The gallery below is refreshed when the turn ends: the run is there, newest first.

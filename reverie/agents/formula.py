@@ -115,3 +115,28 @@ def expand_formula(idea: str, profile: Profile, seed: int = 0) -> Expansion:
         words = ", ".join(f'"{q}"' for q in quoted)
         prompt += f" The words {words} are lettered clearly and legibly, in a typeface that suits the scene."
     return Expansion(prompt=prompt, negative=profile.default_negative if profile.negative else "", source=NAME)
+
+
+def revise_prompt(prompt: str, old_idea: str, new_idea: str) -> str | None:
+    """A chat follow-up by rules: the last turn's prompt with its idea swapped for the new one, so the
+    medium, style, composition and palette stay; a lighting line the new idea contradicts ("golden
+    hour" after "make it night") is swapped for one that fits. None when the prompt does not hold the
+    old idea where it can be swapped (an LLM's own wording): the caller expands afresh."""
+    old_subject, new_subject = _subject(old_idea), _subject(new_idea)
+    if not old_subject or not new_subject:
+        return None
+    if prompt.startswith(old_subject):
+        revised = new_subject + prompt[len(old_subject):]
+    elif old_subject.lower() in prompt.lower():
+        at = prompt.lower().index(old_subject.lower())
+        revised = prompt[:at] + new_idea.strip().rstrip(".") + prompt[at + len(old_subject):]
+    elif new_idea.lower().startswith(old_idea.lower().rstrip(".")):  # "X" -> "X, at night": say the addition
+        addition = new_idea[len(old_idea.rstrip(".")):].strip(" ,.")
+        revised = f"{prompt.rstrip(' .')}, {addition}." if addition else prompt
+    else:
+        return None
+    fitting = _lighting_for(new_idea)
+    for text, _ in LIGHTING:
+        if text not in fitting and text.capitalize() in revised:
+            revised = revised.replace(text.capitalize(), _rng(new_idea, 0).choice(fitting).capitalize())
+    return revised

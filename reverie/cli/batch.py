@@ -11,9 +11,9 @@ from rich.markup import escape
 from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, err, friendly,
-                                open_studio, out, say)
+from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HOME,
+                                LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
+                                CliProgress, controls, err, friendly, open_studio, out, say)
 from reverie.types import Event, ReverieError
 
 
@@ -88,6 +88,12 @@ def batch(
     engine: str = ENGINE,
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio W:H for every idea (JSONL may override)."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels (JSONL may override)."),
+    steps: Optional[int] = STEPS,
+    cfg: Optional[float] = CFG,
+    negative: Optional[str] = NEGATIVE,
+    sampler: Optional[str] = SAMPLER,
+    exact: bool = EXACT,
+    style: Optional[str] = STYLE,
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     scorer: str = SCORER,
@@ -115,7 +121,7 @@ def batch(
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
-                              progress=view)
+                              progress=view, controls=controls(steps, cfg, negative, sampler, exact, style))
     finally:
         view.stop()
         studio.close()
@@ -151,6 +157,12 @@ def chat(
     rounds: int = typer.Option(1, "--rounds", help="Rounds per turn."),
     aspect: str = typer.Option("1:1", "--aspect", help="Aspect ratio of the first turn."),
     megapixels: float = typer.Option(1.0, "--megapixels", help="Image size in megapixels."),
+    steps: Optional[int] = STEPS,
+    cfg: Optional[float] = CFG,
+    negative: Optional[str] = NEGATIVE,
+    sampler: Optional[str] = SAMPLER,
+    exact: bool = EXACT,
+    style: Optional[str] = STYLE,
     profile: str = PROFILE,
     engine: str = ENGINE,
     home: Optional[str] = HOME,
@@ -206,7 +218,8 @@ def chat(
                 continue
             progress = CliProgress(quiet=not interactive)
             try:
-                turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels)
+                turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels,
+                                   **controls(steps, cfg, negative, sampler, exact, style))
             except ReverieError as e:
                 # One bad turn does not end the conversation; the session keeps its earlier turns.
                 err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)

@@ -176,6 +176,23 @@ CONFIG = typer.Option(None, "--config", help="Settings file (default <home>/reve
 MODEL_PATH = typer.Option(None, "--model-path", help="Local diffusers folder or .safetensors file.")
 
 
+# The hand-set controls of make, batch and chat (and the web form): unset means the profile's default.
+STEPS = typer.Option(None, "--steps", metavar="N", help="Denoising steps (default: the profile's).")
+CFG = typer.Option(None, "--cfg", metavar="SCALE", help="CFG scale as ComfyUI and A1111 write it: 1 is none (default: the profile's).")
+NEGATIVE = typer.Option(None, "--negative", metavar="TEXT", help="Negative prompt: what to keep out (needs CFG above 1).")
+SAMPLER = typer.Option(None, "--sampler", metavar="NAME", help="euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc (flow models: euler).")
+EXACT = typer.Option(False, "--exact", help="Render the idea verbatim: no expansion, no critic rewrite.")
+STYLE = typer.Option(None, "--style", metavar="NAME", help="A named style from reverie.toml ([styles.NAME] prompt = \"{prompt}, ...\").")
+
+
+def controls(steps: Optional[int], cfg: Optional[float], negative: Optional[str], sampler: Optional[str],
+             exact: bool, style: Optional[str] = None) -> dict:
+    """The controls a person set, as Request fields (those left unset are left out)."""
+    given = {"steps": steps, "cfg": cfg, "negative": negative, "sampler": sampler, "exact": exact or None,
+             "style": style}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def parse_comfy_files(items: List[str]) -> dict:
     files = {}
     for item in items:
@@ -204,6 +221,7 @@ def engine_choice(engine: str, comfy_url: Optional[List[str]], comfy_file: Optio
         if engine not in ("auto", "comfyui"):
             raise ReverieError(f"--comfy-url and --comfy-file are for the ComfyUI engine: drop them or pass --engine comfyui, not {engine}")
         engine = "comfyui"
+        comfy_url = [with_scheme(url) for url in comfy_url or []]
         options = {"servers": comfy_url or None, "files": parse_comfy_files(comfy_file or [])}
     if engine != "comfyui":  # in-process engines only
         options.update({k: v for k, v in {"device": device, "dtype": dtype, "batch_size": batch_size,
@@ -211,13 +229,78 @@ def engine_choice(engine: str, comfy_url: Optional[List[str]], comfy_file: Optio
     return engine, options
 
 
+def with_scheme(url: str) -> str:
+    """A ComfyUI address as people write it (127.0.0.1:8188) gets http:// and says so."""
+    url = url.strip()
+    if "://" in url:
+        return url
+    say(err, "reverie:", f"--comfy-url {url} has no scheme: using http://{url}")
+    return "http://" + url
+
+
+def cuda_here() -> bool:
+    """Whether this machine has a GPU driver torch could use, without importing torch (seconds)."""
+    from pathlib import Path
+
+    return any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg"))
+
+
+def check_reachable(urls: List[str]) -> None:
+    """At least one ComfyUI server takes a connection, or one line now (not a failed run minutes later)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    why = {}
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            with socket.create_connection((parts.hostname or "", port), timeout=2):
+                return
+        except (OSError, ValueError) as e:
+            why[url] = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    raise ReverieError("no ComfyUI server answers (" + "; ".join(f"{u}: {w}" for u, w in why.items()) + "): start "
+                       "ComfyUI, or fix --comfy-url")
+
+
+def preflight(engine: str, options: dict, profile: str, model_path: Optional[str], weights: bool) -> None:
+    """What would fail only after the engine loads (and leave a failed run behind), said in one line now:
+    a device this machine lacks, a model path that is not there, and with `weights` (serve, which has
+    no request to check first; make checks its request, then the weights) weights never pulled."""
+    from pathlib import Path
+
+    from reverie.profiles import get_profile
+
+    device = options.get("device")
+    if device and device.split(":")[0] == "cuda" and not cuda_here():
+        raise ReverieError(f"device {device} is not available here (no NVIDIA or ROCm driver on this machine): "
+                           "use --device cpu, or leave --device out")
+    if engine == "comfyui" and options.get("servers"):
+        check_reachable(options["servers"])
+    if engine in ("comfyui", "fixed", "tiny"):
+        return
+    if model_path and not Path(model_path).expanduser().exists():
+        raise ReverieError(f"model path {model_path} does not exist: point --model-path at a diffusers folder or a "
+                           ".safetensors file")
+    from reverie.orchestrator.parts import TINY_PROFILE
+
+    chosen = get_profile(profile)
+    # As Studio chooses for --engine auto: the tiny engine stands in only for Z-Image Turbo without weights.
+    if weights and (engine == "diffusers" or model_path or chosen.name != TINY_PROFILE):
+        from reverie.render.weights import resolve_weights
+
+        resolve_weights(chosen, model_path)
+
+
 def open_studio(*, engine: str, comfy_url: Optional[List[str]] = None, comfy_file: Optional[List[str]] = None,
                 device: Optional[str] = None, dtype: Optional[str] = None, batch_size: Optional[int] = None,
-                cpu_offload: bool = False, **studio_options: Any):
+                cpu_offload: bool = False, check_weights: bool = False, **studio_options: Any):
     """The Studio of make, batch, chat and serve, from the options they share: built in one place so
     that an option added for one command reaches them all. Engine flags are checked before the
     orchestrator is imported."""
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
+    preflight(engine, engine_options, studio_options.get("profile") or DEFAULT_PROFILE, studio_options.get("model_path"),
+              weights=check_weights)
     from reverie.orchestrator.studio import Studio
 
     return Studio(engine=engine, engine_options=engine_options, **studio_options)

@@ -12,9 +12,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
-                                LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, CliProgress, err, friendly, open_studio, out,
-                                print_paths, say)
+from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HOME,
+                                LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
+                                CliProgress, controls, err, friendly, open_studio, out, print_paths, say)
 from reverie.types import ReverieError
 
 
@@ -35,6 +35,12 @@ def make(
     embed_noise: float = typer.Option(0.0, "--embed-noise", metavar="X", help="Seeded noise on the text embeddings, a share of their spread (0.05-0.2): more varied seeds on distilled models."),
     diversity: Optional[float] = typer.Option(None, "--diversity", metavar="W", help="Keep different good images, not near-winners: 0 is plain top-K by score; default 0.3 (or [scoring] diversity)."),
     search: str = typer.Option("seeds", "--search", metavar="HOW", help="seeds: re-roll seeds each round; noise: search the initial noise's low frequencies, refitted to the best so far (in-process Z-Image)."),
+    steps: Optional[int] = STEPS,
+    cfg: Optional[float] = CFG,
+    negative: Optional[str] = NEGATIVE,
+    sampler: Optional[str] = SAMPLER,
+    exact: bool = EXACT,
+    style: Optional[str] = STYLE,
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
     llm_url: Optional[str] = LLM_URL,
@@ -83,7 +89,7 @@ def make(
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
                              seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, search=search,
                              progress=progress,
-                             references=references)
+                             references=references, **controls(steps, cfg, negative, sampler, exact, style))
     finally:
         progress.stop()
         studio.close()

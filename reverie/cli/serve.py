@@ -23,6 +23,25 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
+def port_free(host: str, port: int) -> None:
+    """A port in use is one line naming it and the fix, before the engine and uvicorn start."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ReverieError(f"port {port} on {host} is in use (another `reverie serve`, or another program): "
+                                   f"pass --port {port + 1}, or stop what holds it") from None
+            raise ReverieError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --host or --port") from None
+
+
 @friendly
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any but loopback needs --token."),
@@ -63,11 +82,12 @@ def serve(
                            "machine; pass --token SECRET (or set REVERIE_TOKEN), or bind 127.0.0.1")
     if token is not None and len(token) < 8:
         raise ReverieError("the token is shorter than 8 characters: use a longer secret, e.g. `openssl rand -hex 16`")
+    port_free(host, port)
     # Bad engine flags are one line from open_studio, before uvicorn and the app are imported.
     studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
                          llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
                          comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
-                         cpu_offload=cpu_offload,
+                         cpu_offload=cpu_offload, check_weights=True,
                          progress=lambda e: say(err, "reverie:", e.data["message"]) if e.kind == "notice" else None)
     import uvicorn
 

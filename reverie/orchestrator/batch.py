@@ -49,7 +49,8 @@ ROUND_SIZE = 4  # seeds per round (--n): one engine job, and the unit of round-r
 MAX_ROUNDS = 100  # rounds an idea may take when only a time budget bounds it
 LLM_CALLS_AT_ONCE = 2  # expansions and critiques in flight across ideas: a local LLM server is one GPU too
 JOIN_SECONDS = 60.0  # how long a stop waits for the runs to end between images
-ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength"}
+CONTROL_KEYS = ("steps", "cfg", "negative", "sampler", "exact", "style")  # the hand-set controls, as make's flags
+ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength", *CONTROL_KEYS}
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,13 @@ class BatchItem:
     aspect: Optional[str] = None
     megapixels: Optional[float] = None
     references: tuple[Reference, ...] = ()
+    controls: tuple[tuple[str, Any], ...] = ()  # steps, cfg, negative, sampler, exact given on this line
 
     def overrides(self) -> dict:
         d = {k: getattr(self, k) for k in ("profile", "n", "aspect", "megapixels") if getattr(self, k) is not None}
         if self.references:
             d["references"] = [r.__dict__ for r in self.references]
+        d.update(self.controls)
         return d
 
 
@@ -84,11 +87,14 @@ class BatchOptions:
     rounds: Optional[int] = None  # None: as many as the render budget needs
     n: Optional[int] = None  # seeds per round; None: 4
     policy: str = "explore"
+    controls: dict = field(default_factory=dict)  # --steps, --cfg, --negative, --sampler, --exact for every idea
 
     def identity(self) -> dict:
         # Loop options at their defaults are left out, so a batch started before they existed
         # keeps its id (and continues) after an upgrade.
         d = dict(self.__dict__)
+        if not d["controls"]:
+            del d["controls"]
         for key in ("target", "rounds", "n"):
             if d[key] is None:
                 del d[key]
@@ -216,9 +222,17 @@ def _parse_json_item(line: str, lineno: int, source: str, index: int) -> BatchIt
         refs = (Reference(str(path.resolve()), obj.get("control") or "auto", float(obj.get("strength", 0.8))),)
     elif obj.get("control"):
         raise ReverieError(f"{source} line {lineno}: \"control\" needs a \"reference\" image to take the structure from")
+    for key, kinds, example in (("steps", (int,), '"steps": 20'), ("cfg", (int, float), '"cfg": 4.5'),
+                                ("negative", (str,), '"negative": "blurry"'), ("sampler", (str,), '"sampler": "euler"'),
+                                ("exact", (bool,), '"exact": true'), ("style", (str,), '"style": "watercolor"')):
+        value = obj.get(key)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise wrong(key, {"steps": "a whole number", "cfg": "a number", "exact": "true or false"}.get(key, "a string"),
+                        example)
     mp = obj.get("megapixels")
     return BatchItem(index=index, idea=obj["idea"], profile=obj.get("profile"), n=n, aspect=obj.get("aspect"),
-                     megapixels=float(mp) if mp is not None else None, references=refs)
+                     megapixels=float(mp) if mp is not None else None, references=refs,
+                     controls=tuple((k, obj[k]) for k in CONTROL_KEYS if obj.get(k) is not None))
 
 
 def read_batch_file(path: str | Path) -> tuple[str, list[BatchItem]]:
@@ -283,7 +297,8 @@ class BatchRunner:
         # --target or --n is one line, not a failure of every idea.
         validate_request(Request(idea="options check", n=_given(options.n, ROUND_SIZE), rounds=_given(options.rounds, 1),
                                  target=options.target, aspect=options.aspect, megapixels=options.megapixels,
-                                 profile=options.profile))
+                                 profile=options.profile,
+                                 **{**options.controls, "style": studio.style(options.controls.get("style"))}))
         self.studio, self.store = studio, studio.store
         self.options, self.source, self.text = options, source, text
         self.progress = progress
@@ -332,7 +347,9 @@ class BatchRunner:
         return validate_request(Request(
             idea=it.idea, n=n, rounds=rounds, target=self.options.target, max_renders=budget,
             aspect=it.aspect or self.options.aspect, megapixels=it.megapixels or self.options.megapixels,
-            profile=it.profile or self.options.profile, references=it.references, seed=seed))
+            profile=it.profile or self.options.profile, references=it.references, seed=seed,
+            **{**(controls := {**self.options.controls, **dict(it.controls)}),
+               "style": self.studio.style(controls.get("style"))}))
 
     def _open_item(self, it: BatchItem) -> _Item:
         """Validate one idea and find or create its lineage run; a ReverieError fails this idea only."""

@@ -310,6 +310,16 @@ def shown_images(studio, turn: dict) -> list[Render]:
     return studio.best(turn["run_id"], k=k)
 
 
+def follows(store, previous: Optional[PreviousTurn], reading: Interpretation) -> Optional[tuple[str, str, str]]:
+    """What a follow-up revises: the last turn's idea and its last prompt (a new idea revises nothing)."""
+    if previous is None or (reading.changes and reading.changes[0].startswith("new idea")):
+        return None
+    prompts = store.prompts(previous.run_id)
+    if not prompts:
+        return None
+    return previous.request.idea, prompts[-1]["text"], prompts[-1]["negative"] or ""
+
+
 def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
               interpreter: Optional[Interpreter] = None, stop: Optional[threading.Event] = None,
               on_open: Optional[Callable[[Any], None]] = None, **defaults: Any) -> ChatTurn:
@@ -339,9 +349,10 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     reading = interpreter.interpret(message, previous, first, fresh_seed)
     req = reading.request
     # Per-turn options (n, rounds, size) follow what the caller passes now.
-    for key in ("n", "rounds", "megapixels"):
+    for key in ("n", "rounds", "megapixels", "steps", "cfg", "negative", "sampler", "exact", "seed", "style"):
         if key in defaults:
             req = replace(req, **{key: defaults[key]})
+    req = replace(req, revises=follows(store, previous, reading))
     req = studio.request(req.idea, **{k: v for k, v in req.to_dict().items() if k != "idea"})
     # A change to the picture the person saw edits it; a new picture renders from text (chat_edit).
     edit, why = chat_edit_for(studio, message, reading, previous, req, progress)

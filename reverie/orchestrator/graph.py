@@ -25,6 +25,7 @@ from reverie.agents.expander import Critic, Expander
 from reverie.orchestrator import noise_search, policy
 from reverie.orchestrator.curation import image_signature
 from reverie.orchestrator.edit import repair_possible, repair_step, with_edit_scores
+from reverie.orchestrator.requests import spec_controls, styled
 from reverie.orchestrator.worker import EngineWorker, RenderStopped
 from reverie.profiles import Profile
 from reverie.scoring.dedupe import mean_similarity
@@ -126,16 +127,37 @@ def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         from reverie.orchestrator.edit import edit_expansion
 
         expansion, parent = edit_expansion(ctx.request, ctx.store, ctx.profile), None
+    elif ctx.request.exact:  # the person's words, verbatim, every round
+        expansion = Expansion(prompt=ctx.request.idea, negative=ctx.request.negative or "", source="user")
+        parent = None
+    elif rnd == 0 and ctx.request.revises and (follow_up := revised_follow_up(ctx.request)) is not None:
+        expansion, parent = follow_up, None
     else:
         # Round 0, or a fresh interpretation (the explore policy): the seed makes each round's
         # reading different and a resumed run's the same.
         with _gate(ctx):
             expansion = ctx.expander.expand(ctx.request.idea, ctx.profile, k=1, seed=ctx.base_seed + rnd)[0]
         parent = None
+    if ctx.request.style and not ctx.request.exact:  # once: a revised or rewritten prompt that has it keeps it
+        text, negative = styled(expansion.prompt, expansion.negative, ctx.request.style)
+        expansion = Expansion(**{**expansion.to_dict(), "prompt": text, "negative": negative})
     prompt_id = ctx.store.add_prompt(state["run_id"], expansion, round=rnd, parent_id=parent)
     ctx.progress(Expanded(round=rnd, prompt_id=prompt_id, source=expansion.source, prompt=expansion.prompt,
                           parent_id=parent))
     return {"prompt_id": prompt_id, "pending_revision": None}
+
+
+def revised_follow_up(req: Request) -> Optional[Expansion]:
+    """A chat follow-up's first prompt: the last turn's, revised by rules to say the new idea (None: the
+    last prompt does not hold its idea where rules can swap it; the expander reads the idea afresh)."""
+    from reverie.agents.formula import revise_prompt
+
+    old_idea, old_prompt, old_negative = req.revises
+    text = revise_prompt(old_prompt, old_idea, req.idea)
+    if text is None:
+        return None
+    return Expansion(prompt=text, negative=old_negative, source="critic",
+                     reason="chat follow-up: the last turn's prompt, revised to keep its look")
 
 
 def _gate(ctx: LoopContext):
@@ -393,17 +415,21 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     verdict = _ask_vlm(ctx, state["run_id"], final=False)
     # The judge's notes go to the critic only when there are some (critics without the keyword still work).
     feedback = {"feedback": verdict.problems} if verdict is not None and verdict.problems else {}
-    # Repair by editing only in a text-to-image run whose engine can edit (critics without the keyword still work).
-    can_edit = req.source is None and repair_possible(ctx.engine, ctx.profile) and _takes(ctx.critic.critique, "can_edit")
-    with _gate(ctx):
-        critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity, details,
-                                       **feedback, **({"can_edit": True} if can_edit else {}))
-    instruction = getattr(critique, "edit", "") or ""
-    editing = state.get("source") is not None or req.source is not None
-    decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None,
-                                edit=policy.should_edit(can_edit=can_edit, instruction=instruction, best=overall,
-                                                        target=req.target),
-                                editing=editing)
+    if req.exact:  # no rewrite of the person's words, nor an edit: another round varies the seeds and knobs only
+        critique, instruction, decision = None, "", policy.VARIETY
+    else:
+        # Repair by editing only in a text-to-image run whose engine can edit (critics without the keyword still work).
+        can_edit = (req.source is None and repair_possible(ctx.engine, ctx.profile)
+                    and _takes(ctx.critic.critique, "can_edit"))
+        with _gate(ctx):
+            critique = ctx.critic.critique(req.idea, expansion, ctx.profile, round_best, previous_best, similarity,
+                                           details, **feedback, **({"can_edit": True} if can_edit else {}))
+        instruction = getattr(critique, "edit", "") or ""
+        editing = state.get("source") is not None or req.source is not None
+        decision = policy.next_step(ctx.policy, critique.action, critique.expansion is not None,
+                                    edit=policy.should_edit(can_edit=can_edit, instruction=instruction, best=overall,
+                                                            target=req.target),
+                                    editing=editing)
     update.update({"round": rnd + 1, "decision": decision})
     if decision == policy.EDIT:
         update.update(repair_step(ctx, ctx.store.best(state["run_id"], k=1), instruction, critique.reason))
@@ -424,7 +450,8 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
             update["embed_noise"] = policy.turn_embed_noise(state.get("embed_noise", 0.0))
     elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
-    ctx.progress(Judged(round=rnd, best=overall, decision=decision, reason=critique.reason, similarity=similarity,
+    reason = critique.reason if critique is not None else "exact prompt: new seeds, same words"
+    ctx.progress(Judged(round=rnd, best=overall, decision=decision, reason=reason, similarity=similarity,
                         diversity=policy.diversity(similarity),
                         embed_noise=update.get("embed_noise", state.get("embed_noise", 0.0)),
                         shift=update.get("shift", state.get("shift")),

@@ -74,6 +74,7 @@ class Parts:
         self._cache: dict[str, Any] = {}
         self._parts_lock = threading.RLock()
         self._embedded_said = False  # the one line naming the embedded parts in use
+        self.previews = False  # live previews while images render (the web studio turns them on)
         self._llm_settings()  # a bad [llm] backend or --llm-path is one line, before anything loads
 
     def cached(self, name: str, build):
@@ -87,6 +88,14 @@ class Parts:
         """The engines built so far (an injected one included)."""
         with self._parts_lock:
             return list(self._engines.values()) + ([self._injected_engine] if self._injected_engine else [])
+
+    def check_weights(self, profile: Profile) -> None:
+        """Weights never pulled, or a --model-path that is not there: one line before the engine loads
+        and before a run is created (a run that could never render is clutter in `runs` and the gallery)."""
+        if self._injected_engine is None and self._resolve_engine_name(profile) == "diffusers":
+            from reverie.render.weights import resolve_weights
+
+            resolve_weights(profile, self.model_path)
 
     def _resolve_engine_name(self, profile: Profile) -> str:
         if self.engine_name != "auto":
@@ -121,6 +130,10 @@ class Parts:
                 options.setdefault("profile", profile.name)
             with deferred_interrupt():  # its imports run native code a Ctrl-C must not cut (see interrupts)
                 self._engines[key] = make_engine(name, **options)
+            if self.previews and hasattr(self._engines[key], "preview_every"):
+                from reverie.render.preview import PREVIEW_EVERY
+
+                self._engines[key].preview_every = PREVIEW_EVERY
             self.worker.adopt(self._engines[key], name=name, options=options)
             return self._engines[key]
 

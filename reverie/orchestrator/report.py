@@ -25,14 +25,19 @@ h1{font-size:22px;margin:0 0 4px}
 section{background:#fff;border-radius:8px;padding:14px 16px;margin-bottom:18px;box-shadow:0 1px 3px #0002}
 h2{font-size:17px;margin:0 0 2px}
 .sub{color:#777;font-size:12px;margin-bottom:10px}
-.grid{display:flex;flex-wrap:wrap;gap:14px}
-figure{margin:0;width:260px}
-figure img{width:256px;height:auto;border-radius:4px;border:1px solid #ddd;display:block;background:#eee}
-figcaption{font-size:12px;margin-top:4px;word-wrap:break-word}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(220px,100%),1fr));gap:14px}
+figure{margin:0;min-width:0}
+figure img{box-sizing:border-box;width:100%;max-width:256px;height:auto;border-radius:4px;border:1px solid #ddd;display:block;background:#eee}
+figcaption{font-size:12px;margin-top:4px;overflow-wrap:anywhere}
 .score{font-weight:600}
 .dup{color:#b35c00}
-.prompt{color:#555;max-height:4.2em;overflow:hidden}
-code{font-size:11px;background:#f0f0f0;padding:1px 3px;border-radius:3px;word-break:break-all}
+.judge{color:#777;font-size:12px;margin:0 0 10px}
+details.prompt{color:#555;margin:4px 0}
+details.prompt summary{cursor:pointer}
+details.prompt[open] summary .more{display:none}
+details.prompt p{margin:4px 0 0}
+code{font-size:11px;background:#f0f0f0;padding:1px 3px;border-radius:3px;word-break:break-all;display:inline-block;margin-top:4px}
+@media (max-width:600px){body{margin:10px}section{padding:10px}}
 .empty{color:#999}
 .failed{color:#b00020;font-weight:600;margin-bottom:8px}
 """
@@ -49,6 +54,19 @@ def thumbnail_data_uri(path: str | Path, side: int = THUMB_SIDE) -> str:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=82)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+PROMPT_WORDS = 12
+
+
+def prompt_details(prompt: str) -> str:
+    """The prompt's first words, the whole of it one click away (the sheet stays a sheet)."""
+    words = prompt.split()
+    if len(words) <= PROMPT_WORDS:
+        return f"<p class=prompt>{html.escape(prompt)}</p>"
+    head = html.escape(" ".join(words[:PROMPT_WORDS]))
+    return (f"<details class=prompt><summary>{head}<span class=more> … (full prompt)</span></summary>"
+            f"<p>{html.escape(prompt)}</p></details>")
 
 
 def report_path(home: Path, batch_id: str) -> Path:
@@ -71,6 +89,7 @@ def write_report(store, batch_id: str) -> Path:
     esc = html.escape
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        "<meta name=viewport content=\"width=device-width, initial-scale=1\">",
         f"<title>reverie batch {esc(batch_id)}</title><style>{_CSS}</style></head><body>",
         f"<h1>reverie batch {esc(batch_id)}</h1>",
         f"<div class=meta>{esc(batch['source'])} · {len(items)} ideas · keep {esc(str(options.get('keep')))} per idea · "
@@ -90,11 +109,11 @@ def write_report(store, batch_id: str) -> Path:
                      f"<code>reverie show {esc(item['run_id'] or '')} --home {esc(home_arg)}</code></div>")
         if item["status"] == "failed":
             parts.append(f"<div class=failed>failed: {esc(item['error'] or 'unknown error')}</div>")
-        parts.append("<div class=grid>")
         keeps = store.batches.keeps(item["id"])
-        if item["run_id"] and keeps:
-            parts.append(f"<div class=sub>{esc(held_out_line(store, item['run_id'], [k['render_id'] for k in keeps]))}</div>")
-            parts.append(f"<div class=sub>{esc(portfolio_line(store, item['run_id'], len(keeps), config))}</div>")
+        if item["run_id"] and keeps:  # about the whole set, so above the grid, not a cell of it
+            parts.append(f"<p class=judge>{esc(held_out_line(store, item['run_id'], [k['render_id'] for k in keeps]))}</p>")
+            parts.append(f"<p class=judge>{esc(portfolio_line(store, item['run_id'], len(keeps), config))}</p>")
+        parts.append("<div class=grid>")
         if not keeps:
             parts.append("<p class=empty>nothing kept yet</p>")
         for keep in keeps:
@@ -111,7 +130,7 @@ def write_report(store, batch_id: str) -> Path:
                 f"<figure><a href=\"{esc(link)}\"><img src=\"{thumbnail_data_uri(full)}\" alt=\"seed {render.seed}\"></a>"
                 f"<figcaption><span class=score>#{keep['rank']} · {score}</span> {esc(scorer)}{dup}<br>"
                 f"seed {render.seed} · {render.spec.width}×{render.spec.height}{made_on}"
-                f"<div class=prompt title=\"{esc(render.prompt)}\">{esc(render.prompt)}</div>"
+                f"{prompt_details(render.prompt)}"
                 f"<code>reverie lineage {render.id} --home {esc(home_arg)}</code></figcaption></figure>"
             )
         parts.append("</div></section>")

@@ -62,10 +62,74 @@ def validate_request(req: Request) -> Request:
                            "it is a share of the embeddings' spread, e.g. --embed-noise 0.1")
     if req.search not in SEARCHES:
         raise ReverieError(f"unknown search {req.search!r}: use --search seeds (re-roll seeds) or --search noise")
+    check_controls(req, profile)
     for ref in req.references:
         if ref.control not in CONTROL_KINDS:
             raise ReverieError(f"unknown control kind {ref.control!r}: use one of {', '.join(CONTROL_KINDS)}")
     return Request(**{**req.__dict__, "idea": idea})
+
+
+MAX_CFG = 30.0
+MAX_NEGATIVE_CHARS = 2000
+
+
+def check_controls(req: Request, profile: Profile) -> None:
+    """The hand-set controls (CFG, negative, sampler): a value the profile cannot honour is refused in one line."""
+    from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS
+
+    if req.cfg is not None and not (1.0 <= req.cfg <= MAX_CFG):
+        raise ReverieError(f"CFG must be between 1 and {MAX_CFG:g} as ComfyUI writes it (got {req.cfg:g}): 1 is no "
+                           f"guidance; {profile.name} uses {profile.traits.cfg_scale(profile.guidance):g}")
+    if req.negative is not None and len(req.negative) > MAX_NEGATIVE_CHARS:
+        raise ReverieError(f"the negative prompt is {len(req.negative)} characters long: keep it under {MAX_NEGATIVE_CHARS}")
+    if req.negative:
+        guidance = profile.traits.guidance(req.cfg) if req.cfg is not None else profile.guidance
+        if not profile.traits.runs_cfg(guidance):
+            cfg = profile.traits.cfg_scale(guidance)
+            raise ReverieError(f"a negative prompt needs CFG above 1 and {profile.name} runs at CFG {cfg:g}: pass "
+                               f"--cfg 1.5 (or more) with --negative, or leave --negative out")
+    if req.sampler is not None:
+        if req.sampler not in SAMPLERS and req.sampler not in COMFY_ONLY_SAMPLERS:
+            raise ReverieError(f"unknown sampler {req.sampler!r}: use one of {', '.join([*SAMPLERS, *COMFY_ONLY_SAMPLERS])}")
+        if profile.traits.flow and req.sampler not in ("euler", *COMFY_ONLY_SAMPLERS):
+            raise ReverieError(f"sampler {req.sampler} does not apply to {profile.name} (a flow-matching model): "
+                               "use euler, or leave --sampler out")
+
+
+def resolve_style(styles: dict, name: str) -> tuple[str, str, str]:
+    """[styles.NAME] of reverie.toml -> (name, prompt template, negative); an unknown name is one line."""
+    style = styles.get(name) if isinstance(styles, dict) else None
+    if not isinstance(style, dict):
+        known = ", ".join(sorted(styles)) if isinstance(styles, dict) and styles else "none yet"
+        raise ReverieError(f"unknown style {name!r} (reverie.toml defines {known}): add [styles.{name}] with "
+                           f'prompt = "{{prompt}}, in the style of ..." to reverie.toml')
+    template, negative = style.get("prompt", "{prompt}"), style.get("negative", "")
+    if not isinstance(template, str) or "{prompt}" not in template or not isinstance(negative, str):
+        raise ReverieError(f'[styles.{name}] in reverie.toml: prompt must be text holding {{prompt}} (where the '
+                           f'written prompt goes), e.g. prompt = "{{prompt}}, watercolor"; negative, text')
+    return name, template, negative
+
+
+def styled(prompt: str, negative: str, style: tuple[str, str, str]) -> tuple[str, str]:
+    """The prompt poured into the style's template, once (a critic's rewrite of a styled prompt keeps it)."""
+    _, template, extra = style
+    before, _, after = template.partition("{prompt}")
+    if before.strip() and before.strip() in prompt or after.strip() and after.strip() in prompt:
+        return prompt, negative
+    negative = ", ".join(part for part in (negative, extra) if part)
+    return before + prompt + after, negative
+
+
+def spec_controls(req: Request, profile: Profile) -> dict:
+    """The RenderSpec fields the request's controls set (diffusers guidance from ComfyUI's CFG)."""
+    out: dict = {}
+    if req.cfg is not None:
+        out["guidance"] = profile.traits.guidance(req.cfg)
+    if req.negative is not None:
+        out["negative"] = req.negative
+    if req.sampler is not None:
+        out["sampler"] = req.sampler
+    return out
 
 
 def check_knobs(req: Request, engine) -> None:
@@ -78,6 +142,10 @@ def check_knobs(req: Request, engine) -> None:
                            "out, or render a Z-Image profile in-process (--engine diffusers)")
     if req.search == "noise" and (req.source is not None or any(r.control == "img2img" for r in req.references)):
         raise ReverieError("an edit or img2img reference starts from the image, not from noise: leave --search noise out")
+    from reverie.render.families import COMFY_ONLY_SAMPLERS
+
+    if req.sampler in COMFY_ONLY_SAMPLERS and engine.name != "comfyui":
+        raise ReverieError(f"sampler {req.sampler} exists only in ComfyUI: use --engine comfyui, or another sampler")
 
 
 def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:

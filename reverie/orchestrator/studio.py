@@ -107,6 +107,31 @@ class Studio:
             self.notices.append(message)
         progress(Notice(message=message))
 
+    @property
+    def previews(self) -> bool:
+        """Live previews while images render: the web studio turns them on, the CLI leaves them off."""
+        return self.parts.previews
+
+    @previews.setter
+    def previews(self, on: bool) -> None:
+        self.parts.previews = on
+
+    def style(self, style: Optional[str | tuple[str, str, str]]) -> Optional[tuple[str, str, str]]:
+        """A style name resolved from reverie.toml's [styles] (a resolved one passes through)."""
+        if style is None or isinstance(style, (tuple, list)):
+            return tuple(style) if style else None
+        from reverie.orchestrator.requests import resolve_style
+
+        return resolve_style(self.config.get("styles", {}), style)
+
+    def style_names(self) -> list[str]:
+        styles = self.config.get("styles", {})
+        return sorted(k for k, v in styles.items() if isinstance(v, dict)) if isinstance(styles, dict) else []
+
+    def check_weights(self, profile: Profile) -> None:
+        """Weights that are not here are one line before a run is created (see Parts.check_weights)."""
+        self.parts.check_weights(profile)
+
     def engine_for(self, profile: Profile, progress: ProgressFn):
         """The engine for a profile, built once (cheap: weights load on its first render)."""
         return self.parts.engine_for(profile, progress)
@@ -133,7 +158,11 @@ class Studio:
                 references: Sequence[Reference | dict | str] = (), seed: Optional[int] = None,
                 shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
                 max_seconds: Optional[float] = None, max_renders: Optional[int] = None,
-                embed_noise: float = 0.0, diversity: Optional[float] = None, search: str = "seeds") -> Request:
+                embed_noise: float = 0.0, diversity: Optional[float] = None, search: str = "seeds",
+                cfg: Optional[float] = None, negative: Optional[str] = None, sampler: Optional[str] = None,
+                exact: bool = False,
+                revises: Optional[tuple[str, str, str]] = None,
+                style: Optional[str | tuple[str, str, str]] = None) -> Request:
         """A checked Request (what `open_run` takes); the options are `make`'s. A bad value is
         one ReverieError line naming the fix."""
         refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r))
@@ -142,7 +171,8 @@ class Studio:
                                         megapixels=megapixels, profile=profile or self.profile_name, references=refs,
                                         seed=seed, shift=shift, blind_steps=blind_steps, steps=steps,
                                         max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
-                                        diversity=diversity, search=search))
+                                        diversity=diversity, search=search, cfg=cfg, negative=negative,
+                                        sampler=sampler, exact=exact, revises=tuple(revises) if revises else None, style=self.style(style)))
 
     def open_run(self, request: Request, *, run_id: Optional[str] = None,
                  progress: Optional[ProgressFn] = None) -> Run:
@@ -170,6 +200,7 @@ class Studio:
         for ref in req.references:  # a bad reference is one line, before any engine loads
             load_reference(ref.path)
         self.checkpointer()  # a damaged checkpoint file is named now: before the engine loads or a run row exists
+        self.check_weights(get_profile(req.profile))  # weights never pulled: one line, and no run made
         engine = self.engine_for(get_profile(req.profile), progress)
         check_knobs(req, engine)
         if run_id is not None:
@@ -186,6 +217,8 @@ class Studio:
              shift: Optional[float] = None, blind_steps: int = 0, steps: Optional[int] = None,
              max_seconds: Optional[float] = None, max_renders: Optional[int] = None, embed_noise: float = 0.0,
              diversity: Optional[float] = None, search: str = "seeds",
+             cfg: Optional[float] = None, negative: Optional[str] = None, sampler: Optional[str] = None,
+             exact: bool = False, revises: Optional[tuple[str, str, str]] = None, style: Optional[str] = None,
              progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best.
 
@@ -213,6 +246,12 @@ class Studio:
                 diversity, 0.3 by default (docs/portfolio.md).
             search: "seeds" re-rolls seeds each round; "noise" searches the low-frequency part of
                 the initial noise, refitted to the best candidates so far (in-process Z-Image only).
+            cfg: the CFG scale as ComfyUI and A1111 write it (1-30; 1 is none); None: the profile's.
+            negative: the negative prompt (needs CFG above 1); None: the profile's.
+            sampler: euler, dpmpp_2m_karras, ... (flow-matching models: euler); None: the profile's.
+            exact: render the idea verbatim: no expansion, no critic rewrite.
+            revises: (idea, prompt, negative) of a chat turn whose prompt this run revises.
+            style: a named style of reverie.toml ([styles.NAME]: prompt = "{prompt}, ...", negative).
             progress: called with every progress Event; None: the studio's.
             stop: set it (a server whose client hung up) to end the run between images.
 
@@ -224,7 +263,8 @@ class Studio:
         req = self.request(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
                            profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
                            steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
-                           diversity=diversity, search=search)
+                           diversity=diversity, search=search, cfg=cfg, negative=negative, sampler=sampler,
+                           exact=exact, revises=revises, style=style)
         with self.open_run(req, progress=progress) as run:
             final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
@@ -305,7 +345,7 @@ class Studio:
     def batch(self, file: str | Path, *, per_prompt: Optional[int] = None, keep: int = 4, hours: Optional[float] = None,
               aspect: str = "1:1", megapixels: float = 1.0, target: Optional[float] = None,
               rounds: Optional[int] = None, n: Optional[int] = None, policy: str = "explore",
-              retry_failed: bool = False, progress: Optional[ProgressFn] = None):
+              retry_failed: bool = False, progress: Optional[ProgressFn] = None, controls: Optional[dict] = None):
         """Run every idea of a file through the agent loop to its budget, keep the best K of
         each, write the contact sheet; the same call after an interruption continues where it
         stopped.
@@ -323,6 +363,7 @@ class Studio:
             policy: the loop policy between rounds, "explore" or "revise".
             retry_failed: try again ideas set aside after crashing the process twice.
             progress: called with every progress Event.
+            controls: `make`'s steps, cfg, negative, sampler and exact for every idea (a JSONL line's own win).
 
         Returns:
             BatchResult: per idea its run, renders and kept images; the contact sheet's path.
@@ -331,7 +372,7 @@ class Studio:
 
         options = BatchOptions(per_prompt=per_prompt, keep=keep, hours=hours, profile=self.profile_name,
                                engine=self.engine_name, aspect=aspect, megapixels=megapixels, target=target,
-                               rounds=rounds, n=n, policy=policy)
+                               rounds=rounds, n=n, policy=policy, controls=dict(controls or {}))
         return run_batch(self, file, options, progress=progress or self.progress or (lambda e: None),
                          retry_failed=retry_failed)
 
@@ -339,7 +380,9 @@ class Studio:
              aspect: Optional[str] = None, megapixels: Optional[float] = None, target: Optional[float] = None,
              profile: Optional[str] = None, progress: Optional[ProgressFn] = None,
              stop: Optional[threading.Event] = None, interpreter: Any = None,
-             on_open: Optional[Callable[[Run], None]] = None):
+             on_open: Optional[Callable[[Run], None]] = None, seed: Optional[int] = None,
+             steps: Optional[int] = None, cfg: Optional[float] = None, negative: Optional[str] = None,
+             sampler: Optional[str] = None, exact: Optional[bool] = None, style: Optional[str] = None):
         """One turn of a conversation: the first message makes images, follow-ups ("make it
         night", "more like the second one") start a new round from the last one.
 
@@ -355,6 +398,8 @@ class Studio:
             interpreter: what reads a message (orchestrator/chat.py's Interpreter); None: the
                 offline rules, or the configured LLM in front of them.
             on_open: called with the turn's Run once it is opened.
+            seed, steps, cfg, negative, sampler, exact, style: `make`'s controls for this turn (None: the
+                profile's, or what the last turn used; a seed given here replaces the turn's fresh one).
 
         Returns:
             ChatTurn: the turn's number, run, best images and how the message was read.
@@ -362,7 +407,8 @@ class Studio:
         from reverie.orchestrator.chat import chat_turn
 
         options = {"n": n, "rounds": rounds, "aspect": aspect, "megapixels": megapixels, "target": target,
-                   "profile": profile}
+                   "profile": profile, "seed": seed, "steps": steps, "cfg": cfg, "negative": negative,
+                   "sampler": sampler, "exact": exact, "style": style}
         return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None),
                          interpreter=interpreter, stop=stop, on_open=on_open, **options)
 

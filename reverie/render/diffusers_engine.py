@@ -22,7 +22,18 @@ from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, get_profile
 from reverie.render.editors import adapter_of
 from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS
 from reverie.render.weights import resolve_controlnet, resolve_weights
-from reverie.types import Control, EngineImage, EngineOutput, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import (Control, EngineImage, EngineOutput, OutputFn, ProgressFn, RenderSpec, ReverieError, Step,
+                           no_progress)
+
+
+def takes_step_callback(pipe) -> bool:
+    """Whether a pipeline calls back after each step (nearly all do; an older one renders without steps shown)."""
+    import inspect
+
+    try:
+        return "callback_on_step_end" in inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def quiet_libraries() -> None:
@@ -187,6 +198,7 @@ class DiffusersEngine:
         self.pad_batches = pad_batches
         self.version = f"diffusers {diffusers.__version__}"
         self.pipe = None
+        self.preview_every = 0  # steps between live previews (render/preview.py); 0: none
         self.model_label, self.model_hash, self.runtime = "", "", {}
         self._variants: dict[str, Any] = {}
         self._schedulers: dict[str, Any] = {}
@@ -334,7 +346,7 @@ class DiffusersEngine:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [specs[i] for i in chunk]
-                for i, result in zip(chunk, self._render_batch(batch)):
+                for i, result in zip(chunk, self._render_batch(batch, progress)):
                     out[i] = result
                     if on_output is not None:
                         on_output(result)
@@ -366,7 +378,7 @@ class DiffusersEngine:
             self._variants[key] = variant
         return editor, self._variants[key]
 
-    def _render_batch(self, batch: list[RenderSpec]) -> list[EngineOutput]:
+    def _render_batch(self, batch: list[RenderSpec], progress: ProgressFn = no_progress) -> list[EngineOutput]:
         import torch
 
         spec = batch[0]
@@ -391,14 +403,12 @@ class DiffusersEngine:
         real = with_embed_noise(_repeat(self._embeddings(spec.prompt, spec.negative, cfg), len(seeds)), seeds,
                                 spec.embed_noise)
         blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
-        callback = None
-        embeds = real
-        if blind:
-            embeds, swap = self.adapter.blind(real, cfg)
+        embeds, swap = self.adapter.blind(real, cfg) if blind else (real, {})
 
-            def callback(pipeline, step, timestep, kwargs):
-                # After step `blind - 1` the rest of the schedule sees the real prompt.
-                return swap if step == blind - 1 else {}
+        def on_step(pipeline, step, timestep, kwargs):
+            self.on_step(progress, step + 1, spec.steps, seeds[: len(batch)], kwargs.get("latents"))
+            # After step `blind - 1` the rest of the schedule sees the real prompt.
+            return swap if blind and step == blind - 1 else {}
 
         extra: dict[str, Any] = {}
         if spec.source is not None:
@@ -424,7 +434,7 @@ class DiffusersEngine:
                 num_inference_steps=spec.steps,
                 **self.adapter.call_kwargs(spec.guidance),
                 generator=generators,
-                callback_on_step_end=callback,
+                **({"callback_on_step_end": on_step} if takes_step_callback(runner) else {}),
                 output_type="pil",
             ).images[: len(batch)]
         except torch.cuda.OutOfMemoryError as e:  # the caller retries with a smaller batch
@@ -481,6 +491,18 @@ class DiffusersEngine:
         shape = (runner.transformer.config.in_channels, 2 * (spec.height // scale), 2 * (spec.width // scale))
         components = [s.noise_lowfreq for s in batch] + [()] * (len(generators) - len(batch))  # filler seeds
         return initial_latents(generators, shape, components)
+    def on_step(self, progress: ProgressFn, step: int, steps: int, seeds: list[int], latents: Any) -> None:
+        """Each denoising step is an event ("step n of N"), with a cheap preview of the batch's first
+        image every few steps when `preview_every` is set (the web studio sets it; the CLI does not)."""
+        preview = None
+        if self.preview_every and latents is not None and step < steps and step % self.preview_every == 0:
+            from reverie.render.preview import latent_preview
+
+            try:
+                preview = latent_preview(latents[0], self.profile.family)
+            except Exception:  # a hint only: a latent it cannot read costs the preview, never the render
+                preview = None
+        progress(Step(step=step, steps=steps, seeds=list(seeds), preview=preview))
 
     @property
     def identity(self) -> str:

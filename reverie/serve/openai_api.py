@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reverie.profiles import PROFILES
+from reverie.profiles import PROFILES, get_profile
 from reverie.render.resolution import MAX_MEGAPIXELS, MIN_MEGAPIXELS
 from reverie.serve.http import openai_error, read_json
 from reverie.serve.service import Busy
@@ -112,8 +112,21 @@ async def generate(request: Request):
         param = ".".join(str(p) for p in first.get("loc", ())) or None
         return openai_error(400, f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param)
     keep = body.keep or request.headers.get("x-reverie-keep", "").lower() in ("1", "true", "yes")
+    model = body.model or DEFAULT_MODEL
+    if model != DEFAULT_MODEL and model not in PROFILES:  # as OpenAI answers a model it does not have
+        return openai_error(404, f"the model {model!r} does not exist: use {DEFAULT_MODEL} or a profile from "
+                            f"GET /v1/models ({', '.join(PROFILES)})", param="model", code="model_not_found")
     try:
         payload = payload_for(body, service.studio.profile_name)
+    except ReverieError as e:
+        return openai_error(400, str(e))
+    try:
+        # A listed model whose weights are not here can never run: the client must not retry it.
+        await asyncio.to_thread(service.studio.check_weights, get_profile(payload["profile"]))
+    except ReverieError as e:
+        return openai_error(400, f"the model {model!r} cannot run on this server: {e}", param="model",
+                            code="model_not_available")
+    try:
         job = service.submit("images", payload, keep=keep)
     except Busy as e:
         return openai_error(429, str(e), kind="rate_limit_error")

@@ -70,18 +70,79 @@ async def login(request: Request):
 
 
 @router.get("/")
-def studio_page(request: Request, session: Optional[str] = None):
+def studio_page(request: Request, session: Optional[str] = None, recipe: Optional[int] = None):
     service = request.app.state.service
     session = session if session and session.replace("-", "").isalnum() and len(session) <= 64 else new_session()
     from reverie.orchestrator.chat import shown_images
 
-    turns = []
-    for t in service.studio.store.chats.turns(session):
+    store = service.studio.store
+    turns, previous = [], ""
+    for t in store.chats.turns(session):
+        prompt = last_prompt(store, t["run_id"])
         turns.append({"turn": t["turn"], "message": t["message"], "idea": t["idea"], "run_id": t["run_id"],
+                      "prompt": prompt, "diff": prompt_diff(previous, prompt) if previous and prompt else [],
                       "images": [render_card(r) for r in shown_images(service.studio, t)]})
-    return page("studio.html", session=session, turns=turns, runs=gallery(service),
-                batches=[batch_summary(b) for b in service.studio.store.batches.summaries(GALLERY_BATCHES)],
-                profile=service.studio.profile_name)
+        previous = prompt or previous
+    return page("studio.html", session=session, turns=turns, runs=gallery(service), live=live_turns(service, session),
+                batches=[batch_summary(b) for b in store.batches.summaries(GALLERY_BATCHES)],
+                profile=service.studio.profile_name, form=recipe_form(service, recipe), samplers=sampler_names(),
+                styles=service.studio.style_names())
+
+
+def sampler_names() -> list[str]:
+    from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS
+
+    return [*SAMPLERS, *COMFY_ONLY_SAMPLERS]
+
+
+def last_prompt(store, run_id: Optional[str]) -> str:
+    """The prompt a turn's last round rendered (after the critic's rewrites)."""
+    prompts = store.prompts(run_id) if run_id else []
+    return prompts[-1]["text"] if prompts else ""
+
+
+def prompt_diff(before: str, after: str) -> list[tuple[str, str]]:
+    """Word by word: ("same" | "added" | "removed", text), what changed from one turn's prompt to the next."""
+    import difflib
+
+    old, new = before.split(), after.split()
+    parts: list[tuple[str, str]] = []
+    for op, a1, a2, b1, b2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(("same", " ".join(new[b1:b2])))
+            continue
+        if a2 > a1:
+            parts.append(("removed", " ".join(old[a1:a2])))
+        if b2 > b1:
+            parts.append(("added", " ".join(new[b1:b2])))
+    return parts
+
+
+def live_turns(service, session: str) -> list[dict]:
+    """This session's requests still running here: a reloaded page follows them again from their first event."""
+    jobs = [j for j in list(service.jobs.values()) if j.kind == "chat" and not j.done.is_set()
+            and j.payload.get("session") == session]
+    return [{"id": j.id, "message": j.payload.get("message", ""), "events": f"/events/{j.id}"}
+            for j in sorted(jobs, key=lambda j: j.id)]
+
+
+def recipe_form(service, render_id: Optional[int]) -> dict:
+    """The form's fields: the defaults, or an image's settings ("use this recipe") to make it again or vary it."""
+    form = {"idea": "", "n": 4, "steps": "", "cfg": "", "negative": "", "sampler": "", "seed": "", "exact": False,
+            "recipe": None}
+    row = service.queue.render(render_id) if render_id is not None else None
+    if row is None:
+        return form
+    from reverie.profiles import get_profile
+    from reverie.types import RenderSpec
+
+    spec = RenderSpec.from_dict(json.loads(row["spec_json"]))
+    try:
+        cfg = get_profile(spec.profile).traits.cfg_scale(spec.guidance)
+    except ReverieError:
+        cfg = spec.guidance
+    return {**form, "idea": spec.prompt, "steps": spec.steps, "cfg": cfg, "negative": spec.negative,
+            "sampler": spec.sampler, "seed": spec.seed, "exact": True, "recipe": row["id"]}
 
 
 def batch_summary(b: dict) -> dict:
@@ -154,14 +215,49 @@ async def send(request: Request):
         return openai_error(400, "slash commands are for `reverie chat`: describe an image, or say what to change")
     try:
         clean_idea(message)
+        controls = web_controls(data, service.studio.style_names())
         # Web turns are kept: closing the tab leaves the run going, and its images land in the gallery.
         job = service.submit("chat", {"session": session, "message": message, "n": n,
-                                      "rounds": WEB_ROUNDS[quality], "megapixels": None}, keep=True)
+                                      "rounds": WEB_ROUNDS[quality], "megapixels": None, **controls}, keep=True)
     except Busy as e:
         return openai_error(429, str(e), kind="rate_limit_error")
     except ReverieError as e:
         return openai_error(400, str(e))
     return {"request_id": job.id, "events": f"/events/{job.id}"}
+
+
+def web_controls(data: dict, style_names: list[str]) -> dict:
+    """The form's controls (steps, CFG, sampler, seed, negative, exact), checked; those left empty are left out."""
+    out: dict[str, Any] = {}
+    for key, kind, low, high in (("steps", int, 1, 200), ("cfg", float, 1.0, 30.0), ("seed", int, 0, 2**62)):
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        try:
+            number = kind(value)
+            if kind is int and number != float(value):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise ReverieError(f"{key} is a number from {low} to {high} (got {str(value)[:20]!r})") from None
+        if not low <= number <= high:
+            raise ReverieError(f"{key} is a number from {low} to {high} (got {number})")
+        out[key] = number
+    sampler = data.get("sampler")
+    if sampler:
+        if sampler not in sampler_names():
+            raise ReverieError(f"unknown sampler {str(sampler)[:40]!r}: use one of {', '.join(sampler_names())}")
+        out["sampler"] = sampler
+    negative = data.get("negative")
+    if negative:
+        out["negative"] = str(negative)[:2000]
+    if data.get("exact") is True:
+        out["exact"] = True
+    if data.get("style"):
+        if data["style"] not in style_names:
+            raise ReverieError(f"unknown style {str(data['style'])[:40]!r}: reverie.toml defines "
+                               f"{', '.join(style_names) or 'none'}")
+        out["style"] = data["style"]
+    return out
 
 
 @router.get("/events/{request_id}")
@@ -210,6 +306,49 @@ def request_status(request: Request, request_id: RowId):
         best = [render_card(r) for r in service.studio.best(row["run_id"], k=n, fill=True)]
     return {"id": row["id"], "kind": row["kind"], "status": row["status"], "run_id": row["run_id"],
             "error": row["error"], "best": best}
+
+
+def job_state(job) -> str:
+    """Where a running request stands, in the words the queue panel shows, from its latest events."""
+    rendered, of = 0, None
+    state = "queued"
+    for e in job.events:
+        kind = e.get("kind")
+        if kind == "loading":
+            state = f"loading the {e.get('what', 'engine')} for {e.get('profile', 'the profile')}"
+        elif kind == "run_started":
+            state, of = "writing the prompt", e.get("n")
+        elif kind == "writing":
+            state = f"writing the prompt · {e.get('tokens', 0)} tokens"
+        elif kind == "round_started":
+            rendered, of = 0, e.get("todo", e.get("n"))
+            state = "waiting for the engine"
+        elif kind == "step" or (kind == "engine_progress" and e.get("step")):
+            state = f"rendering {rendered + 1}/{of or '?'} · step {e.get('step')}/{e.get('steps')}"
+        elif kind == "rendered":
+            rendered += 1
+            state = f"rendering {min(rendered + 1, of or rendered + 1)}/{of or '?'}" if rendered < (of or 0) else "scoring"
+        elif kind == "scored":
+            state = "scoring" if rendered < (of or 0) else "judging the round"
+    return state
+
+
+@router.get("/api/queue")
+def queue_panel(request: Request):
+    """The requests running on this server, oldest first, each with its state and its place in line."""
+    service = request.app.state.service
+    jobs = sorted((j for j in list(service.jobs.values()) if not j.done.is_set()), key=lambda j: j.id)
+    items, waiting = [], 0
+    for job in jobs:
+        state = job_state(job)
+        position = None
+        if state in ("queued", "waiting for the engine"):
+            waiting += 1
+            position = waiting
+        items.append({"id": job.id, "kind": job.kind, "session": job.payload.get("session"),
+                      "what": job.payload.get("message") or job.payload.get("prompt") or "", "state": state,
+                      "position": position, "stopping": job.person_stop.is_set()})
+    return {"requests": items}
 
 
 @router.post("/api/requests/{request_id}/stop")

@@ -28,7 +28,8 @@ KEEP_FINISHED = 256  # finished jobs whose events stay in memory; older ones are
 
 class Busy(ReverieError):
     """Too many requests running: the client should try again later (HTTP 429)."""
-EVENT_KINDS = ("run_started", "expanded", "round_started", "rendered", "scored", "judged", "finished", "notice")
+EVENT_KINDS = ("loading", "writing", "run_started", "expanded", "round_started", "step", "engine_progress", "rendered",
+               "scored", "judged", "finished", "notice")
 
 
 @dataclass
@@ -65,6 +66,7 @@ def render_card(r: Render) -> dict:
 class ServeService:
     def __init__(self, studio: Studio):
         self.studio = studio
+        studio.previews = True  # the web studio and SSE clients see each image take shape
         self.queue = ServeRequests(studio.store)
         self.jobs: dict[int, Job] = {}
         self._lock = threading.Lock()
@@ -141,6 +143,12 @@ class ServeService:
                 if row["status"] == "ok":  # a failed or blank render has no image to show
                     data["image"] = render_card(store.to_render(row))
                     unscored.append(row["id"])
+            if event.kind == "step" and data.get("preview"):
+                # Only the newest preview is kept in memory: a client that comes back needs no older ones.
+                for earlier in reversed(job.events):
+                    if earlier.get("kind") == "step" and earlier.get("preview"):
+                        earlier["preview"] = None
+                        break
             if event.kind == "scored" and job.run_id:
                 fresh = store.renders_by_ids(unscored) if job.run_id in shown else store.renders(job.run_id)
                 shown.add(job.run_id)
@@ -220,9 +228,10 @@ class ServeService:
                 # The turn was recorded before the last server died: it is done, not to be made again.
                 job.run_id = row["run_id"]
             else:
+                controls = {k: p[k] for k in ("steps", "cfg", "negative", "sampler", "seed", "exact", "style") if k in p}
                 turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
                                         rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop,
-                                        on_open=lambda run: self._opened(job, run))
+                                        on_open=lambda run: self._opened(job, run), **controls)
                 job.run_id = turn.run_id
                 job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
                                   "idea": turn.interpretation.request.idea})

@@ -1,0 +1,35 @@
+"""A chat follow-up revises the last prompt instead of re-reading the idea: the look stays."""
+
+from __future__ import annotations
+
+from reverie.agents.formula import LIGHTING, MEDIUMS, revise_prompt
+from reverie.orchestrator.studio import Studio
+
+
+def medium_of(prompt: str) -> str:
+    [medium] = [text for _, text in MEDIUMS if text[0].upper() + text[1:] in prompt]
+    return medium
+
+
+def test_make_it_night_keeps_the_medium_of_turn_one_and_a_new_idea_starts_afresh(home):
+    with Studio(home=home, engine="tiny", scorer="heuristic") as studio:
+        turns = [studio.chat("look-1", message, n=1, rounds=1, megapixels=0.05)
+                 for message in ("a lantern festival by the river", "make it night", "make it a lighthouse",
+                                 "new idea: an owl at dawn")]
+        prompts = [studio.store.prompts(t.run_id)[-1] for t in turns]
+    medium = medium_of(prompts[0]["text"])
+    assert medium_of(prompts[1]["text"]) == medium and medium_of(prompts[2]["text"]) == medium
+    assert "night" in prompts[1]["text"] and prompts[1]["source"] == "critic"
+    assert prompts[2]["text"].startswith("A lighthouse")
+    # Between the idea and the lighting the words are the same: style, composition and setting stay.
+    assert prompts[1]["text"].split(". ")[1:4] == prompts[0]["text"].split(". ")[1:4]
+    assert prompts[3]["source"] == "formula" and prompts[3]["text"].startswith("An owl at dawn")
+
+
+def test_a_lighting_line_the_new_idea_contradicts_is_swapped():
+    golden = LIGHTING[0][0]
+    prompt = f"A fox in a meadow. A delicate watercolor illustration on textured paper. {golden.capitalize()}, with soft pastel tones."
+    revised = revise_prompt(prompt, "a fox in a meadow", "a fox in a meadow, at night")
+    assert revised.startswith("A fox in a meadow, at night. A delicate watercolor illustration")
+    assert golden.capitalize() not in revised and "soft pastel tones" in revised
+    assert revise_prompt("an LLM's own words about foxes", "a fox", "an owl") is None
