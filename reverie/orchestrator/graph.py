@@ -226,7 +226,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             source=source,
             noise_lowfreq=components[i],
             model_files=tuple(sorted((getattr(ctx.engine, "user_files", None) or {}).items())),
-        )
+        ).with_(**spec_controls(ctx.request, ctx.profile))
         for i in range(n)
     ]
 
