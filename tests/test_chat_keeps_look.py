@@ -11,9 +11,10 @@ def medium_of(prompt: str) -> str:
     return medium
 
 
-def test_make_it_night_keeps_the_medium_of_turn_one_and_a_new_idea_starts_afresh(home):
-    with Studio(home=home, engine="tiny", scorer="heuristic") as studio:
-        turns = [studio.chat("look-1", message, n=1, rounds=1, megapixels=0.05)
+def test_make_it_night_keeps_the_medium_of_turn_one_and_a_new_idea_starts_afresh(tmp_path):
+    # An engine without an editor: where one is present, "make it night" is an edit of the image instead.
+    with Studio(home=tmp_path / "home", engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        turns = [studio.chat("look-1", message, n=1, rounds=1, megapixels=0.02)
                  for message in ("a lantern festival by the river", "make it night", "make it a lighthouse",
                                  "new idea: an owl at dawn")]
         prompts = [studio.store.prompts(t.run_id)[-1] for t in turns]
