@@ -158,6 +158,13 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
         raise ReverieError("internal: a control image must be uploaded before its workflow is built")
     if control is not None and control.kind not in (*CONTROL_NET_KINDS, "img2img"):
         raise ReverieError(f"control kind {control.kind!r} cannot be rendered by ComfyUI: use canny, depth, pose or img2img")
+    from reverie.profiles import EDITORS, FAMILIES
+
+    family = FAMILIES.get(profile.family)
+    if profile.name in EDITORS and family is not None and profile.pipeline != family.pipeline:
+        # An editor-only profile (Qwen-Image-Edit, Kontext) shares its family's loaders but not its
+        # graph: the family's text-to-image workflow would silently ignore the source image.
+        raise ReverieError(f"no ComfyUI editing workflow for {profile.name}: edit with --engine diffusers")
     g = _Graph()
 
     # Loaders: model, text encoder, VAE as (node, output) pairs.
