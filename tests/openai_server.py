@@ -63,7 +63,7 @@ class ScriptedLLM:
         self.models_status = models_status
         self.requests: list[tuple[str, dict]] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="scripted-llm", daemon=True)
@@ -81,7 +81,7 @@ class ScriptedLLM:
         return self
 
     def stop(self) -> None:
-        self._stopping.set()  # ends any scripted delay at once
+        self.stopping.set()  # ends any scripted delay at once
         self.server.shutdown()
         self.server.server_close()
 
@@ -91,7 +91,7 @@ class ScriptedLLM:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _next_reply(self, body: dict) -> Reply:
+    def next_reply(self, body: dict) -> Reply:
         with self._lock:
             if self.replies:
                 return self.replies.pop(0)
@@ -144,8 +144,8 @@ class ScriptedLLM:
                 if scripted.unknown_model_status and body.get("model") not in scripted.models:
                     return self._error(scripted.unknown_model_status,
                                        f"The model `{body.get('model')}` does not exist or you do not have access to it.")
-                reply = scripted._next_reply(body)
-                if reply.delay and scripted._stopping.wait(reply.delay):
+                reply = scripted.next_reply(body)
+                if reply.delay and scripted.stopping.wait(reply.delay):
                     return
                 if reply.raw is not None:
                     return self._send(reply.status, reply.raw, reply.content_type)

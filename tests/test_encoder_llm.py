@@ -31,9 +31,9 @@ def tiny_lm_dir(tmp_path_factory):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from reverie.render.tiny import _build_tokenizer
+    from reverie.render.tiny import build_tokenizer
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     torch.manual_seed(3)
     model = Qwen3ForCausalLM(Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2, head_dim=16,

@@ -47,7 +47,7 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _build_tokenizer(max_length: int = 512, chat_template: str = _CHAT_TEMPLATE):
+def build_tokenizer(max_length: int = 512, chat_template: str = _CHAT_TEMPLATE):
     """A byte-level BPE tokenizer like Qwen3's own, with merges for the words above: any text,
     JSON punctuation included, round-trips, so the tiny encoder can also be run as a language model
     under constrained decoding (agents/local_llm.py)."""
@@ -84,7 +84,7 @@ def build_tiny_pipeline():
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     torch.manual_seed(0)
     text_encoder = Qwen3Model(
         Qwen3Config(
@@ -175,7 +175,7 @@ def build_tiny_sd15_pipeline():
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = _build_tokenizer(max_length=77)
+    tokenizer = build_tokenizer(max_length=77)
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
@@ -275,7 +275,7 @@ def build_tiny_flux2_klein():
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
 
-    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    tokenizer = build_tokenizer(max_length=TINY_TEXT_LENGTH)
     text_encoder = _qwen3(tokenizer, layers=27, causal_lm=True)
     torch.manual_seed(0)
     transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
@@ -293,7 +293,7 @@ def build_tiny_flux2():
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH, chat_template=_CHAT_TEMPLATE_PARTS)
+    tokenizer = build_tokenizer(max_length=TINY_TEXT_LENGTH, chat_template=_CHAT_TEMPLATE_PARTS)
     torch.manual_seed(0)
     text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(
         text_config={"model_type": "mistral", "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32,
@@ -318,7 +318,7 @@ def build_tiny_qwen_image():
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    tokenizer = build_tokenizer(max_length=TINY_TEXT_LENGTH)
     torch.manual_seed(0)
     text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -344,7 +344,7 @@ def build_tiny_chroma():
     from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
     from transformers import T5Config, T5EncoderModel
 
-    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    tokenizer = build_tokenizer(max_length=TINY_TEXT_LENGTH)
     torch.manual_seed(0)
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2,
                                            num_heads=4, pad_token_id=tokenizer.pad_token_id)).eval()
@@ -364,7 +364,7 @@ def build_tiny_sd3():
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    clip_tokenizer, t5_tokenizer = _build_tokenizer(max_length=77), _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    clip_tokenizer, t5_tokenizer = build_tokenizer(max_length=77), build_tokenizer(max_length=TINY_TEXT_LENGTH)
     clip_config = CLIPTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  vocab_size=len(clip_tokenizer), max_position_embeddings=77, projection_dim=16,
                                  pad_token_id=clip_tokenizer.pad_token_id,
@@ -394,7 +394,7 @@ def build_tiny_krea2():
     from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline, Krea2Transformer2DModel
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
-    tokenizer = _build_tokenizer(max_length=TINY_TEXT_LENGTH)
+    tokenizer = build_tokenizer(max_length=TINY_TEXT_LENGTH)
     torch.manual_seed(0)
     text_encoder = Qwen3VLModel(Qwen3VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2,
@@ -434,10 +434,10 @@ def ensure_tiny_family(models_dir: Path, family: str) -> Path:
         raise ReverieError(f"the tiny engine has no model of the {family} family: use one of "
                            f"{', '.join(TINY_FAMILIES)}, or --engine diffusers with real weights")
     folder, build = TINY_FAMILIES[family]
-    return _save_once(Path(models_dir) / folder, build)
+    return save_once(Path(models_dir) / folder, build)
 
 
-def _save_once(target: Path, build) -> Path:
+def save_once(target: Path, build) -> Path:
     """Save a built model as a diffusers folder once, atomically; later loads read it like real weights."""
     marker = target / ("model_index.json" if (target / "model_index.json").exists() else "config.json")
     if marker.exists():
@@ -482,16 +482,16 @@ def _remove_dead_writers_leftovers(target: Path) -> None:
 
 
 def ensure_tiny_controlnet(models_dir: Path) -> Path:
-    return _save_once(Path(models_dir) / TINY_CONTROLNET_DIR_NAME, build_tiny_controlnet)
+    return save_once(Path(models_dir) / TINY_CONTROLNET_DIR_NAME, build_tiny_controlnet)
 
 
 def ensure_tiny_sd15(models_dir: Path) -> Path:
-    return _save_once(Path(models_dir) / TINY_SD15_DIR_NAME, build_tiny_sd15_pipeline)
+    return save_once(Path(models_dir) / TINY_SD15_DIR_NAME, build_tiny_sd15_pipeline)
 
 
 def ensure_tiny_weights(models_dir: Path) -> Path:
     """Save the tiny pipeline as a diffusers folder once; later loads read it like real weights."""
-    return _save_once(Path(models_dir) / TINY_DIR_NAME, build_tiny_pipeline)
+    return save_once(Path(models_dir) / TINY_DIR_NAME, build_tiny_pipeline)
 
 
 class TinyEngine(DiffusersEngine):

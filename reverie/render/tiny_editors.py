@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reverie.render.tiny import _build_tokenizer, _save_once
+from reverie.render.tiny import build_tokenizer, save_once
 
 TINY_KLEIN_DIR_NAME = "tiny-flux2-klein-v1"
 TINY_KONTEXT_DIR_NAME = "tiny-flux1-kontext-v1"
@@ -26,7 +26,7 @@ def build_tiny_flux2_klein():
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    tokenizer = _build_tokenizer(max_length=64)
+    tokenizer = build_tokenizer(max_length=64)
     torch.manual_seed(0)
     transformer = Flux2Transformer2DModel(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -49,8 +49,8 @@ def build_tiny_flux1_kontext():
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    clip_tokenizer = _build_tokenizer(max_length=77)
-    t5_tokenizer = _build_tokenizer(max_length=64)
+    clip_tokenizer = build_tokenizer(max_length=77)
+    t5_tokenizer = build_tokenizer(max_length=64)
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -83,4 +83,4 @@ TINY_EDITORS = {
 def ensure_tiny_editor(models_dir: Path, profile: str) -> Path:
     """Save the tiny editor of a profile once; the diffusers engine loads it as --model-path."""
     name, build = TINY_EDITORS[profile]
-    return _save_once(Path(models_dir) / name, build)
+    return save_once(Path(models_dir) / name, build)
