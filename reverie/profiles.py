@@ -508,10 +508,7 @@ def family_of(profile_name: str) -> Family | None:
 # --- editors ---
 # Models that change an image they are given. Each editor is a profile (its defaults, as its
 # authors publish them) plus an `Editor` entry saying how it edits; a profile that is also a
-# text-to-image model (FLUX.2 [klein]) is the same profile with an Editor entry. The families
-# are added only where the text-to-image line-up has not already defined them.
-FAMILIES.setdefault("flux2", Family(name="flux2", flow=True))
-FAMILIES.setdefault("qwen-image", Family(name="qwen-image", flow=True, reads_chinese=True))
+# text-to-image model (FLUX.2 [klein]) is the same profile with an Editor entry.
 
 
 @dataclass(frozen=True)
@@ -529,23 +526,6 @@ class Editor:
 
 
 for _p in (
-    Profile(
-        name="flux2-klein-4b",
-        family="flux2",
-        pipeline="Flux2KleinPipeline",
-        repo_id="black-forest-labs/FLUX.2-klein-4B",
-        steps=4,  # step-distilled: 4 steps, no CFG (its model card)
-        guidance=1.0,
-        sampler="euler",
-        shift=None,
-        multiple=16,
-        max_side=2048,
-        prompt_style="natural",
-        negative=False,
-        comfy_files={"unet": "flux-2-klein-4b.safetensors", "clip": "qwen_3_4b.safetensors", "clip_type": "flux2",
-                     "vae": "flux2-vae.safetensors"},
-        notes="Apache-2.0; text-to-image and multi-reference editing in one model; Qwen3-4B encoder",
-    ),
     Profile(
         name="qwen-image-edit-2511",
         family="qwen-image",
