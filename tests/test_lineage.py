@@ -40,10 +40,10 @@ class DiesOnSecondBatch(TinyEngine):
 class NoMemoryForBatches(TinyEngine):
     """Runs out of memory whenever more than one seed goes through at once."""
 
-    def _render_batch(self, batch):
+    def render_batch(self, batch, *args):
         if self.batch_size > 1:
             raise MemoryError("CUDA out of memory (simulated by a batch larger than 1)")
-        return super()._render_batch(batch)
+        return super().render_batch(batch, *args)
 
 
 class NaNWeights(TinyEngine):

@@ -64,11 +64,11 @@ def test_fixed_engine_hands_on_each_output_once_as_it_finishes():
 class FailsAfterFirstBatch(TinyEngine):
     """The real tiny engine, whose device fails once its first batch is done."""
 
-    def _render_batch(self, batch):
+    def render_batch(self, batch, *args):
         if getattr(self, "batches_done", 0) >= 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         self.batches_done = getattr(self, "batches_done", 0) + 1
-        return super()._render_batch(batch)
+        return super().render_batch(batch, *args)
 
 
 def studio_with_engine(home: Path, engine) -> Studio:

@@ -91,21 +91,26 @@ def models(
     # Short cells that never wrap; where each model lives is listed below, one unbroken path a line.
     for col in ("pipeline", "steps", "cfg", "sampler"):
         table.add_column(col, no_wrap=True)
-    table.add_column("edits", no_wrap=True)
     table.add_column("here", no_wrap=True)
     for r in rows:
         table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "").replace("StableDiffusion", "SD") or r["kind"], str(r.get("steps", "")),
-                      str(r.get("guidance", "")), r.get("sampler", ""), r.get("edits") or "", "yes" if r["present"] else "no")
+                      str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no")
     out.print(table)
+    # What `reverie edit` can use, below the table: a seventh column collapses the others at 80 columns.
+    editors = [f"{r['name']} ({r['edits']})" for r in rows if r.get("edits")]
+    if editors:
+        out.print(Text("editors (`reverie edit`): " + ", ".join(editors)), highlight=False)
     found = [(r["name"], r["where"]) for r in rows if r["present"]]
     if found:
         out.print("[bold]where[/]")
         print_paths(found)
-    from reverie.render.weights import gated_line
-
-    for r in rows:
-        if r.get("gated") and not r["present"]:
-            out.print(f"{r['name']}: {gated_line(r['repo'])}", markup=False, highlight=False, soft_wrap=True)
+    gated = [r for r in rows if r.get("gated") and not r["present"]]
+    if gated:
+        # The page's address on a line of its own, whole, so a narrow terminal does not break it.
+        out.print("gated: accept the licence on each page while logged in, then `hf auth login`", markup=False,
+                  highlight=False)
+        for r in gated:
+            out.print(Text(f"{r['name']}:\n  https://huggingface.co/{r['repo']}"), soft_wrap=True, highlight=False)
 
 
 @models_app.command("pull")

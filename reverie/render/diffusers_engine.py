@@ -346,7 +346,7 @@ class DiffusersEngine:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 batch = [specs[i] for i in chunk]
-                for i, result in zip(chunk, self._render_batch(batch, progress)):
+                for i, result in zip(chunk, self.render_batch(batch, progress)):
                     out[i] = result
                     if on_output is not None:
                         on_output(result)
@@ -378,7 +378,7 @@ class DiffusersEngine:
             self._variants[key] = variant
         return editor, self._variants[key]
 
-    def _render_batch(self, batch: list[RenderSpec], progress: ProgressFn = no_progress) -> list[EngineOutput]:
+    def render_batch(self, batch: list[RenderSpec], progress: ProgressFn = no_progress) -> list[EngineOutput]:
         import torch
 
         spec = batch[0]
