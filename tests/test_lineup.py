@@ -98,8 +98,10 @@ def test_models_lists_every_profile_with_its_pull_command_and_gated_repos_say_ho
         assert row["pull"] == f"reverie models pull {name}" and row["source"]
     assert rows["flux2-dev"]["gated"] and not rows["flux2-klein-4b"]["gated"]
     table = cli.invoke(app, ["models", "--home", str(home)])
-    gated = [line for line in table.output.splitlines() if line.startswith("flux2-dev:")]
-    assert len(gated) == 1 and "hf auth login" in gated[0] and "huggingface.co/black-forest-labs/FLUX.2-dev" in gated[0]
+    lines = table.output.splitlines()
+    at = lines.index("flux2-dev:")  # the page's address whole on the next line, the way below the table
+    assert lines[at + 1].strip() == "https://huggingface.co/black-forest-labs/FLUX.2-dev"
+    assert any(line.startswith("gated:") and "hf auth login" in line for line in lines[:at])
     pull = cli.invoke(app, ["models", "pull", "flux2-dev", "--home", str(home)])
     assert pull.exit_code == 2 and "is gated" in pull.output and "HF_HUB_OFFLINE" in pull.output
 
