@@ -47,6 +47,8 @@ def tiny_lm_dir(tmp_path_factory):
 
 def encoder_llm(tiny_engine, **settings) -> tuple[LocalLLM, list[dict], list]:
     calls, events = [], []
+    # No wall-clock limit in a logic test: on a loaded machine the default 60 s cut the answer short.
+    settings.setdefault("timeout", 3600.0)
     llm = LocalLLM(LLMSettings(retries=0, **settings), encoder_loader(tiny_engine.load), backend="encoder",
                    model="tiny encoder", record=calls.append, progress=events.append, keep_loaded=False)
     return llm, calls, events
