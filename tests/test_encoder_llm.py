@@ -319,5 +319,5 @@ def test_the_encoder_writes_on_the_engine_thread_taking_turns_with_renders(home)
             result = studio.make("a red fox in the rain", n=2, rounds=2, seed=7)
     finally:
         LocalLLM.generate = original
-    assert threads and set(threads) == {"reverie-engine-local"}, threads
+    assert threads and set(threads) == {"reverie-lane-local"}, threads
     assert len(result.renders) == 4

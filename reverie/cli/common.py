@@ -299,6 +299,8 @@ def open_studio(*, engine: str, comfy_url: Optional[List[str]] = None, comfy_fil
     that an option added for one command reaches them all. Engine flags are checked before the
     orchestrator is imported."""
     engine, engine_options = engine_choice(engine, comfy_url, comfy_file, device, dtype, batch_size, cpu_offload)
+    if studio_options.get("ray") and engine == "comfyui":  # an option clash is said before any server is asked
+        raise ReverieError("ComfyUI servers are workers already: pass --comfy-url once per server instead of --ray")
     preflight(engine, engine_options, studio_options.get("profile") or DEFAULT_PROFILE, studio_options.get("model_path"),
               weights=check_weights)
     from reverie.orchestrator.studio import Studio
