@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,7 +13,14 @@ from reverie.render.tiny_editors import ensure_tiny_editor
 from reverie.types import RenderSpec, Source
 
 
-@pytest.mark.parametrize("profile", ["flux2-klein-4b", pytest.param("flux1-kontext-dev", marks=pytest.mark.slow)])
+# The tiny Kontext editor runs past CI's 5 minutes a test on two CPU cores (seen 2026-12-05): it
+# runs only when asked, with REVERIE_HEAVY_EDITORS=1.
+HEAVY = pytest.mark.skipif(not os.environ.get("REVERIE_HEAVY_EDITORS"),
+                           reason="the tiny Kontext editor is heavy on a CPU: set REVERIE_HEAVY_EDITORS=1 to run it")
+
+
+@pytest.mark.parametrize("profile", ["flux2-klein-4b",
+                                     pytest.param("flux1-kontext-dev", marks=[pytest.mark.slow, HEAVY])])
 def test_an_instruction_editor_edits_from_its_reference(tmp_path_factory, profile):
     work = tmp_path_factory.mktemp("editors")
     sources = []

@@ -96,9 +96,7 @@ def instruction_call(editor: Editor, spec, n: int, image, mask) -> dict[str, Any
     elif editor.pipeline == "Flux2KleinPipeline":
         kwargs.update(image=[image], guidance_scale=spec.guidance)  # a list: the references, not a batch
     else:  # FLUX.1 Kontext
-        # The source is already fitted to the request's size (a FLUX.1 size); the pipeline's own
-        # resize to its preferred ~1 MP list would make a small request's reference tokens dominate.
-        kwargs.update(image=image, guidance_scale=spec.guidance, _auto_resize=False)
+        kwargs.update(image=image, guidance_scale=spec.guidance)
     if mask is not None:
         kwargs.update(mask_image=mask, image=image)
     return kwargs
