@@ -63,6 +63,7 @@ class Installed:
     name: str
     value: str  # module:object
     distribution: str
+    entry_point: Any = field(default=None, compare=False, repr=False)
 
     @property
     def built_in(self) -> bool:
@@ -75,17 +76,14 @@ def installed() -> list[Installed]:
     found = {}
     for ep in entry_points(group=GROUP):
         dist = ep.dist.name if getattr(ep, "dist", None) is not None else "?"
-        found.setdefault(ep.name, Installed(ep.name, ep.value, dist))
+        found.setdefault(ep.name, Installed(ep.name, ep.value, dist, ep))
     return sorted(found.values(), key=lambda i: (not i.built_in, i.name))
 
 
 def plugin(entry: Installed) -> ScorerPlugin:
     """Import one entry point's ScorerPlugin; a broken plugin is one line naming its package."""
-    from importlib.metadata import entry_points
-
-    (ep,) = [e for e in entry_points(group=GROUP) if e.name == entry.name and e.value == entry.value][:1] or [None]
     try:
-        obj = ep.load() if ep is not None else None
+        obj = entry.entry_point.load()
     except Exception as e:  # a third party's import error must not take reverie down with a traceback
         log.exception("scorer plugin %s failed to import", entry.name)
         raise ReverieError(f"scorer plugin {entry.name} (from {entry.distribution}) failed to import: {e}; "
