@@ -81,7 +81,7 @@ def build_pipeline(configs: dict, device: str, dtype):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from reverie.render.tiny import _build_tokenizer
+    from reverie.render.tiny import build_tokenizer
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -93,7 +93,7 @@ def build_pipeline(configs: dict, device: str, dtype):
         transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
         transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
     pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**configs["scheduler"]), vae=vae,
-                          text_encoder=text_encoder, tokenizer=_build_tokenizer(), transformer=transformer)
+                          text_encoder=text_encoder, tokenizer=build_tokenizer(), transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
