@@ -195,7 +195,9 @@ def test_a_new_subject_replaces_the_old_one():
     fox = _previous(Request(idea="a fox in the rain, at night"))
     assert read("keep the pose but make it a knight", fox).request.idea == "a knight in the rain, at night"
     assert read("make it an astronaut", _previous(Request(idea="a fox"))).request.idea == "an astronaut"
-    assert read("make it blue", fox).request.idea == "a fox in the rain, at night, blue"
+    assert read("make it blue", fox).request.idea == "a fox in the rain, at night, with a palette dominated by blue"
+    # A time of day the idea had is replaced, not contradicted.
+    assert read("make it dawn", fox).request.idea == "a fox in the rain, at dawn"
 
 
 def test_slash_commands_answer_without_rendering(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reverie.agents.formula import LIGHTING, MEDIUMS, revise_prompt
+from reverie.agents.reword import reword
 from reverie.orchestrator.studio import Studio
 
 
@@ -34,3 +35,32 @@ def test_a_lighting_line_the_new_idea_contradicts_is_swapped():
     assert revised.startswith("A fox in a meadow, at night. A delicate watercolor illustration")
     assert golden.capitalize() not in revised and "soft pastel tones" in revised
     assert revise_prompt("an LLM's own words about foxes", "a fox", "an owl") is None
+
+
+def test_make_it_night_rewords_the_prompt_instead_of_appending_the_message(tmp_path):
+    # The done-when: turn 1 names a medium; turn 2 keeps it, and says night in the prompt's words.
+    with Studio(home=tmp_path / "home", engine="fixed", engine_options={"latency": 0.0}, scorer="heuristic") as studio:
+        turns = [studio.chat("look-2", message, n=1, rounds=1, megapixels=0.02)
+                 for message in ("a fox in a meadow", "make it night", "make it day")]
+        prompts = [studio.store.prompts(t.run_id)[-1]["text"] for t in turns]
+    medium = medium_of(prompts[0])
+    assert medium_of(prompts[1]) == medium and medium_of(prompts[2]) == medium
+    assert "make it night" not in prompts[1].lower() and "at night" in prompts[1]
+    # Day replaces night rather than sitting beside it.
+    assert "at night" not in prompts[2] and "in broad daylight" in prompts[2] and "moonlight" not in prompts[2].lower()
+
+
+def test_rewording_swaps_what_conflicts_and_keeps_the_rest():
+    llm_words = ("Digital concept art of a lantern festival on a river at dusk, warm sunset glow on the water, "
+                 "a vibrant orange and teal palette. Cinematic, highly detailed.")
+    night = reword(llm_words, "make it night")
+    assert night == ("Digital concept art of a lantern festival on a river at night, warm moonlit glow on the water, "
+                     "a vibrant orange and teal palette. Cinematic, highly detailed.")
+    blue = reword(llm_words, "make it blue")
+    assert "a palette dominated by blue. Cinematic" in blue and "teal" not in blue and "at dusk" in blue
+    # Nothing to swap: a descriptive clause on the first sentence, never the message itself.
+    assert reword("A fox. An oil painting.", "make it snowy") == "A fox, in falling snow. An oil painting."
+    assert reword("A fox. An oil painting.", "add a red umbrella") == "A fox, with a red umbrella. An oil painting."
+    assert reword("A fox. An oil painting.", "more contrast") == "A fox, with more contrast. An oil painting."
+    # A season named in passing is not one: only a season clause is swapped.
+    assert reword("A spring in the woods in autumn.", "winter") == "A spring in the woods in winter."

@@ -39,6 +39,7 @@ CONDITIONS = {
     "night": {"night", "midnight", "moon", "moonlit", "moonlight", "starry", "stars", "nocturnal"},
     "dusk": {"dusk", "evening", "sunset", "twilight"},
     "dawn": {"dawn", "sunrise", "morning"},
+    "day": {"day", "daytime", "daylight", "midday", "noon", "afternoon"},
     "wet": {"rain", "rainy", "raining", "storm", "stormy", "fog", "foggy", "mist", "misty", "snow", "snowy",
             "overcast", "drizzle", "downpour"},
 }
@@ -46,9 +47,9 @@ LIGHTING = [
     ("soft golden-hour light rakes across the scene", {"night", "wet"}),
     ("diffuse overcast light wraps every surface evenly", {"night"}),
     ("dramatic rim light separates the subject from the background", set()),
-    ("warm practical lights glow against the cool ambient dusk", {"dawn"}),
+    ("warm practical lights glow against the cool ambient dusk", {"dawn", "day"}),
     ("crisp morning light casts long, clean shadows", {"night", "dusk", "wet"}),
-    ("cool moonlight and a few warm windows pick out the forms", {"dawn", "dusk"}),
+    ("cool moonlight and a few warm windows pick out the forms", {"dawn", "dusk", "day"}),
 ]
 COLOURS = [
     "a muted palette of teal and amber",
@@ -117,26 +118,40 @@ def expand_formula(idea: str, profile: Profile, seed: int = 0) -> Expansion:
     return Expansion(prompt=prompt, negative=profile.default_negative if profile.negative else "", source=NAME)
 
 
+def fit_lighting(prompt: str, idea: str) -> str:
+    """A formula lighting line the idea contradicts ("golden hour" after "make it night") swapped for
+    one that fits it; the choice is seeded by the idea, so the same follow-up rewords the same way."""
+    fitting = _lighting_for(idea)
+    for text, _ in LIGHTING:
+        if text not in fitting and text.capitalize() in prompt:
+            prompt = prompt.replace(text.capitalize(), _rng(idea, 0).choice(fitting).capitalize())
+    return prompt
+
+
 def revise_prompt(prompt: str, old_idea: str, new_idea: str) -> str | None:
-    """A chat follow-up by rules: the last turn's prompt with its idea swapped for the new one, so the
-    medium, style, composition and palette stay; a lighting line the new idea contradicts ("golden
-    hour" after "make it night") is swapped for one that fits. None when the prompt does not hold the
-    old idea where it can be swapped (an LLM's own wording): the caller expands afresh."""
+    """A chat follow-up by rules: the last turn's prompt reworded to say the new idea, so the medium,
+    style, composition and palette stay unless the follow-up changes them. An idea that only gained
+    words ("X" -> "X, at night") has those words said in the prompt's own terms (agents.reword); a
+    changed subject is swapped in place, and the time, weather, season and lighting it names replace
+    those the prompt had. None when the prompt does not hold the old idea where it can be swapped (an
+    LLM's own wording of another idea): the caller expands afresh."""
+    from reverie.agents.reword import reword
+
     old_subject, new_subject = _subject(old_idea), _subject(new_idea)
     if not old_subject or not new_subject:
         return None
+    base = old_idea.strip().rstrip(".")
+    if new_idea.strip().lower().startswith(base.lower()) and base:
+        addition = new_idea.strip()[len(base):].strip(" ,.")
+        return reword(prompt, addition) if addition else prompt
     if prompt.startswith(old_subject):
-        revised = new_subject + prompt[len(old_subject):]
+        head, rest = new_subject, prompt[len(old_subject):]
     elif old_subject.lower() in prompt.lower():
         at = prompt.lower().index(old_subject.lower())
-        revised = prompt[:at] + new_idea.strip().rstrip(".") + prompt[at + len(old_subject):]
-    elif new_idea.lower().startswith(old_idea.lower().rstrip(".")):  # "X" -> "X, at night": say the addition
-        addition = new_idea[len(old_idea.rstrip(".")):].strip(" ,.")
-        revised = f"{prompt.rstrip(' .')}, {addition}." if addition else prompt
+        head, rest = prompt[:at] + new_idea.strip().rstrip("."), prompt[at + len(old_subject):]
     else:
         return None
-    fitting = _lighting_for(new_idea)
-    for text, _ in LIGHTING:
-        if text not in fitting and text.capitalize() in revised:
-            revised = revised.replace(text.capitalize(), _rng(new_idea, 0).choice(fitting).capitalize())
-    return revised
+    # Only what the new idea says that the old did not: "a knight" keeps the prompt's golden hour.
+    old_words = set(re.findall(r"[a-z-]+", old_idea.lower()))
+    gained = " ".join(w for w in re.findall(r"[a-z-]+", new_idea.lower()) if w not in old_words)
+    return head + reword(rest, gained, add=False) if gained else head + rest

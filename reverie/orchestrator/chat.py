@@ -28,8 +28,6 @@ ORDINALS = {"first": 1, "1st": 1, "one": 1, "second": 2, "2nd": 2, "two": 2, "th
             "fourth": 4, "4th": 4, "four": 4, "last": -1}
 # From tall to wide; "wider" and "taller" step along it.
 ASPECTS = ["9:16", "2:3", "3:4", "1:1", "4:3", "3:2", "16:9", "21:9"]
-PHRASES = {"night": "at night", "day": "in daylight", "daytime": "in daylight", "winter": "in winter",
-           "summer": "in summer", "rainy": "in the rain", "snowy": "in the snow", "sunset": "at sunset"}
 SIMILAR_STRENGTH = 0.6  # img2img strength for "more like": keep much of the picked image
 
 
@@ -130,10 +128,9 @@ class RuleInterpreter:
             if re.match(r"(a|an)\s", what.lower()):  # a new subject: "make her a knight"
                 req = replace(req, idea=replace_subject(req.idea, what))
                 changes.append(f"subject: {what}")
-            else:  # a change to the scene: "make it night", "make it blue"
-                phrase = PHRASES.get(what.lower(), what)
-                req = replace(req, idea=f"{req.idea}, {phrase}")
-                changes.append(f"idea + '{phrase}'")
+            else:  # a change to the scene: "make it night", "make it blue", in the idea's own words
+                req, change = reworded(req, what)
+                changes.append(change)
 
         for word, step in (("wider", 1), ("taller", -1)):
             if re.search(rf"\b{word}\b", low):
@@ -150,10 +147,20 @@ class RuleInterpreter:
 
         if not changes:
             # Anything else is taken as more description for the same picture.
-            addition = text.strip(" .!")
-            req = replace(req, idea=f"{req.idea}, {addition}")
-            changes.append(f"idea + '{addition}'")
+            req, change = reworded(req, text)
+            changes.append(change)
         return Interpretation(req, tuple(changes), "rules", ref_render.id if ref_render else None)
+
+
+def reworded(req: Request, change: str) -> tuple[Request, str]:
+    """The request with its idea saying `change` (a time, weather, season or palette it had is
+    replaced, anything else added as a clause), and the line that says how."""
+    from reverie.agents.reword import reword
+
+    idea = reword(req.idea, change)
+    base = req.idea.rstrip(" .")
+    said = f"idea + '{idea[len(base):].strip(' ,.')}'" if idea.startswith(base) else f"idea reworded: {idea}"
+    return replace(req, idea=idea), said
 
 
 # Where the subject of a short idea ends: its setting, an action, or a clause begins.
