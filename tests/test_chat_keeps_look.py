@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from reverie.agents.formula import LIGHTING, MEDIUMS, revise_prompt
-from reverie.agents.reword import reword
+from reverie.agents.formula import LIGHTING, MEDIUMS
+from reverie.agents.reword import revise_prompt, reword
 from reverie.orchestrator.studio import Studio
 
 

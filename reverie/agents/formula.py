@@ -88,14 +88,14 @@ def _lighting_for(idea: str) -> list[str]:
     return fitting or [text for text, _ in LIGHTING]
 
 
-def _subject(idea: str) -> str:
+def subject_of(idea: str) -> str:
     idea = re.sub(r"\s+", " ", idea).strip().rstrip(".")
     return idea[0].upper() + idea[1:] if idea else idea
 
 
 def expand_formula(idea: str, profile: Profile, seed: int = 0) -> Expansion:
     rng = _rng(idea, seed)
-    subject = _subject(idea)
+    subject = subject_of(idea)
     if profile.prompt_style == "tags":
         tags = [profile.quality_tags, subject.lower()] + rng.sample(TAG_EXTRAS, 4)
         tags.append(rng.choice(["photorealistic", "illustration", "digital painting", "anime style"]))
@@ -126,32 +126,3 @@ def fit_lighting(prompt: str, idea: str) -> str:
         if text not in fitting and text.capitalize() in prompt:
             prompt = prompt.replace(text.capitalize(), _rng(idea, 0).choice(fitting).capitalize())
     return prompt
-
-
-def revise_prompt(prompt: str, old_idea: str, new_idea: str) -> str | None:
-    """A chat follow-up by rules: the last turn's prompt reworded to say the new idea, so the medium,
-    style, composition and palette stay unless the follow-up changes them. An idea that only gained
-    words ("X" -> "X, at night") has those words said in the prompt's own terms (agents.reword); a
-    changed subject is swapped in place, and the time, weather, season and lighting it names replace
-    those the prompt had. None when the prompt does not hold the old idea where it can be swapped (an
-    LLM's own wording of another idea): the caller expands afresh."""
-    from reverie.agents.reword import reword
-
-    old_subject, new_subject = _subject(old_idea), _subject(new_idea)
-    if not old_subject or not new_subject:
-        return None
-    base = old_idea.strip().rstrip(".")
-    if new_idea.strip().lower().startswith(base.lower()) and base:
-        addition = new_idea.strip()[len(base):].strip(" ,.")
-        return reword(prompt, addition) if addition else prompt
-    if prompt.startswith(old_subject):
-        head, rest = new_subject, prompt[len(old_subject):]
-    elif old_subject.lower() in prompt.lower():
-        at = prompt.lower().index(old_subject.lower())
-        head, rest = prompt[:at] + new_idea.strip().rstrip("."), prompt[at + len(old_subject):]
-    else:
-        return None
-    # Only what the new idea says that the old did not: "a knight" keeps the prompt's golden hour.
-    old_words = set(re.findall(r"[a-z-]+", old_idea.lower()))
-    gained = " ".join(w for w in re.findall(r"[a-z-]+", new_idea.lower()) if w not in old_words)
-    return head + reword(rest, gained, add=False) if gained else head + rest

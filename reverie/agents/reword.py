@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from reverie.agents.formula import fit_lighting, subject_of
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -146,8 +148,6 @@ def reword(prompt: str, change: str, add: bool = True) -> str:
     """`prompt` saying `change` (a chat message such as "make it night"), in the prompt's own words:
     conflicting time, weather, season and palette phrases are swapped for the asked ones; what the
     prompt has no words for goes into its first sentence as a clause (with `add`). Pure."""
-    from reverie.agents.formula import fit_lighting
-
     words = change_words(change)
     if not words:
         return prompt
@@ -171,3 +171,30 @@ def reword(prompt: str, change: str, add: bool = True) -> str:
         for clause in clauses:
             text = _add_to_first_sentence(text, clause)
     return text
+
+
+def revise_prompt(prompt: str, old_idea: str, new_idea: str) -> str | None:
+    """A chat follow-up by rules: the last turn's prompt reworded to say the new idea, so the medium,
+    style, composition and palette stay unless the follow-up changes them. An idea that only gained
+    words ("X" -> "X, at night") has those words said in the prompt's own terms (agents.reword); a
+    changed subject is swapped in place, and the time, weather, season and lighting it names replace
+    those the prompt had. None when the prompt does not hold the old idea where it can be swapped (an
+    LLM's own wording of another idea): the caller expands afresh."""
+    old_subject, new_subject = subject_of(old_idea), subject_of(new_idea)
+    if not old_subject or not new_subject:
+        return None
+    base = old_idea.strip().rstrip(".")
+    if new_idea.strip().lower().startswith(base.lower()) and base:
+        addition = new_idea.strip()[len(base):].strip(" ,.")
+        return reword(prompt, addition) if addition else prompt
+    if prompt.startswith(old_subject):
+        head, rest = new_subject, prompt[len(old_subject):]
+    elif old_subject.lower() in prompt.lower():
+        at = prompt.lower().index(old_subject.lower())
+        head, rest = prompt[:at] + new_idea.strip().rstrip("."), prompt[at + len(old_subject):]
+    else:
+        return None
+    # Only what the new idea says that the old did not: "a knight" keeps the prompt's golden hour.
+    old_words = set(re.findall(r"[a-z-]+", old_idea.lower()))
+    gained = " ".join(w for w in re.findall(r"[a-z-]+", new_idea.lower()) if w not in old_words)
+    return head + reword(rest, gained, add=False) if gained else head + rest

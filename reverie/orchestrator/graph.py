@@ -150,7 +150,7 @@ def expand(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
 def revised_follow_up(req: Request) -> Optional[Expansion]:
     """A chat follow-up's first prompt: the last turn's, revised by rules to say the new idea (None: the
     last prompt does not hold its idea where rules can swap it; the expander reads the idea afresh)."""
-    from reverie.agents.formula import revise_prompt
+    from reverie.agents.reword import revise_prompt
 
     old_idea, old_prompt, old_negative = req.revises
     text = revise_prompt(old_prompt, old_idea, req.idea)
