@@ -316,3 +316,12 @@ def test_the_image_page_counts_rounds_from_1_and_says_heuristic_and_the_held_out
     assert '<span class="scorer">heuristic</span>' in page  # the run's best, as cards
     assert "no held-out judge (`reverie models pull pickscore` adds one)" in page
     assert "composite by the default weighting" in page
+    # Each component explained once, in the words `reverie show --explain` prints (scoring.explain).
+    from markupsafe import escape
+
+    from reverie.scoring.explain import explain_scores
+
+    lines = explain_scores({"composite": first.scores.composite, "scorer": first.scores.scorer, **first.scores.values})
+    assert "what these scores mean" in page and f'title="{escape(lines["noise"])}"' in page
+    assert all(f"<li>{escape(line)}</li>" in page for line in lines.values())
+    assert "<td>worker</td><td>local</td>" in page

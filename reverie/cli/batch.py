@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HOME,
                                 LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
-                                CliProgress, controls, err, friendly, open_studio, out, say)
+                                CliProgress, controls, err, friendly, open_studio, out, print_images, say)
 from reverie.types import Event, ReverieError
 
 
@@ -234,9 +234,8 @@ def chat(
                       markup=False, highlight=False, soft_wrap=True)
             if turn.prompt:
                 out.print(f"  prompt: {turn.prompt}", markup=False, highlight=False, soft_wrap=True)
-            for i, r in enumerate(turn.best, 1):
-                score = f"{r.scores.composite:.3f} ({r.scores.scorer})" if r.scores else "-"
-                out.print(f"  {i}. score {score}  seed {r.seed}", markup=False, highlight=False)
-                out.print(f"     {r.path}", markup=False, highlight=False, soft_wrap=True)
+            print_images([{"n": i, "score": f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-",
+                           "seed": r.seed, "id": r.id, "width": r.spec.width, "height": r.spec.height,
+                           "prompt": r.prompt, "path": r.path} for i, r in enumerate(turn.best, 1)])
     finally:
         studio.close()

@@ -25,12 +25,54 @@ def say(console: Console, label: str, message: Any, style: str = "yellow") -> No
     console.print(Text.assemble((label, style), " ", str(message)), highlight=False, soft_wrap=True)
 
 
+def path_text(path: str) -> Text:
+    """A whole path, and on a terminal also an OSC 8 link to the file (a click opens it where the
+    terminal supports links; rich writes no escape codes into a pipe, so CI logs keep the bare path)."""
+    from pathlib import Path
+
+    text = Text(path)
+    try:
+        text.stylize(f"link {Path(path).resolve().as_uri()}")
+    except ValueError:  # not a path a file:// URI can name: the text alone
+        pass
+    return text
+
+
 def print_paths(rows: List[tuple[str, str]]) -> None:
     """Image paths each on one unbroken line, whatever the terminal width: a path cut by a table
     cell or a tree rail cannot be copied in one go."""
     width = max((len(key) for key, _ in rows), default=0)
     for key, path in rows:
-        out.print(Text(f"{key:>{width}}  {path}"), soft_wrap=True, highlight=False)
+        out.print(Text(f"{key:>{width}}  ").append_text(path_text(path)), soft_wrap=True, highlight=False)
+
+
+def first_words(text: str, count: int = 8) -> str:
+    """The start of a prompt, cut between words: enough to tell the images of a table apart."""
+    words = text.split()
+    return " ".join(words[:count]) + ("…" if len(words) > count else "")
+
+
+def print_images(rows: List[dict]) -> None:
+    """The images a command made: number, score, seed, size (WxH), render id and the first words of the
+    prompt, in a table that fits 80 columns (the prompt gives way), then each whole path on its own
+    line. Each row: n, score (text), seed, id, width, height, prompt, path."""
+    from rich import box
+    from rich.table import Table
+
+    cells = [[str(r["n"]), r["score"], str(r["seed"]), f"{r['width']}x{r['height']}" if r.get("width") and r.get("height") else "-",
+              str(r["id"])] for r in rows]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    # The short cells keep their whole width (a cut seed or size is useless); the prompt gives way.
+    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(("#", "score", "seed", "size", "render"))]
+    for name, width in zip(("#", "score", "seed", "size", "render"), widths):
+        table.add_column(name, justify="right", no_wrap=True, min_width=width)
+    # Set, not left to rich: a table wider than the terminal is shrunk column by column, "#" first.
+    room = max(12, out.width - sum(widths) - 3 * (len(widths) + 1))
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis", max_width=room)
+    for r, row in zip(rows, cells):
+        table.add_row(*row, Text(first_words(r.get("prompt") or "")))
+    out.print(table, highlight=False)
+    print_paths([(str(r["n"]), r["path"]) for r in rows if r.get("path")])
 
 
 def disk_full(e: BaseException) -> bool:

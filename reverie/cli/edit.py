@@ -6,12 +6,11 @@ import json
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, HOME, LLM_MODEL,
                                 LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, SCORER, CliProgress, friendly, open_studio, out,
-                                print_paths)
+                                print_images)
 
 
 @friendly
@@ -62,11 +61,7 @@ def edit(
         return
     out.print(Text(f"best edits of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})",
                    style="bold"), highlight=False)
-    table = Table()
-    for name, justify in (("#", "right"), ("score", "right"), ("seed", "right"), ("render", "right")):
-        table.add_column(name, justify=justify)
-    for i, r in enumerate(result.best, 1):
-        table.add_row(str(i), f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-", str(r.seed), str(r.id))
-    out.print(table)
-    print_paths([(str(i), r.path) for i, r in enumerate(result.best, 1)])
+    print_images([{"n": i, "score": f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-", "seed": r.seed,
+                   "id": r.id, "width": r.spec.width, "height": r.spec.height, "prompt": r.prompt, "path": r.path}
+                  for i, r in enumerate(result.best, 1)])
     out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)

@@ -14,7 +14,7 @@ from rich.tree import Tree
 
 from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HOME,
                                 LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
-                                CliProgress, controls, err, friendly, open_studio, out, print_paths, say)
+                                CliProgress, controls, err, friendly, open_studio, out, print_images, print_paths, say)
 from reverie.types import ReverieError
 
 
@@ -131,18 +131,22 @@ def print_made(made: dict, scorers: list, as_json: bool) -> None:
     # A title line, not the table's title: the narrow table would wrap it into a column.
     out.print(Text(f"best of run {made['run_id']} ({made['renders']} renders; {made['stop_reason']})", style="bold"),
               highlight=False)
-    table = Table()
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("seed", justify="right")
-    table.add_column("render", justify="right")
-    for i, (r, scorer) in enumerate(zip(made["best"], scorers + [None] * len(made["best"])), 1):
-        scores = r["scores"]
-        table.add_row(str(i), f"{scores['composite']:.3f} {scorer or ''}".strip() if scores else "-", str(r["seed"]),
-                      str(r["id"]))
-    out.print(table)
-    print_paths([(str(i), r["path"]) for i, r in enumerate(made["best"], 1)])
+    print_images([{"n": i, "score": f"{r['scores']['composite']:.3f} {scorer or ''}".strip() if r["scores"] else "-",
+                   "seed": r["seed"], "id": r["id"], "width": r.get("width"), "height": r.get("height"),
+                   "prompt": r.get("prompt"), "path": r["path"]}
+                  for i, (r, scorer) in enumerate(zip(made["best"], scorers + [None] * len(made["best"])), 1)])
     out.print(f"run id: {made['run_id']}   (reverie show {made['run_id']})", highlight=False)
+
+
+def one_line(text: str, width: int) -> str:
+    """A stored error on one line, cut at a word within `width` (a traceback's last line says the most)."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    line = " ".join(lines) if len(lines) <= 2 else lines[-1]
+    width = max(width, 20)
+    if len(line) <= width:
+        return line
+    cut = line[:width - 1].rsplit(" ", 1)[0]
+    return (cut if len(cut) > width // 2 else line[:width - 1]) + "…"
 
 
 @friendly
@@ -159,7 +163,7 @@ def runs(
     rows = store.list_runs(limit)
     if as_json:
         print(json.dumps([{**{k: r[k] for k in ("id", "idea", "profile", "engine", "status", "renders", "best", "created")},
-                           "scorer": r["best_scorer"]} for r in rows]))
+                           "scorer": r["best_scorer"], "stop_reason": r.get("stop_reason") or ""} for r in rows]))
         return
     # Full run ids at any width (show and export need them); the idea is the column that gives way.
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -173,6 +177,12 @@ def runs(
         table.add_row(r["id"], r["status"], str(r["renders"]), f"{r['best']:.3f}" if r["best"] is not None else "-",
                       r["profile"], Text(r["idea"]))
     out.print(table)
+    failed = [r for r in rows if r["status"] in ("failed", "interrupted") and r.get("stop_reason")]
+    if failed:  # why, one line each under the table: a table cell would cut the reason to a few words
+        out.print(Text("why they stopped:", style="bold"), highlight=False)
+        for r in failed:
+            out.print(Text(f"{r['id']}  ").append(one_line(r["stop_reason"], out.width - len(r["id"]) - 2)),
+                      highlight=False, no_wrap=True)
     used = sorted({r["best_scorer"] for r in rows if r["best_scorer"]})
     if used:  # a heuristic score and a CLIP score are not the same scale: say which made each best
         out.print(Text("best scores by " + ", ".join(used)), highlight=False)
@@ -183,8 +193,9 @@ def show(
     run_id: str = typer.Argument(..., help="A run id (a unique prefix is enough)."),
     home: Optional[str] = typer.Option(None, "--home"),
     as_json: bool = typer.Option(False, "--json"),
+    explain: bool = typer.Option(False, "--explain", help="Say what each score component of the best image means, a line each."),
 ):
-    """Show the tree of one run: idea, prompts, renders, scores."""
+    """Show the tree of one run: idea, prompts, renders, scores, and where they were rendered."""
     from reverie.config import resolve_home
     from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
@@ -239,6 +250,56 @@ def show(
     if tree["best"]:
         out.print(Text("best: " + ", ".join(f"render {b['id']}" + (" (the VLM judge's pick)" if b["judge_pick"] else "")
                                             for b in tree["best"])), highlight=False)
+    out.print(Text(worker_line(tree)), highlight=False, soft_wrap=True)
+    if explain and tree["best"]:
+        from reverie.scoring.explain import explain_scores
+
+        best = store.scores_for(tree["best"][0]["id"])
+        if best is not None:
+            out.print(Text(f"scores of render {tree['best'][0]['id']} (the best), by the {best.scorer} scorer:", style="bold"),
+                      highlight=False)
+            grid = Table.grid()  # indented, and wrapped under itself at any width
+            grid.add_column(width=2)
+            grid.add_column(ratio=1, overflow="fold")
+            for line in explain_scores({"composite": best.composite, "scorer": best.scorer, **best.values}).values():
+                grid.add_row("", Text(line))
+            out.print(grid, highlight=False)
     if paths:
         out.print("[bold]images[/]")
         print_paths(paths)
+
+
+def worker_line(tree: dict) -> str:
+    """Which machines rendered the run's images: ComfyUI servers and Ray lanes by name, this machine
+    with the device its PNGs record (cpu, cuda:0, mps)."""
+    import json as json_module
+
+    from reverie.store.lineage import image_chunks
+
+    counts: dict[str, int] = {}
+    first: dict[str, str] = {}
+
+    def walk(prompts: list) -> None:
+        for p in prompts:
+            for r in p["renders"]:
+                if r["path"]:
+                    counts[r["worker"]] = counts.get(r["worker"], 0) + 1
+                    first.setdefault(r["worker"], r["path"])
+            walk(p["children"])
+
+    walk(tree["prompts"])
+    if not counts:
+        return "rendered on: nothing rendered"
+    named = []
+    for worker, count in counts.items():
+        where = worker
+        if worker == "local":
+            where = "this machine"
+            try:
+                meta = json_module.loads(image_chunks(first[worker]).get("reverie") or "{}")
+                device = (meta.get("versions") or {}).get("device")
+                where += f" ({meta.get('engine') or tree['run']['engine']} engine on {device})" if device else ""
+            except (ReverieError, OSError, ValueError):  # a moved or damaged file: the row's name alone
+                pass
+        named.append(f"{where}: {count} image{'s' if count != 1 else ''}")
+    return "rendered on " + "; ".join(named)

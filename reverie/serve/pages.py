@@ -183,9 +183,10 @@ def image_page(request: Request, render_id: RowId):
     standing = store.picks.standing([render_id]).get(render_id)
     siblings = [render_card(r) for r in store.best(row["run_id"], k=8)]
     from reverie.scoring.display import held_out_judges
+    from reverie.scoring.explain import explain_scores
 
     return page("image.html", info=info, image=render_card(store.to_render(row)), standing=standing,
-                judges=held_out_judges(info["scores"] or {}),
+                judges=held_out_judges(info["scores"] or {}), explained=explain_scores(info["scores"] or {}),
                 spec_json=json.dumps(info["spec"], indent=2, ensure_ascii=False),
                 request_json=json.dumps(info["request"], indent=2, ensure_ascii=False), siblings=siblings)
 
