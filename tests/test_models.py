@@ -100,3 +100,28 @@ def test_make_engine_options_reach_the_engine(home):
     assert r.exit_code == 2 and "batch size" in r.output
     r = invoke(*common, "--dtype", "float8")
     assert r.exit_code == 2 and "unknown dtype" in r.output
+
+
+def test_models_says_where_each_present_model_is_its_size_and_source_at_80_columns(tmp_path, empty_cache):
+    """A hub snapshot (laid out as huggingface_hub lays one out: links to shared blobs) and a home
+    preprocessor: each named with its size on disk and its source, its whole path on a line of its own."""
+    home = tmp_path / "home"
+    (home / "models" / "pose").mkdir(parents=True)
+    (home / "models" / "pose" / "body_pose_model.pth").write_bytes(b"w" * 2500)
+    repo = tmp_path / "hf" / "hub" / "models--Tongyi-MAI--Z-Image-Turbo"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "abc").write_bytes(b"x" * 1_200_000)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("model_index.json", "copy.json"):  # two links to one blob count once
+        (snapshot / name).symlink_to(repo / "blobs" / "abc")
+    done = run_cli("models", home=home, env={**empty_cache, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines if not line.startswith("  /")), done.stdout
+    assert "z-image-turbo (1.2 MB, HF cache)" in lines and f"  {snapshot}" in lines
+    assert "pose (2.5 KB, reverie home)" in lines and f"  {home / 'models' / 'pose'}" in lines
+    rows = {r["name"]: r for r in json.loads(run_cli("models", "--json", home=home, env=empty_cache).stdout)}
+    assert (rows["z-image-turbo"]["size_bytes"], rows["z-image-turbo"]["source"]) == (1_200_000, "HF cache")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
-from reverie.cli.common import err, friendly, out, print_paths
+from reverie.cli.common import err, friendly, out, path_text
 from reverie.types import Event, ReverieError
 
 models_app = typer.Typer(help="List model profiles and their weights; `pull` downloads one.", invoke_without_command=True)
@@ -64,7 +65,64 @@ def model_rows(home: Optional[str] = None) -> list[dict]:
         rows.append({"name": p.name, "kind": "scorer plugin", "repo": "", "present": True,
                      "where": f"{entry.distribution} ({entry.value})", "role": p.role, "weight": p.weight,
                      "description": p.description})
+    for row in rows:
+        if row["present"]:
+            row.update(size_bytes=disk_size(row["where"]), source=source_of(row["where"], models_dir))
     return rows
+
+
+def disk_size(where: str) -> Optional[int]:
+    """Bytes on disk under a file or folder, each file once (a Hugging Face snapshot is symlinks to
+    shared blobs); None when `where` is not a path (a plugin's distribution name)."""
+    import os
+
+    path = Path(where)
+    if not path.exists():
+        return None
+    if path.is_file():
+        return path.stat().st_size
+    seen, total = set(), 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(folder, name))  # follows the snapshot's links to the blobs
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def source_of(where: str, models_dir: Path) -> str:
+    """Where present weights came from: the Hugging Face cache, this home's models folder, a
+    ComfyUI models folder, or another local path."""
+    path = Path(where)
+    if not path.exists():
+        return ""
+    resolved = path.resolve()
+    try:
+        from huggingface_hub import constants
+
+        if resolved.is_relative_to(Path(constants.HF_HUB_CACHE).resolve()) or "models--" in str(path):
+            return "HF cache"
+    except ImportError:
+        pass
+    if resolved.is_relative_to(models_dir.resolve()):
+        return "reverie home"
+    if any(part.lower() == "comfyui" for part in resolved.parts):
+        return "ComfyUI folder"
+    return "local path"
+
+
+def human_size(size: Optional[int]) -> str:
+    if size is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
 
 
 @models_app.callback()
@@ -100,10 +158,16 @@ def models(
     editors = [f"{r['name']} ({r['edits']})" for r in rows if r.get("edits")]
     if editors:
         out.print(Text("editors (`reverie edit`): " + ", ".join(editors)), highlight=False)
-    found = [(r["name"], r["where"]) for r in rows if r["present"]]
+    found = [r for r in rows if r["present"]]
     if found:
-        out.print("[bold]where[/]")
-        print_paths(found)
+        # Name, size and source on one line, the whole path on the next: a long path never pushes
+        # the others past 80 columns, and it can be copied in one go.
+        out.print("[bold]where[/] (size on disk, and where it came from)")
+        for r in found:
+            said = ", ".join(x for x in (human_size(r.get("size_bytes")), r.get("source")) if x)
+            out.print(Text(f"{r['name']}" + (f" ({said})" if said else "")), highlight=False)
+            out.print(Text("  ").append_text(path_text(r["where"])) if Path(r["where"]).exists()
+                      else Text(f"  {r['where']}"), soft_wrap=True, highlight=False)
     gated = [r for r in rows if r.get("gated") and not r["present"]]
     if gated:
         # The page's address on a line of its own, whole, so a narrow terminal does not break it.
