@@ -150,3 +150,18 @@ def test_score_checks_paths_before_the_scorer_notice_and_says_it_once(folder, tm
     ranked = run_cli("score", str(folder), "--json", home=tmp_path)
     assert ranked.returncode == 0, ranked.stderr
     assert ranked.stderr.count("heuristic scorer") == 1
+
+
+def test_score_on_an_export_folder_takes_the_json_sidecars_for_what_they_are(tmp_path):
+    home = tmp_path / "home"
+    made = run_cli("make", "a fox", "--engine", "fixed", "--n", "2", "--rounds", "1", "--megapixels", "0.02", "--json",
+                   home=home)
+    assert made.returncode == 0, made.stderr
+    exported = run_cli("export", json.loads(made.stdout)["run_id"], str(tmp_path / "out"), "--top", "2", home=home)
+    assert exported.returncode == 0, exported.stderr
+    assert len(list((tmp_path / "out").glob("*.json"))) == 2
+    (tmp_path / "out" / "stray.json").write_text("{}")  # a JSON file beside no image is still skipped
+    proc = run_cli("score", str(tmp_path / "out"), "--scorer", "heuristic", home=home)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 file(s) that are not readable images" in proc.stderr
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("#")]) == 2

@@ -16,8 +16,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 CHUNK = 64  # images held in memory at once; the scorer batches within a chunk
 
 
+def is_sidecar(f: Path) -> bool:
+    """A metadata file beside an image of the same name (`reverie export`'s X.json beside X.png, a
+    caption's X.txt): part of the image, not a file that failed to be one."""
+    return f.suffix.lower() not in IMAGE_SUFFIXES and any(f.with_suffix(s).is_file() or f.with_suffix(s.upper()).is_file()
+                                                          for s in IMAGE_SUFFIXES)
+
+
 def collect_images(paths: List[str]) -> tuple[list[Path], int]:
-    """Image files named or found (recursively) under the paths, and how many others were skipped."""
+    """Image files named or found (recursively) under the paths, and how many others were skipped
+    (sidecars beside their images are neither)."""
     files: list[Path] = []
     skipped = 0
     for raw in paths:
@@ -26,7 +34,7 @@ def collect_images(paths: List[str]) -> tuple[list[Path], int]:
             for f in sorted(x for x in p.rglob("*") if x.is_file()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     files.append(f)
-                else:
+                elif not is_sidecar(f):
                     skipped += 1
         elif p.is_file():
             files.append(p)
