@@ -4,6 +4,7 @@ it, such as "[bold]x[/]" or "[1]", must not be eaten."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -65,3 +66,59 @@ def test_everything_fits_80_columns(tmp_path):
     models = run_cli("models", home=home, env=narrow)
     assert models.returncode == 0 and all(len(line) <= 80 for line in models.stdout.splitlines())
     assert "z-image-turbo " in models.stdout
+
+
+def test_make_table_shows_size_and_prompt_and_show_names_the_machine_and_explains_scores(home):
+    narrow = {"COLUMNS": "80"}
+    done = run_cli("make", "a fox in the rain", "--engine", "tiny", "--n", "2", "--rounds", "1", "--megapixels", "0.02",
+                   "--seed", "3", home=home, env=narrow)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split("run id:")[1].split()[0]
+    made = json.loads(run_cli("show", run_id, "--json", home=home).stdout)
+    renders = [r for p in made["prompts"] for r in p["renders"]]
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines if "/images/" not in line), done.stdout
+    assert "size" in lines[2] and "prompt" in lines[2]
+    rows = [line for line in lines if "A fox in the rain" in line]
+    assert len(rows) == 2 and all(re.search(r"\b\d+x\d+\b", row) for row in rows)
+    # A pipe gets the bare whole path: no OSC 8 escape codes in a log.
+    assert "\x1b" not in done.stdout and sum(r["path"] in done.stdout for r in renders) == 2
+
+    shown = run_cli("show", run_id, "--explain", home=home, env=narrow)
+    assert shown.returncode == 0, shown.stderr
+    assert "rendered on this machine (tiny engine on cpu): 2 images" in shown.stdout
+    text = " ".join(shown.stdout.split())  # the explanations wrap at 80 columns
+    assert "noise " in text and "freedom from grain and static" in text and "higher is better" in text
+
+
+def test_a_terminal_gets_each_image_path_as_a_link(tmp_path):
+    from rich.console import Console
+
+    from reverie.cli.common import path_text
+
+    image = tmp_path / "an image.png"
+    console = Console(force_terminal=True, width=80)
+    with console.capture() as captured:
+        console.print(path_text(str(image)))
+    assert "\x1b]8;id=" in captured.get() and image.as_uri() in captured.get() and str(image) in captured.get()
+
+
+def test_runs_says_why_a_run_failed_in_one_line_at_80_columns(tmp_path):
+    from reverie.store.db import Store
+    from reverie.types import Request
+
+    home = tmp_path / "home"
+    store = Store(home)
+    run_id = store.create_run(Request(idea="a fox"), "tiny", 1)
+    reason = ("no image was rendered: CUDA out of memory while decoding the latents at 2048x2048; lower --megapixels "
+              "or pass --cpu-offload so that the idle parts of the model wait in RAM")
+    store.finish_run(run_id, "failed", reason)
+    store.close()
+    listed = run_cli("runs", home=home, env={"COLUMNS": "80"})
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), listed.stdout
+    [why] = [line for line in lines if line.startswith(run_id)]
+    assert "no image was rendered: CUDA out of memory" in why and why.endswith("…")
+    rows = json.loads(run_cli("runs", "--json", home=home).stdout)
+    assert rows[0]["stop_reason"] == reason
