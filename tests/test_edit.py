@@ -78,8 +78,8 @@ def test_an_edit_of_an_edit_draws_the_chain_from_the_first_source(home, tmp_path
         assert [r["id"] for r in find_renders(studio.store, "1234567890")] == [child.id]
         assert [r["id"] for r in find_renders(studio.store, str(child.id))] == [child.id]  # an id is still an id
     assert child.spec.source.render_id == parent.id and child.spec.source.image_sha == parent.sha256
-    # Z-Image img2img repaints towards a description: a home render's own prompt leads, then the instruction.
-    assert child.prompt.endswith("make it night. add a moon")
+    # Z-Image img2img repaints towards a description: a home render's own prompt, reworded to say the instruction.
+    assert child.prompt == "make it night, with a moon"
     chain = info["edit"]["chain"]
     assert [c["origin"] for c in chain] == ["file", "render", "render"]
     assert chain[0]["sha256"] == file_sha256(source)

@@ -156,9 +156,11 @@ def edit_expansion(request: Request, store, profile: Profile, instruction: Optio
     if editor is not None and editor.kind == "img2img" and source.render_id is not None:
         row = store.render_row(source.render_id)
         prompt = next((p["text"] for p in store.prompts(row["run_id"]) if p["id"] == row["prompt_id"]), "")
-        if prompt:
-            return Expansion(prompt=f"{prompt.rstrip(' .')}. {instruction}", source="user",
-                             reason=f"edit of render {source.render_id}: its prompt, then the instruction")
+        if prompt:  # reworded, not appended: "… perspective. make it night" is no description to repaint towards
+            from reverie.agents.reword import reword
+
+            return Expansion(prompt=reword(prompt, instruction), source="user",
+                             reason=f"edit of render {source.render_id}: its prompt, reworded for the instruction")
     return Expansion(prompt=instruction, source="user", reason="edit instruction")
 
 
