@@ -123,7 +123,8 @@ def test_cli_chat_over_stdin(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "session fox" in r.stdout
     assert "turn 1 (run" in r.stdout and "turn 2 (run" in r.stdout and "aspect 4:3" in r.stdout
-    assert "turn 3" not in r.stdout and r.stdout.count("score ") == 4 and ".png" in r.stdout
+    images = [line for line in r.stdout.splitlines() if line.endswith(".png")]  # each whole path on its line
+    assert "turn 3" not in r.stdout and len(images) == 4 and r.stdout.count("size") == 2
     # A bad follow-up is one line on stderr, and the conversation goes on.
     assert "say a number from 1 to 2" in r.stderr and "Traceback" not in r.stderr
 
