@@ -466,6 +466,17 @@ PROFILES: dict[str, Profile] = {
 
 DEFAULT_PROFILE = "z-image-turbo"
 
+# A distilled profile -> its undistilled base of the same architecture (same latents, text
+# encoder and transformer shape), so the first denoising steps can run on the base and the rest
+# on the distilled model (--handoff-steps; Gandikota & Bau, arXiv 2503.10637).
+HANDOFF_BASES: dict[str, str] = {"z-image-turbo": "z-image", "flux2-klein-4b": "flux2-klein-base-4b"}
+
+
+def handoff_base(name: str) -> Optional[str]:
+    """The base profile a distilled profile hands its first steps from, or None when it has none here."""
+    base = HANDOFF_BASES.get(name)
+    return base if base in PROFILES else None
+
 # The profiles whose control net (canny, depth, pose) reverie knows where to find.
 CONTROL_PROFILES: tuple[str, ...] = tuple(name for name, p in PROFILES.items() if p.control_repo)
 

@@ -88,6 +88,7 @@ class Request:
     max_seconds: Optional[float] = None
     max_renders: Optional[int] = None  # a render budget that need not be a multiple of n (batch --per-prompt)
     embed_noise: float = 0.0  # noise on the text embeddings from the first round (RenderSpec.embed_noise)
+    handoff_steps: int = 0  # first steps on the base model from the first round (RenderSpec.handoff_steps)
     diversity: Optional[float] = None  # the kept set's MMR weight (scoring.portfolio); None: the home's
     source: Optional[Source] = None  # an edit: every render starts from this image; the idea is the instruction
     # How later rounds pick their starting noise: "seeds" re-rolls seeds; "noise" searches the
@@ -116,7 +117,7 @@ class Request:
         for key in ("max_renders", "diversity", "cfg", "negative", "sampler", "revises", "style"):
             if d[key] is None:
                 del d[key]
-        for key in ("embed_noise", "exact"):
+        for key in ("embed_noise", "exact", "handoff_steps"):
             if not d[key]:
                 del d[key]
         if d["search"] == "seeds":
@@ -186,9 +187,15 @@ class RenderSpec:
     # Model files chosen over the profile's (ComfyUI's --comfy-file), as sorted (role, file name)
     # pairs: they make other pixels, so they are part of the recipe and of its hash.
     model_files: tuple[tuple[str, str], ...] = ()
+    # The first this many denoising steps run on the profile's undistilled base model
+    # (profiles.HANDOFF_BASES) at the base's CFG, the rest on the profile's own: the fourth variety
+    # knob. 0 is off.
+    handoff_steps: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not d["handoff_steps"]:  # off: left out, so specs from before the knob keep their hashes
+            del d["handoff_steps"]
         if not d["embed_noise"]:  # off: left out, so specs (and their hashes) from before the knob stay the same
             del d["embed_noise"]
         if d["source"] is None:  # as embed_noise: text-to-image specs keep their hashes
@@ -442,7 +449,7 @@ class Scored(TypedEvent):
     best: Optional[float]
 
 
-@_kind("judged", optional=("similarity", "diversity", "embed_noise", "shift", "blind_steps"))
+@_kind("judged", optional=("similarity", "diversity", "embed_noise", "shift", "blind_steps", "handoff_steps"))
 @dataclass(frozen=True, kw_only=True)
 class Judged(TypedEvent):
     """The critic's decision after a round (decision "finish" carries only the first four)."""
@@ -455,6 +462,7 @@ class Judged(TypedEvent):
     embed_noise: Optional[float] = None
     shift: Optional[float] = None
     blind_steps: Optional[int] = None
+    handoff_steps: Optional[int] = None
 
 
 @_kind("vlm_judged")

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, get_profile
+from reverie.profiles import CONTROL_PROFILES, DEFAULT_PROFILE, HANDOFF_BASES, get_profile, handoff_base
 from reverie.render.editors import adapter_of
 from reverie.render.families import COMFY_ONLY_SAMPLERS, SAMPLERS
 from reverie.render.weights import resolve_controlnet, resolve_weights
@@ -165,6 +165,9 @@ class DiffusersEngine:
     # Latent channels per family where the engine can hand the pipeline its initial latents
     # (RenderSpec.noise_lowfreq); a family left out refuses noise-space search.
     NOISE_CHANNELS = {"z-image": 16}
+    # Families whose pipeline's loop lets the step-end callback hand the latents from the base
+    # transformer to the distilled one (render/handoff.py); the others refuse --handoff-steps.
+    HANDOFF_FAMILIES = ("z-image",)
 
     def __init__(
         self,
@@ -177,6 +180,7 @@ class DiffusersEngine:
         controlnet_path: Optional[str] = None,
         embed_cache_size: int = 16,
         pad_batches: bool = False,
+        handoff_path: Optional[str] = None,
         **_ignored: Any,
     ):
         import diffusers
@@ -196,6 +200,8 @@ class DiffusersEngine:
         # its remainder as a smaller batch and records each image's batch size; `reproduce` pads
         # to that recorded size, which is what this flag is for.
         self.pad_batches = pad_batches
+        self.handoff_path = handoff_path  # the base model's weights for --handoff-steps; None: the hub cache
+        self._handoff: Optional[tuple[Any, Any, str]] = None  # (base transformer, runner, label) once loaded
         self.version = f"diffusers {diffusers.__version__}"
         self.pipe = None
         self.preview_every = 0  # steps between live previews (render/preview.py); 0: none
@@ -332,7 +338,7 @@ class DiffusersEngine:
     @staticmethod
     def _group_key(spec: RenderSpec) -> tuple:
         return (spec.prompt, spec.negative, spec.width, spec.height, spec.steps, spec.guidance, spec.sampler,
-                spec.shift, spec.blind_steps, spec.control, spec.embed_noise, spec.source)
+                spec.shift, spec.blind_steps, spec.control, spec.embed_noise, spec.source, spec.handoff_steps)
 
     def render(self, specs: Sequence[RenderSpec], progress: ProgressFn | None = None,
                on_output: OutputFn | None = None) -> list[EngineOutput]:
@@ -394,7 +400,11 @@ class DiffusersEngine:
                 return self._render_instruction_edit(batch, editor, runner, source_image, mask, t0)
         else:
             runner = self._variant(spec.control)
-        cfg = self.adapter.traits.runs_cfg(spec.guidance)
+        handoff = max(0, min(int(spec.handoff_steps), spec.steps - 1))
+        guidance_kwargs = self.adapter.call_kwargs(spec.guidance)
+        if handoff:
+            runner, guidance_kwargs = self._handoff_runner(spec, handoff)
+        cfg = self.adapter.traits.runs_cfg(spec.guidance) or bool(handoff)  # the base steps run the base's CFG
         seeds = [int(s.seed) for s in batch]
         if self.pad_batches and len(seeds) < self.batch_size:
             # Filler seeds re-create a recorded batch shape; their images are thrown away.
@@ -407,8 +417,13 @@ class DiffusersEngine:
 
         def on_step(pipeline, step, timestep, kwargs):
             self.on_step(progress, step + 1, spec.steps, seeds[: len(batch)], kwargs.get("latents"))
+            if handoff and step == handoff - 1:  # the distilled model takes the latents at the next sigma
+                pipeline.transformer = self.pipe.transformer
             # After step `blind - 1` the rest of the schedule sees the real prompt.
             return swap if blind and step == blind - 1 else {}
+
+        if handoff and not takes_step_callback(runner):
+            raise ReverieError(f"{self.profile.pipeline} takes no step callback here: leave --handoff-steps out")
 
         extra: dict[str, Any] = {}
         if spec.source is not None:
@@ -432,7 +447,7 @@ class DiffusersEngine:
                 height=spec.height,
                 width=spec.width,
                 num_inference_steps=spec.steps,
-                **self.adapter.call_kwargs(spec.guidance),
+                **guidance_kwargs,
                 generator=generators,
                 **({"callback_on_step_end": on_step} if takes_step_callback(runner) else {}),
                 output_type="pil",
@@ -446,10 +461,72 @@ class DiffusersEngine:
             images = editors.paste_back(images, source_image, mask)
         seconds = (time.perf_counter() - t0) / len(batch)
         self.forward_seconds += seconds * len(batch)
+        # The base model's weights decide pixels too: lineage names them beside the distilled model's.
+        runtime = {**self.runtime, "handoff_model": self._handoff[2]} if handoff else dict(self.runtime)
         return [EngineOutput(spec=s, image=img, engine=self.name, engine_version=self.version, seconds=seconds,
-                             model=self.model_label, model_hash=self.model_hash, runtime=dict(self.runtime),
+                             model=self.model_label, model_hash=self.model_hash, runtime=dict(runtime),
                              batch_size=len(seeds))
                 for s, img in zip(batch, images)]
+
+    # -- base-model first steps (--handoff-steps) --------------------------------------------
+    def handoff_refusal(self) -> str:
+        """Why this engine cannot run --handoff-steps for its profile, in one line; "" when it can."""
+        base = handoff_base(self.profile.name)
+        if base is None:
+            pairs = ", ".join(f"{d} (base {b})" for d, b in HANDOFF_BASES.items())
+            return (f"{self.profile.name} has no base model of its architecture to hand steps from: "
+                    f"--handoff-steps works on {pairs}")
+        if self.profile.family not in self.HANDOFF_FAMILIES:
+            return (f"the {self.name} engine cannot hand {self.profile.traits.label or self.profile.family} steps "
+                    f"between models yet (Z-Image only): leave --handoff-steps out")
+        if self.cpu_offload and self.device.startswith("cuda"):
+            return "--handoff-steps keeps both transformers on the GPU: leave --cpu-offload or --handoff-steps out"
+        try:
+            self.handoff_weights()
+        except ReverieError as e:
+            return f"--handoff-steps needs the base model {base}: {e}"
+        return ""
+
+    def handoff_weights(self) -> str:
+        """Where the base model's weights are: handoff_path, else the hub cache; never downloads."""
+        return resolve_weights(get_profile(handoff_base(self.profile.name) or self.profile.name), self.handoff_path)
+
+    def _handoff_runner(self, spec: RenderSpec, handoff: int):
+        """The pipeline whose first `handoff` steps run the base transformer, and its guidance kwargs."""
+        from reverie.render.handoff import cfg_cutoff
+
+        refusal = self.handoff_refusal()
+        if refusal:
+            raise ReverieError(refusal)
+        if spec.control is not None or spec.source is not None:
+            raise ReverieError("--handoff-steps starts from noise: leave it out of edits and reference renders")
+        if self.adapter.traits.runs_cfg(spec.guidance):
+            raise ReverieError(f"--handoff-steps runs {self.profile.name} without CFG after the base's steps: "
+                               "leave --cfg out, or --handoff-steps")
+        pipe = self.load()
+        if self._handoff is None:
+            where = self.handoff_weights()
+            cls = type(pipe.transformer)
+            try:
+                if os.path.isfile(where):
+                    base = cls.from_single_file(where, torch_dtype=self.dtype)
+                elif (Path(where) / "transformer").is_dir():
+                    base = cls.from_pretrained(where, subfolder="transformer", torch_dtype=self.dtype)
+                else:
+                    base = cls.from_pretrained(where, torch_dtype=self.dtype)
+            except (OSError, ValueError) as e:
+                raise ReverieError(f"could not load the base model for --handoff-steps from {where}: {_first_line(e)}") from None
+            base.to(self.device)
+            # The loaded pipeline's own parts with the base transformer: the text encoder and VAE are shared.
+            runner = type(pipe)(**{**pipe.components, "transformer": base})
+            runner.set_progress_bar_config(disable=True)
+            self._handoff = (base, runner, f"{self._model_label(where)} {weights_hash(where)}")
+        base, runner, _ = self._handoff
+        runner.transformer = base  # the last call's callback left the distilled one in
+        base_profile = get_profile(handoff_base(self.profile.name))
+        shift = float(spec.shift if spec.shift is not None else (self._base_shift or 1.0))
+        return runner, {"guidance_scale": base_profile.guidance,
+                        "cfg_truncation": cfg_cutoff(spec.steps, handoff, shift)}
 
     def _render_instruction_edit(self, batch, editor, runner, source_image, mask, t0) -> list[EngineOutput]:
         """An instruction editor encodes its own prompt (with the source, for Qwen's vision encoder),
@@ -516,3 +593,4 @@ class DiffusersEngine:
         self._variants.clear()
         self._schedulers.clear()
         self._embeds.clear()
+        self._handoff = None

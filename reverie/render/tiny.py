@@ -481,6 +481,28 @@ def _remove_dead_writers_leftovers(target: Path) -> None:
             pass
 
 
+TINY_Z_IMAGE_BASE_DIR_NAME = "tiny-z-image-base-v1"
+
+
+def build_tiny_z_image_base():
+    """The tiny Z-Image transformer again with other random weights (seed 1): the tiny Turbo's
+    "base" of the same architecture, which --handoff-steps runs the first steps on."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    config = build_tiny_pipeline().transformer.config
+    torch.manual_seed(1)
+    transformer = ZImageTransformer2DModel.from_config(config)
+    with torch.no_grad():  # allocated with torch.empty upstream, as in build_tiny_pipeline
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    return transformer
+
+
+def ensure_tiny_z_image_base(models_dir: Path) -> Path:
+    return save_once(Path(models_dir) / TINY_Z_IMAGE_BASE_DIR_NAME, build_tiny_z_image_base)
+
+
 def ensure_tiny_controlnet(models_dir: Path) -> Path:
     return save_once(Path(models_dir) / TINY_CONTROLNET_DIR_NAME, build_tiny_controlnet)
 
@@ -524,6 +546,12 @@ class TinyEngine(DiffusersEngine):
     def _model_label(self, where: str) -> str:
         # Never the profile's name: PNG Info and civitai would credit the real model for noise.
         return f"{Path(where).name} (random weights)"
+
+    def handoff_weights(self) -> str:
+        # The tiny Turbo's base is a tiny transformer of its own; other families fall back to real weights.
+        if self.profile.family == "z-image":
+            return str(ensure_tiny_z_image_base(self._models_dir))
+        return super().handoff_weights()
 
     def _variant(self, control):
         if (control is not None and control.kind != "img2img" and self.controlnet_path is None
