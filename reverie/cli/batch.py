@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HOME,
+from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HANDOFF_STEPS, HOME,
                                 LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
                                 CliProgress, controls, err, friendly, open_studio, out, print_images, say)
 from reverie.types import Event, ReverieError
@@ -93,6 +93,7 @@ def batch(
     negative: Optional[str] = NEGATIVE,
     sampler: Optional[str] = SAMPLER,
     exact: bool = EXACT,
+    handoff_steps: int = HANDOFF_STEPS,
     style: Optional[str] = STYLE,
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
@@ -121,7 +122,7 @@ def batch(
     try:
         result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
                               n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
-                              progress=view, controls=controls(steps, cfg, negative, sampler, exact, style))
+                              progress=view, controls=controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
     finally:
         view.stop()
         studio.close()
@@ -162,6 +163,7 @@ def chat(
     negative: Optional[str] = NEGATIVE,
     sampler: Optional[str] = SAMPLER,
     exact: bool = EXACT,
+    handoff_steps: int = HANDOFF_STEPS,
     style: Optional[str] = STYLE,
     profile: str = PROFILE,
     engine: str = ENGINE,
@@ -219,7 +221,7 @@ def chat(
             progress = CliProgress(quiet=not interactive)
             try:
                 turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels,
-                                   **controls(steps, cfg, negative, sampler, exact, style))
+                                   **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
             except ReverieError as e:
                 # One bad turn does not end the conversation; the session keeps its earlier turns.
                 err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)

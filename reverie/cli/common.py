@@ -224,14 +224,15 @@ CFG = typer.Option(None, "--cfg", metavar="SCALE", help="CFG scale as ComfyUI an
 NEGATIVE = typer.Option(None, "--negative", metavar="TEXT", help="Negative prompt: what to keep out (needs CFG above 1).")
 SAMPLER = typer.Option(None, "--sampler", metavar="NAME", help="euler, euler_ancestral, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc (flow models: euler).")
 EXACT = typer.Option(False, "--exact", help="Render the idea verbatim: no expansion, no critic rewrite.")
+HANDOFF_STEPS = typer.Option(0, "--handoff-steps", metavar="K", help="First K steps on the distilled model's base (z-image for z-image-turbo), the rest on the distilled one: more varied seeds (1 is typical).")
 STYLE = typer.Option(None, "--style", metavar="NAME", help="A named style from reverie.toml ([styles.NAME] prompt = \"{prompt}, ...\").")
 
 
 def controls(steps: Optional[int], cfg: Optional[float], negative: Optional[str], sampler: Optional[str],
-             exact: bool, style: Optional[str] = None) -> dict:
+             exact: bool, style: Optional[str] = None, handoff_steps: int = 0) -> dict:
     """The controls a person set, as Request fields (those left unset are left out)."""
     given = {"steps": steps, "cfg": cfg, "negative": negative, "sampler": sampler, "exact": exact or None,
-             "style": style}
+             "style": style, "handoff_steps": handoff_steps or None}
     return {k: v for k, v in given.items() if v is not None}
 
 

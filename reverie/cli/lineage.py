@@ -106,7 +106,8 @@ def _print_lineage(info: dict) -> None:
         _print_edit_chain(info["edit"])
     s = info["spec"]
     _step("spec", f"{info['spec_sha'][:16]}, seed {s['seed']}, {s['width']}x{s['height']}, steps {s['steps']}, "
-                  f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}")
+                  f"guidance {s['guidance']}, sampler {s['sampler']}, shift {s['shift']}, blind steps {s['blind_steps']}"
+                  + (f", first {s['handoff_steps']} step(s) on the base model" if s.get("handoff_steps") else ""))
     state = "ok" if r["file_ok"] else ("FILE MISSING OR CHANGED" if r["status"] == "ok" else f"{r['status']}: {r['error']}")
     made = f"engine {r['engine']}" + (f" on {r['worker']}" if r.get("worker") else "")
     _step("image", f"render {r['id']}, round {r['round']}, seed {r['seed']}, {state}", made)

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HOME,
+from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HANDOFF_STEPS, HOME,
                                 LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
                                 CliProgress, controls, err, friendly, open_studio, out, print_images, print_paths, say)
 from reverie.types import ReverieError
@@ -40,6 +40,7 @@ def make(
     negative: Optional[str] = NEGATIVE,
     sampler: Optional[str] = SAMPLER,
     exact: bool = EXACT,
+    handoff_steps: int = HANDOFF_STEPS,
     style: Optional[str] = STYLE,
     home: Optional[str] = HOME,
     model_path: Optional[str] = MODEL_PATH,
@@ -68,7 +69,7 @@ def make(
            "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
            "--ref": ref, "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
            "--batch-size": batch_size, "--cpu-offload": cpu_offload, "--shift": shift is not None,
-           "--blind-steps": blind_steps, "--embed-noise": embed_noise}
+           "--blind-steps": blind_steps, "--embed-noise": embed_noise, "--handoff-steps": handoff_steps}
     if not local:
         from reverie.cli.remote import find_server
 
@@ -89,7 +90,7 @@ def make(
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
                              seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, search=search,
                              progress=progress,
-                             references=references, **controls(steps, cfg, negative, sampler, exact, style))
+                             references=references, **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
     finally:
         progress.stop()
         studio.close()

@@ -49,7 +49,7 @@ ROUND_SIZE = 4  # seeds per round (--n): one engine job, and the unit of round-r
 MAX_ROUNDS = 100  # rounds an idea may take when only a time budget bounds it
 LLM_CALLS_AT_ONCE = 2  # expansions and critiques in flight across ideas: a local LLM server is one GPU too
 JOIN_SECONDS = 60.0  # how long a stop waits for the runs to end between images
-CONTROL_KEYS = ("steps", "cfg", "negative", "sampler", "exact", "style")  # the hand-set controls, as make's flags
+CONTROL_KEYS = ("steps", "cfg", "negative", "sampler", "exact", "style", "handoff_steps")  # the hand-set controls, as make's flags
 ITEM_KEYS = {"idea", "profile", "n", "aspect", "megapixels", "reference", "control", "strength", *CONTROL_KEYS}
 
 

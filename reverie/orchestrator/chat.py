@@ -356,7 +356,8 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
     reading = interpreter.interpret(message, previous, first, fresh_seed)
     req = reading.request
     # Per-turn options (n, rounds, size) follow what the caller passes now.
-    for key in ("n", "rounds", "megapixels", "steps", "cfg", "negative", "sampler", "exact", "seed", "style"):
+    for key in ("n", "rounds", "megapixels", "steps", "cfg", "negative", "sampler", "exact", "seed", "style",
+                "handoff_steps"):
         if key in defaults:
             req = replace(req, **{key: defaults[key]})
     req = replace(req, revises=follows(store, previous, reading))

@@ -64,6 +64,7 @@ class LoopState(TypedDict, total=False):
     shift: Optional[float]
     blind_steps: int
     embed_noise: float  # noise on the text embeddings (RenderSpec.embed_noise), 0 until diversity is low
+    handoff_steps: int  # first steps on the base model (RenderSpec.handoff_steps), 0 until diversity is low
     round_render_ids: list[int]
     history: list[float]  # best composite of each round
     decision: str  # one of policy's decisions: render | revise | explore | variety | finish
@@ -101,6 +102,9 @@ class LoopContext:
     started: float = field(default_factory=time.monotonic)
     variety_shift_max: float = 7.0
     variety_blind_max: int = 2
+    # Most first steps the loop hands to the base model (the paper hands one); 0: the loop never
+    # turns this knob, which loads a second transformer.
+    variety_handoff_max: int = 1
     models_dir: Optional[Path] = None  # where reference preprocessors' weights live (the home's models/)
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
     embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
@@ -223,6 +227,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
             blind_steps=state.get("blind_steps", 0),
             control=control,
             embed_noise=state.get("embed_noise", 0.0),
+            handoff_steps=state.get("handoff_steps", 0) if source is None else 0,
             source=source,
             noise_lowfreq=components[i],
             model_files=tuple(sorted((getattr(ctx.engine, "user_files", None) or {}).items())),
@@ -448,6 +453,10 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
             shift_max=ctx.variety_shift_max, blind_max=ctx.variety_blind_max)
         if getattr(ctx.engine, "embed_noise", False):  # diffusers engines; others cannot honour it
             update["embed_noise"] = policy.turn_embed_noise(state.get("embed_noise", 0.0))
+        if ctx.variety_handoff_max:
+            update["handoff_steps"] = policy.turn_handoff(
+                state.get("handoff_steps", 0), available=_can_hand_off(state, ctx),
+                steps=ctx.request.steps or ctx.profile.steps, maximum=ctx.variety_handoff_max)
     elif decision == policy.REVISE:
         update["pending_revision"] = critique.expansion.to_dict()
     reason = critique.reason if critique is not None else "exact prompt: new seeds, same words"
@@ -455,8 +464,21 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
                         diversity=policy.diversity(similarity),
                         embed_noise=update.get("embed_noise", state.get("embed_noise", 0.0)),
                         shift=update.get("shift", state.get("shift")),
-                        blind_steps=update.get("blind_steps", state.get("blind_steps", 0))))
+                        blind_steps=update.get("blind_steps", state.get("blind_steps", 0)),
+                        handoff_steps=update.get("handoff_steps", state.get("handoff_steps", 0)) or None))
     return update
+
+
+def _can_hand_off(state: LoopState, ctx: LoopContext) -> bool:
+    """Whether the next round's renders can start on the base model: the engine has the pair, and
+    they start from noise with no CFG on the distilled model (what the engine would refuse)."""
+    from reverie.orchestrator.requests import spec_controls
+
+    refusal = getattr(ctx.engine, "handoff_refusal", None)
+    if refusal is None or ctx.request.source is not None or state.get("source") or state.get("control"):
+        return False
+    guidance = spec_controls(ctx.request, ctx.profile).get("guidance", ctx.profile.guidance)
+    return not ctx.profile.traits.runs_cfg(guidance) and not refusal()
 
 
 def _takes(fn, keyword: str) -> bool:

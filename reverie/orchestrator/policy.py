@@ -139,6 +139,16 @@ def turn_knobs(shift: Optional[float], blind_steps: int, *, profile_shift: Optio
     return new_shift, min(blind_max, blind_steps + 1)
 
 
+def turn_handoff(handoff_steps: int, *, available: bool, steps: int, maximum: int = 1) -> int:
+    """One turn of the fourth variety knob: one more first step on the undistilled base model, up
+    to `maximum`, always leaving the distilled model at least one step. Unchanged where the base
+    model is absent or the render cannot hand over (an edit, a reference, CFG on the distilled model)."""
+    k = max(0, int(handoff_steps or 0))
+    if not available:
+        return k
+    return max(k, min(int(maximum), int(steps) - 1, k + 1))  # never lower than the person set it
+
+
 def turn_embed_noise(strength: float, *, step: float = 0.1, maximum: float = 0.3) -> float:
     """One turn of the third variety knob: more noise on the text embeddings (a share of their
     standard deviation), up to `maximum`, where a distilled model's seeds look alike."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 from reverie.orchestrator.noise_search import SEARCHES
-from reverie.profiles import Profile, get_profile
+from reverie.profiles import HANDOFF_BASES, Profile, get_profile, handoff_base
 from reverie.render.resolution import check_megapixels, parse_aspect, size_for
 from reverie.types import CONTROL_KINDS, Request, ReverieError
 
@@ -60,6 +60,16 @@ def validate_request(req: Request) -> Request:
     if not (0.0 <= req.embed_noise <= MAX_EMBED_NOISE):
         raise ReverieError(f"embedding noise must be between 0 and {MAX_EMBED_NOISE} (got {req.embed_noise}): "
                            "it is a share of the embeddings' spread, e.g. --embed-noise 0.1")
+    if not isinstance(req.handoff_steps, int) or not (0 <= req.handoff_steps <= 10):
+        raise ReverieError(f"handoff steps must be between 0 and 10 (got {req.handoff_steps}): "
+                           "1 or 2 first steps on the base model is typical")
+    if req.handoff_steps and handoff_base(profile.name) is None:
+        pairs = ", ".join(f"{d} (base {b})" for d, b in HANDOFF_BASES.items())
+        raise ReverieError(f"{profile.name} has no base model of its architecture to hand steps from: "
+                           f"--handoff-steps works on {pairs}")
+    if req.handoff_steps and req.handoff_steps >= (req.steps or profile.steps):
+        raise ReverieError(f"--handoff-steps {req.handoff_steps} leaves no step of {req.steps or profile.steps} to the "
+                           f"distilled model: use at most {(req.steps or profile.steps) - 1}")
     if req.search not in SEARCHES:
         raise ReverieError(f"unknown search {req.search!r}: use --search seeds (re-roll seeds) or --search noise")
     check_controls(req, profile)
@@ -142,10 +152,30 @@ def check_knobs(req: Request, engine) -> None:
                            "out, or render a Z-Image profile in-process (--engine diffusers)")
     if req.search == "noise" and (req.source is not None or any(r.control == "img2img" for r in req.references)):
         raise ReverieError("an edit or img2img reference starts from the image, not from noise: leave --search noise out")
+    if req.handoff_steps:
+        check_handoff(req, engine)
     from reverie.render.families import COMFY_ONLY_SAMPLERS
 
     if req.sampler in COMFY_ONLY_SAMPLERS and engine.name != "comfyui":
         raise ReverieError(f"sampler {req.sampler} exists only in ComfyUI: use --engine comfyui, or another sampler")
+
+
+def check_handoff(req: Request, engine) -> None:
+    """--handoff-steps where the engine, the profile or the request cannot: one line, before any run."""
+    refusal = getattr(engine, "handoff_refusal", None)
+    if refusal is None:  # ComfyUI graphs and Ray lanes run one model per render
+        raise ReverieError(f"the {engine.name} engine cannot hand steps from a base model to {req.profile}: leave "
+                           "--handoff-steps out, or render in-process (--engine diffusers)")
+    reason = refusal()
+    if reason:
+        raise ReverieError(reason)
+    if req.source is not None or req.references:
+        raise ReverieError("--handoff-steps starts from noise: leave it out of edits and reference renders")
+    profile = get_profile(req.profile)
+    guidance = spec_controls(req, profile).get("guidance", profile.guidance)
+    if profile.traits.runs_cfg(guidance):
+        raise ReverieError(f"--handoff-steps runs {profile.name} without CFG after the base's steps: leave --cfg out, "
+                           "or --handoff-steps")
 
 
 def render_size(req: Request, profile: Profile, engine) -> tuple[int, int]:

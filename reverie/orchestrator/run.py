@@ -131,7 +131,8 @@ class Run:
                               notice=lambda m: studio.notice(m, progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
-                     "blind_steps": req.blind_steps, "embed_noise": req.embed_noise, "history": []}
+                     "blind_steps": req.blind_steps, "embed_noise": req.embed_noise,
+                     "handoff_steps": req.handoff_steps, "history": []}
             if self.resumed:  # a run just made has written no file yet: only a resumed one has strays to adopt
                 sweep_orphans(store, run_id)
                 redone = rerender_missing(

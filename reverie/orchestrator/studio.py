@@ -162,7 +162,7 @@ class Studio:
                 cfg: Optional[float] = None, negative: Optional[str] = None, sampler: Optional[str] = None,
                 exact: bool = False,
                 revises: Optional[tuple[str, str, str]] = None,
-                style: Optional[str | tuple[str, str, str]] = None) -> Request:
+                style: Optional[str | tuple[str, str, str]] = None, handoff_steps: int = 0) -> Request:
         """A checked Request (what `open_run` takes); the options are `make`'s. A bad value is
         one ReverieError line naming the fix."""
         refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r))
@@ -172,7 +172,8 @@ class Studio:
                                         seed=seed, shift=shift, blind_steps=blind_steps, steps=steps,
                                         max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
                                         diversity=diversity, search=search, cfg=cfg, negative=negative,
-                                        sampler=sampler, exact=exact, revises=tuple(revises) if revises else None, style=self.style(style)))
+                                        sampler=sampler, exact=exact, revises=tuple(revises) if revises else None, style=self.style(style),
+                                        handoff_steps=handoff_steps))
 
     def open_run(self, request: Request, *, run_id: Optional[str] = None,
                  progress: Optional[ProgressFn] = None) -> Run:
@@ -219,6 +220,7 @@ class Studio:
              diversity: Optional[float] = None, search: str = "seeds",
              cfg: Optional[float] = None, negative: Optional[str] = None, sampler: Optional[str] = None,
              exact: bool = False, revises: Optional[tuple[str, str, str]] = None, style: Optional[str] = None,
+             handoff_steps: int = 0,
              progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best.
 
@@ -252,6 +254,8 @@ class Studio:
             exact: render the idea verbatim: no expansion, no critic rewrite.
             revises: (idea, prompt, negative) of a chat turn whose prompt this run revises.
             style: a named style of reverie.toml ([styles.NAME]: prompt = "{prompt}, ...", negative).
+            handoff_steps: the first steps on the profile's undistilled base model (z-image for
+                z-image-turbo), the rest on the profile's: more varied seeds (0-10; 1 is typical).
             progress: called with every progress Event; None: the studio's.
             stop: set it (a server whose client hung up) to end the run between images.
 
@@ -264,7 +268,7 @@ class Studio:
                            profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
                            steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
                            diversity=diversity, search=search, cfg=cfg, negative=negative, sampler=sampler,
-                           exact=exact, revises=revises, style=style)
+                           exact=exact, revises=revises, style=style, handoff_steps=handoff_steps)
         with self.open_run(req, progress=progress) as run:
             final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
@@ -382,7 +386,8 @@ class Studio:
              stop: Optional[threading.Event] = None, interpreter: Any = None,
              on_open: Optional[Callable[[Run], None]] = None, seed: Optional[int] = None,
              steps: Optional[int] = None, cfg: Optional[float] = None, negative: Optional[str] = None,
-             sampler: Optional[str] = None, exact: Optional[bool] = None, style: Optional[str] = None):
+             sampler: Optional[str] = None, exact: Optional[bool] = None, style: Optional[str] = None,
+             handoff_steps: Optional[int] = None):
         """One turn of a conversation: the first message makes images, follow-ups ("make it
         night", "more like the second one") start a new round from the last one.
 
@@ -398,7 +403,7 @@ class Studio:
             interpreter: what reads a message (orchestrator/chat.py's Interpreter); None: the
                 offline rules, or the configured LLM in front of them.
             on_open: called with the turn's Run once it is opened.
-            seed, steps, cfg, negative, sampler, exact, style: `make`'s controls for this turn (None: the
+            seed, steps, cfg, negative, sampler, exact, style, handoff_steps: `make`'s controls for this turn (None: the
                 profile's, or what the last turn used; a seed given here replaces the turn's fresh one).
 
         Returns:
@@ -408,7 +413,7 @@ class Studio:
 
         options = {"n": n, "rounds": rounds, "aspect": aspect, "megapixels": megapixels, "target": target,
                    "profile": profile, "seed": seed, "steps": steps, "cfg": cfg, "negative": negative,
-                   "sampler": sampler, "exact": exact, "style": style}
+                   "sampler": sampler, "exact": exact, "style": style, "handoff_steps": handoff_steps}
         return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None),
                          interpreter=interpreter, stop=stop, on_open=on_open, **options)
 

@@ -238,6 +238,9 @@ def build_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], im
     if spec.noise_lowfreq:  # ComfyUI draws its own noise from the seed: the components would be dropped
         raise ReverieError("this spec's initial noise was searched (noise components): ComfyUI cannot apply them; "
                            "render or reproduce it with --engine diffusers (or tiny)")
+    if spec.handoff_steps:  # one model per graph here: the base model's first steps would be dropped
+        raise ReverieError(f"this spec runs its first {spec.handoff_steps} step(s) on the base model (handoff steps): "
+                           "ComfyUI cannot here; render or reproduce it with --engine diffusers (or tiny)")
     blind = max(0, min(int(spec.blind_steps), spec.steps - 1))
     if blind:
         if zeroed is None:

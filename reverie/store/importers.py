@@ -89,13 +89,14 @@ def parse_a1111(text: str) -> ForeignRecipe:
             sampler=_sampler(fields.get("Sampler", "euler")),
             shift=float(fields["Shift"]) if "Shift" in fields else None,
             blind_steps=int(fields.get("Blind steps", 0)),
+            handoff_steps=int(fields.get("Handoff steps", 0)),
         )
     except ValueError as e:
         raise ReverieError(f"the A1111 parameters have a value that is not a number ({e})") from None
     return ForeignRecipe("a1111", spec, model, {k: v for k, v in fields.items() if k not in _KNOWN_A1111})
 
 
-_KNOWN_A1111 = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Shift", "Blind steps"}
+_KNOWN_A1111 = {"Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Shift", "Blind steps", "Handoff steps"}
 
 
 def _text_of(graph: dict, link: Any, depth: int = 0) -> str:

@@ -62,6 +62,8 @@ def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model
         fields.append(("Blind steps", spec.blind_steps))
     if spec.embed_noise:
         fields.append(("Embedding noise", spec.embed_noise))
+    if spec.handoff_steps:  # the first steps ran on the profile's base model (profiles.HANDOFF_BASES)
+        fields.append(("Handoff steps", spec.handoff_steps))
     if spec.noise_lowfreq:  # the seed alone no longer gives the starting noise: the reverie chunk holds them
         fields.append(("Noise components", len(spec.noise_lowfreq)))
     if spec.control is not None:
