@@ -56,8 +56,13 @@ def model_rows(home: Optional[str] = None) -> list[dict]:
     for m in _scorer_models(home):
         rows.append({"name": m.name, "kind": "scorer", "repo": "", "present": bool(m.present), "where": m.where,
                      "description": m.description})
-    from reverie.scoring.plugins import installed, plugin
+    from reverie.scoring.plugins import built_ins, installed, plugin
 
+    # The scorer registry: reverie's own components first (which scorer computes each), then plugins.
+    for p in built_ins():
+        rows.append({"name": p.name, "kind": "score component", "repo": "", "present": True,
+                     "where": f"built in ({p.family} scorer)", "role": p.role, "weight": p.weight,
+                     "quantiles": list(p.quantiles) if p.quantiles else None, "description": p.description})
     for entry in installed():
         if entry.built_in:
             continue
@@ -150,11 +155,15 @@ def models(
     for col in ("pipeline", "steps", "cfg", "sampler"):
         table.add_column(col, no_wrap=True)
     table.add_column("here", no_wrap=True)
+    components = [r for r in rows if r["kind"] == "score component"]
+    rows = [r for r in rows if r["kind"] != "score component"]
     for r in rows:
         table.add_row(r["name"], r.get("pipeline", "").replace("Pipeline", "").replace("StableDiffusion", "SD") or r["kind"], str(r.get("steps", "")),
                       str(r.get("guidance", "")), r.get("sampler", ""), "yes" if r["present"] else "no")
     out.print(table)
     # What `reverie edit` can use, below the table: a seventh column collapses the others at 80 columns.
+    out.print(Text("score components (built in; plugins are rows above): " + ", ".join(
+        f"{r['name']} ({r['where'].split('(')[1].split()[0]}, {r['weight']:g})" for r in components)), highlight=False)
     editors = [f"{r['name']} ({r['edits']})" for r in rows if r.get("edits")]
     if editors:
         out.print(Text("editors (`reverie edit`): " + ", ".join(editors)), highlight=False)

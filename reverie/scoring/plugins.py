@@ -13,8 +13,9 @@ be cheap: weights load in `load(settings)`, which returns the scoring function.
 
 Configuration lives in reverie.toml: `[scoring.weights] NAME = 0.2` sets a selecting plugin's share,
 `[scoring.plugins] off = ["NAME"]` leaves one out, and `[scoring.plugins.NAME]` is handed to its `load`.
-reverie's own components (CLIP, aesthetic, PickScore, HPS, the heuristic ones) are still built by
-scorer.py, not through this registry.
+reverie's own components (CLIP faithfulness and prompt match, aesthetic, PickScore, HPS, the
+heuristic ones) are entries of the same registry (scoring/builtins.py), each with its `family`: the
+built-in scorer that computes it in one shared pass. `registry()` is the one place to find scorers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class ScorerPlugin:
     weight: float = 0.1  # its default share of the composite when it selects
     description: str = ""
     close: Callable[[], None] = field(default=lambda: None)
+    # "": a third-party plugin, scored on its own; "clip" or "heuristic": a built-in component that
+    # scorer of reverie computes in its shared pass (scoring/builtins.py).
+    family: str = ""
 
     def check(self) -> "ScorerPlugin":
         if not self.name.replace("_", "").isalnum() or self.name.startswith(HELD_OUT_PREFIX):
@@ -101,8 +105,37 @@ def third_party() -> list[ScorerPlugin]:
     return [plugin(e) for e in installed() if not e.built_in]
 
 
+def built_ins() -> list[ScorerPlugin]:
+    from reverie.scoring.builtins import built_in_plugins
+
+    return built_in_plugins()
+
+
+def registry(*, third_party_too: bool = True) -> list[ScorerPlugin]:
+    """Every scorer reverie knows: its own components, then the installed plugins (a broken plugin
+    is one line). A plugin may not take a built-in component's name."""
+    entries = built_ins()
+    if third_party_too:
+        own = {e.name for e in entries}
+        for p in third_party():
+            if p.name in own:
+                raise ReverieError(f"scorer plugin {p.name} reuses the name of a built-in component: rename it")
+            entries.append(p)
+    return entries
+
+
+def find(name: str) -> ScorerPlugin:
+    """One registry entry by its component name."""
+    for entry in registry():
+        if entry.name == name:
+            return entry
+    raise ReverieError(f"no scorer component named {name!r}: use one of {', '.join(e.name for e in registry())}")
+
+
 def register_reference(p: ScorerPlugin) -> None:
     """Let the composite normalise the plugin's component like a built-in one."""
+    if p.family == "" and p.name in {b.name for b in built_ins()}:
+        raise ReverieError(f"scorer plugin {p.name} reuses the name of a built-in component: rename it")
     if p.name in REFERENCES and p.quantiles is not None and tuple(REFERENCES[p.name]) != tuple(p.quantiles):
         raise ReverieError(f"scorer plugin {p.name} reuses the name of a built-in component: rename it")
     if p.quantiles is not None:
@@ -174,6 +207,13 @@ def with_plugins(base, table: Mapping[str, Any], weights: Mapping[str, float]):
         return base
     settings = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     return WithPlugins(base, chosen, settings, weights)
+
+
+def default_weights(family: str) -> dict[str, float]:
+    """The default shares of a built-in scorer family's components and of every selecting plugin,
+    read from the registry: what `taste` starts from and weighs."""
+    own = {p.name: p.weight for p in built_ins() if p.family == family and p.role == "select"}
+    return {**own, **plugin_default_weights()}
 
 
 def plugin_default_weights() -> dict[str, float]:

@@ -76,10 +76,10 @@ def family_of(values: Mapping[str, float]) -> str:
 
 
 def default_weights(family: str) -> dict[str, float]:
-    from reverie.scoring.plugins import plugin_default_weights
+    from reverie.scoring.plugins import default_weights as registered
 
-    # Installed scorer plugins that select are weighed like built-in components.
-    return {**(heuristic.WEIGHTS if family == "heuristic" else comp.DEFAULT_WEIGHTS), **plugin_default_weights()}
+    # One registry holds the built-in components and the installed plugins that select.
+    return registered("heuristic" if family == "heuristic" else "clip")
 
 
 def components_of(family: str, rows: Sequence[Mapping[str, float]]) -> list[str]:
