@@ -201,15 +201,18 @@ def show(
     from reverie.scoring.display import held_out_line
     from reverie.store.db import Store
 
-    from reverie.orchestrator.curation import home_best
+    from reverie.config import load_config
+    from reverie.orchestrator.curation import clip_embedder, home_best
 
     store = Store(resolve_home(home), read_only_ok=True)
     tree = store.run_tree(run_id)
+    # CLIP image embeddings for the portfolio where CLIP scored the run and is here; else pixel signatures.
+    embed = clip_embedder(store, tree["run"]["id"], load_config(store.home))
     pick = store.judge_pick(tree["run"]["id"])
     # The run's best as every way in chooses them: the VLM judge's pick first.
     tree["best"] = [{"id": r.id, "path": r.path, "seed": r.seed, "score": r.scores.composite if r.scores else None,
                      "judge_pick": bool(pick and pick["render_id"] == r.id)}
-                    for r in home_best(store, tree["run"]["id"], 4)]
+                    for r in home_best(store, tree["run"]["id"], 4, embed=embed)]
     if as_json:
         print(json.dumps(tree, ensure_ascii=False, default=str))
         return
@@ -243,11 +246,11 @@ def show(
         add(root, p)
     out.print(root, highlight=False)
     out.print(Text(held_out_line(store, run["id"])), highlight=False)
-    from reverie.config import load_config
     from reverie.orchestrator.curation import diversity_line, portfolio_line
 
     out.print(Text(diversity_line(store, run["id"])), highlight=False)
-    out.print(Text(portfolio_line(store, run["id"], len(tree["best"]) or 4, load_config(store.home))), highlight=False)
+    out.print(Text(portfolio_line(store, run["id"], len(tree["best"]) or 4, load_config(store.home), embed)),
+              highlight=False)
     if tree["best"]:
         out.print(Text("best: " + ", ".join(f"render {b['id']}" + (" (the VLM judge's pick)" if b["judge_pick"] else "")
                                             for b in tree["best"])), highlight=False)

@@ -573,7 +573,7 @@ class BatchRunner:
                                                budget=row["budget"], rendered=0, kept=[], status="failed",
                                                error=row["error"]))
         results.sort(key=lambda r: r.index)
-        report = write_report(self.store, self.batch_id)
+        report = write_report(self.store, self.batch_id, clip_cache=getattr(self.studio, "clip_embeddings", None))
         self.store.batches.finish(self.batch_id, str(report))
         self.progress(BatchFinished(batch_id=self.batch_id, report=str(report), reason=stop_reason,
                                     renders=self.renders_now))

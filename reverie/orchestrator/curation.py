@@ -16,7 +16,7 @@ the one place it is read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from reverie.types import Render
 
@@ -36,6 +36,13 @@ class Curated:
 
     renders: list[Render]
     near_duplicates: frozenset[int] = field(default_factory=frozenset)
+    basis: str = ""  # what the portfolio's similarity was measured on: CLIP or PIXEL ("" for plain top-K)
+
+
+CLIP = "CLIP image embeddings"
+PIXEL = "pixel signatures: colour layout, not content"
+# render list -> one CLIP image embedding each (None where a file cannot be read)
+Embed = Callable[[list[Render]], list[Optional[tuple]]]
 
 
 class SignatureCache:
@@ -67,7 +74,7 @@ class SignatureCache:
 
 
 def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional[dict[int, tuple]] = None,
-           fill: bool = False, diversity: float = 0.0) -> Curated:
+           fill: bool = False, diversity: float = 0.0, embed: Optional[Embed] = None) -> Curated:
     """The run's best k (see the module docstring). `signatures` (render id -> pixel signature)
     spares decoding PNGs already seen in memory; missing ones are read from the files.
 
@@ -82,7 +89,11 @@ def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional
         ranked = [pick] + [r for r in ranked if r.id != pick.id]
     if not ranked or k < 1:
         return Curated([])
-    kept = _portfolio(ranked, k, threshold, signatures, diversity) if diversity > 0 else _walk(ranked, k, threshold, signatures)
+    basis = ""
+    if diversity > 0:
+        kept, basis = _portfolio(ranked, k, threshold, signatures, diversity, embed)
+    else:
+        kept = _walk(ranked, k, threshold, signatures)
     dups: set[int] = set()
     for i, r in enumerate(ranked):
         if not fill or len(kept) >= k:
@@ -91,7 +102,7 @@ def curate(store, run_id: str, k: int, *, threshold: float, signatures: Optional
             kept.append(i)
             dups.add(r.id)
     kept.sort()
-    return Curated([ranked[i] for i in kept], frozenset(dups))
+    return Curated([ranked[i] for i in kept], frozenset(dups), basis)
 
 
 PORTFOLIO_POOL = 8  # a portfolio of k is chosen among the best 8k: bounded work however long the run
@@ -113,27 +124,36 @@ def _walk(ranked: list[Render], k: int, threshold: float, signatures) -> list[in
     return kept
 
 
-def _portfolio(ranked: list[Render], k: int, threshold: float, signatures, diversity: float) -> list[int]:
+def _portfolio(ranked: list[Render], k: int, threshold: float, signatures, diversity: float,
+               embed: Optional[Embed] = None) -> tuple[list[int], str]:
     """The lead, then by marginal relevance among the best PORTFOLIO_POOL * k; near-duplicates
-    of a kept image are never taken (the fill may add them back)."""
+    of a kept image are never taken (the fill may add them back). The similarity is CLIP's where
+    `embed` gives every pooled render an embedding; else the pixel signatures'. The near-duplicate
+    threshold is the pixel signatures' either way (it is calibrated on them)."""
     pool = ranked[:PORTFOLIO_POOL * k]
-    vectors = [_signature(r, signatures) for r in pool]
+    signs = [_signature(r, signatures) for r in pool]
+    vectors, basis = signs, PIXEL
+    if embed is not None:
+        clip = embed(pool)
+        if all(v is not None for v in clip):
+            vectors, basis = clip, CLIP
     kept = [0]
     while len(kept) < min(k, len(pool)):
         best, best_gain = None, None
         for i, r in enumerate(pool):
             if i in kept:
                 continue
-            sims = [cosine(vectors[i], vectors[j]) for j in kept if vectors[i] is not None and vectors[j] is not None]
-            if sims and max(sims) > threshold:
+            dup = [cosine(signs[i], signs[j]) for j in kept if signs[i] is not None and signs[j] is not None]
+            if dup and max(dup) > threshold:
                 continue
+            sims = [cosine(vectors[i], vectors[j]) for j in kept if vectors[i] is not None and vectors[j] is not None]
             gain = r.scores.composite - diversity * (max(sims) if sims else 0.0)
             if best_gain is None or gain > best_gain:
                 best, best_gain = i, gain
         if best is None:
             break
         kept.append(best)
-    return kept
+    return kept, basis
 
 
 def kept_diversity(store, run_id: str, config: Optional[Mapping[str, Any]]) -> float:
@@ -150,24 +170,79 @@ def kept_diversity(store, run_id: str, config: Optional[Mapping[str, Any]]) -> f
     return float(asked) if asked is not None else scoring_settings((config or {}).get("scoring")).diversity
 
 
-def portfolio_line(store, run_id: str, k: int, config: Optional[Mapping[str, Any]] = None) -> str:
-    """The kept set's Vendi score beside plain top-k's, on the same run: what the portfolio buys."""
+def portfolio_line(store, run_id: str, k: int, config: Optional[Mapping[str, Any]] = None,
+                   embed: Optional[Embed] = None) -> str:
+    """The kept set's Vendi score beside plain top-k's, on the same run: what the portfolio buys.
+    Both on CLIP image embeddings where `embed` gives them for every image, else both on pixel
+    signatures; the line says which."""
     from reverie.scoring.portfolio import vendi
 
     diversity = kept_diversity(store, run_id, config)
     threshold = near_duplicate_threshold(config)
-    kept = curate(store, run_id, k, threshold=threshold, diversity=diversity).renders
+    kept = curate(store, run_id, k, threshold=threshold, diversity=diversity, embed=embed).renders
     top = curate(store, run_id, k, threshold=threshold, diversity=0.0).renders
+    basis = PIXEL
+    vectors = {}
+    if embed is not None:
+        both = list({r.id: r for r in kept + top}.values())
+        clip = embed(both)
+        if all(v is not None for v in clip):
+            vectors, basis = {r.id: v for r, v in zip(both, clip)}, CLIP
 
     def score(renders) -> Optional[float]:
-        vectors = [v for v in (_signature(r, {}) for r in renders) if v is not None]
-        return vendi(vectors) if len(vectors) >= 2 else None
+        found = [vectors.get(r.id) if vectors else _signature(r, {}) for r in renders]
+        found = [v for v in found if v is not None]
+        return vendi(found) if len(found) >= 2 else None
 
     mine, plain = score(kept), score(top)
     if mine is None or plain is None:
         return "portfolio: fewer than two images to compare"
+    why = "" if basis == CLIP else "; CLIP is not here or did not score this run"
     return (f"portfolio of {len(kept)} (diversity {diversity:g}): Vendi {mine:.2f} against top-{len(top)}'s {plain:.2f} "
-            f"(effective number of different images, on pixel signatures: colour layout, not content)")
+            f"(effective number of different images, on {basis}{why})")
+
+
+def clip_embedder(store, run_id: str, config: Optional[Mapping[str, Any]] = None,
+                  cache: Optional[Mapping[int, tuple]] = None, model: Any = None) -> Optional[Embed]:
+    """CLIP image embeddings for a run's renders, when CLIP scored the run and its weights are
+    here: from `cache` (what the scorer already computed, in memory) else from the files with
+    `model` (a ClipModel; None: the [scoring] settings' own, loaded on first need). None when the
+    run was scored without CLIP: the caller then measures on pixel signatures, and says so."""
+    scored = store.renders(run_id)
+    if not any(r.scores is not None and r.scores.scorer.startswith("clip") for r in scored):
+        return None
+    from reverie.scoring.scorer import clip_weights_cached, scoring_settings
+
+    table = dict((config or {}).get("scoring") or {})
+    table.pop("plugins", None)
+    settings = scoring_settings(table)
+    if model is None and not (settings.clip_weights or settings.clip_config or clip_weights_cached(settings)):
+        return None
+    known: dict[int, tuple] = {}
+    held: list = [model]
+
+    def embed(renders: list[Render]) -> list[Optional[tuple]]:
+        from PIL import Image
+
+        out: list[Optional[tuple]] = []
+        for r in renders:
+            vector = known.get(r.id) or (cache.get(r.id) if cache is not None else None)
+            if vector is None:
+                if held[0] is None:
+                    from reverie.scoring.builtins import clip_model
+
+                    held[0] = clip_model({**table, "device": settings.device})
+                try:
+                    with Image.open(r.path) as im:
+                        vector = tuple(held[0].encode_images([im.convert("RGB")])[0].cpu().tolist())
+                except (OSError, ValueError):
+                    vector = None
+            if vector is not None:
+                known[r.id] = vector
+            out.append(vector)
+        return out
+
+    return embed
 
 
 def _signature(render: Render, known) -> Optional[tuple]:
@@ -196,14 +271,14 @@ def best(store, run_id: str, k: int, *, threshold: float, signatures: Optional[d
     return curate(store, run_id, k, threshold=threshold, signatures=signatures, fill=fill, diversity=diversity).renders
 
 
-def home_best(store, run_id: str, k: int, *, fill: bool = False) -> list[Render]:
+def home_best(store, run_id: str, k: int, *, fill: bool = False, embed: Optional[Embed] = None) -> list[Render]:
     """`best` for a caller that holds a store and no studio (`reverie show`, `export`): the
     threshold and diversity from the home's reverie.toml (and the run's own --diversity)."""
     from reverie.config import load_config
 
     config = load_config(store.home)
-    return best(store, run_id, k, threshold=near_duplicate_threshold(config), fill=fill,
-                diversity=kept_diversity(store, run_id, config))
+    return curate(store, run_id, k, threshold=near_duplicate_threshold(config), fill=fill,
+                  diversity=kept_diversity(store, run_id, config), embed=embed).renders
 
 
 def pixel_signature(path: str) -> tuple:

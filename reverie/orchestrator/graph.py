@@ -107,6 +107,7 @@ class LoopContext:
     variety_handoff_max: int = 1
     models_dir: Optional[Path] = None  # where reference preprocessors' weights live (the home's models/)
     signatures: Optional[dict[int, tuple]] = None  # render id -> pixel signature, filled as renders are stored
+    clip_embeddings: Optional[dict[int, tuple]] = None  # render id -> CLIP image embedding, where CLIP scores
     embeddings: dict[int, tuple] = field(default_factory=dict)  # render id -> the scorer's embedding, this process
     vlm_judge: Any = None  # a VLMJudge: compares the top candidates for the revision and the final pick
     notice: Any = None  # the studio's once-per-session notice (a dead server is said once, not every round)
@@ -352,6 +353,8 @@ class RenderSink:
             store.add_scores(rid, s)
             if s.embedding:
                 ctx.embeddings[rid] = s.embedding
+                if ctx.clip_embeddings is not None and s.scorer.startswith("clip"):
+                    ctx.clip_embeddings[rid] = s.embedding
         self.best = max([s.composite for s in scores] + ([self.best] if self.best is not None else []))
         self.events.put(Scored(round=self.round, count=len(fresh), scorer=ctx.scorer.name, best=self.best))
 

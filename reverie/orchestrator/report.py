@@ -73,10 +73,12 @@ def report_path(home: Path, batch_id: str) -> Path:
     return Path(home) / "reports" / f"batch-{batch_id}.html"
 
 
-def write_report(store, batch_id: str) -> Path:
-    """Write (or rewrite) the contact sheet of a batch from the store; return its path."""
+def write_report(store, batch_id: str, clip_cache=None) -> Path:
+    """Write (or rewrite) the contact sheet of a batch from the store; return its path.
+    `clip_cache` (render id -> CLIP image embedding, the studio's) lets the portfolio line measure
+    on CLIP without reading the images again."""
     from reverie.config import load_config
-    from reverie.orchestrator.curation import portfolio_line, run_diversity
+    from reverie.orchestrator.curation import clip_embedder, portfolio_line, run_diversity
     from reverie.scoring.display import held_out_line
     from reverie.store.pngmeta import atomic_write
 
@@ -112,7 +114,8 @@ def write_report(store, batch_id: str) -> Path:
         keeps = store.batches.keeps(item["id"])
         if item["run_id"] and keeps:  # about the whole set, so above the grid, not a cell of it
             parts.append(f"<p class=judge>{esc(held_out_line(store, item['run_id'], [k['render_id'] for k in keeps]))}</p>")
-            parts.append(f"<p class=judge>{esc(portfolio_line(store, item['run_id'], len(keeps), config))}</p>")
+            embed = clip_embedder(store, item["run_id"], config, cache=clip_cache)
+            parts.append(f"<p class=judge>{esc(portfolio_line(store, item['run_id'], len(keeps), config, embed))}</p>")
         parts.append("<div class=grid>")
         if not keeps:
             parts.append("<p class=empty>nothing kept yet</p>")

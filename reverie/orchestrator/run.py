@@ -124,6 +124,7 @@ class Run:
             ctx = LoopContext(store=store, engine=engine, scorer=studio.scorer(progress), expander=expander,
                               critic=critic, request=req, profile=profile, width=width, height=height,
                               base_seed=self.base_seed, progress=progress, signatures=studio.signatures,
+                              clip_embeddings=studio.clip_embeddings,
                               worker=studio.worker, policy=policy, order=order, deadline=deadline,
                               deadline_label=deadline_label, stop=stop, llm_gate=llm_gate,
                               on_round_start=on_round_start, on_round_end=on_round_end,

@@ -79,6 +79,7 @@ class Studio:
         self._notified: set[str] = set()
         self.notices: list[str] = []
         self.signatures = SignatureCache()  # of the renders this studio stored: best() reads them
+        self.clip_embeddings = SignatureCache()  # CLIP image embeddings of those a CLIP scorer scored
 
         self.config = load_config(self.home, config)
         self.parts = Parts(home=self.home, store=self.store, config=self.config, worker=self.worker, notice=self.notice,
@@ -319,10 +320,13 @@ class Studio:
 
     def curate(self, run_id: str, k: int = 4, fill: bool = False):
         """`best` with the near-duplicates it filled in named (a batch's kept set). -> Curated"""
-        from reverie.orchestrator.curation import curate, kept_diversity, near_duplicate_threshold
+        from reverie.orchestrator.curation import clip_embedder, curate, kept_diversity, near_duplicate_threshold
 
+        diversity = kept_diversity(self.store, run_id, self.config)
+        # The portfolio measures similarity on CLIP image embeddings where CLIP scored the run.
+        embed = clip_embedder(self.store, run_id, self.config, cache=self.clip_embeddings) if diversity > 0 else None
         return curate(self.store, run_id, k, threshold=near_duplicate_threshold(self.config),
-                      signatures=self.signatures, fill=fill, diversity=kept_diversity(self.store, run_id, self.config))
+                      signatures=self.signatures, fill=fill, diversity=diversity, embed=embed)
 
     def stream(self, idea: str, *, n: int = 4, rounds: int = 2, target: Optional[float] = None, aspect: str = "1:1",
                megapixels: float = 1.0, profile: Optional[str] = None,

@@ -39,7 +39,8 @@ def _heuristic_load(name: str):
     return load
 
 
-def _clip(settings: Mapping[str, Any]):
+def clip_model(settings: Mapping[str, Any]):
+    """The CLIP model the [scoring] settings name (clip_model or clip_config, clip_weights, device)."""
     from reverie.scoring.clip import DEFAULT_MODEL, ClipModel, register_config, resolve_clip_weights
 
     # The same [scoring] keys as the clip scorer's: a config file names its own model.
@@ -50,7 +51,7 @@ def _clip(settings: Mapping[str, Any]):
 
 
 def _cosine_load(settings: Mapping[str, Any]):
-    clip = _clip(settings)
+    clip = clip_model(settings)
 
     def score(images: Sequence, prompts: Sequence[str]) -> list[float]:
         return (clip.encode_images(list(images)) * clip.encode_texts(list(prompts))).sum(-1).cpu().tolist()
@@ -65,7 +66,7 @@ def _aesthetic_load(settings: Mapping[str, Any]):
     path = settings.get("aesthetic_weights") or cached_aesthetic_weights()
     if not path:
         raise ReverieError("no aesthetic weights on this machine: run `reverie models pull laion-aesthetic-v2`")
-    clip = _clip(settings)
+    clip = clip_model(settings)
     head = load_aesthetic(path).to(clip.device)
 
     def score(images: Sequence, prompts: Sequence[str]) -> list[float]:
