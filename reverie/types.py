@@ -94,6 +94,9 @@ class Request:
     # How later rounds pick their starting noise: "seeds" re-rolls seeds; "noise" searches the
     # low-frequency part of the initial noise (orchestrator.noise_search).
     search: str = "seeds"
+    # With --search noise: each seed's round first previews noise_search.PREVIEW_CANDIDATES
+    # candidate components at this many steps, and renders in full only the best one (0: off).
+    preview_steps: int = 0
     # The controls a ComfyUI user sets by hand; None means "the profile's default". cfg is the
     # CFG scale as ComfyUI and A1111 write it (not diffusers' guidance).
     cfg: Optional[float] = None
@@ -117,7 +120,7 @@ class Request:
         for key in ("max_renders", "diversity", "cfg", "negative", "sampler", "revises", "style"):
             if d[key] is None:
                 del d[key]
-        for key in ("embed_noise", "exact", "handoff_steps"):
+        for key in ("embed_noise", "exact", "handoff_steps", "preview_steps"):
             if not d[key]:
                 del d[key]
         if d["search"] == "seeds":

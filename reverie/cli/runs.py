@@ -35,6 +35,7 @@ def make(
     embed_noise: float = typer.Option(0.0, "--embed-noise", metavar="X", help="Seeded noise on the text embeddings, a share of their spread (0.05-0.2): more varied seeds on distilled models."),
     diversity: Optional[float] = typer.Option(None, "--diversity", metavar="W", help="Keep different good images, not near-winners: 0 is plain top-K by score; default 0.3 (or [scoring] diversity)."),
     search: str = typer.Option("seeds", "--search", metavar="HOW", help="seeds: re-roll seeds each round; noise: search the initial noise's low frequencies, refitted to the best so far (in-process Z-Image)."),
+    preview_steps: int = typer.Option(0, "--preview-steps", metavar="S", help="With --search noise: judge 4 noise candidates per seed on an S-step preview, render the best in full (previews count in the budget by their step share)."),
     steps: Optional[int] = STEPS,
     cfg: Optional[float] = CFG,
     negative: Optional[str] = NEGATIVE,
@@ -69,7 +70,7 @@ def make(
            "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
            "--ref": ref, "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
            "--batch-size": batch_size, "--cpu-offload": cpu_offload, "--shift": shift is not None,
-           "--blind-steps": blind_steps, "--embed-noise": embed_noise, "--handoff-steps": handoff_steps}
+           "--blind-steps": blind_steps, "--embed-noise": embed_noise, "--handoff-steps": handoff_steps, "--preview-steps": preview_steps}
     if not local:
         from reverie.cli.remote import find_server
 
@@ -89,7 +90,7 @@ def make(
     try:
         result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
                              seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, search=search,
-                             progress=progress,
+                             preview_steps=preview_steps, progress=progress,
                              references=references, **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
     finally:
         progress.stop()

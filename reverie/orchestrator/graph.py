@@ -9,6 +9,7 @@ Every node is idempotent against the store: a resumed run finds what was already
 
 from __future__ import annotations
 
+import math
 import queue
 import sqlite3
 import threading
@@ -65,6 +66,9 @@ class LoopState(TypedDict, total=False):
     blind_steps: int
     embed_noise: float  # noise on the text embeddings (RenderSpec.embed_noise), 0 until diversity is low
     handoff_steps: int  # first steps on the base model (RenderSpec.handoff_steps), 0 until diversity is low
+    # Cheap previews of noise candidates so far, in renders (each counts preview_steps / steps):
+    # the render budget counts them, though they are never stored as renders.
+    preview_spent: float
     round_render_ids: list[int]
     history: list[float]  # best composite of each round
     decision: str  # one of policy's decisions: render | revise | explore | variety | finish
@@ -208,7 +212,7 @@ def _specs(state: LoopState, ctx: LoopContext) -> list[RenderSpec]:
     cursor = state.get("seed_cursor", 0)
     n = ctx.request.n
     if ctx.request.max_renders is not None:  # the last round renders only what the budget has left
-        n = max(0, min(n, ctx.request.max_renders - cursor))
+        n = max(0, min(n, ctx.request.max_renders - spent(state)))
     seeds = [ctx.base_seed + cursor + i for i in range(n)]
     # A repair round starts from an image, not from noise: nothing to search there.
     searching = ctx.request.search == "noise" and source is None
@@ -244,10 +248,47 @@ def _noise_dist(state: LoopState, ctx: LoopContext) -> noise_search.NoiseDist:
     return noise_search.NoiseDist.prior(noise_search.dims(ctx.engine.noise_channels))
 
 
+def spent(state: LoopState) -> int:
+    """Renders the budget has paid for: the full ones, and the previews by their step share (rounded up)."""
+    return state.get("seed_cursor", 0) + math.ceil(round(state.get("preview_spent", 0.0), 6))
+
+
+def _previewed(state: LoopState, ctx: LoopContext, specs: list[RenderSpec]) -> tuple[list[RenderSpec], float]:
+    """Each spec with the noise candidate its cheap preview scored best, and what the previews cost.
+
+    Previews are not renders: no PNG, no row, no lineage; they are the same spec at fewer steps,
+    so the kept spec reproduces from its PNG like any other. The Event "previewed" says how many
+    ran and what they cost; the render budget counts that cost (noise_search.preview_cost)."""
+    req = ctx.request
+    if not (req.search == "noise" and req.preview_steps and specs and specs[0].source is None):
+        return specs, 0.0
+    dist = _noise_dist(state, ctx)
+    pool = [(i, spec.with_(noise_lowfreq=c))
+            for i, spec in enumerate(specs) for c in noise_search.candidates(dist, spec.seed, noise_search.PREVIEW_CANDIDATES)]
+    previews = ctx.worker.render(ctx.engine, [s.with_(steps=req.preview_steps) for _, s in pool], progress=ctx.progress,
+                                 priority=(state.get("round", 0), ctx.profile.name, ctx.order), stop=ctx.stop)
+    by_sha = {o.spec.sha: o for o in previews}
+    shown = [by_sha.get(s.with_(steps=req.preview_steps).sha) for _, s in pool]
+    ok = [o is not None and o.image is not None and not o.error for o in shown]
+    images = [o.image.convert("RGB") for o, good in zip(shown, ok) if good]
+    scored = iter(ctx.scorer.score(images, [req.idea] * len(images), [s.prompt for (_, s), good in zip(pool, ok) if good])
+                  if images else [])
+    composites = [next(scored).composite if good else float("-inf") for good in ok]
+    chosen = []
+    for i, spec in enumerate(specs):
+        mine = [(c, s) for (j, s), c in zip(pool, composites) if j == i]
+        chosen.append(mine[noise_search.pick([c for c, _ in mine])][1])
+    cost = noise_search.preview_cost(len(pool), req.preview_steps, specs[0].steps)
+    ctx.progress(Event("previewed", {"round": state.get("round", 0), "previews": len(pool),
+                                     "steps": req.preview_steps, "cost_in_renders": round(cost, 4),
+                                     "best": max(composites) if composites else None}))
+    return chosen, cost
+
+
 def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     ctx = _ctx(runtime)
     run_id, rnd = state["run_id"], state.get("round", 0)
-    specs = _specs(state, ctx)
+    specs, preview_cost = _previewed(state, ctx, _specs(state, ctx))
     ids: list[Optional[int]] = []
     todo: list[tuple[int, RenderSpec]] = []
     for i, spec in enumerate(specs):
@@ -270,7 +311,10 @@ def render(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
         sink.close()
         for i, spec in todo:
             ids[i] = sink.ids[spec.sha]
-    return {"round_render_ids": [i for i in ids if i is not None], "seed_cursor": state.get("seed_cursor", 0) + len(specs)}
+    update = {"round_render_ids": [i for i in ids if i is not None], "seed_cursor": state.get("seed_cursor", 0) + len(specs)}
+    if preview_cost:
+        update["preview_spent"] = round(state.get("preview_spent", 0.0) + preview_cost, 6)
+    return update
 
 
 class RenderSink:
@@ -402,7 +446,7 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
                            max_renders=req.max_renders,
                            deadline_passed=ctx.deadline is not None and time.monotonic() >= ctx.deadline,
                            deadline_label=ctx.deadline_label, early_stop=policy.early_stop_for(ctx.policy))
-    cursor = state.get("seed_cursor", 0)
+    cursor = spent(state)  # full renders and the previews' share
     next_renders = req.n if req.max_renders is None else max(0, min(req.n, req.max_renders - cursor))
     stop = policy.stop_reason(budget, finished_round=rnd, history=history, elapsed=time.monotonic() - ctx.started,
                               renders=cursor, next_renders=next_renders,

@@ -44,6 +44,30 @@ class NoiseDist:
         return cls(mean=(0.0,) * dims, std=(1.0,) * dims)
 
 
+PREVIEW_CANDIDATES = 4  # candidate components per seed when a cheap preview picks among them
+
+
+def candidates(dist: NoiseDist, seed: int, k: int) -> list[tuple[float, ...]]:
+    """k candidate component vectors for one seed; the first is draw()'s, so k = 1 is no preview."""
+    out = draw(dist, [seed])
+    mean, std = np.asarray(dist.mean), np.asarray(dist.std)
+    for j in range(1, int(k)):
+        z = np.random.default_rng([int(seed), 0x5E5, j]).standard_normal(len(mean))
+        out.append(tuple(round(float(v), 6) for v in mean + std * z))
+    return out
+
+
+def pick(scores: Sequence[float]) -> int:
+    """The candidate a seed keeps: the best preview composite, the first of equals."""
+    return int(np.argmax(np.asarray(scores, dtype=np.float64)))
+
+
+def preview_cost(previews: int, preview_steps: int, steps: int) -> float:
+    """What previews cost in renders: each is preview_steps / steps of a full render (the
+    denoising steps dominate; the VAE decode and the scoring are left out)."""
+    return previews * float(preview_steps) / float(steps)
+
+
 def draw(dist: NoiseDist, seeds: Sequence[int]) -> list[tuple[float, ...]]:
     """One vector of low-frequency components per seed, drawn from `dist` with the seed alone."""
     mean, std = np.asarray(dist.mean), np.asarray(dist.std)

@@ -72,6 +72,11 @@ def validate_request(req: Request) -> Request:
                            f"distilled model: use at most {(req.steps or profile.steps) - 1}")
     if req.search not in SEARCHES:
         raise ReverieError(f"unknown search {req.search!r}: use --search seeds (re-roll seeds) or --search noise")
+    if req.preview_steps and req.search != "noise":
+        raise ReverieError("--preview-steps picks among noise candidates: add --search noise, or leave it out")
+    if req.preview_steps and not (1 <= req.preview_steps < (req.steps or profile.steps)):
+        raise ReverieError(f"--preview-steps {req.preview_steps}: use 1 to {(req.steps or profile.steps) - 1}, fewer "
+                           f"than the full render's {req.steps or profile.steps} steps")
     check_controls(req, profile)
     for ref in req.references:
         if ref.control not in CONTROL_KINDS:

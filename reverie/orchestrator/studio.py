@@ -163,7 +163,8 @@ class Studio:
                 cfg: Optional[float] = None, negative: Optional[str] = None, sampler: Optional[str] = None,
                 exact: bool = False,
                 revises: Optional[tuple[str, str, str]] = None,
-                style: Optional[str | tuple[str, str, str]] = None, handoff_steps: int = 0) -> Request:
+                style: Optional[str | tuple[str, str, str]] = None, handoff_steps: int = 0,
+                preview_steps: int = 0) -> Request:
         """A checked Request (what `open_run` takes); the options are `make`'s. A bad value is
         one ReverieError line naming the fix."""
         refs = tuple(r if isinstance(r, Reference) else Reference(**r) if isinstance(r, dict) else Reference(str(r))
@@ -174,7 +175,7 @@ class Studio:
                                         max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
                                         diversity=diversity, search=search, cfg=cfg, negative=negative,
                                         sampler=sampler, exact=exact, revises=tuple(revises) if revises else None, style=self.style(style),
-                                        handoff_steps=handoff_steps))
+                                        handoff_steps=handoff_steps, preview_steps=preview_steps))
 
     def open_run(self, request: Request, *, run_id: Optional[str] = None,
                  progress: Optional[ProgressFn] = None) -> Run:
@@ -221,7 +222,7 @@ class Studio:
              diversity: Optional[float] = None, search: str = "seeds",
              cfg: Optional[float] = None, negative: Optional[str] = None, sampler: Optional[str] = None,
              exact: bool = False, revises: Optional[tuple[str, str, str]] = None, style: Optional[str] = None,
-             handoff_steps: int = 0,
+             handoff_steps: int = 0, preview_steps: int = 0,
              progress: Optional[ProgressFn] = None, stop: Optional[threading.Event] = None) -> MakeResult:
         """Expand, render, score and loop until the target or the budget; return the best.
 
@@ -257,6 +258,9 @@ class Studio:
             style: a named style of reverie.toml ([styles.NAME]: prompt = "{prompt}, ...", negative).
             handoff_steps: the first steps on the profile's undistilled base model (z-image for
                 z-image-turbo), the rest on the profile's: more varied seeds (0-10; 1 is typical).
+            preview_steps: with search "noise", judge each seed's noise candidates on a preview of
+                this many steps and render only the best in full; the previews count in the
+                render budget by their step share (docs/portfolio.md).
             progress: called with every progress Event; None: the studio's.
             stop: set it (a server whose client hung up) to end the run between images.
 
@@ -269,7 +273,8 @@ class Studio:
                            profile=profile, references=references, seed=seed, shift=shift, blind_steps=blind_steps,
                            steps=steps, max_seconds=max_seconds, max_renders=max_renders, embed_noise=embed_noise,
                            diversity=diversity, search=search, cfg=cfg, negative=negative, sampler=sampler,
-                           exact=exact, revises=revises, style=style, handoff_steps=handoff_steps)
+                           exact=exact, revises=revises, style=style, handoff_steps=handoff_steps,
+                           preview_steps=preview_steps)
         with self.open_run(req, progress=progress) as run:
             final = run.drive(progress=progress, stop=stop)
         return run.result(k=min(req.n, 4), stop_reason=final.get("stop_reason", ""))
