@@ -3,6 +3,7 @@ best-of-N on one verifier, at the same number of renders?
 
     python bench/bench_curation.py                      # 400 trials of 32 renders, keep 4
     python bench/bench_curation.py --trials 50 --n 16   # quicker
+    python bench/bench_curation.py --only knobs         # the variety knobs' Vendi on the tiny engine
 
 A fixed engine draws each seed's picture with its true quality written into its pixels. The
 verifiers read that quality back and add noise at known correlations; "aesthetic" is gameable:
@@ -280,6 +281,52 @@ def print_noise(trials: int, rounds: int, per_round: int, k: int, seed: int) -> 
     return out
 
 
+KNOB_SETTINGS = {  # the variety knobs at the values the loop turns them to (policy.turn_knobs and friends)
+    "no knobs": {},
+    "shift 7": {"shift": 7.0},
+    "blind steps 1": {"blind_steps": 1},
+    "embedding noise 0.2": {"embed_noise": 0.2},
+    "handoff 1 step to the base": {"handoff_steps": 1},
+}
+
+
+def run_knobs(n: int = 16, seed: int = 0, side: int = 64) -> dict[str, float]:
+    """The Vendi score of n renders of one prompt on the tiny engine (real diffusers Z-Image
+    pipeline, random weights, a tiny base transformer for the handoff) with no knob, each knob,
+    and all of them. On pixel signatures: the tiny model's pictures have no content for CLIP to see."""
+    import tempfile
+
+    from reverie.orchestrator.curation import image_signature
+    from reverie.render.tiny import TinyEngine
+    from reverie.scoring.portfolio import vendi
+    from reverie.types import RenderSpec
+
+    settings = dict(KNOB_SETTINGS)
+    settings["all knobs"] = {k: v for knob in KNOB_SETTINGS.values() for k, v in knob.items()}
+    with tempfile.TemporaryDirectory() as models:
+        engine = TinyEngine(models_dir=models, batch_size=4)
+        try:
+            base = RenderSpec(prompt="a red fox in the rain, cinematic", seed=0, width=side, height=side,
+                              steps=engine.profile.steps, guidance=engine.profile.guidance, profile=engine.profile.name)
+            out = {}
+            for name, knobs in settings.items():
+                specs = [base.with_(seed=seed + i, **knobs) for i in range(n)]
+                out[name] = vendi([image_signature(o.image) for o in engine.render(specs)])
+        finally:
+            engine.close()
+    return out
+
+
+def print_knobs(n: int, seed: int) -> dict[str, float]:
+    result = run_knobs(n, seed)
+    print(f"\nvariety knobs on the tiny engine: Vendi score of {n} renders of one prompt "
+          f"(effective number of different images, on pixel signatures)")
+    plain = result["no knobs"]
+    for name, value in result.items():
+        print(f"  {name:32s} {value:6.2f}  {value / plain - 1:+.0%} vs no knobs")
+    return {f"knobs vendi: {name}": v for name, v in result.items()}
+
+
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=400)
@@ -288,9 +335,11 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--match-up-to", type=int, default=256,
                         help="largest N tried for best-of-N on the gameable verifier to match the ensemble")
-    parser.add_argument("--only", choices=("ensemble", "portfolio", "noise"), default=None,
-                        help="run one part (default: all three)")
+    parser.add_argument("--only", choices=("ensemble", "portfolio", "noise", "knobs"), default=None,
+                        help="run one part (default: the three truth-engine parts; knobs renders on the tiny engine, minutes on a CPU)")
     args = parser.parse_args(argv)
+    if args.only == "knobs":
+        return print_knobs(min(args.n, 16), args.seed)
     if args.only in ("portfolio", "noise"):
         if args.only == "portfolio":
             return print_portfolio(args.trials, args.n, args.keep, args.seed)

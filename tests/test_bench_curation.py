@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_curation.py"
 
 
@@ -53,3 +55,13 @@ def test_noise_space_search_beats_seed_rerolling_at_equal_renders():
     result = bench.main(["--only", "noise", "--trials", "120", "--n", "32", "--keep", "4"])
     assert result["noise best: noise-space search"] > result["noise best: seed re-rolling"]
     assert result["noise kept: noise-space search"] > result["noise kept: seed re-rolling"]
+
+
+@pytest.mark.slow
+def test_the_knob_bench_measures_every_knob_on_the_tiny_engine(capsys):
+    bench = load()
+    result = bench.main(["--only", "knobs", "--n", "3"])
+    assert "handoff 1 step to the base" in capsys.readouterr().out
+    names = [*bench.KNOB_SETTINGS, "all knobs"]
+    assert sorted(result) == sorted(f"knobs vendi: {name}" for name in names)
+    assert all(1.0 <= v <= 3.0 + 1e-6 for v in result.values())
