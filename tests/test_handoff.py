@@ -127,3 +127,14 @@ def test_a_handoff_run_records_and_reproduces_and_the_loop_turns_it_on(home, tmp
         alone.write_bytes(open(render.path, "rb").read())
         r = run_cli("reproduce", str(alone), "--engine", "tiny", home=home)
         assert r.returncode == 0 and "match: pixels identical" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_batch_line_and_the_batch_options_carry_handoff_steps():
+    from reverie.orchestrator.batch import parse_batch_text
+
+    item = parse_batch_text('{"idea": "a fox", "handoff_steps": 1}')[0]
+    assert dict(item.controls) == {"handoff_steps": 1}
+    r = run_cli("batch", "--help")
+    assert "--handoff-steps" in r.stdout
+    assert Request.from_dict(Request(idea="a fox", handoff_steps=1).to_dict()).handoff_steps == 1
+    assert "handoff_steps" not in Request(idea="a fox").to_dict()  # old requests keep their hash

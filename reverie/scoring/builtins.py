@@ -97,14 +97,13 @@ CLIP_LOADS = {"faithfulness": _cosine_load, "prompt_match": _cosine_load, "aesth
               "pickscore": _pickscore_load, "hps": _hps_load}
 
 
-def built_in_plugins() -> list:
-    """Every built-in component as a registry entry (clip family first, in the default weighting's order)."""
-    from reverie.scoring.plugins import ScorerPlugin
-
-    entries = [ScorerPlugin(name=name, load=CLIP_LOADS[name], quantiles=tuple(REFERENCES[name]), role="select",
-                            weight=weight, description=CLIP_DESCRIPTIONS[name], family="clip")
+def built_in_entries() -> list[dict[str, Any]]:
+    """Every built-in component's registry fields (clip family first, in the default weighting's
+    order); plugins.built_ins() makes them ScorerPlugins (this module never imports the registry)."""
+    entries = [dict(name=name, load=CLIP_LOADS[name], quantiles=tuple(REFERENCES[name]), role="select",
+                    weight=weight, description=CLIP_DESCRIPTIONS[name], family="clip")
                for name, weight in DEFAULT_WEIGHTS.items()]
-    entries += [ScorerPlugin(name=name, load=_heuristic_load(name), quantiles=None, role="select", weight=weight,
-                             description=HEURISTIC_DESCRIPTIONS.get(name, name), family="heuristic")
+    entries += [dict(name=name, load=_heuristic_load(name), quantiles=None, role="select", weight=weight,
+                     description=HEURISTIC_DESCRIPTIONS.get(name, name), family="heuristic")
                 for name, weight in heuristic.WEIGHTS.items()]
-    return [e.check() for e in entries]
+    return entries

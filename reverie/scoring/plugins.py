@@ -106,9 +106,9 @@ def third_party() -> list[ScorerPlugin]:
 
 
 def built_ins() -> list[ScorerPlugin]:
-    from reverie.scoring.builtins import built_in_plugins
+    from reverie.scoring.builtins import built_in_entries
 
-    return built_in_plugins()
+    return [ScorerPlugin(**fields).check() for fields in built_in_entries()]
 
 
 def registry(*, third_party_too: bool = True) -> list[ScorerPlugin]:
