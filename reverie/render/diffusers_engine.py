@@ -162,9 +162,6 @@ class DiffusersEngine:
     name = "diffusers"
     # Honours RenderSpec.embed_noise (the loop turns that knob only on engines that say so).
     embed_noise = True
-    # Latent channels per family where the engine can hand the pipeline its initial latents
-    # (RenderSpec.noise_lowfreq); a family left out refuses noise-space search.
-    NOISE_CHANNELS = {"z-image": 16}
 
     def __init__(
         self,
@@ -211,7 +208,7 @@ class DiffusersEngine:
     @property
     def noise_channels(self) -> Optional[int]:
         """Latent channels the noise components are laid over; None: this engine cannot search noise."""
-        return self.NOISE_CHANNELS.get(self.profile.family)
+        return self.adapter.noise_channels
 
     # -- loading ---------------------------------------------------------------------------
     def load(self):
