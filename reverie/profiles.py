@@ -156,6 +156,8 @@ class Profile:
     gated: bool = False
     # Where the settings above come from (model card, diffusers docs, ComfyUI template).
     source: str = ""
+    # The page to read the settings on, where it is not the hub repo's model card.
+    source_url: str = ""
     # Words that, all found in another tool's model name (a fine-tune's file), mean this profile when
     # no name, repo or file of a profile is in it: "flux schnell" is any FLUX.1 schnell derivative.
     aliases: tuple[str, ...] = ()
@@ -458,6 +460,7 @@ PROFILES: dict[str, Profile] = {
             family="krea2",
             pipeline="Krea2Pipeline",
             repo_id="krea/Krea-2-Turbo",
+            source_url="https://github.com/krea-ai/krea-2",
             aliases=('krea',),
             steps=8,
             guidance=0.0,  # Krea 2 convention: 0 = CFG 1, no negative
@@ -470,8 +473,15 @@ PROFILES: dict[str, Profile] = {
             comfy_cfg=1.0,
             comfy_files={"unet": "krea2_turbo_fp8_scaled.safetensors", "clip": "qwen3vl_4b_fp8_scaled.safetensors",
                          "clip_type": "krea2", "vae": "qwen_image_vae.safetensors"},
-            notes="Krea 2 Turbo: 12.9B, 8 distilled steps; Krea 2 Community Licence",
-            source="diffusers Krea 2 docs (distilled: 8 steps, guidance 0.0) and krea-ai/krea-2 README; "
+            notes="Krea 2 Turbo: 12.9B, 8 distilled steps, 1k-2k px; Krea 2 Community Licence",
+            # Checked through `search` (2026-12-05): the repo ids are the ones Krea's own README
+            # (github.com/krea-ai/krea-2) and its hub organisation page link; the README runs Turbo at
+            # 8 steps, cfg 0, mu 1.15, 1k-2k px. Unverified: that the hub repos hold the diffusers
+            # layout (model_index.json). A LoRA card loads krea/Krea-2-Turbo with
+            # Krea2Pipeline.from_pretrained, but the diffusers docs (written before the release) load
+            # a local conversion, and community conversions exist (CalamitousFelicitousness/
+            # Krea-2-Turbo-Diffusers); if a pull gives a single .safetensors, pass --model-path a conversion.
+            source="krea-ai/krea-2 README and diffusers Krea 2 docs (distilled: 8 steps, guidance 0.0); "
                    "ComfyUI template image_krea2_turbo_t2i.json (8 steps, CFG 1, euler simple)",
         ),
         Profile(
@@ -479,19 +489,23 @@ PROFILES: dict[str, Profile] = {
             family="krea2",
             pipeline="Krea2Pipeline",
             repo_id="krea/Krea-2-Raw",
-            steps=28,
-            guidance=4.5,  # = ComfyUI CFG 5.5
+            source_url="https://github.com/krea-ai/krea-2",
+            # Krea's README: `--steps 52 --cfg 3.5`, where its sampler computes cond + cfg*(cond - uncond),
+            # the convention diffusers' Krea2Pipeline keeps: guidance 3.5 here, ComfyUI CFG 4.5. (The
+            # diffusers docs name 28 steps at 4.5, the defaults of Krea's sampler, not its recommendation.)
+            steps=52,
+            guidance=3.5,
             sampler="euler",
             shift=None,
             multiple=16,
-            max_side=2048,
+            max_side=1280,  # "trained to generate up to 1k resolution" (README); 1280 is its sampler's maxres
             prompt_style="natural",
             negative=True,
-            comfy_cfg=5.5,
+            comfy_cfg=4.5,
             comfy_files={"unet": "krea2_raw_bf16.safetensors", "clip": "qwen3vl_4b_fp8_scaled.safetensors",
                          "clip_type": "krea2", "vae": "qwen_image_vae.safetensors"},
             notes="the undistilled Krea 2 base: real CFG, for LoRA training and variety",
-            source="diffusers Krea 2 docs (base: 28 steps, guidance 4.5)",
+            source="krea-ai/krea-2 README (raw: 52 steps, cfg 3.5 in Krea's convention, up to 1k px)",
         ),
     ]
 }
