@@ -115,3 +115,19 @@ def test_registration_refuses_a_family_it_does_not_know():
     assert "orphan" not in PROFILES
     with pytest.raises(ReverieError):
         get_profile("zeta-turbo")  # the fixture's registration did not outlive its test
+
+
+@pytest.mark.parametrize("model, profile", [
+    ("zimage_custom_merge.safetensors", "z-image-turbo"), ("fluxSchnellMerge_v2", "flux1-schnell"),
+    ("myFluxDevFinetune", "flux1-dev"), ("ponyRealism_v21XL", "pony"), ("juggernautXL_v9", "sdxl"),
+    ("FLUX.2-klein-9B-custom", "flux2-klein-4b"), ("chroma-unlocked-v50", "chroma1-hd"),
+    ("dreamshaper_8", "sd15"),
+])
+def test_another_tools_model_name_finds_its_profile_through_the_profiles_aliases(model, profile):
+    # The importers' keyword chain moved into the profiles (Profile.aliases): the same answers as before
+    # for the old families, and the new families found by their own words.
+    from reverie.store.importers import parse_a1111
+
+    assert guess_profile(model) == profile
+    text = f"a fox\nSteps: 4, Sampler: Euler, CFG scale: 1, Seed: 1, Size: 64x64, Model: {model}"
+    assert parse_a1111(text).spec.profile == profile
