@@ -2,8 +2,11 @@
 
 A family is what every engine and file format must agree on about a kind of model (its CFG
 convention, whether it is flow-matching); a profile is one model of a family with its defaults.
-Adding a family is one `Family` entry and its profiles here, plus one diffusers adapter in
-reverie/render/families.py.
+Adding a family is one `Family` entry and its profiles here, one diffusers adapter in
+reverie/render/families.py, one entry in the ComfyUI workflow table (render/comfy_workflow.py) and
+one tiny builder (render/tiny.py); code elsewhere reads the family's fields, never its name. A
+family defined outside reverie registers through `register_family`, `register_profile`,
+`register_adapter`, `register_workflow` and `register_tiny` (tests/test_lineup.py does it).
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ class Family:
     # What the dreamer, critic and formula expander keep in mind for this family (the source
     # documents' guidebook, per model): one sentence.
     prompt_advice: str = ""
+    # The text encoder is an instruction-tuned chat model (Z-Image's Qwen3-4B), so the engine's own
+    # encoder (diffusers) or ComfyUI's TextGenerate can write the prompts.
+    chat_encoder: bool = False
+    # Latent channel -> (R, G, B) for the live preview, fitted on the family's 4-channel VAE (the
+    # "latent2rgb" factors ComfyUI and A1111 use); empty: the preview stretches the first three channels.
+    latent_rgb: tuple[tuple[float, float, float], ...] = ()
 
     def runs_cfg(self, guidance: float) -> bool:
         """Whether a diffusers pipeline of this family runs classifier-free guidance (and so a negative prompt)."""
@@ -76,14 +85,21 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         Family(name="z-image", label="Z-Image", pipeline="ZImagePipeline", flow=True, cfg_offset=1.0,
-               reads_chinese=True, text_in_images=True, latent="flux1-16ch", buckets=Z_IMAGE_BUCKETS,
+               reads_chinese=True, text_in_images=True, latent="flux1-16ch", buckets=Z_IMAGE_BUCKETS, chat_encoder=True,
                prompt_advice="Z-Image follows long, concrete paragraphs closely and letters short quoted text in "
                              "English or Chinese cleanly."),
-        Family(name="flux", label="FLUX.1", pipeline="FluxPipeline", flow=True, latent="flux1-16ch", max_side=1280),
+        # FLUX.1: guidance distilled into dev's transformer (schnell ignores it); ComfyUI's FluxGuidance, Forge's
+        # "Distilled CFG Scale".
+        Family(name="flux", label="FLUX.1", pipeline="FluxPipeline", flow=True, latent="flux1-16ch", max_side=1280,
+               distilled_guidance=True),
         Family(name="sdxl", label="SDXL", pipeline="StableDiffusionXLPipeline", flow=False, latent="sd-4ch",
-               prompt_style="tags", multiple=64, max_side=1536),
+               prompt_style="tags", multiple=64, max_side=1536,
+               latent_rgb=((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755),
+                           (-0.3112, -0.2359, -0.2076))),
         Family(name="sd15", label="SD 1.5", pipeline="StableDiffusionPipeline", flow=False, latent="sd-4ch",
-               prompt_style="tags", multiple=8, max_side=768),
+               prompt_style="tags", multiple=8, max_side=768,
+               latent_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264),
+                           (-0.184, -0.271, -0.473))),
         # FLUX.2 [dev]: Mistral Small 3.1 encoder, guidance distilled into the transformer (diffusers Flux2Pipeline docs).
         Family(name="flux2", label="FLUX.2 [dev]", pipeline="Flux2Pipeline", flow=True, latent="flux2-32ch",
                distilled_guidance=True, text_in_images=True, prompt_advice=FLUX2_ADVICE),
@@ -140,6 +156,11 @@ class Profile:
     gated: bool = False
     # Where the settings above come from (model card, diffusers docs, ComfyUI template).
     source: str = ""
+    # The page to read the settings on, where it is not the hub repo's model card.
+    source_url: str = ""
+    # Words that, all found in another tool's model name (a fine-tune's file), mean this profile when
+    # no name, repo or file of a profile is in it: "flux schnell" is any FLUX.1 schnell derivative.
+    aliases: tuple[str, ...] = ()
 
     @property
     def traits(self) -> Family:
@@ -154,6 +175,7 @@ PROFILES: dict[str, Profile] = {
             family="z-image",
             pipeline="ZImagePipeline",
             repo_id="Tongyi-MAI/Z-Image-Turbo",
+            aliases=('z-image', 'zimage', 'z_image'),
             steps=9,
             guidance=0.0,
             sampler="euler",
@@ -178,6 +200,7 @@ PROFILES: dict[str, Profile] = {
             family="flux",
             pipeline="FluxPipeline",
             repo_id="black-forest-labs/FLUX.1-schnell",
+            aliases=('flux schnell',),
             steps=4,
             guidance=0.0,
             sampler="euler",
@@ -193,6 +216,7 @@ PROFILES: dict[str, Profile] = {
             family="flux",
             pipeline="FluxPipeline",
             repo_id="black-forest-labs/FLUX.1-dev",
+            aliases=('flux',),
             steps=30,
             guidance=3.5,
             sampler="euler",
@@ -208,6 +232,7 @@ PROFILES: dict[str, Profile] = {
             family="sdxl",
             pipeline="StableDiffusionXLPipeline",
             repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+            aliases=('xl',),
             steps=40,
             guidance=6.0,
             sampler="dpmpp_2m_karras",
@@ -226,6 +251,7 @@ PROFILES: dict[str, Profile] = {
             family="sdxl",
             pipeline="StableDiffusionXLPipeline",
             repo_id="",  # Pony is a single-file checkpoint; point weights at it
+            aliases=('pony',),
             steps=40,
             guidance=7.0,
             sampler="euler_ancestral",
@@ -264,6 +290,7 @@ PROFILES: dict[str, Profile] = {
             family="z-image",
             pipeline="ZImagePipeline",
             repo_id="Tongyi-MAI/Z-Image",
+            aliases=('z-image base', 'zimage base', 'z_image base'),
             steps=50,
             guidance=4.0,  # diffusers pos + 4*(pos-neg) = ComfyUI CFG 5
             sampler="euler",
@@ -284,6 +311,7 @@ PROFILES: dict[str, Profile] = {
             family="flux2-klein",
             pipeline="Flux2KleinPipeline",
             repo_id="black-forest-labs/FLUX.2-klein-4B",
+            aliases=('flux2 klein', 'flux.2 klein', 'flux-2 klein'),
             steps=4,
             guidance=1.0,  # step-distilled: guidance is ignored, no negative
             sampler="euler",
@@ -324,6 +352,7 @@ PROFILES: dict[str, Profile] = {
             family="flux2",
             pipeline="Flux2Pipeline",
             repo_id="black-forest-labs/FLUX.2-dev",
+            aliases=('flux2', 'flux.2', 'flux-2'),
             steps=50,
             guidance=4.0,  # distilled guidance (FluxGuidance in ComfyUI), not CFG
             sampler="euler",
@@ -345,6 +374,7 @@ PROFILES: dict[str, Profile] = {
             family="qwen-image",
             pipeline="QwenImagePipeline",
             repo_id="Qwen/Qwen-Image-2512",
+            aliases=('qwen image', 'qwenimage'),
             steps=50,
             guidance=4.0,  # true_cfg_scale in diffusers
             sampler="euler",
@@ -366,6 +396,7 @@ PROFILES: dict[str, Profile] = {
             family="chroma",
             pipeline="ChromaPipeline",
             repo_id="lodestones/Chroma1-HD",
+            aliases=('chroma',),
             steps=40,
             guidance=3.0,
             sampler="euler",
@@ -388,6 +419,7 @@ PROFILES: dict[str, Profile] = {
             family="sd3",
             pipeline="StableDiffusion3Pipeline",
             repo_id="stabilityai/stable-diffusion-3.5-large",
+            aliases=('sd3', 'stable-diffusion-3'),
             steps=28,
             guidance=3.5,
             sampler="euler",
@@ -408,6 +440,7 @@ PROFILES: dict[str, Profile] = {
             family="sd3",
             pipeline="StableDiffusion3Pipeline",
             repo_id="stabilityai/stable-diffusion-3.5-large-turbo",
+            aliases=('sd3 turbo', 'stable-diffusion-3 turbo'),
             steps=4,
             guidance=0.0,  # ADD-distilled: no CFG
             sampler="euler",
@@ -427,6 +460,8 @@ PROFILES: dict[str, Profile] = {
             family="krea2",
             pipeline="Krea2Pipeline",
             repo_id="krea/Krea-2-Turbo",
+            source_url="https://github.com/krea-ai/krea-2",
+            aliases=('krea',),
             steps=8,
             guidance=0.0,  # Krea 2 convention: 0 = CFG 1, no negative
             sampler="euler",
@@ -438,8 +473,15 @@ PROFILES: dict[str, Profile] = {
             comfy_cfg=1.0,
             comfy_files={"unet": "krea2_turbo_fp8_scaled.safetensors", "clip": "qwen3vl_4b_fp8_scaled.safetensors",
                          "clip_type": "krea2", "vae": "qwen_image_vae.safetensors"},
-            notes="Krea 2 Turbo: 12.9B, 8 distilled steps; Krea 2 Community Licence",
-            source="diffusers Krea 2 docs (distilled: 8 steps, guidance 0.0) and krea-ai/krea-2 README; "
+            notes="Krea 2 Turbo: 12.9B, 8 distilled steps, 1k-2k px; Krea 2 Community Licence",
+            # Checked through `search` (2026-12-05): the repo ids are the ones Krea's own README
+            # (github.com/krea-ai/krea-2) and its hub organisation page link; the README runs Turbo at
+            # 8 steps, cfg 0, mu 1.15, 1k-2k px. Unverified: that the hub repos hold the diffusers
+            # layout (model_index.json). A LoRA card loads krea/Krea-2-Turbo with
+            # Krea2Pipeline.from_pretrained, but the diffusers docs (written before the release) load
+            # a local conversion, and community conversions exist (CalamitousFelicitousness/
+            # Krea-2-Turbo-Diffusers); if a pull gives a single .safetensors, pass --model-path a conversion.
+            source="krea-ai/krea-2 README and diffusers Krea 2 docs (distilled: 8 steps, guidance 0.0); "
                    "ComfyUI template image_krea2_turbo_t2i.json (8 steps, CFG 1, euler simple)",
         ),
         Profile(
@@ -447,19 +489,23 @@ PROFILES: dict[str, Profile] = {
             family="krea2",
             pipeline="Krea2Pipeline",
             repo_id="krea/Krea-2-Raw",
-            steps=28,
-            guidance=4.5,  # = ComfyUI CFG 5.5
+            source_url="https://github.com/krea-ai/krea-2",
+            # Krea's README: `--steps 52 --cfg 3.5`, where its sampler computes cond + cfg*(cond - uncond),
+            # the convention diffusers' Krea2Pipeline keeps: guidance 3.5 here, ComfyUI CFG 4.5. (The
+            # diffusers docs name 28 steps at 4.5, the defaults of Krea's sampler, not its recommendation.)
+            steps=52,
+            guidance=3.5,
             sampler="euler",
             shift=None,
             multiple=16,
-            max_side=2048,
+            max_side=1280,  # "trained to generate up to 1k resolution" (README); 1280 is its sampler's maxres
             prompt_style="natural",
             negative=True,
-            comfy_cfg=5.5,
+            comfy_cfg=4.5,
             comfy_files={"unet": "krea2_raw_bf16.safetensors", "clip": "qwen3vl_4b_fp8_scaled.safetensors",
                          "clip_type": "krea2", "vae": "qwen_image_vae.safetensors"},
             notes="the undistilled Krea 2 base: real CFG, for LoRA training and variety",
-            source="diffusers Krea 2 docs (base: 28 steps, guidance 4.5)",
+            source="krea-ai/krea-2 README (raw: 52 steps, cfg 3.5 in Krea's convention, up to 1k px)",
         ),
     ]
 }
@@ -508,6 +554,39 @@ def match_profile(model_name: str) -> Optional[str]:
             if key in name and len(key) > best_len:
                 best, best_len = p.name, len(key)
     return best
+
+
+# A model name no profile claims: SD 1.5 checkpoints are most of the unnamed ones out there.
+FOREIGN_FALLBACK = "sd15"
+
+
+def guess_profile(model_name: str) -> str:
+    """The profile another tool's model name most likely means: `match_profile`, else the profile whose
+    alias words the name holds (the most letters matched wins), else FOREIGN_FALLBACK."""
+    matched = match_profile(model_name)
+    if matched:
+        return matched
+    name = (model_name or "").lower()
+    best, best_len = FOREIGN_FALLBACK, 0
+    for p in PROFILES.values():
+        for alias in p.aliases:
+            words = alias.lower().split()
+            if all(w in name for w in words) and sum(map(len, words)) > best_len:
+                best, best_len = p.name, sum(map(len, words))
+    return best
+
+
+def register_family(family: Family) -> None:
+    """Add a family (a plugin's, a test's); its profiles follow through `register_profile`."""
+    FAMILIES[family.name] = family
+
+
+def register_profile(profile: Profile) -> None:
+    """Add a profile of a known family; `--profile`, `reverie models` and the importers see it."""
+    if profile.family not in FAMILIES:
+        raise ReverieError(f"profile {profile.name} names family {profile.family!r}, which is not registered: "
+                           f"register_family it first")
+    PROFILES[profile.name] = profile
 
 
 def family_of(profile_name: str) -> Family | None:

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_is_short():
-    assert len((ROOT / "README.md").read_text(encoding="utf-8")) < 8000
+    # 10000, not 8000: issue 23 wants every profile in the README's own table (one line each).
+    assert len((ROOT / "README.md").read_text(encoding="utf-8")) < 10000
 
 
 def test_readme_links_point_at_pages_in_the_docs_nav():

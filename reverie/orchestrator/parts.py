@@ -233,7 +233,6 @@ class Parts:
         own text encoder when asked (`[llm] backend = "encoder"`), or by default when no server is
         configured and the engine loads a real Z-Image, whose encoder is a chat model."""
         from reverie.agents.local_llm import LocalLLM, encoder_loader, folder_loader
-        from reverie.render.comfy_workflow import TEXTGEN_FAMILIES
 
         def record(call: dict) -> None:
             self.store.add_llm_call(call, run_id=current_run.get())
@@ -249,7 +248,7 @@ class Parts:
                 raise ReverieError(f'[llm] backend = "encoder" needs a diffusers or tiny engine, not {name}: '
                                    'pass --llm-path a model folder, or set backend = "auto"')
         elif not (settings.backend == "auto" and not settings.configured and name == "diffusers" and callable(load)
-                  and profile is not None and profile.family in TEXTGEN_FAMILIES
+                  and profile is not None and profile.traits.chat_encoder
                   and not (self.model_path and (Path(self.model_path) / "reverie-tiny.json").exists())):
             return None  # the tiny engine's random encoder is no language model: formula it is
         label = f"the {name} {getattr(profile, 'name', '')} text encoder".replace("  ", " ")

@@ -104,6 +104,17 @@ SAMPLERS: dict[str, tuple[str, str]] = {
 CONTROL_NET_KINDS = ("canny", "depth", "pose")
 
 
+def register_workflow(family: str, wiring: ComfyFamily, files: Optional[dict[str, str]] = None) -> None:
+    """Add how ComfyUI wires a family registered in reverie.profiles (a plugin's, a test's), and the
+    files it needs beyond what its profiles name."""
+    from reverie.profiles import FAMILIES
+
+    if family not in FAMILIES:
+        raise ReverieError(f"workflow for unknown family {family!r}: register_family it first")
+    WORKFLOWS[family] = wiring
+    FAMILY_FILES[family] = dict(files or {})
+
+
 def comfy_files(profile: Profile, overrides: Optional[dict] = None) -> dict[str, str]:
     """The model file names for a profile: family defaults, then the profile, then the user's."""
     return {**FAMILY_FILES.get(profile.family, {}), **profile.comfy_files, **(overrides or {})}
@@ -266,9 +277,8 @@ def output_node(workflow: dict) -> str:
     return next(i for i, node in workflow.items() if node["class_type"] == "SaveImage")
 
 
-# ComfyUI's TextGenerate runs a loaded text encoder as a language model. Z-Image's encoder is
-# Qwen3-4B, an instruction-tuned model, so a Z-Image server can write its own prompts.
-TEXTGEN_FAMILIES = ("z-image",)
+# ComfyUI's TextGenerate runs a loaded text encoder as a language model: a family whose encoder is
+# an instruction-tuned chat model (reverie.profiles: Family.chat_encoder) can write its own prompts.
 
 
 def textgen_workflow(files: dict[str, str], prompt: str, max_length: int, sampling: dict) -> dict:

@@ -28,7 +28,6 @@ from typing import Optional, Sequence
 from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
 from reverie.render.editors import comfy_spec
 from reverie.render.comfy_workflow import (
-    TEXTGEN_FAMILIES,
     build_workflow,
     comfy_cfg,
     comfy_files,
@@ -662,7 +661,7 @@ def profile_spec(profile, seed: int = 0, prompt: str = "preflight") -> RenderSpe
 
 def textgen_lacks(info: ServerInfo, profile, files: dict) -> list[str]:
     """What a server lacks to run the TextGenerate dreamer for a profile (empty: it can)."""
-    if profile.family not in TEXTGEN_FAMILIES:
+    if not profile.traits.chat_encoder:
         return [f"a text encoder that writes ({profile.name} has none)"]
     workflow = textgen_workflow(files, "x", 16, {"seed": 0})
     return missing(info.nodes, [workflow], files)
@@ -752,7 +751,7 @@ def text_generator(engine: "ComfyUIEngine") -> Optional[TextGenerator]:
     preflight for the profile and has the node and its text encoder; None when none does (or the
     profile's encoder cannot write): the formula writes the prompts, and the render's own
     preflight says what the server lacks before anything is queued."""
-    if engine.profile.family not in TEXTGEN_FAMILIES:
+    if not engine.profile.traits.chat_encoder:
         return None
     infos, _ = engine.server_info()
     plain = [profile_spec(engine.profile)]

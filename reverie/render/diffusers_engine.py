@@ -162,12 +162,6 @@ class DiffusersEngine:
     name = "diffusers"
     # Honours RenderSpec.embed_noise (the loop turns that knob only on engines that say so).
     embed_noise = True
-    # Latent channels per family where the engine can hand the pipeline its initial latents
-    # (RenderSpec.noise_lowfreq); a family left out refuses noise-space search.
-    NOISE_CHANNELS = {"z-image": 16}
-    # Families whose pipeline's loop lets the step-end callback hand the latents from the base
-    # transformer to the distilled one (render/handoff.py); the others refuse --handoff-steps.
-    HANDOFF_FAMILIES = ("z-image",)
 
     def __init__(
         self,
@@ -217,7 +211,7 @@ class DiffusersEngine:
     @property
     def noise_channels(self) -> Optional[int]:
         """Latent channels the noise components are laid over; None: this engine cannot search noise."""
-        return self.NOISE_CHANNELS.get(self.profile.family)
+        return self.adapter.noise_channels
 
     # -- loading ---------------------------------------------------------------------------
     def load(self):
@@ -476,7 +470,7 @@ class DiffusersEngine:
             pairs = ", ".join(f"{d} (base {b})" for d, b in HANDOFF_BASES.items())
             return (f"{self.profile.name} has no base model of its architecture to hand steps from: "
                     f"--handoff-steps works on {pairs}")
-        if self.profile.family not in self.HANDOFF_FAMILIES:
+        if not self.adapter.handoff:
             return (f"the {self.name} engine cannot hand {self.profile.traits.label or self.profile.family} steps "
                     f"between models yet (Z-Image only): leave --handoff-steps out")
         if self.cpu_offload and self.device.startswith("cuda"):

@@ -30,8 +30,14 @@ class EditOnlyAdapter(FamilyAdapter):
                            f"use it to edit (`reverie edit IMAGE \"INSTRUCTION\"`)")
 
 
-# The line-up's own adapters win where it defines these families (setdefault).
-for _family in ("flux2", "qwen-image"):
+def _edit_only_families() -> set[str]:
+    from reverie.profiles import PROFILES
+
+    return {PROFILES[e.profile].family for e in EDITORS.values() if e.profile in PROFILES}
+
+
+# An editor's family without a text-to-image adapter gets one that refuses text-to-image in one line.
+for _family in _edit_only_families():
     ADAPTERS.setdefault(_family, EditOnlyAdapter(_family))
 
 

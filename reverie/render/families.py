@@ -59,6 +59,12 @@ class FamilyAdapter:
     controlnet_pipeline: Optional[str] = None
     # Set where diffusers has no img2img for the family: the one line that refuses a reference.
     img2img_refusal: str = ""
+    # Latent channels where the engine can hand the pipeline its initial latents (RenderSpec.noise_lowfreq,
+    # noise-space search); None: the family refuses noise search.
+    noise_channels: Optional[int] = None
+    # Whether the pipeline's loop lets the step-end callback hand the latents from the base
+    # transformer to the distilled one (render/handoff.py); False: --handoff-steps is refused.
+    handoff: bool = False
 
     @property
     def traits(self) -> Family:
@@ -98,6 +104,8 @@ class FamilyAdapter:
 
 class ZImageAdapter(FamilyAdapter):
     family = "z-image"
+    noise_channels = 16
+    handoff = True
     img2img_pipeline = "ZImageImg2ImgPipeline"
     controlnet_model = "ZImageControlNetModel"
     controlnet_pipeline = "ZImageControlNetPipeline"
@@ -281,6 +289,13 @@ ADAPTERS: dict[str, FamilyAdapter] = {
     for a in (ZImageAdapter(), FluxAdapter(), SD15Adapter(), SDXLAdapter(), Flux2Adapter(), Flux2KleinAdapter(),
               QwenImageAdapter(), ChromaAdapter(), SD3Adapter(), Krea2Adapter())
 }
+
+
+def register_adapter(adapter: FamilyAdapter) -> None:
+    """Add the diffusers adapter of a family registered in reverie.profiles (a plugin's, a test's)."""
+    if adapter.family not in FAMILIES:
+        raise ReverieError(f"adapter for unknown family {adapter.family!r}: register_family it first")
+    ADAPTERS[adapter.family] = adapter
 
 
 def adapter_for(family: str) -> FamilyAdapter:

@@ -428,6 +428,16 @@ TINY_FAMILIES: dict[str, tuple[str, object]] = {
 }
 
 
+def register_tiny(family: str, folder: str, build) -> None:
+    """Add the tiny model of a family registered in reverie.profiles (a plugin's, a test's): `build()`
+    returns its pipeline with random weights from fixed seeds; it is saved once as <models>/<folder>."""
+    from reverie.profiles import FAMILIES
+
+    if family not in FAMILIES:
+        raise ReverieError(f"tiny model for unknown family {family!r}: register_family it first")
+    TINY_FAMILIES[family] = (folder, build)
+
+
 def ensure_tiny_family(models_dir: Path, family: str) -> Path:
     """The tiny model of a family, saved once under models_dir."""
     if family not in TINY_FAMILIES:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from reverie.profiles import family_of, match_profile
+from reverie.profiles import family_of, guess_profile
 from reverie.store.pngmeta import SAMPLER_NAMES
 from reverie.types import RenderSpec, ReverieError
 
@@ -28,22 +28,6 @@ class ForeignRecipe:
     spec: RenderSpec
     model: str  # the checkpoint name as the other tool recorded it
     extra: dict[str, Any]
-
-
-def guess_profile(model_name: str) -> str:
-    matched = match_profile(model_name)  # the profiles' own names, repos and file names first
-    if matched:
-        return matched
-    name = (model_name or "").lower()
-    if "z-image" in name or "zimage" in name or "z_image" in name:
-        return "z-image-turbo"
-    if "flux" in name:
-        return "flux1-schnell" if "schnell" in name else "flux1-dev"
-    if "pony" in name:
-        return "pony"
-    if "xl" in name:
-        return "sdxl"
-    return "sd15"
 
 
 def _guidance(profile: str, cfg: float) -> float:

@@ -54,7 +54,8 @@ def a1111_parameters(spec: RenderSpec, version: str = "", model: str = "", model
     fields.append(("Model", model or spec.profile))
     if spec.model_files:  # the files the user chose over the profile's (a reproduction needs the same)
         fields.append(("Model files", " ".join(f"{role}={name}" for role, name in spec.model_files)))
-    if cfg is not None and family_of(spec.profile) is not None and family_of(spec.profile).name == "flux":
+    family = family_of(spec.profile)
+    if cfg is not None and family is not None and family.distilled_guidance:
         fields.append(("Distilled CFG Scale", spec.guidance))  # Forge's name for FLUX's guidance input
     if spec.shift is not None:
         fields.append(("Shift", spec.shift))
