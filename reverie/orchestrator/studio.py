@@ -199,8 +199,10 @@ class Studio:
         req = validate_request(request)
         for ref in req.references:  # a bad reference is one line, before any engine loads
             load_reference(ref.path)
+        # Weights never pulled: one line, and no run made; checked before the checkpointer, whose
+        # import (langgraph) would take longer than the whole answer should.
+        self.check_weights(get_profile(req.profile))
         self.checkpointer()  # a damaged checkpoint file is named now: before the engine loads or a run row exists
-        self.check_weights(get_profile(req.profile))  # weights never pulled: one line, and no run made
         engine = self.engine_for(get_profile(req.profile), progress)
         check_knobs(req, engine)
         if run_id is not None:
