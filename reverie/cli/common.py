@@ -135,8 +135,10 @@ def friendly(fn: Callable) -> Callable:
             say(err, "error:", e, style="bold red")
             raise typer.Exit(2)
         except KeyboardInterrupt:
+            from reverie.interrupts import interrupted_code
+
             err.print("interrupted: everything rendered so far is saved; run the same command to continue")
-            raise typer.Exit(130)
+            raise typer.Exit(interrupted_code())
         except typer.Exit:
             raise
         except Exception as e:  # unexpected: still one line, and the way to see more
@@ -162,6 +164,7 @@ class CliProgress:
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
+        self.queue_told = False
         self.progress: Optional[Progress] = None
         self.task = None
 
@@ -171,6 +174,13 @@ class CliProgress:
             return
         if event.kind == "loading":  # the first line, within a second, before the heavy imports
             say(err, "reverie:", f"loading the engine for {event.data['profile']}…")
+            return
+        if event.kind == "queued":  # behind other clients on a shared ComfyUI: said once, then kept up to date
+            if not self.queue_told:
+                say(err, "reverie:", event.data["message"])
+            self.queue_told = True
+            if self.progress is not None:
+                self.progress.update(self.task, status=escape(f"queued on ComfyUI: {event.data['ahead']} ahead"))
             return
         if self.quiet:
             return

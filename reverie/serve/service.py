@@ -29,7 +29,7 @@ KEEP_FINISHED = 256  # finished jobs whose events stay in memory; older ones are
 class Busy(ReverieError):
     """Too many requests running: the client should try again later (HTTP 429)."""
 EVENT_KINDS = ("loading", "writing", "run_started", "expanded", "round_started", "step", "engine_progress", "rendered",
-               "scored", "judged", "finished", "notice")
+               "scored", "judged", "finished", "notice", "queued")
 
 
 @dataclass
