@@ -384,7 +384,8 @@ class Studio:
              stop: Optional[threading.Event] = None, interpreter: Any = None,
              on_open: Optional[Callable[[Run], None]] = None, seed: Optional[int] = None,
              steps: Optional[int] = None, cfg: Optional[float] = None, negative: Optional[str] = None,
-             sampler: Optional[str] = None, exact: Optional[bool] = None, style: Optional[str] = None):
+             sampler: Optional[str] = None, exact: Optional[bool] = None, style: Optional[str] = None,
+             abandon: Optional[threading.Event] = None):
         """One turn of a conversation: the first message makes images, follow-ups ("make it
         night", "more like the second one") start a new round from the last one.
 
@@ -400,6 +401,8 @@ class Studio:
             interpreter: what reads a message (orchestrator/chat.py's Interpreter); None: the
                 offline rules, or the configured LLM in front of them.
             on_open: called with the turn's Run once it is opened.
+            abandon: set (with `stop`) when the process stops: the turn is not recorded and
+                RenderStopped is raised, so the turn can be made again later, resuming its run.
             seed, steps, cfg, negative, sampler, exact, style: `make`'s controls for this turn (None: the
                 profile's, or what the last turn used; a seed given here replaces the turn's fresh one).
 
@@ -412,7 +415,7 @@ class Studio:
                    "profile": profile, "seed": seed, "steps": steps, "cfg": cfg, "negative": negative,
                    "sampler": sampler, "exact": exact, "style": style}
         return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None),
-                         interpreter=interpreter, stop=stop, on_open=on_open, **options)
+                         interpreter=interpreter, stop=stop, on_open=on_open, abandon=abandon, **options)
 
     def close(self) -> None:
         self.worker.close()
