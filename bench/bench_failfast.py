@@ -2,7 +2,10 @@
 it, against `python -c pass` (the interpreter alone) and the 2 s goal. Each case is run `--repeats`
 times on a fresh empty home; the median is printed.
 
-    python bench/bench_failfast.py [--repeats 3]
+    python bench/bench_failfast.py [--repeats 3] [--serve-stop]
+
+`--serve-stop` also times `reverie serve` (tiny engine, one request rendering) from SIGINT and from
+SIGTERM to its exit; the goal there is the same 2 s.
 
 The numbers are for people (no test asserts a time): a loaded machine decides the seconds.
 """
@@ -36,9 +39,57 @@ def timed(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess
     return time.perf_counter() - t0, done
 
 
+def serve_stop_seconds(script: list[str], env: dict, signum: int) -> tuple[float, str]:
+    """Seconds from the signal to the exit of a `reverie serve` (tiny engine) with a request rendering."""
+    import json
+    import signal
+    import socket
+    import sqlite3
+
+    from reverie.render.tiny import ensure_tiny_weights
+
+    with tempfile.TemporaryDirectory() as home:
+        ensure_tiny_weights(Path(home) / "models")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([*script, "serve", "--engine", "tiny", "--scorer", "heuristic", "--port", str(port),
+                                 "--home", home], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        client = None
+        try:
+            end = time.monotonic() + 300
+            while client is None and time.monotonic() < end and proc.poll() is None:
+                try:
+                    client = socket.create_connection(("127.0.0.1", port), timeout=1)
+                except OSError:
+                    time.sleep(0.2)
+            body = json.dumps({"prompt": "a heron in fog", "n": 6, "quality": "hd", "size": "256x256"}).encode()
+            client.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            while time.monotonic() < end:  # until the request has stored an image: a run is mid-way
+                try:
+                    with sqlite3.connect(Path(home) / "reverie.db", timeout=5) as db:
+                        if db.execute("select count(*) from renders where status = 'ok'").fetchone()[0]:
+                            break
+                except sqlite3.Error:
+                    pass
+                time.sleep(0.2)
+            t0 = time.perf_counter()
+            proc.send_signal(signum)
+            errors = proc.stderr.read()
+            proc.wait(120)
+            return time.perf_counter() - t0, errors.strip().splitlines()[-1]
+        finally:
+            if client is not None:
+                client.close()
+            if proc.poll() is None:
+                proc.kill()
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--serve-stop", action="store_true", help="Also time `reverie serve` stopping on SIGINT and SIGTERM.")
     args = ap.parse_args(argv)
     env = {**os.environ, "NO_COLOR": "1"}
     if os.path.exists("/dev/nvidia0"):
@@ -62,6 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = median
         verdict = "ok" if median < GOAL_S else "SLOW"
         print(f"{name:50} {median:7.2f}s {median - baseline:8.2f}s {verdict:>6}  {line[:70]}")
+    if args.serve_stop:
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            took, line = serve_stop_seconds(script, env, signum)
+            name = f"serve stop on {signum.name} (a run mid-way)"
+            results[name] = took
+            print(f"{name:50} {took:7.2f}s {'':>9} {'ok' if took < GOAL_S else 'SLOW':>6}  {line[:70]}")
     return results
 
 

@@ -79,3 +79,29 @@ def test_a_stop_leaves_the_running_request_to_the_next_start_and_says_so(home, s
     assert row["status"] == "running" and [r["id"] for r in queue.open_requests()] == [1]
     assert store.get_run(row["run_id"])["status"] != "done" and store.ok_count(row["run_id"]) < 6 * 3
     store.close()
+
+
+def test_a_web_chat_turn_cut_by_a_stop_is_made_by_the_next_start_in_the_same_run(home):
+    from reverie.serve.service import ServeService
+    from tests.serve_helpers import ThreadServer
+
+    with ThreadServer(home) as server:
+        sent = httpx.post(f"{server.url}/api/studio/send", json={"session": "s1", "message": "a lighthouse at dusk",
+                                                                  "n": 2, "quality": "hd"}, timeout=120).json()
+        job = server.service.job(sent["request_id"])
+        wait_until(lambda: job.run_id and any(e["kind"] == "step" for e in job.events), what="the turn to render")
+        left = server.service.close(wait=600)  # as the server's Ctrl-C or SIGTERM does
+        store = server.studio.store
+        row = server.service.queue.get(job.id)
+        assert left == 1 and row["status"] == "running" and row["run_id"] == job.run_id
+        assert store.chats.turns("s1") == []  # not recorded half-done
+        assert store.get_run(job.run_id)["status"] != "done"
+
+        again = ServeService(server.studio)  # the next start on this home
+        [resumed] = again.recover()
+        wait_until(lambda: resumed.done.is_set(), timeout=600, what="the next start to make the turn")
+        again.close()
+        assert resumed.status == "done", resumed.error
+        [turn] = store.chats.turns("s1")
+        assert turn["run_id"] == job.run_id and store.get_run(job.run_id)["status"] == "done"
+        assert again.queue.open_requests() == []
