@@ -115,3 +115,9 @@ def test_warm_bench_runs_one_make_each_way(tmp_path, tiny_models_dir, capsys):
     assert result["local"] > 0 and result["warm"] > 0 and result["ratio"] > 0
     assert "ratio in-process / warm" in capsys.readouterr().out
     assert not (home / "serve.json").exists()  # the bench stopped its server
+
+
+def test_failfast_bench_times_every_case_against_the_interpreter(capsys):
+    results = load("bench_failfast").main(["--repeats", "1"])
+    assert len(results) == 7 and all(t > 0 for t in results.values())
+    assert "python -c pass" in capsys.readouterr().out

@@ -40,7 +40,8 @@ def test_a_pool_where_no_server_can_render_names_each_in_one_line():
         c = ComfyServer()
         c.close()
         with pytest.raises(ReverieError) as e:
-            engine_for(a, b, c, timeout=2.0).render([zspec()])
+            # c refuses at once; a and b answer, however slowly a loaded machine lets them (no clock decides).
+            engine_for(a, b, c, timeout=120.0).render([zspec()])
     message = str(e.value)
     assert "\n" not in message and message.startswith("no ComfyUI server can render this: ")
     assert f"ComfyUI at {a.url} cannot run z-image-turbo: it lacks vae file ae.safetensors" in message

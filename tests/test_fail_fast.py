@@ -22,22 +22,53 @@ def no_runs(home) -> bool:
         store.close()
 
 
-@pytest.mark.parametrize("args, words", [
+HEAVY = ("torch", "diffusers", "transformers", "open_clip")
+
+
+def imported(stderr: str) -> set[str]:
+    """The modules a run imported, from the lines PYTHONPROFILEIMPORTTIME=1 (-X importtime as an
+    environment variable, so the real console script runs unchanged) writes on stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+def said(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith("import time:")]
+
+
+CASES = [
     (["--profile", "sdxl"], "reverie models pull sdxl"),
     (["--engine", "diffusers"], "reverie models pull z-image-turbo"),
     (["--model-path", "/nope"], "model path /nope does not exist"),
     (["--engine", "tiny", "--device", "cuda"], "device cuda is not available here"),
     (["--comfy-url", "127.0.0.1:1"], "no ComfyUI server answers"),
-])
-def test_what_cannot_run_is_one_line_and_leaves_no_run(home, args, words):
+    # TEST-NET-1 (RFC 5737) is never routed: refused, unreachable, or no answer within the wait.
+    (["--comfy-url", "http://192.0.2.1:8188"], "no ComfyUI server answers"),
+]
+
+
+@pytest.mark.parametrize("args, words", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_what_cannot_run_is_one_line_before_torch_and_leaves_no_run(home, args, words):
     if "--device" in args and any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/kfd")):
         pytest.skip("this machine has a GPU driver")
-    res = run_cli("make", "a fox", "--n", "1", "--rounds", "1", *args, home=home)
+    res = run_cli("make", "a fox", "--n", "1", "--rounds", "1", *args, home=home, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = said(res.stderr)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and words in errors[0], res.stderr
-    assert "LLM" not in res.stderr  # no word about a language model nobody asked for
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], lines
+    assert "LLM" not in "\n".join(lines)  # no word about a language model nobody asked for
     assert no_runs(home)
+    modules = imported(res.stderr)
+    assert "reverie.cli" in modules  # the import log is read: an empty one would prove nothing
+    assert not {m for m in modules if m.split(".")[0] in HEAVY}, sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+def test_a_device_hidden_by_cuda_visible_devices_is_said_without_torch(home):
+    res = run_cli("make", "a fox", "--engine", "tiny", "--device", "cuda:1", home=home,
+                  env={"PYTHONPROFILEIMPORTTIME": "1", "CUDA_VISIBLE_DEVICES": "-1"})
+    assert res.returncode == 2
+    assert said(res.stderr) == ["error: device cuda:1 is not available here (CUDA_VISIBLE_DEVICES='-1' hides every GPU): "
+                                "use --device cpu, or leave --device out"]
+    assert "torch" not in imported(res.stderr) and no_runs(home)
 
 
 def test_a_comfy_url_without_scheme_gets_http_and_says_so(home):

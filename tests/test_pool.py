@@ -34,14 +34,15 @@ def test_two_runs_share_the_pool_and_a_dead_server_hands_its_seeds_on():
     """Jobs of two runs go to both servers seed by seed; one server dies mid-way and the other
     renders what it held, each spec delivered once, with one notice."""
     with ComfyServer(die_at=3, step_delay=0.005) as doomed, ComfyServer(step_delay=0.005) as survivor:
-        engine = engine_for(doomed, survivor, timeout=5.0)
+        # The doomed server drops its sockets (an error at once); no clock may judge the live one.
+        engine = engine_for(doomed, survivor, timeout=120.0)
         worker = EngineWorker()
         got: list = []
         try:
             jobs = [worker.submit(engine, [zspec(seed=s) for s in seeds], on_output=got.append, priority=(0, "z", i))
                     for i, seeds in enumerate([range(100, 106), range(200, 206)])]
             for job in jobs:
-                assert job.done.wait(60)
+                assert job.done.wait(600)  # a safety net against a hang, not a time limit
                 assert job.error is None, job.error
         finally:
             worker.close()

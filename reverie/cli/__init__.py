@@ -74,6 +74,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover - older typer
         from click import exceptions as cx
 
+    from reverie.interrupts import interrupted_code, terminate_as_interrupt
+
+    terminate_as_interrupt()
     try:
         code = readable(typer.main.get_command(app))(args=verbose_anywhere(sys.argv[1:]), standalone_mode=False)
     except cx.NoArgsIsHelpError as e:
@@ -86,7 +89,7 @@ def main() -> None:
         sys.exit(2)
     except typer.Abort:
         say(err, "interrupted:", "everything rendered so far is saved; run the same command to continue")
-        sys.exit(130)
+        sys.exit(interrupted_code())
     except cx.ClickException as e:
         say(err, "error:", e.format_message(), style="bold red")
         sys.exit(e.exit_code)

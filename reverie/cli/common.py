@@ -135,8 +135,10 @@ def friendly(fn: Callable) -> Callable:
             say(err, "error:", e, style="bold red")
             raise typer.Exit(2)
         except KeyboardInterrupt:
+            from reverie.interrupts import interrupted_code
+
             err.print("interrupted: everything rendered so far is saved; run the same command to continue")
-            raise typer.Exit(130)
+            raise typer.Exit(interrupted_code())
         except typer.Exit:
             raise
         except Exception as e:  # unexpected: still one line, and the way to see more
@@ -162,6 +164,7 @@ class CliProgress:
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
+        self.queue_told = False
         self.progress: Optional[Progress] = None
         self.task = None
 
@@ -171,6 +174,13 @@ class CliProgress:
             return
         if event.kind == "loading":  # the first line, within a second, before the heavy imports
             say(err, "reverie:", f"loading the engine for {event.data['profile']}…")
+            return
+        if event.kind == "queued":  # behind other clients on a shared ComfyUI: said once, then kept up to date
+            if not self.queue_told:
+                say(err, "reverie:", event.data["message"])
+            self.queue_told = True
+            if self.progress is not None:
+                self.progress.update(self.task, status=escape(f"queued on ComfyUI: {event.data['ahead']} ahead"))
             return
         if self.quiet:
             return
@@ -281,29 +291,67 @@ def with_scheme(url: str) -> str:
     return "http://" + url
 
 
-def cuda_here() -> bool:
-    """Whether this machine has a GPU driver torch could use, without importing torch (seconds)."""
+# Device nodes and driver files that say a GPU may be here; only then is torch asked (seconds).
+GPU_SIGNS = ("/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_missing(device: str) -> Optional[str]:
+    """Why `device` (cuda, cuda:N) cannot run here, or None. The cheap signs come first, so a CPU
+    machine answers without importing torch; torch is asked only where a driver is present."""
     from pathlib import Path
 
-    return any(Path(p).exists() for p in ("/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg"))
+    for var in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"):
+        value = os.environ.get(var)
+        if value is not None and value.strip() in ("", "-1"):
+            return f"{var}={value.strip()!r} hides every GPU"
+    if not any(Path(p).exists() for p in GPU_SIGNS):
+        return "no NVIDIA or ROCm driver on this machine"
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+    if count == 0:
+        return "torch sees no GPU (a CPU-only torch, or a driver that does not answer)"
+    if index >= count:
+        return f"this machine has {count} GPU(s): cuda:0 to cuda:{count - 1}"
+    return None
+
+
+REACH_S = 1.0  # a ComfyUI on this machine or the LAN takes a connection in milliseconds
 
 
 def check_reachable(urls: List[str]) -> None:
-    """At least one ComfyUI server takes a connection, or one line now (not a failed run minutes later)."""
+    """At least one ComfyUI server takes a connection, or one line now (not a failed run minutes
+    later). Every server is tried at once, so a pool of unreachable hosts costs one wait, not one each."""
     import socket
+    import threading
     from urllib.parse import urlsplit
 
-    why = {}
-    for url in urls:
+    why: dict[str, str] = {}
+    answered = threading.Event()
+
+    def knock(url: str) -> None:
         parts = urlsplit(url)
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            with socket.create_connection((parts.hostname or "", port), timeout=2):
-                return
+            with socket.create_connection((parts.hostname or "", port), timeout=REACH_S):
+                answered.set()
+        except socket.timeout:
+            why[url] = f"no answer within {REACH_S:.0f} s"
         except (OSError, ValueError) as e:
             why[url] = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    raise ReverieError("no ComfyUI server answers (" + "; ".join(f"{u}: {w}" for u, w in why.items()) + "): start "
-                       "ComfyUI, or fix --comfy-url")
+
+    knockers = [threading.Thread(target=knock, args=(url,), daemon=True) for url in urls]
+    for t in knockers:
+        t.start()
+    for t in knockers:
+        t.join(REACH_S + 0.5)
+        if answered.is_set():
+            return
+    if answered.is_set():
+        return
+    raise ReverieError("no ComfyUI server answers (" + "; ".join(f"{u}: {why.get(u, 'no answer')}" for u in urls)
+                       + "): start ComfyUI, or fix --comfy-url")
 
 
 def preflight(engine: str, options: dict, profile: str, model_path: Optional[str], weights: bool) -> None:
@@ -315,9 +363,10 @@ def preflight(engine: str, options: dict, profile: str, model_path: Optional[str
     from reverie.profiles import get_profile
 
     device = options.get("device")
-    if device and device.split(":")[0] == "cuda" and not cuda_here():
-        raise ReverieError(f"device {device} is not available here (no NVIDIA or ROCm driver on this machine): "
-                           "use --device cpu, or leave --device out")
+    missing_gpu = cuda_missing(device) if device and device.split(":")[0] == "cuda" else None
+    if missing_gpu:
+        raise ReverieError(f"device {device} is not available here ({missing_gpu}): use --device cpu, or leave "
+                           "--device out")
     if engine == "comfyui" and options.get("servers"):
         check_reachable(options["servers"])
     if engine in ("comfyui", "fixed", "tiny"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from typing import List, Optional
 
 import typer
@@ -12,6 +13,8 @@ from reverie.cli.common import (BATCH_SIZE, COMFY_FILE, COMFY_URL, CONFIG, CPU_O
                                 LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, PROFILE, SCORER, err,
                                 friendly, open_studio, say)
 from reverie.types import ReverieError
+
+STOP_WAIT_S = 1.0  # how long a stopping server waits for its runs to reach their next step
 
 
 def is_loopback(host: str) -> bool:
@@ -23,7 +26,7 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything
 
 
-def port_free(host: str, port: int) -> None:
+def port_free(host: str, port: int, home: Optional[str] = None) -> None:
     """A port in use is one line naming it and the fix, before the engine and uvicorn start."""
     import errno
     import socket
@@ -37,6 +40,12 @@ def port_free(host: str, port: int) -> None:
             s.bind((host.strip("[]"), port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
+                from reverie.cli.remote import find_server
+
+                ours = find_server(home)
+                if ours is not None and ours.url.rstrip("/").endswith(f":{port}"):
+                    raise ReverieError(f"port {port} on {host} is in use by `reverie serve` for this home (pid {ours.pid}): "
+                                       f"`reverie serve --stop` stops it, or pass --port {port + 1}") from None
                 raise ReverieError(f"port {port} on {host} is in use (another `reverie serve`, or another program): "
                                    f"pass --port {port + 1}, or stop what holds it") from None
             raise ReverieError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --host or --port") from None
@@ -82,7 +91,7 @@ def serve(
                            "machine; pass --token SECRET (or set REVERIE_TOKEN), or bind 127.0.0.1")
     if token is not None and len(token) < 8:
         raise ReverieError("the token is shorter than 8 characters: use a longer secret, e.g. `openssl rand -hex 16`")
-    port_free(host, port)
+    port_free(host, port, home)
     # Bad engine flags are one line from open_studio, before uvicorn and the app are imported.
     studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
                          llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
@@ -94,11 +103,13 @@ def serve(
     from reverie.serve.app import create_app
     from reverie.serve.service import ServeService
 
-    from reverie.logs import get, log_file
-
     from reverie.cli.remote import remove_server_file, write_server_file
+    from reverie.interrupts import interrupted_code
+    from reverie.logs import get, log_file
+    from reverie.serve.access import echo_to_console
 
     service = ServeService(studio)
+    stopped_by, server = 0, None
     keeper = None
     if keep_alive is not None:
         from reverie.serve.keepalive import KeepAlive
@@ -112,21 +123,36 @@ def serve(
         say(err, "reverie:", f"serving {studio.home} on http://{shown}:{port}/ (OpenAI base URL http://{shown}:{port}/v1"
                              f"{', token required' if token else ''}; log {log_file(studio.home, 'serve')})")
         get("serve").info("serving %s on %s:%s", studio.home, host, port)
-        # Ctrl-C stops the runs between images after a short wait for open responses; their requests
-        # stay open and the next `reverie serve` on this home finishes them.
         app = create_app(service, token=token)
+        echo_to_console(sys.stderr)
         if port:  # `reverie make` on this home finds the server here
             write_server_file(studio.home, host=host, port=port, token=token)
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig, frame):
+                # Ctrl-C or SIGTERM: the runs stop at their next step now, not after uvicorn's wait for
+                # open responses (an SSE stream ends with its run); their requests stay open.
+                service.begin_stop()
+                super().handle_exit(sig, frame)
+
+        server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1))
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn hands the signal back once it has stopped: said below, in one line
+            stopped_by = interrupted_code()
+        if not server.started:  # another program took the port after port_free looked
+            raise ReverieError(f"cannot listen on {host}:{port} (uvicorn's reason is above): pass another --port")
     finally:
         remove_server_file(studio.home)
         if keeper is not None:
             keeper.close()
-        service.close()
-        left = len(service.queue.open_requests())
-        if left:
-            say(err, "reverie:", f"stopped; {left} accepted request(s) finish when `reverie serve` starts again on this home")
+        left = service.close(wait=STOP_WAIT_S)
+        if server is not None and server.started:
+            say(err, "reverie:", f"stopped; {left} accepted request(s) left for the next `reverie serve` on this home "
+                                 "to finish" if left else "stopped; nothing left to finish")
         studio.close()
+    if stopped_by:
+        raise typer.Exit(stopped_by)
 
 
 def stop_or_status(home: Optional[str], stop: bool) -> None:

@@ -329,7 +329,8 @@ def follows(store, previous: Optional[PreviousTurn], reading: Interpretation) ->
 
 def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_progress,
               interpreter: Optional[Interpreter] = None, stop: Optional[threading.Event] = None,
-              on_open: Optional[Callable[[Any], None]] = None, **defaults: Any) -> ChatTurn:
+              on_open: Optional[Callable[[Any], None]] = None, abandon: Optional[threading.Event] = None,
+              **defaults: Any) -> ChatTurn:
     """Read the message against the session's last turn, make the new round, record the turn.
     Ctrl-C, or setting `stop` (the web studio's stop button), cancels the turn between images and
     keeps it with what it rendered. `on_open(run)` is called once the turn's run is opened (a
@@ -380,6 +381,8 @@ def chat_turn(studio, session: str, message: str, progress: ProgressFn = no_prog
             final = run.drive(progress=progress, stop=stop)
             stop_reason = final.get("stop_reason", "")
         except (KeyboardInterrupt, RenderStopped):
+            if abandon is not None and abandon.is_set():
+                raise  # a server stopping: no turn is recorded; its next start makes it, resuming the run
             # Ctrl-C cancels the turn, not the chat: its run is kept (interrupted) and so is the turn.
             cancelled, stop_reason = True, ""
     result = run.result(k=min(req.n, 4), stop_reason=stop_reason)

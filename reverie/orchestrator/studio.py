@@ -202,8 +202,10 @@ class Studio:
         req = validate_request(request)
         for ref in req.references:  # a bad reference is one line, before any engine loads
             load_reference(ref.path)
+        # Weights never pulled: one line, and no run made; checked before the checkpointer, whose
+        # import (langgraph) would take longer than the whole answer should.
+        self.check_weights(get_profile(req.profile))
         self.checkpointer()  # a damaged checkpoint file is named now: before the engine loads or a run row exists
-        self.check_weights(get_profile(req.profile))  # weights never pulled: one line, and no run made
         engine = self.engine_for(get_profile(req.profile), progress)
         check_knobs(req, engine)
         if run_id is not None:
@@ -396,7 +398,7 @@ class Studio:
              on_open: Optional[Callable[[Run], None]] = None, seed: Optional[int] = None,
              steps: Optional[int] = None, cfg: Optional[float] = None, negative: Optional[str] = None,
              sampler: Optional[str] = None, exact: Optional[bool] = None, style: Optional[str] = None,
-             handoff_steps: Optional[int] = None):
+             handoff_steps: Optional[int] = None, abandon: Optional[threading.Event] = None):
         """One turn of a conversation: the first message makes images, follow-ups ("make it
         night", "more like the second one") start a new round from the last one.
 
@@ -412,6 +414,8 @@ class Studio:
             interpreter: what reads a message (orchestrator/chat.py's Interpreter); None: the
                 offline rules, or the configured LLM in front of them.
             on_open: called with the turn's Run once it is opened.
+            abandon: set (with `stop`) when the process stops: the turn is not recorded and
+                RenderStopped is raised, so the turn can be made again later, resuming its run.
             seed, steps, cfg, negative, sampler, exact, style, handoff_steps: `make`'s controls for this turn (None: the
                 profile's, or what the last turn used; a seed given here replaces the turn's fresh one).
 
@@ -424,7 +428,7 @@ class Studio:
                    "profile": profile, "seed": seed, "steps": steps, "cfg": cfg, "negative": negative,
                    "sampler": sampler, "exact": exact, "style": style, "handoff_steps": handoff_steps}
         return chat_turn(self, session, message, progress=progress or self.progress or (lambda e: None),
-                         interpreter=interpreter, stop=stop, on_open=on_open, **options)
+                         interpreter=interpreter, stop=stop, on_open=on_open, abandon=abandon, **options)
 
     def close(self) -> None:
         self.worker.close()

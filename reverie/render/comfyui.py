@@ -160,6 +160,22 @@ class ComfyClient:
         for prompt_id in running:
             self._call("POST", "/interrupt", json.dumps({"prompt_id": prompt_id}).encode(), json_type)
 
+    def ahead_of(self, ours: Sequence[str]) -> Optional[int]:
+        """How many prompts (another client's, or ours) run or wait before the first of ours in
+        GET /queue; None when one of ours runs, or the server does not say."""
+        status, q = self._json("GET", "/queue")
+        if status != 200:
+            return None
+        running = [item for item in q.get("queue_running") or [] if len(item) > 1]
+        if any(item[1] in ours for item in running):
+            return None
+        # ComfyUI lists the pending queue in heap order: its first field is the place in line.
+        pending = sorted((item for item in q.get("queue_pending") or [] if len(item) > 1), key=lambda item: item[0])
+        for place, item in enumerate(pending):
+            if item[1] in ours:
+                return len(running) + place
+        return None
+
     def upload_image(self, name: str, png: bytes) -> str:
         if name in self.uploaded:
             return name
@@ -473,6 +489,7 @@ def serve_server(client: ComfyClient, feed, *, depth: int, poll_interval: float,
     ws = None
     holding: list[Ticket] = []  # taken, not yet queued on the server
     heard = time.monotonic()
+    told: dict[str, int] = {}  # the place in the server's line last announced
     try:
         while feed.running():
             while len(inflight) < depth and (ticket := feed.take()) is not None:
@@ -502,6 +519,8 @@ def serve_server(client: ComfyClient, feed, *, depth: int, poll_interval: float,
                     continue
                 return
             message = _receive(ws)
+            if message is None or message.get("type") == "status":  # quiet, or the server's queue moved
+                _announce_queue(client, feed, inflight, told)
             if message is None:
                 if time.monotonic() - heard > stall_timeout:
                     raise ServerGone(f"no word for {stall_timeout:.0f} s")
@@ -533,6 +552,26 @@ def serve_server(client: ComfyClient, feed, *, depth: int, poll_interval: float,
                 ws.close(timeout=0.5)
             except Exception:
                 pass
+
+
+def _announce_queue(client: ComfyClient, feed, inflight: dict, told: dict) -> None:
+    """Our work waits behind other prompts on a shared server: say how many, once per change, as
+    a `queued` event (a line on the CLI, the request's state on the web), rather than a silent wait."""
+    if not inflight or any(job["started"] for job in inflight.values()):
+        return
+    try:
+        ahead = client.ahead_of(list(inflight))
+    except (ServerGone, ReverieError):
+        return  # the loop finds out for itself whether the server is gone
+    if ahead is None or ahead == told.get("ahead"):
+        return
+    told["ahead"] = ahead
+    if ahead == 0:
+        return  # ours is next: nothing to wait for
+    first = next(iter(inflight.values()))["ticket"]
+    feed.event(first, Event("queued", {"server": client.url, "ahead": ahead, "seed": first.spec.seed,
+                                       "message": f"waiting in the queue of ComfyUI at {client.url}: {ahead} "
+                                                  f"prompt{'s' if ahead != 1 else ''} ahead of ours"}))
 
 
 def _cancel(client: ComfyClient, inflight: dict) -> None:

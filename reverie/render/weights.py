@@ -77,6 +77,8 @@ def cached_snapshot(repo_id: str, files: tuple[str, ...] = ()) -> Optional[str]:
     """The local snapshot folder of a hub repo when everything it needs is cached, else None."""
     if not repo_id:
         return None
+    if not hub_cache_has(repo_id):  # said without importing the hub client (a tenth of a second or more)
+        return None
     from huggingface_hub import snapshot_download
 
     try:
@@ -87,6 +89,13 @@ def cached_snapshot(repo_id: str, files: tuple[str, ...] = ()) -> Optional[str]:
     if not all((Path(folder) / f).exists() for f in needed):
         return None
     return folder
+
+
+def hub_cache_has(repo_id: str) -> bool:
+    """Whether the Hugging Face cache holds any snapshot of a repo: a look at its folder."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots").is_dir()
 
 
 def where(item: Downloadable, models_dir: Optional[Path] = None) -> Optional[str]:

@@ -134,15 +134,18 @@ async def generate(request: Request):
         return openai_error(400, str(e))
     # The run goes on its own thread; this waits, and a client that hangs up cancels it at the
     # next image unless it asked to keep it (the images then wait in the gallery).
+    stays_accepted = openai_error(503, f"the server is shutting down; request {job.id} stays accepted and finishes "
+                                       f"when it starts again (GET /api/requests/{job.id})", kind="server_error")
     try:
         while not job.done.is_set():
+            if service.shutdown.is_set():  # answered now: uvicorn's stop would otherwise wait for this response
+                return stays_accepted
             if not keep and await request.is_disconnected():
                 job.stop.set()
                 return openai_error(499, "the client closed the connection; the run was stopped")
             await asyncio.sleep(0.2)
     except asyncio.CancelledError:  # the server is shutting down: the request stays accepted
-        return openai_error(503, f"the server is shutting down; request {job.id} stays accepted and finishes when "
-                            f"it starts again (GET /api/requests/{job.id})", kind="server_error")
+        return stays_accepted
     if job.status != "done":
         return openai_error(500 if job.status == "failed" else 499, job.error or f"the run was {job.status}",
                             kind="server_error")

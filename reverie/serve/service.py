@@ -29,7 +29,7 @@ KEEP_FINISHED = 256  # finished jobs whose events stay in memory; older ones are
 class Busy(ReverieError):
     """Too many requests running: the client should try again later (HTTP 429)."""
 EVENT_KINDS = ("loading", "writing", "run_started", "expanded", "round_started", "step", "engine_progress", "rendered",
-               "scored", "judged", "finished", "notice")
+               "scored", "judged", "finished", "notice", "queued")
 
 
 @dataclass
@@ -73,6 +73,7 @@ class ServeService:
         self._sessions: dict[str, threading.Lock] = {}  # one turn at a time per chat session
         self._locks: dict[int, RunLock] = {}
         self._closing = False  # a shutdown stops runs but leaves their requests open for the next server
+        self.shutdown = threading.Event()  # set when the server stops: a chat turn is left to the next start
 
     # -- accepting -------------------------------------------------------------------------
     def submit(self, kind: str, payload: dict[str, Any], keep: bool) -> Job:
@@ -186,7 +187,8 @@ class ServeService:
             job.emit("failed", {"message": job.error})
         finally:
             try:
-                if not (self._closing and job.status == "cancelled"):
+                # Stopping, a run that did not end is left open (a failure then may be the shutdown's own).
+                if not (self._closing and job.status != "done"):
                     self.queue.finish(job.id, job.status, job.error)
             finally:
                 with self._lock:
@@ -229,8 +231,11 @@ class ServeService:
                 job.run_id = row["run_id"]
             else:
                 controls = {k: p[k] for k in ("steps", "cfg", "negative", "sampler", "seed", "exact", "style") if k in p}
+                # job.stop is set by the stop button and by a shutdown; on a shutdown the turn is not
+                # recorded (abandon) and the next start makes it, resuming its run.
                 turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
-                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.person_stop,
+                                        rounds=p["rounds"], megapixels=p.get("megapixels"), stop=job.stop,
+                                        abandon=self.shutdown,
                                         on_open=lambda run: self._opened(job, run), **controls)
                 job.run_id = turn.run_id
                 job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
@@ -258,12 +263,20 @@ class ServeService:
             return {"match": False, "message": compared.message}
         return {"match": compared.match, "max_diff": compared.max_diff, "message": compared.message}
 
-    def close(self) -> None:
-        """Stop the runs between images; their requests stay open and the next server finishes them."""
+    def begin_stop(self) -> None:
+        """The server is stopping (Ctrl-C, SIGTERM): every run stops at its next step or image, and
+        its request stays open for the next server. Only sets flags, so a signal handler may call it."""
         self._closing = True
+        self.shutdown.set()
         for job in list(self.jobs.values()):
             if not job.done.is_set():
                 job.stop.set()
-        deadline = time.monotonic() + 30
+
+    def close(self, wait: float = 30.0) -> int:
+        """Stop the runs between steps and wait up to `wait` seconds for them; their requests stay open
+        and the next server finishes them. Returns how many requests are left open."""
+        self.begin_stop()
+        deadline = time.monotonic() + wait
         for job in list(self.jobs.values()):
             job.done.wait(max(0.0, deadline - time.monotonic()))
+        return len(self.queue.open_requests())
