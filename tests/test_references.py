@@ -138,3 +138,23 @@ def test_depth_runs_a_local_model_when_its_weights_are_there(tmp_path):
     out = tmp_path / "depth.png"
     out.write_bytes(prepared.data)
     assert Image.open(out).size == (160, 120)
+
+
+def test_img2img_pixels_do_not_depend_on_the_position_in_the_batch(tmp_path, tiny_engine):
+    """The source is encoded with each seed's own generator: a seed renders the same pixels first
+    or second in its batch (the pipeline given one image encodes it with the first generator)."""
+    from reverie.types import Control, RenderSpec
+
+    ref = photo(tmp_path / "p.png")
+    control = Control(kind="img2img", image_sha=file_sha256(ref), image_path=str(ref), strength=0.6)
+
+    def spec(seed):
+        return RenderSpec(prompt="a castle", seed=seed, width=64, height=64, steps=2, guidance=0.0,
+                          profile="z-image-turbo", control=control)
+
+    first = tiny_engine.render([spec(5), spec(9)])
+    second = tiny_engine.render([spec(9), spec(5)])
+    assert not any(o.error for o in (*first, *second))
+    a, b = np.asarray(first[0].image, dtype=int), np.asarray(second[1].image, dtype=int)
+    assert np.array_equal(a, b)
+    assert np.abs(a - np.asarray(first[1].image, dtype=int)).max() > 0  # the seeds differ

@@ -425,7 +425,9 @@ class DiffusersEngine:
         elif spec.control is not None:
             image = self._control_image(spec.control, spec.width, spec.height)
             if spec.control.kind == "img2img":
-                extra.update(image=image, strength=float(spec.control.strength))
+                # One copy per seed: a single image is encoded with the batch's first generator, and
+                # each image's pixels would depend on which seed came first in its batch.
+                extra.update(image=[image] * len(seeds), strength=float(spec.control.strength))
             else:
                 extra.update(control_image=image, controlnet_conditioning_scale=float(spec.control.strength))
         runner.scheduler = self._scheduler(spec.sampler)
