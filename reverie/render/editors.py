@@ -102,7 +102,9 @@ def instruction_call(editor: Editor, spec, n: int, image, mask) -> dict[str, Any
     elif editor.pipeline == "Flux2KleinPipeline":
         kwargs.update(image=[image], guidance_scale=spec.guidance)  # a list: the references, not a batch
     else:  # FLUX.1 Kontext
-        kwargs.update(image=image, guidance_scale=spec.guidance)
+        # The source is already fitted to the request's size. The pipeline would otherwise render at
+        # ~1 MP whatever height/width say (max_area) and resize the reference to its preferred list.
+        kwargs.update(image=image, guidance_scale=spec.guidance, max_area=spec.width * spec.height, _auto_resize=False)
     if mask is not None:
         kwargs.update(mask_image=mask, image=image)
     return kwargs

@@ -534,9 +534,7 @@ class TinyEngine(DiffusersEngine):
     @property
     def identity(self) -> str:
         # Built from fixed seeds, the same on every machine; where it is saved does not matter.
-        if self.profile.family == "z-image":
-            return f"tiny-v{TINY_VERSION}"
-        return TINY_FAMILIES[self.profile.family][0]
+        return Path(self.model_path).name if self.profile.family != "z-image" else f"tiny-v{TINY_VERSION}"
 
     def __init__(self, models_dir: str | os.PathLike | None = None, profile: str = "z-image-turbo", **options):
         from reverie.profiles import get_profile
@@ -550,7 +548,12 @@ class TinyEngine(DiffusersEngine):
         # Built lazily: most runs never use a control image.
         self._models_dir = Path(models_dir)
         # A tiny random model of the profile's own family: the same pipeline class, adapter and size rules.
-        folder = ensure_tiny_family(Path(models_dir), get_profile(profile).family)
+        # An instruction editor whose pipeline class is not its family's (Kontext, Qwen-Image-Edit)
+        # gets its own tiny build.
+        from reverie.render.tiny_editors import ensure_tiny_editor, has_tiny_editor
+
+        folder = (ensure_tiny_editor(Path(models_dir), profile) if has_tiny_editor(profile)
+                  else ensure_tiny_family(Path(models_dir), get_profile(profile).family))
         super().__init__(model_path=str(folder), profile=profile, **options)
 
     def _model_label(self, where: str) -> str:

@@ -4,44 +4,18 @@ Built in code from fixed seeds, like the tiny Z-Image (reverie.render.tiny), sav
 ordinary diffusers folder and loaded by the diffusers engine as real weights would be: tests run
 the editing code paths (reference images, the editor's own prompt encoding) on any CPU.
 
-- FLUX.2 [klein]: Flux2KleinPipeline (Flux2 transformer, Flux2 VAE, a Qwen3 causal LM encoder
-  read at layers 9, 18 and 27 as the real one is, so it has 28 tiny layers).
+- FLUX.2 [klein]: its family's tiny model (reverie.render.tiny), whose Flux2KleinPipeline edits as
+  it is: the source is one of its reference images.
 - FLUX.1 Kontext: FluxKontextPipeline (Flux transformer, CLIP and T5 encoders).
-Qwen-Image-Edit-2511 is not built here: its encoder is a Qwen2.5-VL vision-language model whose
-processor needs the real model's files.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from reverie.render.tiny import build_tokenizer, save_once
+from reverie.render.tiny import build_tokenizer, ensure_tiny_family, save_once
 
-TINY_KLEIN_DIR_NAME = "tiny-flux2-klein-v1"
 TINY_KONTEXT_DIR_NAME = "tiny-flux1-kontext-v1"
-
-
-def build_tiny_flux2_klein():
-    import torch
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    tokenizer = build_tokenizer(max_length=64)
-    torch.manual_seed(0)
-    transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False)
-    torch.manual_seed(0)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(
-        hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2, num_key_value_heads=2,
-        head_dim=8, vocab_size=len(tokenizer), max_position_embeddings=512))
-    torch.manual_seed(0)
-    vae = AutoencoderKLFlux2(
-        sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), block_out_channels=(4,), layers_per_block=1, latent_channels=1,
-        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False)
-    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
-                              tokenizer=tokenizer, transformer=transformer, is_distilled=True)
 
 
 def build_tiny_flux1_kontext():
@@ -73,14 +47,23 @@ def build_tiny_flux1_kontext():
                                transformer=transformer)
 
 
-# profile -> (folder name, builder): the tiny stand-in for each instruction editor reverie can build.
+# profile -> (folder name, builder): the tiny stand-in of each instruction editor whose pipeline
+# class is not its family's text-to-image one.
 TINY_EDITORS = {
-    "flux2-klein-4b": (TINY_KLEIN_DIR_NAME, build_tiny_flux2_klein),
     "flux1-kontext-dev": (TINY_KONTEXT_DIR_NAME, build_tiny_flux1_kontext),
 }
 
 
+def has_tiny_editor(profile: str) -> bool:
+    return profile in TINY_EDITORS
+
+
 def ensure_tiny_editor(models_dir: Path, profile: str) -> Path:
-    """Save the tiny editor of a profile once; the diffusers engine loads it as --model-path."""
+    """Save the tiny editor of a profile once; the diffusers engine loads it as --model-path. An
+    editor that edits with its family's own pipeline (FLUX.2 [klein]) gets the family's tiny model."""
+    if profile not in TINY_EDITORS:
+        from reverie.profiles import get_profile
+
+        return ensure_tiny_family(Path(models_dir), get_profile(profile).family)
     name, build = TINY_EDITORS[profile]
     return save_once(Path(models_dir) / name, build)
