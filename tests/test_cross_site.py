@@ -43,7 +43,7 @@ def first_render(server) -> int:
 
 
 ROUTES = ["/v1/images/generations", "/api/studio/send", "/api/pick", "/api/reproduce/{rid}",
-          "/api/requests/1/stop", "/v1/images/edits"]
+          "/api/requests/1/stop", "/v1/images/edits", "/api/images/{rid}/edit"]
 EVIL = "http://evil.example"
 ATTACKS = {
     # What a browser sends cross-site without a preflight: a "simple" content type, its own Origin.
@@ -104,7 +104,7 @@ const base = "{base}";
 const body = JSON.stringify({{model: "reverie", prompt: "owned", session: "web-evil", message: "owned",
                              n: 1, choice: "reject", render_id: {rid}}});
 const routes = ["/v1/images/generations", "/api/studio/send", "/api/pick", "/api/reproduce/{rid}",
-                "/api/requests/1/stop", "/v1/images/edits"];
+                "/api/requests/1/stop", "/v1/images/edits", "/api/images/{rid}/edit"];
 const tries = [];
 for (const route of routes) {{
   for (const type of ["text/plain; x=application/json", "text/plain", "application/x-www-form-urlencoded"]) {{

@@ -43,6 +43,23 @@ def start_make(service: ServeService, idea: str, *, n: int = 4, rounds: int = 2,
     return service.submit("images", payload, keep=keep)
 
 
+def start_edit(service: ServeService, render_id: int, instruction: str, *, n: int = 4, rounds: int = 1,
+               seed: Optional[int] = None) -> Job:
+    """Accept an edit of an image of this home (the web studio's Edit form): checked as `reverie
+    edit` checks it, then an edit run (Studio.edit's, as /v1/images/edits runs) on its own thread."""
+    from reverie.orchestrator.edit import check_instruction
+
+    if not 1 <= int(n) <= MAX_N:
+        raise ReverieError(f"n is the number of images per round, from 1 to {MAX_N}")
+    if not 1 <= int(rounds) <= MAX_ROUNDS:
+        raise ReverieError(f"rounds is from 1 to {MAX_ROUNDS}")
+    instruction = check_instruction(instruction)
+    if service.queue.render(render_id) is None:
+        raise ReverieError(f"no image {render_id} in this home: edit an image shown in the studio")
+    return service.submit("edit", {"source": str(render_id), "instruction": instruction, "n": int(n),
+                                   "rounds": int(rounds), "seed": seed}, keep=True)
+
+
 def wait_for_run_id(job: Job, timeout: float = 120.0) -> Optional[str]:
     """The run id once the run has started (after the engine is chosen; seconds on a cold engine)."""
     end = time.monotonic() + timeout

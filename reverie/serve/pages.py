@@ -261,6 +261,30 @@ def web_controls(data: dict, style_names: list[str]) -> dict:
     return out
 
 
+@router.post("/api/images/{render_id}/edit")
+async def edit_image(request: Request, render_id: RowId):
+    """The image page's Edit form: an edit run of this image; its events follow as a turn's do."""
+    from reverie.serve.doors import start_edit
+
+    service = request.app.state.service
+    if service.queue.render(render_id) is None:
+        return openai_error(404, "no such image: give the render id of an image of this home")
+    data = await read_json(request)
+    try:
+        n = int(data.get("n", 2))
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= MAX_WEB_IMAGES:
+        return openai_error(400, f"n is the number of images, from 1 to {MAX_WEB_IMAGES}")
+    try:
+        job = start_edit(service, render_id, str(data.get("instruction") or ""), n=n)
+    except Busy as e:
+        return openai_error(429, str(e), kind="rate_limit_error")
+    except ReverieError as e:
+        return openai_error(400, str(e))
+    return {"request_id": job.id, "events": f"/events/{job.id}", "source": render_id}
+
+
 @router.get("/events/{request_id}")
 async def events(request: Request, request_id: RowId):
     """Server-sent events of one request: rendered, scored, judged... then done or failed."""
@@ -347,7 +371,7 @@ def queue_panel(request: Request):
             waiting += 1
             position = waiting
         items.append({"id": job.id, "kind": job.kind, "session": job.payload.get("session"),
-                      "what": job.payload.get("message") or job.payload.get("prompt") or "", "state": state,
+                      "what": job.payload.get("message") or job.payload.get("prompt") or job.payload.get("instruction") or "", "state": state,
                       "position": position, "stopping": job.person_stop.is_set()})
     return {"requests": items}
 

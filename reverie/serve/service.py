@@ -60,7 +60,17 @@ def render_card(r: Render) -> dict:
     return {"id": r.id, "sha256": r.sha256, "url": f"/files/{r.sha256}.png", "page": f"/image/{r.id}",
             "seed": r.seed, "round": r.round + 1, "width": r.spec.width, "height": r.spec.height,
             "score": r.scores.composite if r.scores else None, "scorer": r.scores.scorer if r.scores else None,
-            "prompt": r.prompt}
+            "prompt": r.prompt, **edit_parent(r)}
+
+
+def edit_parent(r: Render) -> dict:
+    """An edit's parent, for its card: the image of this home it was made from (a file from outside has no page)."""
+    source = getattr(r.spec, "source", None)
+    if source is None:
+        return {}
+    parent = source.render_id
+    return {"parent": {"id": parent, "page": f"/image/{parent}" if parent is not None else None,
+                       "sha256": source.image_sha, "instruction": source.instruction}}
 
 
 class ServeService:
@@ -83,7 +93,7 @@ class ServeService:
             finished = [i for i, j in self.jobs.items() if j.done.is_set()]
             for i in finished[:max(0, len(finished) - KEEP_FINISHED)]:
                 del self.jobs[i]
-        if kind == "images" and payload.get("seed") is None:
+        if kind in ("images", "edit") and payload.get("seed") is None:
             # Chosen now and stored: a restarted server asks for the same request, which resumes the run.
             payload = {**payload, "seed": secrets.randbelow(2**31)}
         request_id = self.queue.accept(kind, payload, keep)
@@ -166,6 +176,8 @@ class ServeService:
             job.status = "running"
             if job.kind == "images":
                 self._images(job)
+            elif job.kind == "edit":
+                self._edit(job)
             else:
                 self._chat(job)
             if job.person_stop.is_set():  # stopped by its person: kept with what it rendered
@@ -213,6 +225,25 @@ class ServeService:
             self._opened(job, run)
             run.drive(progress=self._progress(job), stop=job.stop)
             job.best = run.best(n, fill=True)
+
+    def _edit(self, job: Job) -> None:
+        """An edit run of an image (the web studio's Edit form): Studio.edit's request and run, as
+        /v1/images/edits makes them, followed and resumed as an images request is."""
+        from reverie.orchestrator.edit import edit_request
+
+        p = job.payload
+        row = self.queue.get(job.id)
+        if row and row["run_id"] and self.studio.store.get_run(row["run_id"])["status"] == "done":
+            job.run_id = row["run_id"]
+            job.best = self.studio.best(job.run_id, k=p["n"], fill=True)
+            return
+        progress = self._progress(job)
+        request = edit_request(self.studio, p["source"], p["instruction"], n=p["n"], rounds=p["rounds"],
+                               seed=p["seed"], progress=progress)
+        with self.studio.open_run(request, progress=progress) as run:
+            self._opened(job, run)
+            run.drive(progress=progress, stop=job.stop)
+            job.best = run.best(p["n"], fill=True)
 
     def _opened(self, job: Job, run) -> None:
         """The request has its run: a restarted server finds it by the request's row."""

@@ -39,6 +39,12 @@ function card(img) {
                                "title": "use this recipe: load its prompt, seed and settings into the form"}, "↻"));
   cap.appendChild(choices);
   fig.appendChild(cap);
+  if (img.parent) {  // an edit: the image it was made from
+    const from = el("span", {"class": "parent"}, "edit of ");
+    if (img.parent.page) from.appendChild(el("a", {"href": img.parent.page}, "image " + img.parent.id));
+    else from.appendChild(document.createTextNode("file " + img.parent.sha256.slice(0, 12)));
+    fig.appendChild(from);
+  }
   return fig;
 }
 
@@ -296,6 +302,29 @@ function setupReproduce() {
   });
 }
 
+// The image page's Edit form: an edit run of this image, followed as a turn is; its results land
+// below with their parent named.
+function setupEdit() {
+  const form = document.getElementById("edit-form");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const instruction = document.getElementById("edit-instruction").value.trim();
+    const n = Number(document.getElementById("edit-n").value || 2);
+    const out = document.getElementById("edits");
+    try {
+      const res = await postJSON(`/api/images/${form.dataset.render}/edit`, {instruction, n});
+      const turn = liveTurn(instruction, res.request_id, res.events);
+      turn.querySelector(".idea").textContent = `edit of image ${res.source}`;
+      out.prepend(turn);
+      follow(res.events, turn);
+    } catch (err) {
+      out.prepend(el("p", {"class": "hint error"}, "edit refused: " + err.message));
+    }
+  });
+}
+
 setupStudio();
+setupEdit();
 setupChoices();
 setupReproduce();
