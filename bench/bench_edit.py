@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
 
             model_path = str(ensure_tiny_weights(models_dir))
         else:
-            from reverie.render.tiny_editors import ensure_tiny_editor
+            from reverie.render.tiny import ensure_tiny_editor
 
             model_path = str(ensure_tiny_editor(models_dir, profile.name))
     engine = DiffusersEngine(model_path=model_path, profile=profile.name, device=args.device,

@@ -650,7 +650,9 @@ for _p in (
         max_side=1280,
         prompt_style="natural",
         negative=False,
-        comfy_files={"unet": "flux1-dev-kontext_fp8_scaled.safetensors", "clip_type": "flux"},
+        # The files of ComfyUI's flux_kontext_dev_basic.json template.
+        comfy_files={"unet": "flux1-dev-kontext_fp8_scaled.safetensors", "t5": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+                     "clip_type": "flux"},
         notes="instruction editor, one reference image; non-commercial licence",
     ),
 ):

@@ -61,6 +61,14 @@ NODES: dict[str, tuple[str, ...]] = {
     "EmptyFlux2LatentImage": ("width", "height", "batch_size"),
     "T5TokenizerOptions": ("clip", "min_padding", "min_length"),
     "ModelSamplingSD3": ("model", "shift"),
+    # The editing templates' nodes (Kontext, FLUX.2 [klein], Qwen-Image-Edit 2511) and inpainting's.
+    "ReferenceLatent": ("conditioning", "latent"),
+    "CFGNorm": ("model", "strength"),
+    "TextEncodeQwenImageEditPlus": ("clip", "prompt", "vae", "image1"),
+    "FluxKontextMultiReferenceLatentMethod": ("conditioning", "reference_latents_method"),
+    "LoadImageMask": ("image", "channel"),
+    "SetLatentNoiseMask": ("samples", "mask"),
+    "ImageCompositeMasked": ("destination", "source", "x", "y", "resize_source", "mask"),
 }
 SAMPLER_NAMES = ("euler", "euler_ancestral", "res_multistep", "dpmpp_2m", "dpmpp_2m_sde", "uni_pc")
 SCHEDULERS = ("simple", "sgm_uniform", "normal", "karras", "exponential", "beta")
@@ -84,6 +92,9 @@ CHOICES: dict[tuple[str, str], list[str]] = {
                              "cosmos", "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "flux2",
                              "krea2"],
     ("DualCLIPLoader", "type"): ["sdxl", "sd3", "flux", "hunyuan_video", "hidream"],
+    ("LoadImageMask", "channel"): ["alpha", "red", "green", "blue"],
+    ("FluxKontextMultiReferenceLatentMethod", "reference_latents_method"): ["offset", "index", "uxo/uno",
+                                                                            "index_timestep_zero"],
     ("KSamplerAdvanced", "add_noise"): ["enable", "disable"],
     ("KSamplerAdvanced", "return_with_leftover_noise"): ["disable", "enable"],
 }

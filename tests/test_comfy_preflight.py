@@ -121,9 +121,9 @@ def test_models_comfy_url_reports_per_profile(tmp_path):
         "clip_l file clip_l.safetensors (put it in models/text_encoders or pass --comfy-file clip_l=NAME)",
         "t5 file t5xxl_fp8_e4m3fn.safetensors (put it in models/text_encoders or pass --comfy-file t5=NAME)"]
     assert {r["version"] for r in rows.values()} == {"0.3.33"}
-    # An editor reverie has no ComfyUI workflow for is a row that says so, not an error for the whole list.
+    # An editor-only profile is checked by its editing graph: the row names its nodes and files.
     assert not rows["qwen-image-edit-2511"]["ok"]
-    assert rows["qwen-image-edit-2511"]["lacks"][0].startswith("reverie has no ComfyUI workflow for qwen-image-edit-2511")
+    assert rows["qwen-image-edit-2511"]["lacks"][0].startswith("unet file qwen_image_edit_2511_bf16.safetensors")
     assert table.returncode == 0 and "v1-5-pruned-emaonly.safetensors" in table.stdout
 
 

@@ -188,19 +188,49 @@ def test_an_edit_runs_composite_is_made_with_its_edit_scores(home, tmp_path):
     assert any("heuristic" in n and "preservation" in n for n in result.notices)
 
 
-def test_comfyui_edits_with_z_image_img2img_and_refuses_what_it_has_no_workflow_for(home, tmp_path):
+def test_comfyui_edits_with_z_image_img2img_and_inpaints_inside_the_mask(home, tmp_path):
     from tests.comfy_server import ComfyServer
 
     source = picture(tmp_path / "s.png")
+    mask = tmp_path / "m.png"
+    Image.new("L", (64, 48), 0).save(mask)
     with ComfyServer() as s:
         done = run_cli("edit", str(source), "make it night", "--n", "1", "--rounds", "1", "--seed", "2",
                        "--comfy-url", s.url, "--json", home=home, timeout=120)
         assert done.returncode == 0, done.stderr
         workflow = s.workflows[-1]
-        masked = run_cli("edit", str(source), "make it night", "--mask", str(source), "--comfy-url", s.url, home=home)
+        masked = run_cli("edit", str(source), "make it night", "--mask", str(mask), "--n", "1", "--rounds", "1",
+                         "--comfy-url", s.url, "--json", home=home, timeout=120)
+        assert masked.returncode == 0, masked.stderr
+        inpaint = s.workflows[-1]
     classes = {n["class_type"]: n["inputs"] for n in workflow.values()}
     assert "LoadImage" in classes and "VAEEncode" in classes and classes["KSampler"]["denoise"] == 0.6
     best = json.loads(done.stdout)["best"][0]
     assert read_reverie_meta(best["path"])["spec"]["source"]["image_sha"] == file_sha256(source)  # lineage as on diffusers
-    assert masked.returncode == 2 and "no ComfyUI workflow for inpainting" in masked.stderr
+    masked_classes = {n["class_type"] for n in inpaint.values()}
+    assert {"LoadImageMask", "SetLatentNoiseMask", "ImageCompositeMasked"} <= masked_classes
+    meta = read_reverie_meta(json.loads(masked.stdout)["best"][0]["path"])
+    assert meta["spec"]["source"]["mask_sha"] == file_sha256(mask)
+
+
+def test_comfyui_edits_with_an_instruction_editor_through_its_template_graph(home, tmp_path):
+    from tests.comfy_server import ComfyServer
+
+    source = picture(tmp_path / "s.png", size=(64, 64))
+    kontext = {"unet_name": ["flux1-dev-kontext_fp8_scaled.safetensors"],
+               "clip_name": ["clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"], "vae_name": ["ae.safetensors"]}
+    with ComfyServer(models={**kontext, "vae_name": []}) as poor:
+        refused = run_cli("edit", str(source), "make it night", "--profile", "flux1-kontext-dev", "--n", "1",
+                          "--rounds", "1", "--comfy-url", poor.url, home=home, timeout=120)
+    assert refused.returncode != 0 and "vae file ae.safetensors" in refused.stderr
+    with ComfyServer(models=kontext) as s:
+        done = run_cli("edit", str(source), "make it night", "--profile", "flux1-kontext-dev", "--n", "1",
+                       "--rounds", "1", "--seed", "2", "--comfy-url", s.url, "--json", home=home, timeout=120)
+        assert done.returncode == 0, done.stderr
+        [workflow] = s.workflows
+    classes = {n["class_type"]: n["inputs"] for n in workflow.values()}
+    assert {"ReferenceLatent", "FluxGuidance", "VAEEncode", "LoadImage"} <= set(classes)
+    assert classes["CLIPTextEncode"]["text"] == "make it night"
+    best = json.loads(done.stdout)["best"][0]
+    assert read_reverie_meta(best["path"])["spec"]["source"]["image_sha"] == file_sha256(source)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from reverie.render.diffusers_engine import DiffusersEngine
-from reverie.render.tiny_editors import ensure_tiny_editor
+from reverie.render.tiny import ensure_tiny_editor
 from reverie.store.pngmeta import file_sha256, read_reverie_meta
 from reverie.types import RenderSpec, Source
 from tests.conftest import run_cli

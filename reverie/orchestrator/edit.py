@@ -200,9 +200,9 @@ def edit_request(studio, source: str, instruction: str, *, n: int = 4, rounds: i
     chosen = choose_editor(profile, lambda p: _weights_present(p) if studio.parts.engine_name == "auto"
                            else p.name == studio.profile_name)
     editor = EDITORS[chosen.name]
-    if studio.parts.engine_name == "comfyui" and (editor.kind != "img2img" or mask):
-        raise ReverieError(f"reverie has no ComfyUI workflow for {'inpainting' if mask else chosen.name + ' edits'} "
-                           "yet: edit with --engine diffusers (ComfyUI edits with z-image-turbo img2img)")
+    if studio.parts.engine_name == "comfyui" and mask and editor.kind != "img2img":
+        raise ReverieError(f"inpainting (--mask) with {chosen.name} has no ComfyUI workflow in reverie: drop --mask, "
+                           "edit with --engine diffusers, or inpaint with --profile z-image-turbo")
     # Checked before the source is kept in the home: a bad option leaves nothing behind.
     req = studio.request(instruction, n=n, rounds=rounds, target=target, profile=chosen.name, seed=seed, steps=steps,
                          max_seconds=max_seconds, max_renders=max_renders)

@@ -76,7 +76,7 @@ def missing(nodes: dict, workflows: Iterable[dict], files: dict) -> list[str]:
             spec = nodes[cls].get("input") or {}
             known = {**(spec.get("optional") or {}), **(spec.get("required") or {})}
             for name, value in inputs.items():
-                if isinstance(value, list) or cls == "LoadImage":
+                if isinstance(value, list) or cls in ("LoadImage", "LoadImageMask"):
                     continue  # links, and control images that are uploaded when they are used
                 options = choices(known.get(name))
                 if options is None or value in options:

@@ -293,3 +293,112 @@ def textgen_workflow(files: dict[str, str], prompt: str, max_length: int, sampli
                  **{f"sampling_mode.{k}": v for k, v in sampling.items()}, thinking=False, use_default_template=True)
     g.add("PreviewAny", source=[text, 0])
     return g.nodes
+
+
+# -- edits: a render that starts from a source image (RenderSpec.source) ---------------------------
+# The official template (comfyui-workflow-templates) each editing graph follows node for node, and
+# where reverie's graph differs, why. tests/test_comfy_edit_templates.py asserts each as it stands.
+EDIT_TEMPLATES: dict[str, str] = {
+    "qwen-image-edit-2511": "image_qwen_image_edit_2511.json",
+    "flux1-kontext-dev": "flux_kontext_dev_basic.json",
+    "flux2-klein-4b": "image_flux2_klein_image_edit_4b_distilled.json",
+    # No official Z-Image img2img or inpainting template: loaders, shift and sampler follow the
+    # text-to-image one; the mask nodes follow image_qwen_image_instantx_inpainting_controlnet.json.
+    "z-image-turbo": "image_z_image_turbo.json",
+}
+EDIT_DIFFERENCES: dict[str, tuple[str, ...]] = {
+    # Every editor: reverie uploads the source already fitted to the request's size (the diffusers
+    # engine edits the same pixels), so the templates' own scaling nodes are left out.
+    "*": ("no FluxKontextImageScale / ImageScaleToTotalPixels / GetImageSize: the source is uploaded at the "
+          "request's size and the latent is sized from the request",
+          "one source image: the templates' second (optional) reference image is left out"),
+    "qwen-image-edit-2511": ("no Lightning LoRA switch (LoraLoaderModelOnly, ComfySwitchNode, Primitive*): the "
+                             "template's 4-step option, off by default; reverie runs the profile's 40 steps at CFG 4",),
+    "flux1-kontext-dev": ("no ImageStitch: one reference image",
+                          "steps: the profile's 28 (the model card's) where the template has 20"),
+    "flux2-klein-4b": ("KSampler form: KSampler(euler, simple) stands for the template's SamplerCustomAdvanced, "
+                       "CFGGuider(1), KSamplerSelect(euler), RandomNoise and Flux2Scheduler, as reverie's FLUX.2 "
+                       "text-to-image graph does",),
+    "z-image-turbo": ("img2img: VAEEncode of the source and KSampler denoise = --strength, in place of "
+                      "EmptySD3LatentImage",
+                      "inpainting: LoadImageMask (red channel, white = change), SetLatentNoiseMask and "
+                      "ImageCompositeMasked, as the Qwen-Image inpainting template wires them (without its ControlNet)"),
+}
+
+
+def build_edit_workflow(spec: RenderSpec, profile: Profile, files: dict[str, str], image_name: str,
+                        mask_name: Optional[str] = None) -> dict:
+    """The API-format workflow of an edit: `image_name` is the uploaded source, `mask_name` its mask
+    (white = change). Each graph is its official template's (EDIT_TEMPLATES), less EDIT_DIFFERENCES."""
+    if spec.source is None:
+        raise ReverieError("internal: build_edit_workflow is for a spec with a source image")
+    if profile.name not in EDIT_TEMPLATES:
+        raise ReverieError(f"{profile.name} cannot edit images on ComfyUI: use --profile "
+                           f"{' or '.join(n for n in EDIT_TEMPLATES)}")
+    if mask_name is not None and profile.name != "z-image-turbo":
+        raise ReverieError(f"inpainting (--mask) with {profile.name} has no ComfyUI workflow in reverie: drop --mask, "
+                           "edit with --engine diffusers, or inpaint with --profile z-image-turbo")
+    if spec.embed_noise or spec.noise_lowfreq or spec.blind_steps:
+        raise ReverieError("an edit on ComfyUI takes no embedding noise, noise search or blind steps: "
+                           "render it with --engine diffusers")
+    sampler_name, scheduler = sampler_for(spec, profile)
+    g = _Graph()
+    unet = [g.add("UNETLoader", unet_name=_need(files, "unet", "unet"),
+                  weight_dtype=files.get("weight_dtype", "default")), 0]
+    wiring = WORKFLOWS[profile.family]
+    if wiring.loader == "unet-dual":
+        clip = [g.add("DualCLIPLoader", clip_name1=_need(files, "clip_l", "clip_l"), clip_name2=_need(files, "t5", "t5"),
+                      type=files.get("clip_type", wiring.clip_type)), 0]
+    else:
+        clip = [g.add("CLIPLoader", clip_name=_need(files, "clip", "clip"),
+                      type=files.get("clip_type", wiring.clip_type)), 0]
+    vae = [g.add("VAELoader", vae_name=_need(files, "vae", "vae")), 0]
+    image = [g.add("LoadImage", image=image_name), 0]
+    encoded = [g.add("VAEEncode", pixels=image, vae=vae), 0]
+    model, denoise, mask = unet, 1.0, None
+
+    if profile.name == "qwen-image-edit-2511":
+        shift = spec.shift if spec.shift is not None else wiring.default_shift
+        model = [g.add("ModelSamplingAuraFlow", model=model, shift=float(shift)), 0]
+        model = [g.add("CFGNorm", model=model, strength=1.0), 0]
+        conds = []
+        for text in (spec.prompt, spec.negative):
+            cond = g.add("TextEncodeQwenImageEditPlus", clip=clip, prompt=text, vae=vae, image1=image)
+            conds.append([g.add("FluxKontextMultiReferenceLatentMethod", conditioning=[cond, 0],
+                                reference_latents_method="index_timestep_zero"), 0])
+        positive, negative = conds
+        latent, cfg = encoded, float(spec.guidance)
+    elif profile.name == "flux1-kontext-dev":
+        text = [g.add("CLIPTextEncode", text=spec.prompt, clip=clip), 0]
+        referenced = [g.add("ReferenceLatent", conditioning=text, latent=encoded), 0]
+        positive = [g.add("FluxGuidance", conditioning=referenced, guidance=float(spec.guidance)), 0]
+        negative = [g.add("ConditioningZeroOut", conditioning=text), 0]
+        latent, cfg = encoded, 1.0
+    elif profile.name == "flux2-klein-4b":
+        text = [g.add("CLIPTextEncode", text=spec.prompt, clip=clip), 0]
+        zeroed = [g.add("ConditioningZeroOut", conditioning=text), 0]
+        positive = [g.add("ReferenceLatent", conditioning=text, latent=encoded), 0]
+        negative = [g.add("ReferenceLatent", conditioning=zeroed, latent=encoded), 0]
+        latent = [g.add("EmptyFlux2LatentImage", width=spec.width, height=spec.height, batch_size=1), 0]
+        cfg = 1.0
+    else:  # Z-Image Turbo img2img, or inpainting inside the mask
+        shift = spec.shift if spec.shift is not None else wiring.default_shift
+        if shift is not None:
+            model = [g.add("ModelSamplingAuraFlow", model=model, shift=float(shift)), 0]
+        positive = [g.add("CLIPTextEncode", text=spec.prompt, clip=clip), 0]
+        cfg = comfy_cfg(spec, profile)
+        negative = ([g.add("CLIPTextEncode", text=spec.negative, clip=clip), 0] if cfg > 1.0
+                    else [g.add("ConditioningZeroOut", conditioning=positive), 0])
+        latent, denoise = encoded, float(spec.source.strength)
+        if mask_name is not None:
+            mask = [g.add("LoadImageMask", image=mask_name, channel="red"), 0]
+            latent = [g.add("SetLatentNoiseMask", samples=latent, mask=mask), 0]
+    sampled = g.add("KSampler", model=model, seed=spec.seed, steps=spec.steps, cfg=cfg, sampler_name=sampler_name,
+                    scheduler=scheduler, positive=positive, negative=negative, latent_image=latent, denoise=denoise)
+    decoded = [g.add("VAEDecode", samples=[sampled, 0], vae=vae), 0]
+    if mask is not None:
+        # Outside the mask, the source's own pixels (the diffusers engine pastes them back too).
+        decoded = [g.add("ImageCompositeMasked", destination=image, source=decoded, x=0, y=0, resize_source=False,
+                         mask=mask), 0]
+    g.add("SaveImage", images=decoded, filename_prefix="reverie")
+    return g.nodes

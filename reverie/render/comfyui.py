@@ -26,8 +26,9 @@ from collections import deque
 from typing import Optional, Sequence
 
 from reverie.render.comfy_preflight import MODEL_FOLDERS, ServerInfo, missing, verdict
-from reverie.render.editors import comfy_spec
+from reverie.render.editors import comfy_source_pngs, comfy_spec
 from reverie.render.comfy_workflow import (
+    build_edit_workflow,
     build_workflow,
     comfy_cfg,
     comfy_files,
@@ -359,9 +360,13 @@ class ComfyUIEngine:
         """Everything `info`'s server lacks to render these specs (empty: it can)."""
         workflows = {}
         for spec in specs:
-            spec = comfy_spec(spec)  # an edit's source is its img2img image
+            spec = comfy_spec(spec)  # a Z-Image edit's source is its img2img image
             # A control image is uploaded when it is used; any name stands in for it here.
-            wf = build_workflow(spec, self.profile, self.files, "reverie_preflight.png" if spec.control else None)
+            if spec.source is not None:
+                wf = build_edit_workflow(spec, self.profile, self.files, "reverie_preflight.png",
+                                         "reverie_preflight_mask.png" if spec.source.mask_path else None)
+            else:
+                wf = build_workflow(spec, self.profile, self.files, "reverie_preflight.png" if spec.control else None)
             shape = json.dumps([(n["class_type"], {k: v for k, v in n["inputs"].items() if isinstance(v, str)})
                                 for n in wf.values()], sort_keys=True)
             workflows.setdefault(shape, wf)  # one per distinct set of nodes and names, not per seed
@@ -589,6 +594,10 @@ def _submit(client: ComfyClient, ticket: Ticket) -> tuple[str, str]:
     if spec.control is not None:
         image_name = client.upload_image(*_control_png(spec))
     files = {**engine.files, **dict(spec.model_files)}  # a spec from another run carries its own files
+    if spec.source is not None:  # an instruction editor's or an inpainting edit's own graph
+        names = [client.upload_image(name, png) for name, png in comfy_source_pngs(spec)]
+        workflow = build_edit_workflow(spec, engine.profile, files, names[0], names[1] if len(names) > 1 else None)
+        return client.queue_prompt(workflow, files), output_node(workflow)
     workflow = build_workflow(spec, engine.profile, files, image_name)
     return client.queue_prompt(workflow, files), output_node(workflow)
 
@@ -698,6 +707,24 @@ def profile_spec(profile, seed: int = 0, prompt: str = "preflight") -> RenderSpe
                       shift=profile.shift)
 
 
+def preflight_workflow(profile, files: dict) -> dict:
+    """The workflow `models --comfy-url` checks a profile by: its text-to-image graph, or for an
+    editor-only profile (Qwen-Image-Edit, Kontext) its editing graph, so the preflight names the
+    editing nodes and files the server lacks."""
+    from reverie.profiles import EDITORS, FAMILIES
+    from reverie.render.comfy_workflow import EDIT_TEMPLATES
+    from reverie.types import Source
+
+    family = FAMILIES.get(profile.family)
+    if profile.name in EDITORS and profile.name in EDIT_TEMPLATES and family is not None \
+            and profile.pipeline != family.pipeline:
+        spec = profile_spec(profile)
+        spec = spec.with_(source=Source(image_sha="0" * 64, image_path="preflight.png", width=spec.width,
+                                        height=spec.height, instruction="preflight"))
+        return build_edit_workflow(spec, profile, files, "reverie_preflight.png")
+    return build_workflow(profile_spec(profile), profile, files)
+
+
 def textgen_lacks(info: ServerInfo, profile, files: dict) -> list[str]:
     """What a server lacks to run the TextGenerate dreamer for a profile (empty: it can)."""
     if not profile.traits.chat_encoder:
@@ -720,7 +747,7 @@ def server_support(servers: str | Sequence[str], files: Optional[dict] = None, t
         for profile in PROFILES.values():
             names = comfy_files(profile, files)
             try:
-                lacks = missing(info.nodes, [build_workflow(profile_spec(profile), profile, names)], names)
+                lacks = missing(info.nodes, [preflight_workflow(profile, names)], names)
             except ReverieError as e:  # a profile reverie has no ComfyUI workflow for (the editors, so far)
                 lacks = [f"reverie has no ComfyUI workflow for {profile.name} yet ({e})"]
             rows.append({"profile": profile.name, "server": url, "version": info.version, "ok": not lacks, "lacks": lacks,

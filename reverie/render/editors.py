@@ -130,18 +130,34 @@ def paste_back(images: list, source, mask) -> list:
 
 
 def comfy_spec(spec):
-    """The spec a ComfyUI workflow renders for an edit: Z-Image img2img is the workflow reverie
-    already builds for an img2img reference, so the source travels as that control image. The
-    instruction editors and inpainting have no ComfyUI workflow in reverie yet: one line each."""
+    """The spec a ComfyUI workflow renders for an edit. A Z-Image img2img edit is the workflow
+    reverie builds for an img2img reference, so the source travels as that control image; the
+    instruction editors and inpainting keep their source (comfy_workflow.build_edit_workflow)."""
     from reverie.profiles import EDITORS
     from reverie.types import Control
 
     if spec.source is None:
         return spec
     editor = EDITORS.get(spec.profile)
-    if editor is None or editor.kind != "img2img":
-        raise ReverieError(f"reverie has no ComfyUI workflow for {spec.profile} edits yet: edit with --engine diffusers")
-    if spec.source.mask_path:
-        raise ReverieError("inpainting (--mask) has no ComfyUI workflow in reverie yet: edit with --engine diffusers")
+    if editor is None:
+        raise ReverieError(f"{spec.profile} cannot edit images: use --profile z-image-turbo or an instruction editor")
+    if editor.kind != "img2img" or spec.source.mask_path:
+        return spec
     return spec.with_(control=Control(kind="img2img", image_sha=spec.source.image_sha,
                                       image_path=spec.source.image_path, strength=spec.source.strength))
+
+
+def comfy_source_pngs(spec) -> list[tuple[str, bytes]]:
+    """An edit's source (and mask) as ComfyUI uploads: fitted to the render's size as the
+    diffusers engine fits them, named by content and size so each server gets each once."""
+    import io
+
+    image, mask = load_source(spec.source, spec.width, spec.height)
+    out = []
+    for im, sha, what in ((image, spec.source.image_sha, "source"), (mask, spec.source.mask_sha, "mask")):
+        if im is None:
+            continue
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append((f"reverie_{what}_{(sha or '')[:16]}_{spec.width}x{spec.height}.png", buf.getvalue()))
+    return out
