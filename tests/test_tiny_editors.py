@@ -14,7 +14,7 @@ from reverie.store.pngmeta import file_sha256, read_reverie_meta
 from reverie.types import RenderSpec, Source
 from tests.conftest import run_cli
 
-EDITORS = ["flux2-klein-4b", "flux1-kontext-dev"]
+EDITORS = ["flux2-klein-4b", "flux1-kontext-dev", "qwen-image-edit-2511"]
 
 
 @pytest.mark.parametrize("profile", EDITORS)

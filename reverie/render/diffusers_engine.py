@@ -538,10 +538,16 @@ class DiffusersEngine:
         self.images_rendered += len(seeds)
         runner.scheduler = self._scheduler(spec.sampler)
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        kwargs = editors.instruction_call(editor, spec, len(seeds), source_image, mask)
+        # QwenImageEditPlusPipeline takes one prompt a call: its seeds run one after another.
+        calls = ([(1, [g]) for g in generators] if editor.pipeline == "QwenImageEditPlusPipeline"
+                 else [(len(seeds), generators)])
         try:
-            images = runner(**kwargs, height=spec.height, width=spec.width, num_inference_steps=spec.steps,
-                            generator=generators, output_type="pil").images[: len(batch)]
+            images = []
+            for n, gens in calls:
+                kwargs = editors.instruction_call(editor, spec, n, source_image, mask)
+                images += runner(**kwargs, height=spec.height, width=spec.width, num_inference_steps=spec.steps,
+                                 generator=gens, output_type="pil").images
+            images = images[: len(batch)]
         except torch.cuda.OutOfMemoryError as e:
             raise MemoryError(str(e)) from None
         images = editors.paste_back(images, source_image, mask)

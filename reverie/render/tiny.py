@@ -529,7 +529,8 @@ def ensure_tiny_weights(models_dir: Path) -> Path:
 # -- tiny instruction editors ---------------------------------------------------------------
 # The real diffusers editing pipelines on tiny random weights, for the editors whose pipeline class
 # is not their family's text-to-image one (FLUX.2 [klein] edits with its family's own tiny model):
-# FLUX.1 Kontext is FluxKontextPipeline (Flux transformer, CLIP and T5 encoders).
+# FLUX.1 Kontext is FluxKontextPipeline (Flux transformer, CLIP and T5 encoders); Qwen-Image-Edit
+# 2511 is QwenImageEditPlusPipeline (a Qwen2.5-VL encoder with its processor built in code).
 TINY_KONTEXT_DIR_NAME = "tiny-flux1-kontext-v1"
 
 
@@ -562,10 +563,55 @@ def build_tiny_flux1_kontext():
                                transformer=transformer)
 
 
+TINY_QWEN_EDIT_DIR_NAME = "tiny-qwen-image-edit-2511-v1"
+_VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_tiny_qwen_image_edit():
+    """QwenImageEditPlusPipeline (2511): a Qwen2.5-VL encoder that sees the source through its
+    vision tower, with its processor (Qwen2VLProcessor: the Qwen2-VL image and video processors
+    and the offline tokenizer with Qwen's vision tokens) built from configs, no files read."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    # The pipeline's prompt template alone is ~200 byte-level tokens.
+    tokenizer = build_tokenizer(max_length=1024)
+    tokenizer.add_tokens(_VISION_TOKENS, special_tokens=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _VISION_TOKENS}
+    patches = {"patch_size": 14, "merge_size": 2, "temporal_patch_size": 2}
+    # The pipeline hands the processor its source at ~384x384; at most 112x112 here keeps the
+    # vision tokens few (16) on a CPU.
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**patches, min_pixels=56 * 56,
+                                                                       max_pixels=112 * 112),
+                                 video_processor=Qwen2VLVideoProcessor(**patches), tokenizer=tokenizer)
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": len(tokenizer), "max_position_embeddings": 2048,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1000000.0, "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        vocab_size=len(tokenizer), image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])).eval()
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                                time_shift_type="exponential")
+    return QwenImageEditPlusPipeline(scheduler=scheduler, vae=_tiny_wan_vae(), text_encoder=text_encoder,
+                                     tokenizer=tokenizer, processor=processor, transformer=transformer)
+
+
 # profile -> (folder name, builder): the tiny stand-in of each instruction editor whose pipeline
 # class is not its family's text-to-image one.
 TINY_EDITORS = {
     "flux1-kontext-dev": (TINY_KONTEXT_DIR_NAME, build_tiny_flux1_kontext),
+    "qwen-image-edit-2511": (TINY_QWEN_EDIT_DIR_NAME, build_tiny_qwen_image_edit),
 }
 
 
