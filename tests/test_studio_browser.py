@@ -193,3 +193,35 @@ def test_contact_sheet_holds_its_layout_and_opens_full_prompts(tmp_path):
             assert full.is_visible() and len(full.inner_text()) > len(summary.inner_text()) - len(" … (full prompt)")
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_the_image_page_edits_its_image_and_shows_the_results_parent(home, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no chromium binary: apt-get install -y chromium to run the browser test")
+    shots = shots_dir(tmp_path)
+    with ThreadServer(home) as server, sync_api.sync_playwright() as p:
+        parent = server.studio.make("a red kite", n=1, rounds=1, seed=4, megapixels=0.01).best[0].id
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
+            page.goto(f"{server.url}/image/{parent}")
+            page.fill("#edit-instruction", "make it night")
+            page.fill("#edit-n", "2")
+            page.click("#edit-form button[type=submit]")
+            page.wait_for_selector("#edits .turn.live .status", timeout=60_000)  # the turn shows at once
+            page.wait_for_selector("#edits .turn.done", timeout=240_000)
+            assert page.inner_text("#edits .turn .idea") == f"edit of image {parent}"
+            links = page.locator("#edits .card .parent a")
+            assert links.count() == 2
+            assert {links.nth(i).get_attribute("href") for i in range(2)} == {f"/image/{parent}"}
+            for name, (width, height) in SIZES.items():
+                page.set_viewport_size({"width": width, "height": height})
+                page.wait_for_timeout(300)
+                check_layout(page, shots, f"edit-{name}")
+            # A result's own page names its parent.
+            page.locator("#edits .card a.thumb").first.click()
+            page.wait_for_selector("#edit-parent")
+            assert page.inner_text("#edit-parent") == f"edit of image {parent}: “make it night”"
+        finally:
+            browser.close()
