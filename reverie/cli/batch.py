@@ -112,41 +112,98 @@ def batch(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a summary."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Render on Ray actors: local, auto (this machine's cluster) or ray://HOST:10001; needs pip install 'reverie[ray]'."),
     workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help="Ray engine workers (default: one per GPU; 1 on a CPU-only cluster)."),
+    local: bool = typer.Option(False, "--local", help="Run in this process even when `reverie serve` runs for this home."),
 ):
     """Run a file of ideas overnight: best-of-N per idea, resumable, with an HTML contact sheet."""
     view = BatchProgressView(quiet=as_json)
+    # Studio.batch's options, built once: the warm server gets them as they are, so a new one travels.
+    options = dict(per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels, n=n,
+                   rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
+                   controls=controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
+    server = None if local else batch_server(file, home=home, own={
+        "--engine": engine != "auto", "--scorer": scorer != "auto", "--model-path": model_path, "--llm-url": llm_url,
+        "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
+        "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
+        "--batch-size": batch_size, "--cpu-offload": cpu_offload, "--ray": ray, "--workers": workers})
+    if server is not None:
+        made, scorers = batch_remote(server, view, as_json, file=file, options={**options, "profile": profile}, home=home)
+        return print_batch(made, scorers, as_json)
     studio = open_studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
                          llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
                          comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
                          cpu_offload=cpu_offload, ray=ray, workers=workers)
     try:
-        result = studio.batch(file, per_prompt=per_prompt, keep=keep, hours=hours, aspect=aspect, megapixels=megapixels,
-                              n=n, rounds=rounds, target=target, policy=policy, retry_failed=retry_failed,
-                              progress=view, controls=controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
+        result = studio.batch(file, progress=view, **options)
     finally:
         view.stop()
         studio.close()
+    print_batch(result.to_dict(), [[r.scores.scorer if r.scores else None for r in item.kept] for item in result.items],
+                as_json)
+
+
+def batch_server(file: str, *, home: Optional[str], own: dict):
+    """The warm server to run this batch, or None: a file that names reference images (files of
+    this machine the server must not be asked to open) runs here. The file is read here either way,
+    so a bad line is the same one error."""
+    from reverie.cli.remote import handing_server
+    from reverie.orchestrator.batch import read_batch_file
+
+    if handing_server(home, False, {}) is None:
+        return None
+    _, items = read_batch_file(file)
+    return handing_server(home, False, {**own, "a reference image in the file": any(i.references for i in items)})
+
+
+def batch_remote(server, view: BatchProgressView, as_json: bool, *, file: str, options: dict,
+                 home: Optional[str]) -> tuple[dict, list]:
+    """The batch on the warm server: the file's text travels, the batch runs there while this command
+    follows it, and Ctrl-C here interrupts it there (saved; the same command continues it)."""
+    from pathlib import Path
+
+    from reverie.cli.remote import UnexpectedServerError, home_of, remote_batch
+    from reverie.orchestrator.batch import read_batch_file
+
+    text, _ = read_batch_file(file)
+    if not as_json:
+        say(err, "reverie:", f"handing the batch to the server for this home at {server.url} (--local runs it here)")
+    body = {"text": text, "source": str(Path(file).expanduser()), "options": options, "home": home_of(home)}
+    try:
+        end = remote_batch(server, body, view)
+    except UnexpectedServerError as e:
+        say(err, "error:", str(e), style="bold red")
+        raise typer.Exit(1)
+    finally:
+        view.stop()
+    return end["result"], end["scorers"]
+
+
+def print_batch(made: dict, scorers: list, as_json: bool) -> None:
+    """batch's answer and exit code, the same whether this process or the warm server ran it."""
+    items = made["items"]
+    failed = [i for i in items if i["status"] == "failed"]
     # Some ideas failing is a finished night (exit 0, the failures named); all of them is an error.
-    all_failed = len(result.failed) == len(result.items)
+    all_failed = len(failed) == len(items)
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps(made, ensure_ascii=False))
     else:
-        for item in result.items:
-            scored = [r.scores for r in item.kept if r.scores]
-            scores = ", ".join(f"{s.composite:.3f}" for s in scored) + (f" by {scored[0].scorer}" if scored else "")
-            failed = f"  failed: {item.error}" if item.status == "failed" else ""
-            out.print(f"{item.index + 1}. {item.idea[:60]}  kept {len(item.kept)} of {item.rendered}  [{scores}]{failed}",
-                      markup=False, highlight=False, soft_wrap=True)
-        out.print(f"batch {result.batch_id}: {result.stop_reason}", markup=False, highlight=False)
-        out.print(f"report: {result.report_path}", markup=False, highlight=False, soft_wrap=True)
-    reasons = {i.error for i in result.failed}
+        for item, item_scorers in zip(items, scorers):
+            scored = [(k["score"], scorer) for k, scorer in zip(item["kept"], item_scorers) if k["score"] is not None]
+            scores = ", ".join(f"{score:.3f}" for score, _ in scored) + (f" by {scored[0][1]}" if scored else "")
+            error = f"  failed: {item['error']}" if item["status"] == "failed" else ""
+            out.print(f"{item['index'] + 1}. {item['idea'][:60]}  kept {len(item['kept'])} of {item['rendered']}  "
+                      f"[{scores}]{error}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"batch {made['batch_id']}: {made['stop_reason']}", markup=False, highlight=False)
+        out.print(f"report: {made['report']}", markup=False, highlight=False, soft_wrap=True)
+    reasons = {i["error"] for i in failed}
     if all_failed and len(reasons) == 1:
         # Every idea failed for one reason (a bad engine option, an engine that cannot start): that reason alone.
         say(err, "error:", reasons.pop(), style="bold red")
-    elif result.failed:
+    elif failed:
+        # BatchResult.failure_line's words, from the result as either way gives it
+        line = f"{len(failed)} of {len(items)} ideas failed: " + "; ".join(
+            f"{i['index'] + 1}. {i['idea'][:40]} ({i['error']})" for i in failed)
         tail = "fix them and run the same command: only the failed ideas are tried again"
-        say(err, "error:" if all_failed else "warning:", f"{result.failure_line()}; {tail}",
-            style="bold red" if all_failed else "yellow")
+        say(err, "error:" if all_failed else "warning:", f"{line}; {tail}", style="bold red" if all_failed else "yellow")
     if all_failed:
         raise typer.Exit(2)
 
@@ -181,24 +238,36 @@ def chat(
     dtype: Optional[str] = DTYPE,
     batch_size: Optional[int] = BATCH_SIZE,
     cpu_offload: bool = CPU_OFFLOAD,
+    local: bool = typer.Option(False, "--local", help="Run in this process even when `reverie serve` runs for this home."),
 ):
     """A conversation: describe an image, then say what to change ("make it night", "more like the second one")."""
-    from reverie.orchestrator.chat import chat_command, is_command, new_session_name, session_turns
+    from reverie.cli.remote import handing_server
 
     interactive = sys.stdin.isatty()
-    studio = open_studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer, llm_url=llm_url,
-                         llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
-                         comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
-                         cpu_offload=cpu_offload)
-    name = session or new_session_name()
+    # Studio.chat's options for every turn: the warm server gets them as they are, so a new one travels.
+    options = dict(n=n, rounds=rounds, aspect=aspect, megapixels=megapixels,
+                   **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
+    server = handing_server(home, local, {
+        "--engine": engine != "auto", "--scorer": scorer != "auto", "--model-path": model_path, "--llm-url": llm_url,
+        "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
+        "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
+        "--batch-size": batch_size, "--cpu-offload": cpu_offload})
+    if server is not None:
+        talk = ServerChat(server, home)
+    else:
+        talk = LocalChat(open_studio(home=home, engine=engine, profile=profile, model_path=model_path, scorer=scorer,
+                                     llm_url=llm_url, llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path,
+                                     config=config, comfy_url=comfy_url, comfy_file=comfy_file, device=device,
+                                     dtype=dtype, batch_size=batch_size, cpu_offload=cpu_offload))
     try:
-        previous = session_turns(studio.store, name)
-        if previous:
-            last = previous[-1]
+        name, last = talk.open(session)
+        if last:
             out.print(f"session {name}: resumed after turn {last['turn']} ({last['idea']})", markup=False, highlight=False)
         else:
             out.print(f"session {name} (continue it later with --session {name}); /help for commands, /quit to leave",
                       markup=False, highlight=False)
+        if server is not None and interactive:
+            say(err, "reverie:", f"talking through the server for this home at {server.url} (--local runs it here)")
         while True:
             if interactive:
                 out.print("[bold]you>[/] ", end="")
@@ -208,20 +277,19 @@ def chat(
             message = line.strip()
             if not message:
                 continue
-            if is_command(message):  # slash commands answer here and never become a prompt
+            if talk.is_command(message):  # slash commands answer here and never become a prompt
                 try:
-                    reply = chat_command(studio, name, message)
+                    reply = talk.command(name, message)
                 except ReverieError as e:
                     err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                     continue
-                if reply.quit:
+                if reply["quit"]:
                     break
-                out.print(reply.text, markup=False, highlight=False, soft_wrap=True)
+                out.print(reply["text"], markup=False, highlight=False, soft_wrap=True)
                 continue
             progress = CliProgress(quiet=not interactive)
             try:
-                turn = studio.chat(name, message, progress=progress, n=n, rounds=rounds, aspect=aspect, megapixels=megapixels,
-                                   **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
+                turn = talk.turn(name, message, options, progress)
             except ReverieError as e:
                 # One bad turn does not end the conversation; the session keeps its earlier turns.
                 err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
@@ -231,13 +299,82 @@ def chat(
                 continue
             finally:
                 progress.stop()
-            state = " (cancelled with Ctrl-C: what it rendered is kept)" if turn.cancelled else ""
-            out.print(f"turn {turn.turn} (run {turn.run_id}){state}: {turn.interpretation.summary}",
+            state = " (cancelled with Ctrl-C: what it rendered is kept)" if turn["cancelled"] else ""
+            out.print(f"turn {turn['turn']} (run {turn['run_id']}){state}: {turn['summary']}",
                       markup=False, highlight=False, soft_wrap=True)
-            if turn.prompt:
-                out.print(f"  prompt: {turn.prompt}", markup=False, highlight=False, soft_wrap=True)
-            print_images([{"n": i, "score": f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-",
-                           "seed": r.seed, "id": r.id, "width": r.spec.width, "height": r.spec.height,
-                           "prompt": r.prompt, "path": r.path} for i, r in enumerate(turn.best, 1)])
+            if turn["prompt"]:
+                out.print(f"  prompt: {turn['prompt']}", markup=False, highlight=False, soft_wrap=True)
+            print_images([{"n": i, "score": f"{r['score']:.3f} {r['scorer']}" if r["score"] is not None else "-",
+                           "seed": r["seed"], "id": r["id"], "width": r["width"], "height": r["height"],
+                           "prompt": r["prompt"], "path": r["path"]} for i, r in enumerate(turn["best"], 1)])
     finally:
-        studio.close()
+        talk.close()
+
+
+def chat_image(r) -> dict:
+    """One image of a turn as `reverie chat` prints it (reverie.serve.cli_api sends the same)."""
+    return {"id": r.id, "path": r.path, "seed": r.seed, "width": r.spec.width, "height": r.spec.height,
+            "prompt": r.prompt, "score": r.scores.composite if r.scores else None,
+            "scorer": r.scores.scorer if r.scores else None}
+
+
+class LocalChat:
+    """chat's turns in this process, in the shapes ServerChat gives them."""
+
+    def __init__(self, studio):
+        self.studio = studio
+
+    def open(self, session: Optional[str]) -> tuple[str, Optional[dict]]:
+        from reverie.orchestrator.chat import new_session_name, session_turns
+
+        name = session or new_session_name()
+        previous = session_turns(self.studio.store, name)
+        return name, ({"turn": previous[-1]["turn"], "idea": previous[-1]["idea"]} if previous else None)
+
+    def is_command(self, message: str) -> bool:
+        from reverie.orchestrator.chat import is_command
+
+        return is_command(message)
+
+    def command(self, session: str, message: str) -> dict:
+        from reverie.orchestrator.chat import chat_command
+
+        reply = chat_command(self.studio, session, message)
+        return {"text": reply.text, "quit": reply.quit}
+
+    def turn(self, session: str, message: str, options: dict, progress: CliProgress) -> dict:
+        turn = self.studio.chat(session, message, progress=progress, **options)
+        return {"turn": turn.turn, "run_id": turn.run_id, "summary": turn.interpretation.summary, "prompt": turn.prompt,
+                "cancelled": turn.cancelled,
+                "best": [chat_image(r) for r in turn.best]}
+
+    def close(self) -> None:
+        self.studio.close()
+
+
+class ServerChat(LocalChat):
+    """chat's turns on the warm server's sessions (reverie.cli.remote.RemoteChat)."""
+
+    def __init__(self, server, home: Optional[str]):
+        from reverie.cli.remote import RemoteChat
+
+        self.remote = RemoteChat(server, home)
+
+    def open(self, session: Optional[str]) -> tuple[str, Optional[dict]]:
+        opened = self.remote.open(session)
+        return opened["session"], opened["last"]
+
+    def command(self, session: str, message: str) -> dict:
+        return self.remote.command(session, message)
+
+    def turn(self, session: str, message: str, options: dict, progress: CliProgress) -> dict:
+        from reverie.cli.remote import UnexpectedServerError
+
+        try:
+            return self.remote.turn(session, message, options, progress)
+        except UnexpectedServerError as e:  # as in-process: a failure nobody caused ends the command, exit 1
+            say(err, "error:", str(e), style="bold red")
+            raise typer.Exit(1)
+
+    def close(self) -> None:
+        self.remote.close()

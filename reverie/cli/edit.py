@@ -40,28 +40,73 @@ def edit(
     batch_size: Optional[int] = BATCH_SIZE,
     cpu_offload: bool = CPU_OFFLOAD,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table (make's shape)."),
+    local: bool = typer.Option(False, "--local", help="Run in this process even when `reverie serve` runs for this home."),
 ):
     """Edit an image: n candidates per round from the source, scored, the best kept."""
     from reverie.orchestrator.edit import check_instruction
 
     check_instruction(instruction)  # before anything is imported or opened
     progress = CliProgress(quiet=as_json)
+    # edit_request's options: the warm server gets them as they are, so a new one travels.
+    options = dict(n=n, rounds=rounds, target=target, strength=strength, profile=profile, seed=seed)
+    own = {"--engine": engine != "auto", "--scorer": scorer != "auto", "--model-path": model_path, "--llm-url": llm_url,
+           "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
+           "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
+           "--batch-size": batch_size, "--cpu-offload": cpu_offload}
+    from reverie.cli.remote import handing_server
+
+    server = handing_server(home, local, own)
+    if server is not None:
+        return edit_remote(server, progress, as_json, source=source, instruction=instruction, mask=mask,
+                           options=options, home=home)
     studio = open_studio(home=home, engine=engine, profile=profile or "z-image-turbo", scorer=scorer,
                          model_path=model_path, llm_url=llm_url, llm_model=llm_model, llm_timeout=llm_timeout,
                          llm_path=llm_path, config=config, comfy_url=comfy_url, comfy_file=comfy_file, device=device,
                          dtype=dtype, batch_size=batch_size, cpu_offload=cpu_offload)
     try:
-        result = studio.edit(source, instruction, n=n, rounds=rounds, target=target, mask=mask, strength=strength,
-                             profile=profile, seed=seed, progress=progress)
+        result = studio.edit(source, instruction, mask=mask, progress=progress, **options)
     finally:
         progress.stop()
         studio.close()
+    print_edited(result.to_dict(), [r.scores.scorer if r.scores else None for r in result.best], as_json)
+
+
+def edit_remote(server, progress: CliProgress, as_json: bool, *, source: str, instruction: str, mask: Optional[str],
+                options: dict, home: Optional[str]) -> None:
+    """The edit on the warm server: the source and mask travel as bytes (an image of the home as the
+    file it is), never as a path the server would open."""
+    import os
+
+    from reverie.cli.remote import home_of, image_bytes, remote_run, run_remote
+
+    if os.path.lexists(source):
+        sent = image_bytes(source)
+    else:  # a render id or sha prefix of this home: the file it names, read here
+        from reverie.config import resolve_home
+        from reverie.orchestrator.edit import resolve_source
+        from reverie.store.db import Store
+
+        store = Store(resolve_home(home), read_only_ok=True)
+        try:
+            sent = {**image_bytes(resolve_source(store, source)[0]), "name": source}
+        finally:
+            store.close()
+    body = {"instruction": instruction, "source": sent, "mask": image_bytes(mask) if mask else None,
+            "options": options, "home": home_of(home)}
+    print_edited(*run_remote(server, progress, as_json,
+                             lambda on_request: remote_run(server, "/api/cli/edit", body, progress, on_request)),
+                 as_json)
+
+
+def print_edited(made: dict, scorers: list, as_json: bool) -> None:
+    """edit's answer, the same whether this process or the warm server ran it."""
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json.dumps(made, ensure_ascii=False))
         return
-    out.print(Text(f"best edits of run {result.run_id} ({len(result.renders)} renders; {result.stop_reason})",
+    out.print(Text(f"best edits of run {made['run_id']} ({made['renders']} renders; {made['stop_reason']})",
                    style="bold"), highlight=False)
-    print_images([{"n": i, "score": f"{r.scores.composite:.3f} {r.scores.scorer}" if r.scores else "-", "seed": r.seed,
-                   "id": r.id, "width": r.spec.width, "height": r.spec.height, "prompt": r.prompt, "path": r.path}
-                  for i, r in enumerate(result.best, 1)])
-    out.print(f"run id: {result.run_id}   (reverie show {result.run_id})", highlight=False)
+    print_images([{"n": i, "score": f"{r['scores']['composite']:.3f} {scorer or ''}".strip() if r["scores"] else "-",
+                   "seed": r["seed"], "id": r["id"], "width": r.get("width"), "height": r.get("height"),
+                   "prompt": r.get("prompt"), "path": r["path"]}
+                  for i, (r, scorer) in enumerate(zip(made["best"], scorers + [None] * len(made["best"])), 1)])
+    out.print(f"run id: {made['run_id']}   (reverie show {made['run_id']})", highlight=False)

@@ -69,29 +69,23 @@ def make(
     own = {"--engine": engine != "auto", "--scorer": scorer != "auto", "--model-path": model_path, "--llm-url": llm_url,
            "--llm-model": llm_model, "--llm-timeout": llm_timeout, "--llm-path": llm_path, "--config": config,
            "--ref": ref, "--comfy-url": comfy_url, "--comfy-file": comfy_file, "--device": device, "--dtype": dtype,
-           "--batch-size": batch_size, "--cpu-offload": cpu_offload, "--shift": shift is not None,
-           "--blind-steps": blind_steps, "--embed-noise": embed_noise, "--handoff-steps": handoff_steps, "--preview-steps": preview_steps}
-    if not local:
-        from reverie.cli.remote import find_server
+           "--batch-size": batch_size, "--cpu-offload": cpu_offload}
+    # Studio.make's options, built once: the warm server gets them as they are, so a new one travels.
+    options = dict(n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels, profile=profile, seed=seed,
+                   shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, search=search,
+                   preview_steps=preview_steps, **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
+    from reverie.cli.remote import handing_server
 
-        server = find_server(home)
-        given = [flag for flag, value in own.items() if value]
-        if server is not None and not given:
-            return make_remote(server, progress, as_json, idea=idea, n=n, rounds=rounds, target=target, aspect=aspect,
-                               megapixels=megapixels, profile=profile, seed=seed, home=home)
-        if server is not None:
-            say(err, "reverie:", f"running in this process: {given[0]} is for this process, and the server for this "
-                                 f"home ({server.url}) runs its own engine (--local says so and stays quiet)")
+    server = handing_server(home, local, own)
+    if server is not None:
+        return make_remote(server, progress, as_json, idea=idea, options=options, home=home)
     studio = open_studio(home=home, engine=engine, profile=profile, scorer=scorer, model_path=model_path, llm_url=llm_url,
                          llm_model=llm_model, llm_timeout=llm_timeout, llm_path=llm_path, config=config,
                          comfy_url=comfy_url, comfy_file=comfy_file, device=device, dtype=dtype, batch_size=batch_size,
                          cpu_offload=cpu_offload)
     references = [{"path": ref, "control": control}] if ref else []
     try:
-        result = studio.make(idea, n=n, rounds=rounds, target=target, aspect=aspect, megapixels=megapixels,
-                             seed=seed, shift=shift, blind_steps=blind_steps, embed_noise=embed_noise, diversity=diversity, search=search,
-                             preview_steps=preview_steps, progress=progress,
-                             references=references, **controls(steps, cfg, negative, sampler, exact, style, handoff_steps))
+        result = studio.make(idea, progress=progress, references=references, **options)
     finally:
         progress.stop()
         studio.close()
@@ -100,29 +94,11 @@ def make(
 
 def make_remote(server, progress: CliProgress, as_json: bool, **request) -> None:
     """make on the warm server: its events drive the same progress bar; Ctrl-C stops the run there."""
-    from pathlib import Path
+    from reverie.cli.remote import home_of, remote_make, run_remote
 
-    from reverie.cli.remote import UnexpectedServerError, remote_make, stop_request
-    from reverie.config import resolve_home
-
-    request["home"] = str(resolve_home(request["home"]).resolve())
-    asked: list[int] = []
-    if not as_json:
-        say(err, "reverie:", f"handing the run to the server for this home at {server.url} (--local runs it here)")
-    try:
-        made = remote_make(server, request, progress, on_request=asked.append)
-    except KeyboardInterrupt:
-        if asked:
-            stop_request(server, asked[0])
-        raise
-    except UnexpectedServerError as e:
-        say(err, "error:", str(e), style="bold red")
-        raise typer.Exit(1)
-    finally:
-        progress.stop()
-    scorers = made.pop("scorers", [])
-    made["home"] = str(Path(made["home"]))
-    print_made(made, scorers, as_json)
+    request["home"] = home_of(request["home"])
+    print_made(*run_remote(server, progress, as_json, lambda on_request: remote_make(server, request, progress, on_request)),
+               as_json)
 
 
 def print_made(made: dict, scorers: list, as_json: bool) -> None:

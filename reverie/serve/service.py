@@ -218,9 +218,14 @@ class ServeService:
             job.run_id = row["run_id"]
             job.best = self.studio.best(job.run_id, k=n, fill=True)
             return
-        request = self.studio.request(p["prompt"], n=n, rounds=p["rounds"], target=p.get("target"), aspect=p["aspect"],
-                                      megapixels=p["megapixels"], profile=p["profile"], seed=p["seed"],
-                                      references=p.get("references") or ())
+        if "request" in p:  # the whole Request, as the CLI over the warm server sends it (make and edit)
+            from reverie.types import Request
+
+            request = Request.from_dict(p["request"])
+        else:
+            request = self.studio.request(p["prompt"], n=n, rounds=p["rounds"], target=p.get("target"),
+                                          aspect=p["aspect"], megapixels=p["megapixels"], profile=p["profile"],
+                                          seed=p["seed"], references=p.get("references") or ())
         with self.studio.open_run(request) as run:
             self._opened(job, run)
             run.drive(progress=self._progress(job), stop=job.stop)
@@ -262,6 +267,7 @@ class ServeService:
                 job.run_id = row["run_id"]
             else:
                 controls = {k: p[k] for k in ("steps", "cfg", "negative", "sampler", "seed", "exact", "style") if k in p}
+                controls.update(p.get("options") or {})  # `reverie chat` over the warm server: Studio.chat's own options
                 # job.stop is set by the stop button and by a shutdown; on a shutdown the turn is not
                 # recorded (abandon) and the next start makes it, resuming its run.
                 turn = self.studio.chat(p["session"], p["message"], progress=self._progress(job), n=p["n"],
@@ -270,7 +276,8 @@ class ServeService:
                                         on_open=lambda run: self._opened(job, run), **controls)
                 job.run_id = turn.run_id
                 job.emit("turn", {"turn": turn.turn, "summary": turn.interpretation.summary,
-                                  "idea": turn.interpretation.request.idea})
+                                  "idea": turn.interpretation.request.idea, "prompt": turn.prompt,
+                                  "cancelled": turn.cancelled, "best_ids": [r.id for r in turn.best]})
             job.best = self.studio.best(job.run_id, k=p["n"], fill=True)
 
     def reproduce(self, render_id: int) -> dict[str, Any]:
