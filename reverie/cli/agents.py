@@ -28,22 +28,23 @@ def expand(
 ):
     """Print prompt expansions of an idea without rendering anything."""
     from reverie.cli.remote import handing_server, home_of, remote_expand
-    from reverie.orchestrator.requests import clean_idea
     from reverie.profiles import get_profile
     from reverie.types import ReverieError
 
     if not 1 <= k <= 8:
         raise ReverieError(f"k must be between 1 and 8 (got {k}): pass --k 3 for three interpretations")
-    text = clean_idea(idea)
-    chosen = get_profile(profile)
     # The server's prompt writer is its own: flags for this process's keep it here.
     server = handing_server(home, local, {"--llm-url": llm_url, "--llm-model": llm_model, "--llm-timeout": llm_timeout,
                                           "--llm-path": llm_path, "--config": config})
-    if server is not None:
-        expansions = remote_expand(server, {"idea": text, "profile": chosen.name, "k": k, "seed": seed,
+    if server is not None:  # the server checks the idea as below, with the same line
+        expansions = remote_expand(server, {"idea": idea, "profile": get_profile(profile).name, "k": k, "seed": seed,
                                             "home": home_of(home)}, CliProgress(quiet=True))
         return print_expansions(expansions, as_json)
+    from reverie.orchestrator.requests import clean_idea
     from reverie.orchestrator.studio import Studio
+
+    text = clean_idea(idea)
+    chosen = get_profile(profile)
 
     with Studio(home=home, profile=profile, llm_url=llm_url, llm_model=llm_model, llm_timeout=llm_timeout,
                 llm_path=llm_path, config=config) as studio:

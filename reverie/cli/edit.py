@@ -79,19 +79,19 @@ def edit_remote(server, progress: CliProgress, as_json: bool, *, source: str, in
 
     from reverie.cli.remote import home_of, image_bytes, remote_run, run_remote
 
-    if os.path.lexists(source):
-        sent = image_bytes(source)
-    else:  # a render id or sha prefix of this home: the file it names, read here
+    if os.path.isfile(source):
+        sent = image_bytes(source, "source image")
+    else:  # a render id or sha prefix of this home (the file it names, read here), or the in-process error
         from reverie.config import resolve_home
         from reverie.orchestrator.edit import resolve_source
         from reverie.store.db import Store
 
         store = Store(resolve_home(home), read_only_ok=True)
         try:
-            sent = {**image_bytes(resolve_source(store, source)[0]), "name": source}
+            sent = {**image_bytes(resolve_source(store, source)[0], "source image"), "name": source}
         finally:
             store.close()
-    body = {"instruction": instruction, "source": sent, "mask": image_bytes(mask) if mask else None,
+    body = {"instruction": instruction, "source": sent, "mask": image_bytes(mask, "mask") if mask else None,
             "options": options, "home": home_of(home)}
     print_edited(*run_remote(server, progress, as_json,
                              lambda on_request: remote_run(server, "/api/cli/edit", body, progress, on_request)),

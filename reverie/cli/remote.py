@@ -211,13 +211,20 @@ def stop_request(server: Server, request_id: int) -> None:
         pass
 
 
-def image_bytes(path: str) -> dict[str, str]:
-    """An edit's source or mask as it travels: its bytes, and the name the person gave (for messages)."""
+def image_bytes(path: str, what: str) -> dict[str, str]:
+    """An edit's source or mask as it travels: its bytes, and the name the person gave (for messages).
+    A path that is not a regular file is the in-process line (the store, and numpy with it, is
+    imported only then)."""
     import base64
+    import os
 
-    from reverie.store.lineage import check_regular_file
+    if not os.path.isfile(path):
+        if not os.path.lexists(path):
+            raise ReverieError(f"the {what} {path} does not exist: give a PNG, JPEG or WebP file, or a render id / "
+                               "sha prefix of an image in this home")
+        from reverie.store.lineage import check_regular_file
 
-    check_regular_file(path)
+        check_regular_file(path)
     with open(path, "rb") as f:
         return {"b64": base64.b64encode(f.read()).decode("ascii"), "name": path}
 
