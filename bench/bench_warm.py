@@ -2,7 +2,10 @@
 every one imports torch and loads the model) against the same five handed to a warm `reverie serve`
 on the home (the client imports no torch). Prints both totals and their ratio.
 
-    python bench/bench_warm.py [--makes 5] [--n 2] [--megapixels 0.02] [--home DIR]
+    python bench/bench_warm.py [--makes 5] [--n 2] [--megapixels 0.02] [--home DIR] [--also edit,expand]
+
+`--also edit,expand` times the same number of `reverie edit` (of a small PNG) and `reverie expand`
+each way too, one line each.
 
 On the embedded tiny engine the load is small; with real weights on a GPU (about 20 GB for Z-Image
 Turbo) the in-process column is mostly loading and the ratio grows with the model.
@@ -50,16 +53,29 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--megapixels", type=float, default=0.02)
     ap.add_argument("--home", default=None, help="a reverie home (default: a temp folder with the tiny weights)")
     ap.add_argument("--serve-args", default="", help="extra `reverie serve` flags, e.g. \"--device cuda\"")
+    ap.add_argument("--also", default="", help="edit, expand or both (comma-separated): timed each way too")
     args = ap.parse_args(argv)
+    also = [c for c in args.also.split(",") if c]
+    if set(also) - {"edit", "expand"}:
+        raise SystemExit("--also takes edit and expand")
     home = Path(args.home or tempfile.mkdtemp(prefix="reverie-warm-"))
     if args.home is None:
         ensure_tiny_weights(home / "models")
     make = ["make", IDEA, "--n", str(args.n), "--rounds", str(args.rounds), "--megapixels", str(args.megapixels)]
+    others = {"expand": lambda i: ["expand", IDEA, "--k", "2", "--seed", str(i)]}
+    if "edit" in also:
+        from PIL import Image
+
+        source = home / "bench-edit-source.png"
+        Image.new("RGB", (96, 96), (40, 90, 160)).save(source)
+        others["edit"] = lambda i: ["edit", str(source), "make it night", "--n", "1", "--rounds", "1", "--seed", str(i)]
     local = [reverie(*make, "--seed", str(i), "--local", home=home) for i in range(args.makes)]
+    local_also = {c: [reverie(*others[c](i), "--local", home=home) for i in range(args.makes)] for c in also}
     port = free_port()
     started = reverie("serve", "--detach", "--port", str(port), *args.serve_args.split(), home=home)
     try:
         warm = [reverie(*make, "--seed", str(100 + i), home=home) for i in range(args.makes)]
+        warm_also = {c: [reverie(*others[c](100 + i), home=home) for i in range(args.makes)] for c in also}
     finally:
         reverie("serve", "--stop", home=home)
     result = {"local": sum(local), "warm": sum(warm), "serve_start": started}
@@ -68,6 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  in-process (--local):        {result['local']:.2f} s  ({', '.join(f'{t:.1f}' for t in local)})")
     print(f"  through the warm server:     {result['warm']:.2f} s  ({', '.join(f'{t:.1f}' for t in warm)})")
     print(f"  ratio in-process / warm:     {result['ratio']:.2f}×  (starting the server once: {started:.1f} s)")
+    for c in also:
+        here, there = sum(local_also[c]), sum(warm_also[c])
+        result[c] = {"local": here, "warm": there, "ratio": here / there}
+        print(f"{args.makes} × `reverie {c}`: in-process {here:.2f} s, through the warm server {there:.2f} s, "
+              f"ratio {here / there:.2f}×")
     return result
 
 

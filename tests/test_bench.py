@@ -111,9 +111,11 @@ def test_warm_bench_runs_one_make_each_way(tmp_path, tiny_models_dir, capsys):
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(tiny_models_dir, target_is_directory=True)
-    result = load("bench_warm").main(["--makes", "1", "--n", "1", "--home", str(home)])
+    result = load("bench_warm").main(["--makes", "1", "--n", "1", "--home", str(home), "--also", "expand"])
     assert result["local"] > 0 and result["warm"] > 0 and result["ratio"] > 0
-    assert "ratio in-process / warm" in capsys.readouterr().out
+    assert result["expand"]["warm"] > 0
+    printed = capsys.readouterr().out
+    assert "ratio in-process / warm" in printed and "× `reverie expand`" in printed
     assert not (home / "serve.json").exists()  # the bench stopped its server
 
 
