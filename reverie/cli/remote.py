@@ -1,8 +1,8 @@
-"""The CLI over a warm `reverie serve`: the server's file in the home, and make handed over to it.
+"""The CLI over a warm `reverie serve`: the server's file in the home, and the commands handed to it.
 
-When a server runs for the same home, `reverie make` sends the run there and draws its progress
-from the server's events: this process imports no torch and loads no model. Nothing here imports
-more than httpx; results, exit codes and `--json` are the same as in-process.
+When a server runs for the same home, `make`, `edit`, `batch`, `chat` and `expand` send their work
+there (reverie/serve/cli_api.py) and draw their progress from the server's events: this process
+imports no torch and loads no model. Results, exit codes and `--json` are the same as in-process.
 """
 
 from __future__ import annotations
