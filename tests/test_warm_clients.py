@@ -158,13 +158,22 @@ def test_ctrl_c_in_the_client_interrupts_the_batch_on_the_server(warm_home, tmp_
 
 
 def turn_shape(stdout: str) -> list[str]:
-    """chat's printed lines with what differs between two runs (ids, scores, seeds, paths) taken out."""
+    """chat's printed lines with what differs between two runs (ids, scores, seeds, paths, the
+    prompt's words and the widths they give the table) taken out."""
     shape = []
     for line in stdout.splitlines():
         line = re.sub(r"session \S+", "session S", line)
         line = re.sub(r"\(run [^)]+\)", "(run R)", re.sub(r"render \d+", "render N", line))
-        line = re.sub(r"score [0-9.]+ \((\w+)\)\s+seed \d+", r"score S (\1) seed N", line)
-        shape.append("  prompt" if line.startswith("  prompt:") else "     PATH" if line.startswith("     /") else line)
+        image = re.match(r"\s*\d+\s+[0-9.]+ (\w+)\s+\d+\s+\d+x\d+\s+\d+\s", line)
+        if image:
+            line = f"image ({image.group(1)})"
+        elif re.match(r"\s*\d+\s+/", line):
+            line = "path"
+        elif line.startswith("  prompt:"):
+            line = "  prompt"
+        else:
+            line = re.sub(r"─+", "─", " ".join(line.split()))
+        shape.append(line)
     return shape
 
 
