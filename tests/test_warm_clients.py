@@ -214,3 +214,25 @@ def test_another_homes_request_is_refused_and_an_unknown_option_named(warm_home,
     # A client newer than its server: the option it does not know is named, not dropped.
     answer = httpx.post(url + "/api/cli/make", json={"idea": "a fox", "options": {"colour": 3}}, timeout=30)
     assert answer.status_code == 400 and "does not know colour" in answer.json()["error"]["message"]
+
+
+def test_the_cli_routes_keep_the_token_and_same_site_rules(home):
+    import httpx
+
+    from tests.serve_helpers import ThreadServer
+
+    routes = ("/api/cli/make", "/api/cli/edit", "/api/cli/batch", "/api/cli/chat/open", "/api/cli/chat/command",
+              "/api/cli/chat/turn", "/api/cli/expand", "/api/cli/batch/abc/stop")
+    with ThreadServer(home, token="s3cret") as server:
+        for route in routes:
+            refused = httpx.post(server.url + route, json={"idea": "a fox"}, timeout=30)
+            assert refused.status_code == 401, route
+        token = {"Authorization": "Bearer s3cret"}
+        for route in routes:
+            cross = httpx.post(server.url + route, json={"idea": "a fox"}, timeout=30,
+                               headers={**token, "Sec-Fetch-Site": "cross-site"})
+            assert cross.status_code == 403, route
+        assert httpx.get(server.url + "/api/cli/result/1", timeout=30).status_code == 401
+        answered = httpx.post(server.url + "/api/cli/expand", json={"idea": "a fox", "home": str(home)}, headers=token,
+                              timeout=30)
+        assert answered.status_code == 200 and answered.json()["expansions"][0]["prompt"]
