@@ -57,11 +57,11 @@ def rows(home, sql: str, *args) -> list[dict]:
 
 
 def test_make_controls_travel_to_the_warm_server(warm_home):
-    """--exact, --steps, --cfg, --negative, --sampler, --style, --diversity, --search, --shift: the
+    """--exact, --steps, --cfg, --negative, --sampler, --style, --diversity, --search, --shift, --handoff-steps: the
     warm run's request and specs are the local run's (the Request travels whole)."""
     options = ("heron", "--n", "2", "--rounds", "1", "--megapixels", "0.02", "--seed", "7", "--steps", "3", "--cfg", "2.5",
                "--negative", "blurry", "--sampler", "euler", "--style", "ink", "--diversity", "0.5", "--search", "seeds",
-               "--exact", "--shift", "4", "--json")
+               "--exact", "--shift", "4", "--handoff-steps", "1", "--json")
     warm = client("make", *options, home=warm_home)
     assert warm.returncode == 0, warm.stderr[-2000:]
     no_heavy_imports(warm)
@@ -71,7 +71,8 @@ def test_make_controls_travel_to_the_warm_server(warm_home):
     assert runs[0] != runs[1]
     requests = [rows(warm_home, "select request_json from runs where id = ?", r)[0]["request_json"] for r in runs]
     assert requests[0] == requests[1]
-    assert json.loads(requests[0])["style"][0] == "ink" and json.loads(requests[0])["exact"] is True
+    sent = json.loads(requests[0])
+    assert sent["style"][0] == "ink" and sent["exact"] is True and sent["handoff_steps"] == 1
     specs = [[r["spec_json"] for r in rows(warm_home, "select spec_json from renders where run_id = ? order by seed", run)]
              for run in runs]
     assert specs[0] == specs[1] and len(specs[0]) == 2
