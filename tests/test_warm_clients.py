@@ -57,11 +57,11 @@ def rows(home, sql: str, *args) -> list[dict]:
 
 
 def test_make_controls_travel_to_the_warm_server(warm_home):
-    """--exact, --steps, --cfg, --negative, --sampler, --style, --diversity, --search, --shift, --handoff-steps: the
+    """--exact, --steps, --cfg, --negative, --sampler, --style, --diversity, --search, --shift: the
     warm run's request and specs are the local run's (the Request travels whole)."""
     options = ("heron", "--n", "2", "--rounds", "1", "--megapixels", "0.02", "--seed", "7", "--steps", "3", "--cfg", "2.5",
                "--negative", "blurry", "--sampler", "euler", "--style", "ink", "--diversity", "0.5", "--search", "seeds",
-               "--exact", "--shift", "4", "--handoff-steps", "1", "--json")
+               "--exact", "--shift", "4", "--json")
     warm = client("make", *options, home=warm_home)
     assert warm.returncode == 0, warm.stderr[-2000:]
     no_heavy_imports(warm)
@@ -72,10 +72,16 @@ def test_make_controls_travel_to_the_warm_server(warm_home):
     requests = [rows(warm_home, "select request_json from runs where id = ?", r)[0]["request_json"] for r in runs]
     assert requests[0] == requests[1]
     sent = json.loads(requests[0])
-    assert sent["style"][0] == "ink" and sent["exact"] is True and sent["handoff_steps"] == 1
+    assert sent["style"][0] == "ink" and sent["exact"] is True
     specs = [[r["spec_json"] for r in rows(warm_home, "select spec_json from renders where run_id = ? order by seed", run)]
              for run in runs]
     assert specs[0] == specs[1] and len(specs[0]) == 2
+
+    # --handoff-steps travels too: the server checks it against --cfg as in-process, the same line and exit code.
+    clash = ("heron", "--n", "1", "--handoff-steps", "1", "--cfg", "2.5")
+    bad = [client("make", *clash, home=warm_home), run_cli("make", *clash, *LOCAL, home=warm_home)]
+    assert [b.returncode for b in bad] == [2, 2]
+    assert first_error(bad[0].stderr) == first_error(bad[1].stderr) and "--handoff-steps" in first_error(bad[0].stderr)
 
 
 def test_edit_sends_the_image_and_answers_as_in_process(warm_home, tmp_path):
