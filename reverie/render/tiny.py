@@ -312,10 +312,25 @@ def build_tiny_flux2():
                          text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
 
 
+def _tiny_qwen_transformer_and_scheduler():
+    """Qwen-Image's transformer and its scheduler settings, shared by the text-to-image and edit builds."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                                                time_shift_type="exponential")
+    return transformer, scheduler
+
+
 def build_tiny_qwen_image():
     """QwenImagePipeline: a Qwen2.5-VL encoder, the Qwen-Image transformer and VAE."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+    from diffusers import QwenImagePipeline
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = build_tokenizer(max_length=TINY_TEXT_LENGTH)
@@ -327,13 +342,7 @@ def build_tiny_qwen_image():
                      "rope_theta": 1000000.0},
         vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
         vocab_size=len(tokenizer))).eval()
-    torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
-                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
-                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
-                                                time_shift_type="exponential")
+    transformer, scheduler = _tiny_qwen_transformer_and_scheduler()
     return QwenImagePipeline(scheduler=scheduler, vae=_tiny_wan_vae(), text_encoder=text_encoder,
                              tokenizer=tokenizer, transformer=transformer)
 
@@ -572,7 +581,7 @@ def build_tiny_qwen_image_edit():
     vision tower, with its processor (Qwen2VLProcessor: the Qwen2-VL image and video processors
     and the offline tokenizer with Qwen's vision tokens) built from configs, no files read."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+    from diffusers import QwenImageEditPlusPipeline
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor,
                               Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
@@ -596,13 +605,7 @@ def build_tiny_qwen_image_edit():
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
         vocab_size=len(tokenizer), image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])).eval()
-    torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
-                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
-    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
-                                                base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
-                                                time_shift_type="exponential")
+    transformer, scheduler = _tiny_qwen_transformer_and_scheduler()
     return QwenImageEditPlusPipeline(scheduler=scheduler, vae=_tiny_wan_vae(), text_encoder=text_encoder,
                                      tokenizer=tokenizer, processor=processor, transformer=transformer)
 
