@@ -85,6 +85,7 @@ function follow(events, turn) {
     const e = JSON.parse(msg.data);
     if (e.kind === "loading") status.textContent = `loading the ${e.what || "engine"} for ${e.profile || "the profile"}…`;
     else if (e.kind === "run_started") status.textContent = "writing the prompt…";
+    else if (e.kind === "queued") status.textContent = `queued on ComfyUI: ${e.ahead} ahead of ours`;
     else if (e.kind === "writing") status.textContent = `writing the prompt… ${e.tokens} tokens`;
     else if (e.kind === "expanded") {
       let box = turn.querySelector(".expanded");
