@@ -350,7 +350,7 @@ class Engine(Protocol):
 class TypedEvent(Event):
     KIND: ClassVar[str] = ""  # the event's kind string
     OPTIONAL: ClassVar[tuple[str, ...]] = ()  # fields left out of `data` while None
-    RENAMED: ClassVar[dict[str, str]] = {}  # field -> its key in `data`, where that is a reserved name ("kind")
+    RENAMED: ClassVar[dict[str, str]] = {}  # field -> its key in `data`, where the two differ
 
     kind: str = field(default="", init=False)
     data: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -375,11 +375,13 @@ def _kind(name: str, optional: tuple[str, ...] = (), renamed: Optional[dict] = N
     return mark
 
 
-@_kind("notice")
+# In a batch, the events of one idea's run carry `index`: which idea (0-based) they came from.
+@_kind("notice", optional=("index",))
 @dataclass(frozen=True, kw_only=True)
 class Notice(TypedEvent):
     """A line for the person, said once per studio."""
     message: str
+    index: Optional[int] = None
 
 
 @_kind("loading")
@@ -404,7 +406,7 @@ class RunStarted(TypedEvent):
     budget: int
 
 
-@_kind("expanded")
+@_kind("expanded", optional=("index",))
 @dataclass(frozen=True, kw_only=True)
 class Expanded(TypedEvent):
     """A round's prompt was written (by the expander, or the critic's revision)."""
@@ -413,15 +415,19 @@ class Expanded(TypedEvent):
     source: str
     prompt: str
     parent_id: Optional[int]
+    index: Optional[int] = None
 
 
-@_kind("control", renamed={"control_kind": "kind"})
+# Its data key is "control", not "kind": serve sends events as `{"kind": kind, **data}`, where a
+# "kind" in data would overwrite the event's own.
+@_kind("control", optional=("index",), renamed={"control_kind": "control"})
 @dataclass(frozen=True, kw_only=True)
 class ControlPrepared(TypedEvent):
-    """A reference was preprocessed into a control image (data key "kind": canny, depth, ...)."""
+    """A reference was preprocessed into a control image (data key "control": canny, depth, ...)."""
     control_kind: str
     image_sha: str
     path: str
+    index: Optional[int] = None
 
 
 @_kind("round_started")
@@ -452,7 +458,7 @@ class Scored(TypedEvent):
     best: Optional[float]
 
 
-@_kind("judged", optional=("similarity", "diversity", "embed_noise", "shift", "blind_steps", "handoff_steps"))
+@_kind("judged", optional=("similarity", "diversity", "embed_noise", "shift", "blind_steps", "handoff_steps", "index"))
 @dataclass(frozen=True, kw_only=True)
 class Judged(TypedEvent):
     """The critic's decision after a round (decision "finish" carries only the first four)."""
@@ -466,6 +472,28 @@ class Judged(TypedEvent):
     shift: Optional[float] = None
     blind_steps: Optional[int] = None
     handoff_steps: Optional[int] = None
+    index: Optional[int] = None
+
+
+@_kind("previewed")
+@dataclass(frozen=True, kw_only=True)
+class Previewed(TypedEvent):
+    """Noise search rendered short previews of the round's candidates and kept each seed's best."""
+    round: int
+    previews: int
+    steps: int
+    cost_in_renders: float  # what the previews cost, counted in full renders
+    best: Optional[float]
+
+
+@_kind("repair")
+@dataclass(frozen=True, kw_only=True)
+class Repair(TypedEvent):
+    """The critic sends the run's best image to the editor with an instruction."""
+    round: int
+    render_id: int
+    instruction: str
+    reason: str
 
 
 @_kind("vlm_judged")
@@ -540,10 +568,21 @@ class EngineImage(TypedEvent):
 @_kind("engine_progress")
 @dataclass(frozen=True, kw_only=True)
 class EngineProgress(TypedEvent):
+    """A ComfyUI server's step count for the seed it is rendering."""
     seed: int
     step: Optional[int]
     steps: Optional[int]
     server: str
+
+
+@_kind("queued")
+@dataclass(frozen=True, kw_only=True)
+class Queued(TypedEvent):
+    """Our prompts wait behind `ahead` others in a shared ComfyUI server's queue (sent on each change)."""
+    server: str
+    ahead: int
+    seed: int
+    message: str
 
 
 @_kind("step")
@@ -581,6 +620,22 @@ class Writing(TypedEvent):
 
 
 EVENT_TYPES: tuple[type[TypedEvent], ...] = (
-    Notice, Loading, RunStarted, Expanded, ControlPrepared, RoundStarted, Rendered, Scored, Judged, VlmJudged, Finished,
-    Result, BatchStarted, BatchProgress, BatchFinished, EngineImage, EngineProgress, Step, DownloadStarted,
-    DownloadFinished, Writing)
+    Notice, Loading, RunStarted, Expanded, ControlPrepared, RoundStarted, Rendered, Scored, Judged, Previewed, Repair,
+    VlmJudged, Finished, Result, BatchStarted, BatchProgress, BatchFinished, EngineImage, EngineProgress, Queued, Step,
+    DownloadStarted, DownloadFinished, Writing)
+_BY_KIND = {t.KIND: t for t in EVENT_TYPES}
+
+
+def event_from(kind: str, data: dict[str, Any]) -> Event:
+    """The event a serialised `{"kind": kind, **data}` (serve's SSE, the CLI's batch stream) was
+    made from: its typed class where the kind is known and the keys are its fields, else a plain
+    Event (a plugin's own kind, or one that serve added keys to, such as a rendered image's card)."""
+    cls = _BY_KIND.get(kind)
+    if cls is not None:
+        names = {cls.RENAMED.get(f.name, f.name): f.name for f in fields(cls) if f.init}
+        if set(data) <= set(names):
+            try:
+                return cls(**{names[key]: value for key, value in data.items()})
+            except TypeError:  # a field without a default is missing
+                pass
+    return Event(kind, dict(data))

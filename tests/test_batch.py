@@ -226,6 +226,28 @@ def test_batch_killed_and_resumed_keeps_k_per_idea_and_report_renders(home, tmp_
     check_report_renders(report, tmp_path)
 
 
+def test_the_summary_names_each_kept_image_by_its_whole_path_in_80_columns(home, tmp_path):
+    file = tmp_path / "ideas.txt"
+    long_idea = "a fox in the rain at dusk over a long harbour full of small red fishing boats and gulls"
+    file.write_text(f"{long_idea}\na boat on a lake\n")
+    args = ["batch", str(file), "--per-prompt", "3", "--keep", "2", "--megapixels", "0.02", "--engine", "fixed",
+            "--scorer", "heuristic", "--local"]
+    r = run_cli(*args, home=home, env={"COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    again = run_cli(*args, "--json", home=home)  # the same batch, done: its kept images, as JSON
+    assert again.returncode == 0, again.stderr
+    items = json.loads(again.stdout)["items"]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("1. a fox in the rain") and lines[0].endswith("kept 2 of 3, scored by heuristic")
+    for item in items:
+        assert len(item["kept"]) == 2
+        for k, kept in enumerate(item["kept"]):
+            line = next(line for line in lines if line.endswith(kept["path"]))  # whole, on one line
+            assert line.split()[:2] == [f"{item['index'] + 1}.{k + 1}", f"{kept['score']:.3f}"]
+            assert Path(kept["path"]).is_file()
+    assert all(len(line) <= 80 for line in lines if "/" not in line), r.stdout
+
+
 def test_bench_prints_engine_busy_fraction():
     r = subprocess.run([sys.executable, str(REPO / "bench" / "bench_batch.py"), "--ideas", "2", "--per-prompt", "4",
                         "--latency", "0.01", "--expand-latency", "0.02", "--score-latency", "0.005"],

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from reverie.types import EngineImage, EngineProgress, Queued, TypedEvent
 from tests.comfy_server import ComfyServer
 from tests.test_comfyui import engine_for, same_pixels, zspec
 
@@ -45,6 +46,8 @@ def test_a_wait_behind_another_client_says_how_many_prompts_are_ahead():
 
         outs = engine_for(s).render([zspec(seed=1)], progress)
         theirs.join(60)
+    assert [e for e in events if not isinstance(e, TypedEvent)] == []
+    assert {Queued, EngineProgress, EngineImage} <= {type(e) for e in events}
     queued = [e.data for e in events if e.kind == "queued"]
     assert queued and queued[0]["ahead"] == 1 and queued[0]["server"] == s.url
     assert queued[0]["message"] == f"waiting in the queue of ComfyUI at {s.url}: 1 prompt ahead of ours"

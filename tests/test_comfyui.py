@@ -12,7 +12,7 @@ from PIL import Image
 
 from reverie.render.comfyui import ComfyUIEngine
 from reverie.render.registry import make_engine
-from reverie.types import Control, RenderSpec, ReverieError
+from reverie.types import Control, Notice, RenderSpec, ReverieError, TypedEvent
 from tests.comfy_server import NODES, ComfyServer, fake_render
 from tests.conftest import run_cli
 
@@ -227,8 +227,9 @@ def test_pool_spreads_work_and_a_dead_server_work_moves_to_the_survivor():
     assert len(doomed.executed) == 1 and from_doomed <= set(doomed.executed)
     assert sorted(survivor.executed) == sorted(from_survivor)  # the survivor rendered each of its specs once
     assert set(from_survivor) == set(seeds) - from_doomed
-    notices = [e.data["message"] for e in events if e.kind == "notice"]
+    notices = [e.message for e in events if isinstance(e, Notice)]
     assert len(notices) == 1 and doomed.url in notices[0]
+    assert [e for e in events if not isinstance(e, TypedEvent)] == []
 
 
 def test_a_server_that_stops_answering_does_not_hang_the_batch():

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from reverie.orchestrator.worker import EngineWorker, RenderStopped
+from reverie.types import TypedEvent
 from tests.comfy_server import ComfyServer
 from tests.conftest import REPO, run_cli
 from tests.test_comfyui import engine_for, same_pixels, zspec
@@ -60,6 +61,7 @@ def test_two_runs_share_the_pool_and_a_dead_server_hands_its_seeds_on():
     for job in jobs:
         while not job.events.empty():
             event = job.events.get_nowait()
+            assert isinstance(event, TypedEvent), event  # the worker's engine_image and notice, and ComfyUI's
             if event.kind == "notice":
                 notices.append(event.data["message"])
     assert len(notices) == 1 and doomed.url in notices[0] and "move to the other servers" in notices[0], notices

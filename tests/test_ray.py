@@ -18,7 +18,7 @@ import pytest
 
 from reverie.orchestrator.studio import Studio
 from reverie.render.fixed import FixedLatencyEngine
-from reverie.types import ReverieError
+from reverie.types import Notice, ReverieError
 from tests.conftest import REPO, run_cli
 
 IDEAS = ["a fox in the rain", "a red car at night", "a knight in a forest"]
@@ -158,7 +158,7 @@ def test_a_round_that_kills_two_actors_fails_its_idea_alone(ray_local, home, tmp
     assert [i.status for i in result.items] == ["done", "failed", "done"], [(i.status, i.error) for i in result.items]
     assert [i.rendered for i in result.items] == [8, 0, 8]
     assert "were rendering on 2 Ray workers that died" in result.items[1].error
-    died = [e.data["message"] for e in events if e.kind == "notice" and " died (" in e.data["message"]]
+    died = [e.message for e in events if isinstance(e, Notice) and " died (" in e.message]
     # At least the two deaths that fail it; how the poisoned seeds were chunked between actors can
     # make a restarted actor die on one more of them before every one has seen two deaths.
     assert len(died) >= 2 and all("Ray restarts it" in m for m in died), died

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from reverie.cli.common import (BATCH_SIZE, CFG, COMFY_FILE, COMFY_URL, CONFIG, CPU_OFFLOAD, DEVICE, DTYPE, ENGINE, EXACT, HANDOFF_STEPS, HOME,
                                 LLM_MODEL, LLM_PATH, LLM_TIMEOUT, LLM_URL, MODEL_PATH, NEGATIVE, PROFILE, SAMPLER, SCORER, STEPS, STYLE,
-                                CliProgress, controls, err, friendly, open_studio, out, print_images, say)
+                                CliProgress, controls, err, friendly, open_studio, out, print_images, print_paths, say)
 from reverie.types import Event, ReverieError
 
 
@@ -187,11 +187,7 @@ def print_batch(made: dict, scorers: list, as_json: bool) -> None:
         print(json.dumps(made, ensure_ascii=False))
     else:
         for item, item_scorers in zip(items, scorers):
-            scored = [(k["score"], scorer) for k, scorer in zip(item["kept"], item_scorers) if k["score"] is not None]
-            scores = ", ".join(f"{score:.3f}" for score, _ in scored) + (f" by {scored[0][1]}" if scored else "")
-            error = f"  failed: {item['error']}" if item["status"] == "failed" else ""
-            out.print(f"{item['index'] + 1}. {item['idea'][:60]}  kept {len(item['kept'])} of {item['rendered']}  "
-                      f"[{scores}]{error}", markup=False, highlight=False, soft_wrap=True)
+            print_idea(item, item_scorers)
         out.print(f"batch {made['batch_id']}: {made['stop_reason']}", markup=False, highlight=False)
         out.print(f"report: {made['report']}", markup=False, highlight=False, soft_wrap=True)
     reasons = {i["error"] for i in failed}
@@ -206,6 +202,22 @@ def print_batch(made: dict, scorers: list, as_json: bool) -> None:
         say(err, "error:" if all_failed else "warning:", f"{line}; {tail}", style="bold red" if all_failed else "yellow")
     if all_failed:
         raise typer.Exit(2)
+
+
+def print_idea(item: dict, scorers: list) -> None:
+    """One idea of a batch's summary: a line that fits 80 columns, then each kept image, best
+    first, with its score and whole path on one unbroken line (make's path lines)."""
+    scorer = next((s for k, s in zip(item["kept"], scorers) if k["score"] is not None and s), None)
+    head = f"{item['index'] + 1}. "
+    tail = f"  kept {len(item['kept'])} of {item['rendered']}" + (f", scored by {scorer}" if scorer else "")
+    idea = _short(item["idea"], max(20, min(out.width, 80) - len(head) - len(tail)))
+    out.print(head + idea + tail, markup=False, highlight=False, soft_wrap=True)
+    if item["status"] == "failed":
+        out.print(f"   failed: {item['error']}", markup=False, highlight=False, soft_wrap=True)
+    keys = [f"   {item['index'] + 1}.{k + 1}  " + (f"{kept['score']:.3f}" if kept["score"] is not None else "    -")
+            + ("  near-duplicate" if kept.get("near_duplicate") else "") for k, kept in enumerate(item["kept"])]
+    width = max(map(len, keys), default=0)  # left-aligned, so the paths start in one column
+    print_paths([(f"{key:<{width}}", kept["path"]) for key, kept in zip(keys, item["kept"])])
 
 
 @friendly

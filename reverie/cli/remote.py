@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from reverie.types import Event, ReverieError
+from reverie.types import Event, Notice, ReverieError, event_from
 
 SERVER_FILE = "serve.json"
 
@@ -146,7 +146,7 @@ def follow(http, events: str, progress: Callable[[Event], None]) -> None:
             kind = event.pop("kind")
             if kind in ("done", "failed", "cancelled"):
                 return
-            progress(Event(kind, event))
+            progress(event_from(kind, event))
 
 
 def failed(body: dict) -> Exception:
@@ -160,7 +160,7 @@ def remote_run(server: Server, path: str, body: dict[str, Any], progress: Callab
     with client(server) as http:
         accepted = post(http, path, body)
         for message in accepted.get("notices", []):  # said while the server checked the request
-            progress(Event("notice", {"message": message}))
+            progress(Notice(message=message))
         request_id = int(accepted["request_id"])
         on_request(request_id)
         follow(http, accepted["events"], progress)
@@ -233,7 +233,7 @@ def remote_expand(server: Server, body: dict[str, Any], progress: Callable[[Even
     with client(server) as http:
         answered = post(http, "/api/cli/expand", body)
     for message in answered.get("notices", []):
-        progress(Event("notice", {"message": message}))
+        progress(Notice(message=message))
     return answered["expansions"]
 
 
@@ -260,7 +260,7 @@ def remote_batch(server: Server, body: dict[str, Any], progress: Callable[[Event
                     elif kind in ("result", "error", "interrupted"):
                         end = {"kind": kind, **event}
                     else:
-                        progress(Event(kind, event))
+                        progress(event_from(kind, event))
         except KeyboardInterrupt:
             if token is not None:
                 try:

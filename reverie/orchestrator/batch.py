@@ -39,6 +39,7 @@ from reverie.types import (
     Request,
     ReverieError,
     canonical_json,
+    event_from,
     no_progress,
     sha256_text,
 )
@@ -515,7 +516,7 @@ class BatchRunner:
                 item.best = event.data["best"] if item.best is None else max(item.best, event.data["best"])
             self._report_progress(items, started, total, budget_s, spent_before)
         elif event.kind in ("notice", "expanded", "judged", "control"):
-            self.progress(Event(event.kind, {**event.data, "index": item.index}))
+            self.progress(event_from(event.kind, {**event.data, "index": item.index}))
 
     def _report_progress(self, items, started, total, budget_s, spent_before) -> None:
         elapsed = time.monotonic() - started

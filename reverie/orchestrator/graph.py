@@ -43,9 +43,11 @@ from reverie.types import (
     Finished,
     Judged,
     Notice,
+    Previewed,
     ProgressFn,
     Rendered,
     RenderSpec,
+    Repair,
     Request,
     ReverieError,
     RoundStarted,
@@ -279,9 +281,8 @@ def _previewed(state: LoopState, ctx: LoopContext, specs: list[RenderSpec]) -> t
         mine = [(c, s) for (j, s), c in zip(pool, composites) if j == i]
         chosen.append(mine[noise_search.pick([c for c, _ in mine])][1])
     cost = noise_search.preview_cost(len(pool), req.preview_steps, specs[0].steps)
-    ctx.progress(Event("previewed", {"round": state.get("round", 0), "previews": len(pool),
-                                     "steps": req.preview_steps, "cost_in_renders": round(cost, 4),
-                                     "best": max(composites) if composites else None}))
+    ctx.progress(Previewed(round=state.get("round", 0), previews=len(pool), steps=req.preview_steps,
+                           cost_in_renders=round(cost, 4), best=max(composites) if composites else None))
     return chosen, cost
 
 
@@ -485,8 +486,8 @@ def judge(state: LoopState, runtime: Runtime[LoopContext]) -> dict:
     update.update({"round": rnd + 1, "decision": decision})
     if decision == policy.EDIT:
         update.update(repair_step(ctx, ctx.store.best(state["run_id"], k=1), instruction, critique.reason))
-        ctx.progress(Event("repair", {"round": rnd, "render_id": update["source"]["render_id"],
-                                      "instruction": instruction, "reason": critique.reason}))
+        ctx.progress(Repair(round=rnd, render_id=update["source"]["render_id"], instruction=instruction,
+                            reason=critique.reason))
     elif decision in (policy.REVISE, policy.EXPLORE) and req.source is None:
         update["source"] = None  # a new prompt draws from noise again
     if req.search == "noise":  # whatever the next round's prompt, its noise comes from the refitted distribution

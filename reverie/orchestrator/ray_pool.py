@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from reverie.orchestrator.worker import WAKE_S, EngineWorker, Lane, RenderJob, render_with_retry
-from reverie.types import EngineOutput, Event, RenderSpec, ReverieError
+from reverie.types import EngineOutput, Event, Notice, RenderSpec, ReverieError
 
 INSTALL_LINE = "Ray is not installed: pip install 'reverie[ray]'"
 MAX_RESTARTS = 3  # Ray brings a dead actor back this many times; after that its seeds go to the others only
@@ -259,9 +259,8 @@ class RayLane(Lane):
             worker.lane_lost(self, reason)  # every job no live actor can take fails now
         if not counted:
             then = "Ray restarts it" if not gone else "it is not restarted again"
-            job.events.put(Event("notice", {"message": f"Ray worker {self.name} died ({reason}); its "
-                                                       f"{in_flight or len(chunk)} image(s) in flight go to the "
-                                                       f"other workers, {then}"}))
+            job.events.put(Notice(message=f"Ray worker {self.name} died ({reason}); its {in_flight or len(chunk)} "
+                                          f"image(s) in flight go to the other workers, {then}"))
         return gone
 
 

@@ -23,7 +23,8 @@ import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from reverie.types import Engine, EngineOutput, Event, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import (Engine, EngineImage, EngineOutput, Event, Notice, ProgressFn, RenderSpec, ReverieError,
+                           no_progress)
 
 WAKE_S = 0.25  # how often a waiting lane looks again for cancelled jobs to settle
 
@@ -557,8 +558,7 @@ class _LaneFeed:
             self.worker.deliver(job, output)
         except BaseException as e:  # the caller could not take it: its job ends with that error
             error = e
-        job.events.put(Event("engine_image", {"seed": output.spec.seed, "seconds": output.seconds,
-                                              "server": url, "error": output.error}))
+        job.events.put(EngineImage(seed=output.spec.seed, seconds=output.seconds, server=url, error=output.error))
         self.worker.finished(job, error)
 
     def event(self, ticket, event: Event) -> None:
@@ -584,8 +584,8 @@ class _LaneFeed:
             worker.give_back(job, [ticket.spec], lane=lane, why=reason)
             if not told and not job.abandoned:
                 told = True
-                job.events.put(Event("notice", {"message": f"ComfyUI at {lane.url} is gone ({reason}); "
-                                                           f"its renders move to the other servers"}))
+                job.events.put(Notice(message=f"ComfyUI at {lane.url} is gone ({reason}); "
+                                              f"its renders move to the other servers"))
         worker.lane_lost(lane, reason)
 
     def crashed(self, error: BaseException) -> None:
@@ -630,7 +630,7 @@ def render_with_retry(engine: Engine, specs: list[RenderSpec], progress: Progres
             if refused or not size or size <= 1:
                 raise
             engine.batch_size = max(1, size // 2)
-            progress(Event("notice", {"message": f"engine ran out of memory ({e}); retrying with batch size {engine.batch_size}"}))
+            progress(Notice(message=f"engine ran out of memory ({e}); retrying with batch size {engine.batch_size}"))
     missing = [s for s in specs if s.sha not in done]
     if missing:
         raise ReverieError(f"engine {engine.name} handed on {len(specs) - len(missing)} of {len(specs)} outputs: "

@@ -36,7 +36,8 @@ from reverie.render.comfy_workflow import (
     textgen_workflow,
 )
 from reverie.profiles import DEFAULT_PROFILE, get_profile
-from reverie.types import EngineOutput, Event, OutputFn, ProgressFn, RenderSpec, ReverieError, no_progress
+from reverie.types import (EngineImage, EngineOutput, EngineProgress, Event, Notice, OutputFn, ProgressFn, Queued, RenderSpec,
+                           ReverieError, no_progress)
 
 DEFAULT_URL = "http://127.0.0.1:8188"
 ENGINE_VERSION = "1"
@@ -280,8 +281,7 @@ class _Batch:
             self.results[ticket.owner] = output
             self.cond.notify_all()
         self.events.put(output)
-        self.events.put(Event("engine_image", {"seed": output.spec.seed, "seconds": output.seconds,
-                                               "server": url, "error": output.error}))
+        self.events.put(EngineImage(seed=output.spec.seed, seconds=output.seconds, server=url, error=output.error))
 
     def event(self, ticket: Ticket, event: Event) -> None:
         self.events.put(event)
@@ -305,8 +305,7 @@ class _Batch:
             tell = bool(self.pending) and self.workers_gone < self.workers
         # With no server left the call's one error line says it all; "move to the others" would mislead.
         if tell:
-            self.events.put(Event("notice", {"message": f"ComfyUI at {url} is gone ({reason}); "
-                                                        f"its renders move to the other servers"}))
+            self.events.put(Notice(message=f"ComfyUI at {url} is gone ({reason}); its renders move to the other servers"))
 
     def done(self) -> bool:
         return self.fatal is not None or len(self.results) == len(self.specs)
@@ -397,7 +396,7 @@ class ComfyUIEngine:
             message = (" | ".join(left_out) + f"; rendering on {len(usable)} of {len(self.servers)} servers")
             if message not in self._told:
                 self._told.add(message)
-                progress(Event("notice", {"message": f"left out of the ComfyUI pool: {message}"}))
+                progress(Notice(message=f"left out of the ComfyUI pool: {message}"))
         return usable, gone
 
     # -- one call --------------------------------------------------------------------------
@@ -574,9 +573,9 @@ def _announce_queue(client: ComfyClient, feed, inflight: dict, told: dict) -> No
     if ahead == 0:
         return  # ours is next: nothing to wait for
     first = next(iter(inflight.values()))["ticket"]
-    feed.event(first, Event("queued", {"server": client.url, "ahead": ahead, "seed": first.spec.seed,
-                                       "message": f"waiting in the queue of ComfyUI at {client.url}: {ahead} "
-                                                  f"prompt{'s' if ahead != 1 else ''} ahead of ours"}))
+    feed.event(first, Queued(server=client.url, ahead=ahead, seed=first.spec.seed,
+                             message=f"waiting in the queue of ComfyUI at {client.url}: {ahead} "
+                                     f"prompt{'s' if ahead != 1 else ''} ahead of ours"))
 
 
 def _cancel(client: ComfyClient, inflight: dict) -> None:
@@ -648,8 +647,8 @@ def _handle(client: ComfyClient, feed, inflight: dict, message: dict) -> None:
         job["t0"] = time.perf_counter()  # queue wait is not render time
         job["started"] = True
     elif kind == "progress":
-        feed.event(job["ticket"], Event("engine_progress", {"seed": spec.seed, "step": data.get("value"),
-                                                            "steps": data.get("max"), "server": client.url}))
+        feed.event(job["ticket"], EngineProgress(seed=spec.seed, step=data.get("value"), steps=data.get("max"),
+                                                 server=client.url))
     elif (kind == "executing" and data.get("node") is None) or kind == "execution_success":
         entry = client.history(data["prompt_id"])
         if entry is not None:
