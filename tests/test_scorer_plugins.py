@@ -43,6 +43,10 @@ def test_an_installed_plugin_is_listed_stored_and_weighed(home, plugin_path):
     assert len(renders) == 6 and sorted(warmth) == renders  # every render has the plugin's component
     assert all(-1.0 <= v <= 1.0 for v in warmth.values())
     assert scorers == {"heuristic+warmth"}
+    run_id = json.loads(made.stdout)["run_id"]
+    shown = run_cli("show", run_id, "--explain", home=home, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "warmth " in shown.stdout and "how warm the colours are (red over blue); its own scale" in shown.stdout
 
     # Picks that follow warmth alone: taste must give the plugin's component weight.
     by_warmth = sorted(renders, key=lambda r: warmth[r])

@@ -4,6 +4,7 @@ checks all read it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 from PIL import Image
 
 from reverie.scoring import composite, heuristic, plugins, taste
+from reverie.scoring.explain import explain_scores
 from reverie.scoring.scorer import make_scorer
 from reverie.types import ReverieError
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def images():
@@ -58,6 +60,23 @@ def test_a_built_in_entry_scores_alone_as_its_scorer_does(tiny_scoring):
     assert np.allclose(alone, [s.values["prompt_match"] for s in scored], atol=1e-4)
     aesthetic = plugins.find("aesthetic").load({**tiny_scoring, "device": "cpu"})(pics, prompts)
     assert np.allclose(aesthetic, [s.values["aesthetic"] for s in scored], atol=1e-4)
+
+
+def test_explain_says_a_plugins_component_in_its_own_words_against_its_quantiles(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "scorer_plugin"))
+    from reverie_warmth import PLUGIN  # the example plugin, as its entry point would hand it over
+
+    judge = dataclasses.replace(PLUGIN, name="chill", role="judge", description="how cold it looks", quantiles=None)
+    scores = {"composite": 0.61, "scorer": "clip+warmth", "warmth": 0.08, "held_out:chill": 0.4, "sparkle": 0.3}
+    lines = explain_scores(scores, plugins=[PLUGIN, judge])
+    assert lines["warmth"] == ("warmth 0.080 — how warm the colours are (red over blue); its own scale, higher is "
+                               "better; better than 75% of reference images")  # 0.08 is its 75th percentile
+    assert lines["held_out:chill"] == ("held_out:chill 0.400 — how cold it looks; 0..1 (taken as a quality), higher "
+                                       "is better; a held-out judge: shown, never used to select")
+    # A component whose plugin is not here (uninstalled since) still gets a line, saying less.
+    assert lines["sparkle"] == "sparkle 0.300 — a scorer plugin's component; 0..1 (taken as a quality), higher is better"
+    assert explain_scores(scores)["sparkle"] == lines["sparkle"]  # the installed registry: no such plugin
+    assert lines["composite"].startswith("composite 0.610 — all selecting components in one")
 
 
 def test_reverie_models_lists_the_built_in_components(tmp_path):

@@ -15,7 +15,7 @@ Raw values are kept for the store; the percentiles and the reference version go 
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -48,7 +48,12 @@ def normalise(name: str, value: float) -> float:
     ref = REFERENCES.get(name)
     if ref is None:
         return min(1.0, max(0.0, float(value)))
-    return float(np.interp(float(value), ref, PERCENTS))
+    return percentile(value, ref)
+
+
+def percentile(value: float, quantiles: Sequence[float]) -> float:
+    """Where a raw value sits (0..1) among reference images whose quantiles at PERCENTS are given."""
+    return float(np.interp(float(value), quantiles, PERCENTS))
 
 
 def capped_shares(weights: Mapping[str, float], cap: float = MAX_SHARE) -> dict[str, float]:

@@ -1,11 +1,15 @@
 """What each score component means, in one line: what it measures, its scale, which way is better,
 and where a value sits against the reference quantiles. `reverie show --explain` and the web image
-page print these, so the words live here, beside the components, once."""
+page print these, so the words live here, beside the components, once. A scorer plugin's component
+is explained in its plugin's own words (ScorerPlugin.description) against its own quantiles."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+
+if TYPE_CHECKING:
+    from reverie.scoring.plugins import ScorerPlugin
 
 
 @dataclass(frozen=True)
@@ -44,18 +48,22 @@ HEURISTIC_COMPOSITE = Meaning("the heuristic's qualities in one (a weighted geom
                               "says nothing of the prompt", "0..1")
 
 
-def explain(name: str, value: float, description: str = "", scorer: str = "") -> str:
-    """One line: "noise 0.090 — freedom from grain and static ...; 0..1, higher is better; no reference"."""
-    from reverie.scoring.composite import HELD_OUT_PREFIX, REFERENCES, normalise
+def explain(name: str, value: float, description: str = "", scorer: str = "",
+            quantiles: Optional[Sequence[float]] = None) -> str:
+    """One line: "noise 0.090 — freedom from grain and static ...; 0..1, higher is better; no reference".
+
+    `description` and `quantiles` are a plugin component's own (its ScorerPlugin's)."""
+    from reverie.scoring.composite import HELD_OUT_PREFIX, REFERENCES, percentile
 
     base = name[len(HELD_OUT_PREFIX):] if name.startswith(HELD_OUT_PREFIX) else name
+    reference = REFERENCES.get(base) or quantiles
     meaning: Optional[Meaning] = HEURISTIC_COMPOSITE if (base, scorer) == ("composite", "heuristic") else MEANINGS.get(base)
     if meaning is None:
         meaning = Meaning(description or "a scorer plugin's component", "its own scale"
-                          if base in REFERENCES else "0..1 (taken as a quality)")
+                          if reference else "0..1 (taken as a quality)")
     direction = "higher is better" if meaning.higher_is_better else "lower is better"
-    if base in REFERENCES:
-        share = round(100 * normalise(base, value))
+    if reference:
+        share = round(100 * percentile(value, reference))
         where = f"better than {share}% of reference images"
     elif base == "composite" and scorer != "heuristic":
         where = "0.5 is a typical generated image, " + ("above" if value >= 0.5 else "below") + " it"
@@ -65,9 +73,36 @@ def explain(name: str, value: float, description: str = "", scorer: str = "") ->
     return f"{name} {value:.3f} — {meaning.measures}; {meaning.scale}, {direction}" + (f"; {where}" if where else "") + held
 
 
-def explain_scores(scores: Mapping[str, object], descriptions: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """The line of each numeric component of a stored score (the scorer's name is not one)."""
-    descriptions = descriptions or {}
+def explain_scores(scores: Mapping[str, object], plugins: Optional[Sequence["ScorerPlugin"]] = None) -> dict[str, str]:
+    """The line of each numeric component of a stored score (the scorer's name is not one).
+
+    A plugin's component is told in its plugin's words: `plugins`, or else the installed ones."""
+    from reverie.scoring.composite import HELD_OUT_PREFIX
+
+    by_name = {p.name: p for p in (installed_plugins() if plugins is None else plugins)}
     scorer = str(scores.get("scorer") or "")
-    return {name: explain(name, float(value), descriptions.get(name, ""), scorer=scorer)
-            for name, value in scores.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    lines = {}
+    for name, value in scores.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        plugin = by_name.get(name[len(HELD_OUT_PREFIX):] if name.startswith(HELD_OUT_PREFIX) else name)
+        lines[name] = explain(name, float(value), plugin.description if plugin else "", scorer=scorer,
+                              quantiles=plugin.quantiles if plugin else None)
+    return lines
+
+
+def installed_plugins() -> list["ScorerPlugin"]:
+    """The third-party entries of the scorer registry. A broken one is left out rather than take
+    `show --explain` or the image page down: scoring names it when it loads plugins."""
+    from reverie.scoring.plugins import installed, plugin
+    from reverie.types import ReverieError
+
+    found = []
+    for entry in installed():
+        if entry.built_in:
+            continue
+        try:
+            found.append(plugin(entry))
+        except ReverieError:
+            continue
+    return found

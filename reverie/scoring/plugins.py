@@ -42,7 +42,7 @@ class ScorerPlugin:
     quantiles: Optional[tuple[float, ...]] = None  # raw value at each of PERCENTS; None: already a 0..1 quality
     role: str = "select"
     weight: float = 0.1  # its default share of the composite when it selects
-    description: str = ""
+    description: str = ""  # what it measures, in one line: `show --explain` and the image page say it
     close: Callable[[], None] = field(default=lambda: None)
     # "": a third-party plugin, scored on its own; "clip" or "heuristic": a built-in component that
     # scorer of reverie computes in its shared pass (scoring/builtins.py).

@@ -28,5 +28,6 @@ PLUGIN = ScorerPlugin(
     quantiles=(-1.0, -0.25, -0.08, 0.0, 0.08, 0.25, 1.0),
     role="select",
     weight=0.15,
+    # One line: `reverie show --explain` and the web image page say it beside the value.
     description="how warm the colours are (red over blue)",
 )
