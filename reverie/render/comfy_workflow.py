@@ -107,8 +107,10 @@ CONTROL_NET_KINDS = ("canny", "depth", "pose")
 def register_workflow(family: str, wiring: ComfyFamily, files: Optional[dict[str, str]] = None) -> None:
     """Add how ComfyUI wires a family registered in reverie.profiles (a plugin's, a test's), and the
     files it needs beyond what its profiles name."""
-    from reverie.profiles import FAMILIES
+    from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES
 
+    if family in BUILT_IN_FAMILIES:  # a plugin adds a family under its own name, never swaps reverie's
+        raise ReverieError(f"workflow for built-in family {family!r}: register a family of your own")
     if family not in FAMILIES:
         raise ReverieError(f"workflow for unknown family {family!r}: register_family it first")
     WORKFLOWS[family] = wiring
