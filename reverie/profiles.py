@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Optional, TypeVar
@@ -661,6 +662,7 @@ class FamilyPlugins:
         self.current = ""  # "DIST (module:object)" of the plugin registering now
         self.sources: dict[tuple[str, str], str] = {}  # ("family" | "profile", name) -> the plugin that added it
         self.problems: list[str] = []  # one line per plugin that failed to load
+        self.lock = threading.RLock()
 
 
 PLUGINS = FamilyPlugins()
@@ -670,17 +672,22 @@ def load_plugins() -> None:
     """Run every installed `reverie.families` entry point once. A plugin that fails (import error,
     exception, a built-in's name) is one line on stderr and in `plugin_problems()`, and whatever it had
     registered in FAMILIES and PROFILES is taken back, so the built-in profiles always stand."""
-    if PLUGINS.state != "ready":
+    if PLUGINS.state in ("waiting", "loaded"):
         return
-    PLUGINS.state = "loading"
-    try:
-        from importlib.metadata import entry_points
+    # A server's threads may read the tables at once: the others wait for the whole set (the loading
+    # thread's own reads, from inside a plugin, pass: the lock is re-entrant and the state is "loading").
+    with PLUGINS.lock:
+        if PLUGINS.state != "ready":
+            return
+        PLUGINS.state = "loading"
+        try:
+            from importlib.metadata import entry_points
 
-        found = sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: (ep.name, ep.value))
-        for ep in found:
-            load_plugin(ep)
-    finally:
-        PLUGINS.state = "loaded"
+            found = sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: (ep.name, ep.value))
+            for ep in found:
+                load_plugin(ep)
+        finally:
+            PLUGINS.state = "loaded"
 
 
 def load_plugin(ep) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from reverie.profiles import FAMILIES, BUILT_IN_FAMILIES, Family, register_family, register_profile, get_profile
+from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES, Family, get_profile, register_family, register_profile
 from reverie.types import ReverieError
 from tests.conftest import REPO, run_cli
 
@@ -33,9 +34,13 @@ def warnings_in(stderr: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lumen_path(tmp_path_factory) -> Path:
+    # Installed into a folder of its own (put on PYTHONPATH), from a copy of the source (setuptools
+    # writes build/ beside it): the shared venv and the checkout are as they were afterwards.
+    source = tmp_path_factory.mktemp("src") / "family_plugin"
+    shutil.copytree(REPO / "examples" / "family_plugin", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     target = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(REPO / "examples" / "family_plugin")],
+                    "--no-index", "--target", str(target), str(source)],
                    check=True, capture_output=True, text=True, timeout=300)
     assert (target / "reverie_lumen.py").is_file()
     return target
