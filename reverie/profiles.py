@@ -663,9 +663,18 @@ class FamilyPlugins:
         self.sources: dict[tuple[str, str], str] = {}  # ("family" | "profile", name) -> the plugin that added it
         self.problems: list[str] = []  # one line per plugin that failed to load
         self.lock = threading.RLock()
+        # The other layers' tables keyed by family name (adapters, workflows, tiny builders): what a
+        # failed plugin put there goes too. They sign up here because this layer cannot import them.
+        self.family_tables: list[dict] = []
 
 
 PLUGINS = FamilyPlugins()
+
+
+def watch_family_table(table: dict) -> dict:
+    """Sign up a table keyed by family name, so a plugin that fails leaves nothing in it."""
+    PLUGINS.family_tables.append(table)
+    return table
 
 
 def load_plugins() -> None:
@@ -705,6 +714,9 @@ def load_plugin(ep) -> None:
         FAMILIES.entries.update(families)
         PROFILES.entries.clear()
         PROFILES.entries.update(profiles)
+        for table in PLUGINS.family_tables:
+            for name in [k for k in table if k not in families]:
+                del table[name]
         why = " ".join(str(e).split()) or type(e).__name__
         line = f"family plugin {ep.name} (from {dist}) was not loaded: {why}; fix it or `pip uninstall {dist}`"
         PLUGINS.problems.append(line)

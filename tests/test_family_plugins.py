@@ -107,6 +107,11 @@ def halfway():
     register_profile(Profile(name="halfway-1", family="halfway", pipeline="ZImagePipeline", repo_id="x/halfway",
                              steps=4, guidance=0.0, sampler="euler", shift=3.0, multiple=16, max_side=1024,
                              prompt_style="natural", negative=False))
+    from reverie.render.families import ZImageAdapter, register_adapter
+    from reverie.render.tiny import build_tiny_pipeline, register_tiny
+
+    register_adapter(type("HalfwayAdapter", (ZImageAdapter,), {"family": "halfway"})())
+    register_tiny("halfway", "tiny-halfway-v1", build_tiny_pipeline)
     raise RuntimeError("the weights moved\\nsee the changelog")
 
 
@@ -174,11 +179,15 @@ def test_the_plugins_load_when_a_profile_is_looked_up_not_when_reverie_is_import
     probe = ("import sys, reverie.cli, reverie.serve, reverie.profiles as p\n"
              "print('imported', 'fake_families' in sys.modules, flush=True)\n"
              "p.get_profile('fine-1')\n"
-             "print('looked up', 'fake_families' in sys.modules, flush=True)\n")
+             "print('looked up', 'fake_families' in sys.modules, flush=True)\n"
+             "from reverie.render.families import ADAPTERS\n"
+             "from reverie.render.tiny import TINY_FAMILIES\n"
+             "print('left behind', sorted({'halfway', 'fine'} & (set(ADAPTERS) | set(TINY_FAMILIES) | set(p.FAMILIES))))\n")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **on_path(fake_site, REPO)})
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split("\n")[:2] == ["imported False", "looked up True"]
+    # The failing plugin's family, adapter and tiny builder are all taken back; the good one's family stays.
+    assert res.stdout.split("\n")[:3] == ["imported False", "looked up True", "left behind ['fine']"]
     assert len(warnings_in(res.stderr)) == 5  # once per process, however often the tables are read
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from reverie.profiles import Profile
+from reverie.profiles import Profile, watch_family_table
 from reverie.types import RenderSpec, ReverieError
 
 # Files each family needs beyond what the profile names; `--comfy-file KEY=NAME` overrides any.
@@ -102,6 +102,10 @@ SAMPLERS: dict[str, tuple[str, str]] = {
 }
 
 CONTROL_NET_KINDS = ("canny", "depth", "pose")
+
+
+watch_family_table(WORKFLOWS)  # a family plugin that fails leaves no row behind
+watch_family_table(FAMILY_FILES)
 
 
 def register_workflow(family: str, wiring: ComfyFamily, files: Optional[dict[str, str]] = None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from reverie.errors import ReverieError
-from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES, Family
+from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES, Family, watch_family_table
 
 # Sampler names as ComfyUI and A1111 users write them -> (diffusers scheduler class, extra config).
 # Flow-matching models (Z-Image, Flux) keep the scheduler they ship with for "euler";
@@ -284,11 +284,11 @@ class Krea2Adapter(FamilyAdapter):
         return embeds
 
 
-ADAPTERS: dict[str, FamilyAdapter] = {
+ADAPTERS: dict[str, FamilyAdapter] = watch_family_table({
     a.family: a
     for a in (ZImageAdapter(), FluxAdapter(), SD15Adapter(), SDXLAdapter(), Flux2Adapter(), Flux2KleinAdapter(),
               QwenImageAdapter(), ChromaAdapter(), SD3Adapter(), Krea2Adapter())
-}
+})
 
 
 def register_adapter(adapter: FamilyAdapter) -> None:

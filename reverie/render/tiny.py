@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from reverie.profiles import watch_family_table
 from reverie.render.diffusers_engine import DiffusersEngine
 from reverie.types import ReverieError
 
@@ -435,6 +436,9 @@ TINY_FAMILIES: dict[str, tuple[str, object]] = {
     "sd3": ("tiny-sd3-v1", build_tiny_sd3),
     "krea2": ("tiny-krea2-v1", build_tiny_krea2),
 }
+
+
+watch_family_table(TINY_FAMILIES)  # a family plugin that fails leaves no builder behind
 
 
 def register_tiny(family: str, folder: str, build) -> None:
