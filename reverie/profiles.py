@@ -6,15 +6,66 @@ Adding a family is one `Family` entry and its profiles here, one diffusers adapt
 reverie/render/families.py, one entry in the ComfyUI workflow table (render/comfy_workflow.py) and
 one tiny builder (render/tiny.py); code elsewhere reads the family's fields, never its name. A
 family defined outside reverie registers through `register_family`, `register_profile`,
-`register_adapter`, `register_workflow` and `register_tiny` (tests/test_lineup.py does it).
+`register_adapter`, `register_workflow` and `register_tiny` (tests/test_eighth_family.py does it).
+
+An installed package adds a family for every process through an entry point of the group
+`reverie.families` (docs/models.md): a callable that makes those five calls. FAMILIES and PROFILES
+load the entry points the first time they are read, once, so that importing reverie stays cheap
+and a broken plugin is one line (`plugin_problems()`, `reverie models`), never a lost built-in.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, TypeVar
 
 from reverie.errors import ReverieError
+
+PLUGIN_GROUP = "reverie.families"
+log = logging.getLogger(__name__)
+V = TypeVar("V")
+
+
+class Registry(MutableMapping[str, V]):
+    """A table of families or profiles that loads the installed family plugins when first read.
+
+    Reading is the trigger (not import, not a function every caller must remember) because every
+    command, server and importer reads these tables, and each must see a plugin's profiles."""
+
+    def __init__(self, entries: dict[str, V]):
+        self.entries = dict(entries)
+
+    def __getitem__(self, key: str) -> V:
+        load_plugins()
+        return self.entries[key]
+
+    def __contains__(self, key: object) -> bool:
+        load_plugins()
+        return key in self.entries
+
+    def __iter__(self) -> Iterator[str]:
+        load_plugins()
+        return iter(list(self.entries))
+
+    def __len__(self) -> int:
+        load_plugins()
+        return len(self.entries)
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self.entries[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.entries[key]
+
+    def clear(self) -> None:  # MutableMapping's would read (and so load plugins) to empty the table
+        self.entries.clear()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.entries!r})"
 
 
 @dataclass(frozen=True)
@@ -81,7 +132,7 @@ Z_IMAGE_BUCKETS = ((1024, 1024), (1152, 896), (896, 1152), (1152, 864), (864, 11
 FLUX2_ADVICE = ("FLUX.2 follows long, structured descriptions closely (subject first, then setting, style, lighting, "
                 "camera) and letters quoted text and exact colours such as hex codes faithfully.")
 
-FAMILIES: dict[str, Family] = {
+FAMILIES: Registry[Family] = Registry({
     f.name: f
     for f in [
         Family(name="z-image", label="Z-Image", pipeline="ZImagePipeline", flow=True, cfg_offset=1.0,
@@ -126,7 +177,7 @@ FAMILIES: dict[str, Family] = {
                prompt_advice="Krea 2 is tuned for aesthetics and style: be specific about the medium, the "
                              "artistic style, the colour grading and the texture of the image."),
     ]
-}
+})
 
 
 @dataclass(frozen=True)
@@ -167,7 +218,7 @@ class Profile:
         return FAMILIES[self.family]
 
 
-PROFILES: dict[str, Profile] = {
+PROFILES: Registry[Profile] = Registry({
     p.name: p
     for p in [
         Profile(
@@ -508,7 +559,7 @@ PROFILES: dict[str, Profile] = {
             source="krea-ai/krea-2 README (raw: 52 steps, cfg 3.5 in Krea's convention, up to 1k px)",
         ),
     ]
-}
+})
 
 DEFAULT_PROFILE = "z-image-turbo"
 
@@ -524,15 +575,16 @@ def handoff_base(name: str) -> Optional[str]:
     return base if base in PROFILES else None
 
 # The profiles whose control net (canny, depth, pose) reverie knows where to find.
-CONTROL_PROFILES: tuple[str, ...] = tuple(name for name, p in PROFILES.items() if p.control_repo)
+CONTROL_PROFILES: tuple[str, ...] = tuple(name for name, p in PROFILES.entries.items() if p.control_repo)
 
 
 def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name]
     except KeyError:
+        broken = f"; {len(PLUGINS.problems)} family plugin(s) failed to load" if PLUGINS.problems else ""
         raise ReverieError(
-            f"unknown profile {name!r}: use one of {', '.join(PROFILES)} (see `reverie models`)"
+            f"unknown profile {name!r}: use one of {', '.join(PROFILES)}{broken} (see `reverie models`)"
         ) from None
 
 
@@ -578,15 +630,116 @@ def guess_profile(model_name: str) -> str:
 
 def register_family(family: Family) -> None:
     """Add a family (a plugin's, a test's); its profiles follow through `register_profile`."""
+    if family.name in BUILT_IN_FAMILIES:
+        raise ReverieError(f"family {family.name} reuses the name of a built-in family: rename it")
+    claimed = PLUGINS.sources.get(("family", family.name))
+    if PLUGINS.current and claimed:
+        raise ReverieError(f"family {family.name} is already registered by {claimed}: rename it")
     FAMILIES[family.name] = family
 
 
 def register_profile(profile: Profile) -> None:
     """Add a profile of a known family; `--profile`, `reverie models` and the importers see it."""
+    if profile.name in BUILT_IN_PROFILES:
+        raise ReverieError(f"profile {profile.name} reuses the name of a built-in profile: rename it")
+    claimed = PLUGINS.sources.get(("profile", profile.name))
+    if PLUGINS.current and claimed:
+        raise ReverieError(f"profile {profile.name} is already registered by {claimed}: rename it")
     if profile.family not in FAMILIES:
         raise ReverieError(f"profile {profile.name} names family {profile.family!r}, which is not registered: "
                            f"register_family it first")
     PROFILES[profile.name] = profile
+
+
+class FamilyPlugins:
+    """The state of the `reverie.families` entry points: loaded once per process, on first read."""
+
+    def __init__(self) -> None:
+        # "waiting": this module is still being defined (its own reads must not load anything);
+        # "ready": the first read loads; "loading": a plugin is registering (its reads see the tables as
+        # they are); "loaded": done.
+        self.state = "waiting"
+        self.current = ""  # "DIST (module:object)" of the plugin registering now
+        self.sources: dict[tuple[str, str], str] = {}  # ("family" | "profile", name) -> the plugin that added it
+        self.problems: list[str] = []  # one line per plugin that failed to load
+        self.lock = threading.RLock()
+        # The other layers' tables keyed by family name (adapters, workflows, tiny builders): what a
+        # failed plugin put there goes too. They sign up here because this layer cannot import them.
+        self.family_tables: list[dict] = []
+
+
+PLUGINS = FamilyPlugins()
+
+
+def watch_family_table(table: dict) -> dict:
+    """Sign up a table keyed by family name, so a plugin that fails leaves nothing in it."""
+    PLUGINS.family_tables.append(table)
+    return table
+
+
+def load_plugins() -> None:
+    """Run every installed `reverie.families` entry point once. A plugin that fails (import error,
+    exception, a built-in's name) is one line on stderr and in `plugin_problems()`, and whatever it had
+    registered in FAMILIES and PROFILES is taken back, so the built-in profiles always stand."""
+    if PLUGINS.state in ("waiting", "loaded"):
+        return
+    # A server's threads may read the tables at once: the others wait for the whole set (the loading
+    # thread's own reads, from inside a plugin, pass: the lock is re-entrant and the state is "loading").
+    with PLUGINS.lock:
+        if PLUGINS.state != "ready":
+            return
+        PLUGINS.state = "loading"
+        try:
+            from importlib.metadata import entry_points
+
+            found = sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: (ep.name, ep.value))
+            for ep in found:
+                load_plugin(ep)
+        finally:
+            PLUGINS.state = "loaded"
+
+
+def load_plugin(ep) -> None:
+    dist = ep.dist.name if getattr(ep, "dist", None) is not None else "?"
+    origin = f"{dist} ({ep.value})"
+    families, profiles = dict(FAMILIES.entries), dict(PROFILES.entries)
+    PLUGINS.current = origin
+    try:
+        register = ep.load()
+        if not callable(register):
+            raise ReverieError("its entry point must name a function that registers the family")
+        register()
+    except Exception as e:  # a third party's failure must cost its own family, never reverie's
+        FAMILIES.entries.clear()
+        FAMILIES.entries.update(families)
+        PROFILES.entries.clear()
+        PROFILES.entries.update(profiles)
+        for table in PLUGINS.family_tables:
+            for name in [k for k in table if k not in families]:
+                del table[name]
+        why = " ".join(str(e).split()) or type(e).__name__
+        line = f"family plugin {ep.name} (from {dist}) was not loaded: {why}; fix it or `pip uninstall {dist}`"
+        PLUGINS.problems.append(line)
+        log.info("%s", line, exc_info=True)  # the traceback goes to the home's log, if one is open
+        print(f"warning: {line}", file=sys.stderr)
+        return
+    finally:
+        PLUGINS.current = ""
+    for kind, before, table in (("family", families, FAMILIES.entries), ("profile", profiles, PROFILES.entries)):
+        for name in table.keys() - before.keys():
+            PLUGINS.sources[(kind, name)] = origin
+
+
+def plugin_problems() -> list[str]:
+    """One line per installed family plugin that failed to load."""
+    load_plugins()
+    return list(PLUGINS.problems)
+
+
+def plugin_source(profile_name: str) -> Optional[str]:
+    """"DIST (module:object)" of the plugin that added a profile; None for reverie's own and a test's."""
+    load_plugins()
+    return PLUGINS.sources.get(("profile", profile_name))
 
 
 def family_of(profile_name: str) -> Family | None:
@@ -680,3 +833,9 @@ FALLBACK_EDITOR = "z-image-turbo"
 
 def editor_for(profile_name: str) -> Editor | None:
     return EDITORS.get(profile_name)
+
+
+# What reverie itself defines: a plugin may add names, never take one of these.
+BUILT_IN_FAMILIES: frozenset[str] = frozenset(FAMILIES.entries)
+BUILT_IN_PROFILES: frozenset[str] = frozenset(PROFILES.entries)
+PLUGINS.state = "ready"  # every table above is defined: the first read from now on loads the plugins

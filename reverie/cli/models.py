@@ -35,7 +35,7 @@ def _scorer_models(home: Optional[str]) -> list:
 
 def model_rows(home: Optional[str] = None) -> list[dict]:
     from reverie.config import resolve_home
-    from reverie.profiles import EDITORS, PROFILES
+    from reverie.profiles import EDITORS, PROFILES, plugin_problems, plugin_source
     from reverie.render.weights import downloadables, where
 
     models_dir = resolve_home(home) / "models"
@@ -52,7 +52,10 @@ def model_rows(home: Optional[str] = None) -> list[dict]:
                        prompt_style=p.prompt_style, negative=p.negative, source=p.source)
             editor = EDITORS.get(item.name)  # what `reverie edit` can do with it: instruction, img2img, or nothing
             row["edits"] = editor.kind if editor else None
+            row["plugin"] = plugin_source(item.name)  # the installed package that added it; None: reverie's own
         rows.append(row)
+    for line in plugin_problems():  # a broken family plugin, said where people look for their models
+        rows.append({"name": line.split()[2], "kind": "family plugin", "repo": "", "present": False, "where": line})
     for m in _scorer_models(home):
         rows.append({"name": m.name, "kind": "scorer", "repo": "", "present": bool(m.present), "where": m.where,
                      "description": m.description})
@@ -164,6 +167,12 @@ def models(
     # What `reverie edit` can use, below the table: a seventh column collapses the others at 80 columns.
     out.print(Text("score components (built in; plugins are rows above): " + ", ".join(
         f"{r['name']} ({r['where'].split('(')[1].split()[0]}, {r['weight']:g})" for r in components)), highlight=False)
+    added = [f"{r['name']} (from {r['plugin']})" for r in rows if r.get("plugin")]
+    if added:
+        out.print(Text("family plugins: " + ", ".join(added)), soft_wrap=True, highlight=False)
+    for r in rows:
+        if r["kind"] == "family plugin":
+            out.print(Text(r["where"]), soft_wrap=True, highlight=False)
     editors = [f"{r['name']} ({r['edits']})" for r in rows if r.get("edits")]
     if editors:
         out.print(Text("editors (`reverie edit`): " + ", ".join(editors)), highlight=False)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from reverie.profiles import Profile
+from reverie.profiles import Profile, watch_family_table
 from reverie.types import RenderSpec, ReverieError
 
 # Files each family needs beyond what the profile names; `--comfy-file KEY=NAME` overrides any.
@@ -104,11 +104,17 @@ SAMPLERS: dict[str, tuple[str, str]] = {
 CONTROL_NET_KINDS = ("canny", "depth", "pose")
 
 
+watch_family_table(WORKFLOWS)  # a family plugin that fails leaves no row behind
+watch_family_table(FAMILY_FILES)
+
+
 def register_workflow(family: str, wiring: ComfyFamily, files: Optional[dict[str, str]] = None) -> None:
     """Add how ComfyUI wires a family registered in reverie.profiles (a plugin's, a test's), and the
     files it needs beyond what its profiles name."""
-    from reverie.profiles import FAMILIES
+    from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES
 
+    if family in BUILT_IN_FAMILIES:  # a plugin adds a family under its own name, never swaps reverie's
+        raise ReverieError(f"workflow for built-in family {family!r}: register a family of your own")
     if family not in FAMILIES:
         raise ReverieError(f"workflow for unknown family {family!r}: register_family it first")
     WORKFLOWS[family] = wiring

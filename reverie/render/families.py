@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from reverie.errors import ReverieError
-from reverie.profiles import FAMILIES, Family
+from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES, Family, watch_family_table
 
 # Sampler names as ComfyUI and A1111 users write them -> (diffusers scheduler class, extra config).
 # Flow-matching models (Z-Image, Flux) keep the scheduler they ship with for "euler";
@@ -284,15 +284,17 @@ class Krea2Adapter(FamilyAdapter):
         return embeds
 
 
-ADAPTERS: dict[str, FamilyAdapter] = {
+ADAPTERS: dict[str, FamilyAdapter] = watch_family_table({
     a.family: a
     for a in (ZImageAdapter(), FluxAdapter(), SD15Adapter(), SDXLAdapter(), Flux2Adapter(), Flux2KleinAdapter(),
               QwenImageAdapter(), ChromaAdapter(), SD3Adapter(), Krea2Adapter())
-}
+})
 
 
 def register_adapter(adapter: FamilyAdapter) -> None:
     """Add the diffusers adapter of a family registered in reverie.profiles (a plugin's, a test's)."""
+    if adapter.family in BUILT_IN_FAMILIES:  # a plugin adds a family under its own name, never swaps reverie's
+        raise ReverieError(f"adapter for built-in family {adapter.family!r}: register a family of your own")
     if adapter.family not in FAMILIES:
         raise ReverieError(f"adapter for unknown family {adapter.family!r}: register_family it first")
     ADAPTERS[adapter.family] = adapter

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from reverie.profiles import watch_family_table
 from reverie.render.diffusers_engine import DiffusersEngine
 from reverie.types import ReverieError
 
@@ -437,11 +438,16 @@ TINY_FAMILIES: dict[str, tuple[str, object]] = {
 }
 
 
+watch_family_table(TINY_FAMILIES)  # a family plugin that fails leaves no builder behind
+
+
 def register_tiny(family: str, folder: str, build) -> None:
     """Add the tiny model of a family registered in reverie.profiles (a plugin's, a test's): `build()`
     returns its pipeline with random weights from fixed seeds; it is saved once as <models>/<folder>."""
-    from reverie.profiles import FAMILIES
+    from reverie.profiles import BUILT_IN_FAMILIES, FAMILIES
 
+    if family in BUILT_IN_FAMILIES:  # a plugin adds a family under its own name, never swaps reverie's
+        raise ReverieError(f"tiny model for built-in family {family!r}: register a family of your own")
     if family not in FAMILIES:
         raise ReverieError(f"tiny model for unknown family {family!r}: register_family it first")
     TINY_FAMILIES[family] = (folder, build)
