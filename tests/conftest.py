@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tests send SIGINT to the commands they start, as a terminal does. A shell script that starts
+# pytest in the background (`cmd &`, nohup) leaves SIGINT ignored, and an ignored signal stays
+# ignored across exec: every child would shrug off the Ctrl-C. Python's own handler here is reset
+# to the default in each child, which then installs KeyboardInterrupt as a terminal's command would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
