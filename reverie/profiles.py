@@ -628,23 +628,24 @@ def guess_profile(model_name: str) -> str:
     return best
 
 
+def _check_new_name(kind: str, name: str, built_in) -> None:
+    """A registered name is neither built in nor another plugin's (one line naming the fix)."""
+    if name in built_in:
+        raise ReverieError(f"{kind} {name} reuses the name of a built-in {kind}: rename it")
+    claimed = PLUGINS.sources.get((kind, name))
+    if PLUGINS.current and claimed:
+        raise ReverieError(f"{kind} {name} is already registered by {claimed}: rename it")
+
+
 def register_family(family: Family) -> None:
     """Add a family (a plugin's, a test's); its profiles follow through `register_profile`."""
-    if family.name in BUILT_IN_FAMILIES:
-        raise ReverieError(f"family {family.name} reuses the name of a built-in family: rename it")
-    claimed = PLUGINS.sources.get(("family", family.name))
-    if PLUGINS.current and claimed:
-        raise ReverieError(f"family {family.name} is already registered by {claimed}: rename it")
+    _check_new_name("family", family.name, BUILT_IN_FAMILIES)
     FAMILIES[family.name] = family
 
 
 def register_profile(profile: Profile) -> None:
     """Add a profile of a known family; `--profile`, `reverie models` and the importers see it."""
-    if profile.name in BUILT_IN_PROFILES:
-        raise ReverieError(f"profile {profile.name} reuses the name of a built-in profile: rename it")
-    claimed = PLUGINS.sources.get(("profile", profile.name))
-    if PLUGINS.current and claimed:
-        raise ReverieError(f"profile {profile.name} is already registered by {claimed}: rename it")
+    _check_new_name("profile", profile.name, BUILT_IN_PROFILES)
     if profile.family not in FAMILIES:
         raise ReverieError(f"profile {profile.name} names family {profile.family!r}, which is not registered: "
                            f"register_family it first")
