@@ -72,7 +72,7 @@ def test_a_stop_leaves_the_running_request_to_the_next_start_and_says_so(home, s
     assert lines[-1] == "reverie: stopped; 1 accepted request(s) left for the next `reverie serve` on this home to finish"
     assert "Traceback" not in errors and "ERROR" not in errors  # no uvicorn line about tasks it had to cancel
     # One console line for the request (the health polls stay in the log only).
-    assert [line for line in lines if re.fullmatch(r"\d\d:\d\d:\d\d 127\.0\.0\.1 POST /v1/images/generations 503 \d+ms", line)]
+    assert [line for line in lines if re.fullmatch(r"\d\d:\d\d:\d\d 127\.0\.0\.1 POST /v1/images/generations 503 \d+ms", line)], errors
     assert "/healthz" not in errors
     assert answer.startswith("HTTP/1.1 503") and "stays accepted" in answer
     row = queue.get(1)

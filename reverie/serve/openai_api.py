@@ -146,6 +146,8 @@ async def generate(request: Request):
             await asyncio.sleep(0.2)
     except asyncio.CancelledError:  # the server is shutting down: the request stays accepted
         return stays_accepted
+    if job.status != "done" and service.shutdown.is_set():  # its run stopped for the shutdown before we looked
+        return stays_accepted
     if job.status != "done":
         return openai_error(500 if job.status == "failed" else 499, job.error or f"the run was {job.status}",
                             kind="server_error")
