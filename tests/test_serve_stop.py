@@ -105,3 +105,37 @@ def test_a_web_chat_turn_cut_by_a_stop_is_made_by_the_next_start_in_the_same_run
         [turn] = store.chats.turns("s1")
         assert turn["run_id"] == job.run_id and store.get_run(job.run_id)["status"] == "done"
         assert again.queue.open_requests() == []
+
+
+def test_an_a1111_request_open_at_a_stop_is_answered_503_in_its_own_shape(home):
+    """SillyTavern or Open WebUI waiting on /sdapi/v1/txt2img gets A1111's error shape at once, and
+    the request stays accepted for the next start, as an OpenAI request does."""
+    import json
+    import socket
+
+    port = free_port()
+    proc = start_server(home, port)
+    try:
+        body = json.dumps({"prompt": "a heron in fog", "batch_size": 6, "width": 256, "height": 256}).encode()
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        store = Store(home)
+        queue = ServeRequests(store)
+        wait_until(lambda: (queue.get(1) or {}).get("run_id") and store.ok_count(queue.get(1)["run_id"]) >= 1,
+                   what="the request to render its first image")
+        proc.send_signal(signal.SIGTERM)
+        errors = proc.stderr.read()
+        proc.wait(60)
+        answer = client.recv(65536).decode(errors="replace")
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, errors
+    assert answer.startswith("HTTP/1.1 503"), answer
+    payload = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert "shutting down" in payload["detail"] and payload["error"] == "HTTPException", payload
+    assert [r["id"] for r in queue.open_requests()] == [1]
+    store.close()

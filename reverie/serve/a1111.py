@@ -208,14 +208,19 @@ async def generate(request: Request, img2img: bool):
         return a1111_error(429, str(e))
     except ReverieError as e:
         return a1111_error(422, str(e))
+    shutting_down = a1111_error(503, f"the server is shutting down; request {job.id} finishes when it starts again")
     try:
         while not job.done.is_set():
+            if service.shutdown.is_set():  # answered now, as the OpenAI route does: the stop need not wait on us
+                return shutting_down
             if await request.is_disconnected():  # SillyTavern's stop button closes the socket
                 job.stop.set()
                 return a1111_error(499, "the client closed the connection; the run was stopped")
             await asyncio.sleep(0.2)
     except asyncio.CancelledError:
-        return a1111_error(503, f"the server is shutting down; request {job.id} finishes when it starts again")
+        return shutting_down
+    if job.status != "done" and service.shutdown.is_set():  # its run stopped for the shutdown before we looked
+        return shutting_down
     if job.status != "done" or not job.best:
         return a1111_error(500, job.error or f"the run was {job.status}", kind=job.status.capitalize())
     return answer(data, job.best, job.run_id, prompt, negative, model, service, exact=False, request_id=job.id)
