@@ -91,6 +91,11 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "vlm_timeout": (_positive, "a number of seconds, e.g. 120"),
         "top": (lambda v: _count(v) and v >= 2, "a whole number of candidates shown, 2 or more, e.g. 4"),
     },
+    "loop": {
+        # The loop's fourth variety knob starts renders on the base model (--handoff-steps), which loads
+        # it beside the distilled one (Z-Image base: about 12 GB more in bf16); false keeps it off.
+        "handoff": (lambda v: isinstance(v, bool), "true or false"),
+    },
     "scoring": {
         "clip_model": TEXT, "clip_config": TEXT, "clip_weights": TEXT, "aesthetic_weights": TEXT, "device": TEXT,
         "pickscore": (lambda v: isinstance(v, str) or v is False, 'a folder in quotes, or "off"'),

@@ -129,6 +129,15 @@ def test_a_handoff_run_records_and_reproduces_and_the_loop_turns_it_on(home, tmp
         assert r.returncode == 0 and "match: pixels identical" in r.stdout, r.stdout + r.stderr
 
 
+def test_loop_handoff_false_in_reverie_toml_keeps_the_loop_off_the_base_model(home):
+    from reverie.orchestrator.studio import Studio
+
+    (home / "reverie.toml").write_text("[loop]\nhandoff = false\n")
+    with Studio(home=home, engine="tiny", scorer="heuristic") as studio:
+        turned = studio.make("a fox in the rain", seed=5, n=1, rounds=2, megapixels=0.01, exact=True)
+    assert sorted((r.round, r.spec.handoff_steps) for r in turned.renders) == [(0, 0), (1, 0)]
+
+
 def test_a_batch_line_and_the_batch_options_carry_handoff_steps():
     from reverie.orchestrator.batch import parse_batch_text
 

@@ -129,6 +129,7 @@ class Run:
                               deadline_label=deadline_label, stop=stop, llm_gate=llm_gate,
                               on_round_start=on_round_start, on_round_end=on_round_end,
                               models_dir=studio.home / "models", vlm_judge=studio.vlm_judge(progress),
+                              variety_handoff_max=1 if studio.config.get("loop", {}).get("handoff", True) else 0,
                               notice=lambda m: studio.notice(m, progress))
             state = {"run_id": run_id, "round": 0, "seed_cursor": 0,
                      "shift": req.shift if req.shift is not None else profile.shift,
