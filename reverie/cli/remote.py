@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from reverie.processes import pid_alive
 from reverie.types import Event, Notice, ReverieError, event_from
 
 SERVER_FILE = "serve.json"
@@ -57,16 +58,6 @@ def remove_server_file(home: Path) -> None:
         pass
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def find_server(home: Optional[str]) -> Optional[Server]:
     """This home's running server, or None (no file, a dead pid, or a file from another home)."""
     from reverie.config import resolve_home
@@ -77,7 +68,7 @@ def find_server(home: Optional[str]) -> Optional[Server]:
         server = Server(url=str(data["url"]), pid=int(data["pid"]), token=data.get("token"), home=str(data["home"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not alive(server.pid) or Path(server.home) != path.parent.resolve():
+    if not pid_alive(server.pid) or Path(server.home) != path.parent.resolve():
         return None
     return server
 

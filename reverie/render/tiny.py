@@ -494,16 +494,14 @@ def _remove_dead_writers_leftovers(target: Path) -> None:
     """`NAME.tmp-PID` folders whose process is gone (killed while saving) are removed."""
     import shutil
 
+    from reverie.processes import pid_alive
+
     for leftover in target.parent.glob(f"{target.name}.tmp-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
 
 
 TINY_Z_IMAGE_BASE_DIR_NAME = "tiny-z-image-base-v1"

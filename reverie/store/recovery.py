@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
+from reverie.processes import pid_alive
 from reverie.store.pngmeta import file_sha256, read_reverie_meta
 from reverie.store.db import new_run_id
 from reverie.store.locks import RunLock, home_lock
@@ -78,15 +79,6 @@ def hold_run(store, run_id: str) -> tuple[dict, RunLock]:
 
 
 # -- files a crash left behind ---------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def clean_temp_files(images_dir: Path) -> list[Path]:
     """Remove `.name.PID.tmp` files whose writer is dead (atomic_write's leftovers)."""
@@ -96,7 +88,7 @@ def clean_temp_files(images_dir: Path) -> list[Path]:
             pid = int(tmp.name.rsplit(".", 2)[-2])
         except ValueError:
             pid = -1
-        if pid > 0 and _pid_alive(pid):
+        if pid > 0 and pid_alive(pid):
             continue  # its writer is still at work (or is us)
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
