@@ -22,12 +22,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def raw_generation(port: int, body: dict) -> socket.socket:
+def raw_generation(port: int, body: dict, path: str = "/v1/images/generations") -> socket.socket:
     """POST an image request on a bare socket and return it unread: the test decides whether the
     client waits, hangs up, or is there when the server dies."""
     data = json.dumps(body).encode()
     s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
               + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return s
 

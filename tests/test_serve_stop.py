@@ -39,6 +39,21 @@ def start_server(home: Path, port: int) -> subprocess.Popen:
     return proc
 
 
+def stop_while_rendering(home: Path, proc: subprocess.Popen, client, signum):
+    """Once request 1 has stored its first image, stop the server with signum; what it said on
+    stderr and what the waiting client got back, with the store to look at afterwards."""
+    store = Store(home)
+    queue = ServeRequests(store)
+    wait_until(lambda: (queue.get(1) or {}).get("run_id") and store.ok_count(queue.get(1)["run_id"]) >= 1,
+               what="the request to render its first image")
+    proc.send_signal(signum)
+    errors = proc.stderr.read()
+    proc.wait(60)
+    answer = client.recv(65536).decode(errors="replace")
+    client.close()
+    return store, queue, errors, answer
+
+
 # SIGTERM is the new path (Python's default ends the process on the spot); Ctrl-C's is older and runs with -m slow.
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM],
                          ids=["SIGINT", "SIGTERM"])
@@ -54,15 +69,7 @@ def test_a_stop_leaves_the_running_request_to_the_next_start_and_says_so(home, s
             f"`reverie serve --stop` stops it, or pass --port {port + 1}"]
 
         client = raw_generation(port, {"prompt": "a heron in fog", "n": 6, "quality": "hd", "size": "256x256"})
-        store = Store(home)
-        queue = ServeRequests(store)
-        wait_until(lambda: (queue.get(1) or {}).get("run_id") and store.ok_count(queue.get(1)["run_id"]) >= 1,
-                   what="the request to render its first image")
-        proc.send_signal(signum)
-        errors = proc.stderr.read()
-        proc.wait(60)
-        answer = client.recv(65536).decode(errors="replace")
-        client.close()
+        store, queue, errors, answer = stop_while_rendering(home, proc, client, signum)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -111,24 +118,13 @@ def test_an_a1111_request_open_at_a_stop_is_answered_503_in_its_own_shape(home):
     """SillyTavern or Open WebUI waiting on /sdapi/v1/txt2img gets A1111's error shape at once, and
     the request stays accepted for the next start, as an OpenAI request does."""
     import json
-    import socket
 
     port = free_port()
     proc = start_server(home, port)
     try:
-        body = json.dumps({"prompt": "a heron in fog", "batch_size": 6, "width": 256, "height": 256}).encode()
-        client = socket.create_connection(("127.0.0.1", port))
-        client.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        store = Store(home)
-        queue = ServeRequests(store)
-        wait_until(lambda: (queue.get(1) or {}).get("run_id") and store.ok_count(queue.get(1)["run_id"]) >= 1,
-                   what="the request to render its first image")
-        proc.send_signal(signal.SIGTERM)
-        errors = proc.stderr.read()
-        proc.wait(60)
-        answer = client.recv(65536).decode(errors="replace")
-        client.close()
+        client = raw_generation(port, {"prompt": "a heron in fog", "batch_size": 6, "width": 256, "height": 256},
+                                path="/sdapi/v1/txt2img")
+        store, queue, errors, answer = stop_while_rendering(home, proc, client, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()
