@@ -216,8 +216,11 @@ def test_another_homes_request_is_refused_and_an_unknown_option_named(warm_home,
     import httpx
 
     url = json.loads((warm_home / "serve.json").read_text())["url"]
-    answer = httpx.post(url + "/api/cli/expand", json={"idea": "a fox", "home": str(tmp_path)}, timeout=30)
-    assert answer.status_code == 409 and "another home" in answer.json()["error"]["message"]
+    for route, body in (("/api/cli/expand", {"idea": "a fox"}), ("/api/cli/chat/open", {}),
+                        ("/api/cli/chat/command", {"session": "s", "message": "/help"}),
+                        ("/api/cli/chat/turn", {"session": "s", "message": "a fox"})):
+        answer = httpx.post(url + route, json={**body, "home": str(tmp_path)}, timeout=30)
+        assert answer.status_code == 409 and "another home" in answer.json()["error"]["message"], route
     # A client newer than its server: the option it does not know is named, not dropped.
     answer = httpx.post(url + "/api/cli/make", json={"idea": "a fox", "options": {"colour": 3}}, timeout=30)
     assert answer.status_code == 400 and "does not know colour" in answer.json()["error"]["message"]

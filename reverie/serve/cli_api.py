@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from reverie.serve.http import RowId, openai_error, read_json
+from reverie.serve.http import MAX_BODY, RowId, openai_error, read_json
 from reverie.serve.service import Busy
 from reverie.types import ReverieError
 
@@ -39,13 +39,15 @@ MAX_BATCH_TEXT = 4 * 1024 * 1024  # a batch file's text: thousands of ideas, far
 STOP_WAIT = 90.0  # a batch stopped by its client ends within the runner's own join time (60 s)
 
 
-def other_home(service, data: dict):
-    """Two homes never share a server: a client that found this one through another home's file is refused."""
+async def cli_body(request: Request, limit: int = MAX_BODY) -> tuple[dict, Optional[JSONResponse]]:
+    """A CLI request's JSON body, and its refusal when the client came from another home: two homes
+    never share a server (a client that found this one through another home's file is refused)."""
+    data = await read_json(request, limit=limit)
     home = data.get("home")
-    if home is not None and Path(str(home)).resolve() != Path(service.studio.home).resolve():
-        return openai_error(409, "this server serves another home: run with --local, or start `reverie serve` "
-                                 "for this home", code="other_home")
-    return None
+    if home is not None and Path(str(home)).resolve() != Path(request.app.state.service.studio.home).resolve():
+        return data, openai_error(409, "this server serves another home: run with --local, or start `reverie serve` "
+                                       "for this home", code="other_home")
+    return data, None
 
 
 def known_options(fn: Callable, options: Any, *, taken: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -79,8 +81,7 @@ def accepted(service, payload: dict):
 @router.post("/api/cli/make")
 async def make(request: Request):
     service = request.app.state.service
-    data = await read_json(request)
-    refused = other_home(service, data)
+    data, refused = await cli_body(request)
     if refused is not None:
         return refused
     studio = service.studio
@@ -102,8 +103,7 @@ async def edit(request: Request):
     from reverie.orchestrator.edit import edit_request
 
     service = request.app.state.service
-    data = await read_json(request, limit=MAX_EDIT_BODY)
-    refused = other_home(service, data)
+    data, refused = await cli_body(request, limit=MAX_EDIT_BODY)
     if refused is not None:
         return refused
     studio = service.studio
@@ -191,8 +191,7 @@ async def chat_open(request: Request):
     from reverie.orchestrator.chat import new_session_name, session_turns
 
     service = request.app.state.service
-    data = await read_json(request)
-    refused = other_home(service, data)
+    data, refused = await cli_body(request)
     if refused is not None:
         return refused
     try:
@@ -210,7 +209,9 @@ async def chat_command(request: Request):
     from reverie.orchestrator.chat import chat_command as answer_command
 
     service = request.app.state.service
-    data = await read_json(request)
+    data, refused = await cli_body(request)
+    if refused is not None:
+        return refused
     try:
         reply = await asyncio.to_thread(answer_command, service.studio, session_name(data), str(data.get("message") or ""))
     except ReverieError as e:
@@ -222,8 +223,7 @@ async def chat_command(request: Request):
 async def chat_turn(request: Request):
     """A turn on the server's session: a request of its own, its events as any other's."""
     service = request.app.state.service
-    data = await read_json(request)
-    refused = other_home(service, data)
+    data, refused = await cli_body(request)
     if refused is not None:
         return refused
     try:
@@ -270,8 +270,7 @@ async def expand(request: Request):
     from reverie.profiles import get_profile
 
     service = request.app.state.service
-    data = await read_json(request)
-    refused = other_home(service, data)
+    data, refused = await cli_body(request)
     if refused is not None:
         return refused
     studio = service.studio
@@ -313,8 +312,7 @@ async def batch(request: Request):
     from reverie.orchestrator.batch import BatchOptions, BatchRunner, parse_batch_text
 
     service = request.app.state.service
-    data = await read_json(request, limit=MAX_BATCH_TEXT + 64 * 1024)
-    refused = other_home(service, data)
+    data, refused = await cli_body(request, limit=MAX_BATCH_TEXT + 64 * 1024)
     if refused is not None:
         return refused
     studio = service.studio
